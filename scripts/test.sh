@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Install Tandem with its test dependencies and run the whole test suite against real
+# PostgreSQL and Redis. Starts them (and installs headless Chromium for the browser tests)
+# when they are missing, creates the test database, then runs lint, types and pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'
+
+# --- services -------------------------------------------------------------------------
+pg_up() { pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; }
+if ! pg_up; then
+  if command -v pg_ctlcluster >/dev/null 2>&1; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+  fi
+  for _ in $(seq 1 30); do pg_up && break; sleep 1; done
+  pg_up || { echo "PostgreSQL is not running on 127.0.0.1:5432 and could not be started" >&2; exit 1; }
+fi
+redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; }
+if ! redis_up; then
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir /tmp --logfile /tmp/tandem-test-redis.log
+  for _ in $(seq 1 30); do redis_up && break; sleep 0.5; done
+  redis_up || { echo "Redis is not running on 127.0.0.1:6379 and could not be started" >&2; exit 1; }
+fi
+PGUSER=${PGUSER:-postgres}
+if ! psql -h 127.0.0.1 -U "$PGUSER" -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='tandem_test'" | grep -q 1; then
+  psql -h 127.0.0.1 -U "$PGUSER" -d postgres -qc "CREATE DATABASE tandem_test"
+fi
+
+# --- browser for the UI tests (Debian's Chromium; Playwright never downloads one) -----------
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = "0" ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
+# --- checks ------------------------------------------------------------------------------
+.venv/bin/ruff check .
+.venv/bin/mypy
+exec .venv/bin/pytest -q -p no:cacheprovider "$@"

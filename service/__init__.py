@@ -1,0 +1,84 @@
+"""Tandem: a human-in-the-loop augmentation service.
+
+``create_app`` is the only entry point: the CLI, gunicorn, the workers and the tests all
+build the app through it, so every process is configured the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+from flask import Flask, Response, g, request
+from flask_wtf.csrf import CSRFProtect
+
+from service import errors, login, redis_conn
+from service.config import Settings
+from service.db import configure, db_session, make_engine
+
+csrf = CSRFProtect()
+
+
+def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
+    settings = settings or Settings.from_env()
+    for key, value in overrides.items():
+        setattr(settings, key, value)
+    app = Flask(__name__, instance_path=str(settings.home))
+    app.config.update(
+        TANDEM=settings,
+        SECRET_KEY=settings.secret_key,
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        TESTING=settings.testing,
+        JSON_SORT_KEYS=False,
+        WTF_CSRF_TIME_LIMIT=None,  # tied to the session lifetime instead
+    )
+    engine = make_engine(settings.database_url)
+    app.extensions["tandem_engine"] = engine
+    configure(engine)
+
+    errors.init_app(app)
+    redis_conn.init_app(app)
+    login.init_app(app, secure_cookies=settings.session_cookie_secure)
+    csrf.init_app(app)
+
+    from service import api
+
+    api.init_app(app)
+    # The API authenticates by bearer token (or checks the CSRF header itself for browser
+    # sessions, see service.api.auth), so the form-based CSRF check does not apply to it.
+    for name in ("tasks", "predict", "cases", "health"):
+        if name in app.blueprints:
+            csrf.exempt(app.blueprints[name])
+    for name, bp in app.blueprints.items():
+        if name.startswith("api_") or getattr(bp, "url_prefix", "") == "/api/v1":
+            csrf.exempt(bp)
+
+    _register_ui(app)
+
+    @app.before_request
+    def _request_id() -> None:
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = (
+            incoming[:64] if incoming.isprintable() and incoming else secrets.token_hex(8)
+        )
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        response.headers["X-Request-ID"] = getattr(g, "request_id", "")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    @app.teardown_appcontext
+    def _remove_session(_exc: BaseException | None) -> None:
+        db_session.remove()
+
+    logging.getLogger("service").setLevel(logging.INFO)
+    return app
+
+
+def _register_ui(app: Flask) -> None:
+    """The review UI lives in its own top-level package; it is optional for API-only tests."""
+    import review_ui
+
+    review_ui.init_app(app)

@@ -1,0 +1,53 @@
+"""The JSON API v1 (SPEC §6): thin views over the service layer, documented by flask-smorest."""
+
+from __future__ import annotations
+
+import swagger_ui_bundle
+from flask import Flask, Response, send_from_directory
+from flask_smorest import Api
+from werkzeug.exceptions import HTTPException
+
+from service.errors import http_exception_response
+
+
+class TandemApi(Api):
+    """flask-smorest with the product's error shape for every HTTP error."""
+
+    def handle_http_exception(self, error: HTTPException) -> Response:  # type: ignore[override]
+        return http_exception_response(error)
+
+
+api = TandemApi()
+SWAGGER_STATIC = "/api/v1/docs/static/"
+
+
+def init_app(app: Flask) -> None:
+    app.config.update(
+        API_TITLE="Tandem",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/api/v1",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="/docs",
+        # Served from the installed swagger-ui-bundle package: the docs work offline.
+        OPENAPI_SWAGGER_UI_URL=SWAGGER_STATIC,
+        API_SPEC_OPTIONS={
+            "info": {
+                "description": "Human-in-the-loop augmentation service. Every error has the "
+                'shape {"error": {"code", "message", "details"}}.',
+            },
+            "servers": [{"url": "/"}],
+        },
+    )
+    api.init_app(app)
+    api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
+
+    from service.api import cases, health, predict, tasks
+
+    for module in (tasks, predict, cases):
+        api.register_blueprint(module.blp)
+    app.register_blueprint(health.blp)
+
+    @app.get(SWAGGER_STATIC + "<path:filename>")
+    def swagger_static(filename: str) -> Response:
+        return send_from_directory(swagger_ui_bundle.swagger_ui_path, filename, max_age=86400)

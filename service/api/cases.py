@@ -1,0 +1,53 @@
+"""Reading a case and reporting its late ground truth."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask_smorest import Blueprint
+
+from service.api.auth import current_actor, require_roles, roles_doc
+from service.api.common import json_body, request_id, unit_of_work
+from service.api.tasks import load
+from service.schemas.cases import CaseDetailSchema, OutcomeRequestSchema
+from service.schemas.common import ApiErrorSchema
+from service.services import cases as case_service
+
+blp = Blueprint("cases", __name__, url_prefix="/api/v1", description="Cases and outcomes")
+
+
+@blp.route("/cases/<string:case_id>", methods=["GET"])
+@blp.doc(**roles_doc("app", "reviewer", "analyst"))
+@blp.response(200, CaseDetailSchema)
+@blp.alt_response(404, schema=ApiErrorSchema)
+@require_roles("app", "reviewer", "analyst")
+def get_case(case_id: str) -> dict[str, Any]:
+    """The case, with its final label once resolved and its reviews."""
+    with unit_of_work() as session:
+        case = case_service.get_case(session, case_id, current_actor())
+        return case_service.case_detail(session, case)
+
+
+@blp.route("/cases/<string:case_id>/outcome", methods=["POST"])
+@blp.doc(
+    **roles_doc("app"),
+    requestBody={
+        "required": True,
+        "content": {"application/json": {"schema": OutcomeRequestSchema}},
+    },
+)
+@blp.response(200, CaseDetailSchema)
+@blp.alt_response(404, schema=ApiErrorSchema)
+@blp.alt_response(
+    409, schema=ApiErrorSchema, description="A different outcome was already recorded"
+)
+@blp.alt_response(422, schema=ApiErrorSchema)
+@require_roles("app")
+def post_outcome(case_id: str) -> dict[str, Any]:
+    """Late ground truth from the application (a label source of its own)."""
+    data = load(OutcomeRequestSchema(), json_body())
+    with unit_of_work() as session:
+        case = case_service.record_outcome(
+            session, case_id, data["label"], current_actor(), request_id=request_id()
+        )
+        return case_service.case_detail(session, case)

@@ -1,0 +1,140 @@
+"""The predict endpoints: the hot path applications put in their request path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, current_app, jsonify, request
+from flask_smorest import Blueprint
+
+from service.api.auth import current_actor, require_roles, roles_doc
+from service.api.common import json_body, request_id, unit_of_work
+from service.errors import ValidationFailed
+from service.schemas.cases import (
+    BatchRequestSchema,
+    BatchResultSchema,
+    CaseResultSchema,
+    PredictRequestSchema,
+)
+from service.schemas.common import ApiErrorSchema
+from service.services import predict as predict_service
+
+blp = Blueprint("predict", __name__, url_prefix="/api/v1", description="Send cases")
+
+ENVELOPE_KEYS = {"input", "external_id", "force_review"}
+
+
+def _item(body: Any, *, where: str = "") -> predict_service.PredictRequest:
+    if not isinstance(body, dict):
+        raise ValidationFailed(
+            "The body must be a JSON object", {where or "_schema": ["Not an object."]}
+        )
+    unknown = set(body) - ENVELOPE_KEYS
+    if unknown:
+        raise ValidationFailed(
+            "Unknown fields: " + ", ".join(sorted(unknown)),
+            {k: ["Unknown field."] for k in sorted(unknown)},
+        )
+    if "input" not in body:
+        raise ValidationFailed(
+            "Invalid fields: input", {"input": ["Missing data for required field."]}
+        )
+    return predict_service.PredictRequest(
+        input=body["input"],
+        external_id=body.get("external_id"),
+        force_review=body.get("force_review", False),
+    )
+
+
+@blp.route("/tasks/<string:task>/predict", methods=["POST"])
+@blp.doc(
+    **roles_doc("app"),
+    requestBody={
+        "required": True,
+        "content": {"application/json": {"schema": PredictRequestSchema}},
+    },
+    parameters=[
+        {
+            "in": "header",
+            "name": "Idempotency-Key",
+            "required": False,
+            "schema": {"type": "string", "maxLength": 200},
+            "description": "Same key + same body returns the same case; same key with "
+            "another body is 409.",
+        }
+    ],
+)
+@blp.alt_response(200, schema=CaseResultSchema, description="Answered automatically")
+@blp.alt_response(202, schema=CaseResultSchema, description="Queued for a human")
+@blp.alt_response(
+    409, schema=ApiErrorSchema, description="Idempotency-Key reused with another body"
+)
+@blp.alt_response(422, schema=ApiErrorSchema)
+@require_roles("app")
+def predict(task: str) -> Response:
+    """Send one case: answered now (200) or queued for a human (202)."""
+    body = json_body()
+    item = _item(body)
+    item.idempotency_key = request.headers.get("Idempotency-Key")
+    settings = current_app.config["TANDEM"]
+    with unit_of_work() as session:
+        view, _created = predict_service.predict_one(
+            session,
+            task,
+            item,
+            current_actor(),
+            body_for_hash=body,
+            request_id=request_id(),
+            max_text=settings.max_text_length,
+        )
+    resp = jsonify(view)
+    resp.status_code = 200 if view["route"] == "auto" else 202
+    return resp
+
+
+@blp.route("/tasks/<string:task>/predict/batch", methods=["POST"])
+@blp.doc(
+    **roles_doc("app"),
+    requestBody={"required": True, "content": {"application/json": {"schema": BatchRequestSchema}}},
+)
+@blp.alt_response(200, schema=BatchResultSchema, description="One result per item, in order")
+@blp.alt_response(422, schema=ApiErrorSchema)
+@require_roles("app")
+def predict_batch(task: str) -> Response:
+    """Send up to 1,000 cases; a bad item gets its error object in place, the rest are stored."""
+    body = json_body()
+    settings = current_app.config["TANDEM"]
+    if (
+        not isinstance(body, dict)
+        or set(body) - {"items"}
+        or not isinstance(body.get("items"), list)
+    ):
+        raise ValidationFailed('The body must be {"items": [...]}', {"items": ["Required list."]})
+    raw_items = body["items"]
+    if len(raw_items) > settings.max_batch_items:
+        raise ValidationFailed(
+            f"At most {settings.max_batch_items} items per batch",
+            {"items": [f"Longer than maximum length {settings.max_batch_items}."]},
+        )
+    items: list[predict_service.PredictRequest | dict[str, Any]] = []
+    for i, raw in enumerate(raw_items):
+        try:
+            items.append(_item(raw, where=f"items.{i}"))
+        except ValidationFailed as exc:
+            items.append(
+                {"error": {"code": exc.code, "message": exc.message, "details": exc.details}}
+            )
+    good = [x for x in items if isinstance(x, predict_service.PredictRequest)]
+    with unit_of_work() as session:
+        results = iter(
+            predict_service.predict_batch(
+                session,
+                task,
+                good,
+                current_actor(),
+                request_id=request_id(),
+                max_text=settings.max_text_length,
+            )
+        )
+    ordered = [next(results) if isinstance(x, predict_service.PredictRequest) else x for x in items]
+    return jsonify({"results": ordered})

@@ -1,0 +1,235 @@
+"""The ``tandem`` command line (SPEC §13). Exit status 0 on success; otherwise non-zero with a
+one-line reason on stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import click
+
+from service.config import Settings
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+CLI_ACTOR_NAME = "cli"
+
+
+def fail(message: str, code: int = 1) -> None:
+    click.echo(f"tandem: {message}", err=True)
+    sys.exit(code)
+
+
+def friendly_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn any failure into one line on stderr and a non-zero exit (no tracebacks)."""
+
+    @wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        from service.errors import ServiceError
+
+        try:
+            return func(*args, **kwargs)
+        except ServiceError as exc:
+            detail = f" ({json.dumps(exc.details)})" if exc.details else ""
+            fail(f"{exc.message}{detail}", 2 if exc.status in (400, 404, 409, 422) else 1)
+        except (click.ClickException, click.exceptions.Exit, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # one line, never a traceback, for operators and scripts
+            fail(f"{type(exc).__name__}: {exc}".splitlines()[0])
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def make_app(**overrides: Any) -> Any:
+    from service import create_app
+
+    return create_app(Settings.from_env(), **overrides)
+
+
+def cli_actor() -> Any:
+    from service.services.audit import Actor
+
+    user = os.environ.get("USER") or "operator"
+    return Actor(kind="system", id=None, name=f"{CLI_ACTOR_NAME}:{user}", role="admin")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Tandem: route confident cases, queue the rest for people, learn, automate what is
+    proved safe. Configuration comes from DATABASE_URL, REDIS_URL, TANDEM_HOME, SECRET_KEY."""
+
+
+# --- database ----------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database schema management."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@friendly_errors
+def db_upgrade(revision: str) -> None:
+    """Migrate the database to the latest schema (safe to run repeatedly)."""
+    from service import migrate
+    from service.db import make_engine
+
+    settings = Settings.from_env()
+    engine = make_engine(settings.database_url)
+    migrate.upgrade(engine, revision)
+    click.echo(f"database at {migrate.current_revision(engine)}", err=True)
+
+
+# --- accounts ------------------------------------------------------------------------------
+
+
+@main.group()
+def token() -> None:
+    """API tokens for applications and scripts."""
+
+
+@token.command("create")
+@click.option("--role", required=True, type=click.Choice(["app", "reviewer", "analyst", "admin"]))
+@click.option("--task", "tasks", multiple=True, help="Limit the token to this task (repeatable).")
+@click.option("--name", default=None, help="A label to recognise the token by.")
+@friendly_errors
+def token_create(role: str, tasks: tuple[str, ...], name: str | None) -> None:
+    """Create a token and print it, alone, on stdout (it is shown once, stored hashed)."""
+    from service.db import transaction
+    from service.services.accounts import create_token
+
+    app = make_app()
+    with app.app_context(), transaction() as session:
+        new = create_token(
+            session,
+            role=role,
+            name=name or f"{role}-token",
+            task_scope=list(tasks) or None,
+            actor=cli_actor(),
+        )
+    click.echo(new.token)
+
+
+@main.group()
+def user() -> None:
+    """People who log in to the review UI."""
+
+
+@user.command("create")
+@click.argument("email")
+@click.option("--role", required=True, type=click.Choice(["reviewer", "analyst", "admin", "app"]))
+@click.option("--task", "tasks", multiple=True, help="Limit the user to this task (repeatable).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@friendly_errors
+def user_create(email: str, role: str, tasks: tuple[str, ...], password_stdin: bool) -> None:
+    """Create a UI user. Without --password-stdin you are prompted (input hidden)."""
+    from service.db import transaction
+    from service.services.accounts import create_user
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    app = make_app()
+    with app.app_context(), transaction() as session:
+        created = create_user(
+            session,
+            email=email,
+            password=password,
+            role=role,
+            task_scope=list(tasks) or None,
+            actor=cli_actor(),
+        )
+        click.echo(f"created user {created.email} ({created.role})", err=True)
+
+
+# --- tasks -------------------------------------------------------------------------------
+
+
+@main.group()
+def task() -> None:
+    """Task definitions."""
+
+
+@task.command("create")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@friendly_errors
+def task_create(file: Path) -> None:
+    """Create a task from a task definition (SPEC §6) in a JSON file."""
+    from service.api.tasks import load
+    from service.db import transaction
+    from service.schemas.tasks import TaskCreateSchema
+    from service.services.tasks import create_task
+
+    try:
+        definition = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        fail(f"{file} is not valid JSON: {exc}", 2)
+    data = load(TaskCreateSchema(), definition)
+    app = make_app()
+    with app.app_context(), transaction() as session:
+        created = create_task(session, data, cli_actor())
+        click.echo(f"created task {created.name}", err=True)
+    click.echo(created.name)
+
+
+# --- processes -----------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option(
+    "--workers",
+    "web_workers",
+    default=None,
+    type=int,
+    help="Web worker processes (default: 1 embedded, 2 otherwise).",
+)
+@friendly_errors
+def serve(host: str, port: int, web_workers: int | None) -> None:
+    """Run the web app; in embedded mode also the embedded Redis and one RQ worker."""
+    from service.runner import serve as run_serve
+
+    run_serve(host=host, port=port, web_workers=web_workers)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@friendly_errors
+def demo(host: str, port: int) -> None:
+    """`serve` plus a demo task, demo users and seeded history; prints URL and logins."""
+    from service.runner import serve as run_serve
+
+    run_serve(host=host, port=port, web_workers=None, demo=True)
+
+
+@main.command()
+@click.option("--queues", default=None, help="Comma-separated queue names (default: all).")
+@click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
+@click.option(
+    "--with-scheduler/--no-scheduler",
+    default=True,
+    show_default=True,
+    help="Also run the periodic jobs (at most one scheduler is active at a time).",
+)
+@friendly_errors
+def worker(queues: str | None, burst: bool, with_scheduler: bool) -> None:
+    """Run an RQ worker through the app (any number, on any machine reaching Redis and DB)."""
+    from workers.runner import run_worker
+
+    names = [q.strip() for q in queues.split(",")] if queues else None
+    run_worker(make_app(), names, burst=burst, with_scheduler=with_scheduler)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Database engine, the request/job session and the unit-of-work helper.
+
+Lower layers (``service.services.*``) only ``flush``; the outermost layer (one API request or
+one job) commits once through :func:`transaction`. This keeps every request atomic: bad input
+stores nothing, and a failure half way leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+from sqlalchemy import DateTime, MetaData, TypeDecorator, create_engine, event
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.orm import DeclarativeBase, Session, scoped_session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC timestamps on every backend (SQLite drops the zone on its own)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given; use service.db.utcnow()")
+        if value is not None and dialect.name == "sqlite":
+            return value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+SessionFactory = sessionmaker(expire_on_commit=False, autoflush=True)
+db_session: scoped_session[Session] = scoped_session(SessionFactory)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """Engine tuned per backend: SQLite gets WAL + busy timeout so web and worker processes
+    can share the embedded file; PostgreSQL gets pre-ping so a restarted server is survived."""
+    if url.startswith("sqlite"):
+        options: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
+        if url in ("sqlite://", "sqlite:///:memory:"):
+            options["poolclass"] = StaticPool
+        options.update(kwargs)
+        engine = create_engine(url, **options)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # Let SQLAlchemy drive transactions (BEGIN IMMEDIATE on write below).
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            # IMMEDIATE takes the write lock up front, so two writers queue on busy_timeout
+            # instead of one failing with "database is locked" on lock upgrade.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    options = {
+        "pool_pre_ping": True,
+        "pool_size": 10,
+        "max_overflow": 20,
+        "pool_timeout": 5,
+        "connect_args": {"connect_timeout": 3},
+    }
+    options.update(kwargs)
+    return create_engine(url, **options)
+
+
+def is_postgres(session: Session) -> bool:
+    bind = session.get_bind()
+    return bind.dialect.name == "postgresql"
+
+
+def configure(engine: Engine) -> None:
+    db_session.remove()
+    SessionFactory.configure(bind=engine)
+
+
+@contextmanager
+def transaction() -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on any exception."""
+    session = db_session()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def transactional(func: Callable[P, R]) -> Callable[P, R]:
+    """Decorator form of :func:`transaction` for API views, CLI commands and jobs."""
+
+    @wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with transaction():
+            return func(*args, **kwargs)
+
+    return wrapper

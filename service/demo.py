@@ -1,0 +1,161 @@
+"""`tandem demo`: a ready-to-explore instance built from a bundled dataset.
+
+Seeds a `loan-review` task from credit_data.csv: historical decisions reported by the
+application (label source `application`) so a model can be trained and certified at once,
+then a live tail of cases waiting for people in the review queue.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import select
+
+from service.db import transaction
+from service.models import Task, User
+from service.services import accounts, predict, tasks
+from service.services.audit import Actor
+
+DEMO_TASK = "loan-review"
+DEMO_PASSWORD = "tandem-demo"  # noqa: S105 (printed to the person running the demo)
+DEMO_USERS = (
+    ("admin@example.com", "admin"),
+    ("analyst@example.com", "analyst"),
+    ("reviewer@example.com", "reviewer"),
+)
+HISTORY_ROWS = 2600
+LIVE_ROWS = 300
+DEMO_ACTOR = Actor(kind="system", id=None, name="demo-seed", role="admin")
+
+CREDIT_FIELDS: list[dict[str, Any]] = [
+    {"name": "Seniority", "type": "number"},
+    {"name": "Home", "type": "category", "required": False},
+    {"name": "Time", "type": "number"},
+    {"name": "Age", "type": "number"},
+    {"name": "Marital", "type": "category", "required": False},
+    {"name": "Records", "type": "category"},
+    {"name": "Job", "type": "category", "required": False},
+    {"name": "Expenses", "type": "number"},
+    {"name": "Income", "type": "number", "required": False},
+    {"name": "Assets", "type": "number", "required": False},
+    {"name": "Debt", "type": "number", "required": False},
+    {"name": "Amount", "type": "number"},
+    {"name": "Price", "type": "number"},
+]
+
+
+def dataset_path(name: str) -> Path:
+    return Path(str(resources.files("service") / "datasets" / name))
+
+
+def read_rows(
+    name: str, label: str, fields: list[dict[str, Any]]
+) -> list[tuple[dict[str, Any], str]]:
+    """Rows of a bundled CSV as (input, label); `NA` and empty cells become None."""
+    types = {f["name"]: f["type"] for f in fields}
+    out: list[tuple[dict[str, Any], str]] = []
+    with dataset_path(name).open(newline="") as fh:
+        for raw in csv.DictReader(fh):
+            values: dict[str, Any] = {}
+            for key, kind in types.items():
+                cell = raw.get(key)
+                if cell is None or cell in ("", "NA"):
+                    values[key] = None
+                elif kind == "number":
+                    number = float(cell)
+                    values[key] = number if math.isfinite(number) else None
+                elif kind == "boolean":
+                    values[key] = cell.lower() in ("true", "1", "yes")
+                else:
+                    values[key] = cell
+            out.append((values, raw[label]))
+    return out
+
+
+def task_definition() -> dict[str, Any]:
+    return {
+        "name": DEMO_TASK,
+        "labels": ["good", "bad"],
+        "fields": CREDIT_FIELDS,
+        "policy": {"target_error": 0.05, "min_labels": 200, "retrain_every": 100},
+        "review": {
+            "instructions": (
+                "## Loan review\n\nDecide whether the applicant is a **good** or **bad** "
+                "credit risk.\n\n- Look at income against expenses and debt.\n"
+                "- A prior default record (`Records = yes`) weighs heavily.\n"
+                "- When unsure, prefer *bad*: a human will follow up."
+            ),
+            "lease_seconds": 300,
+        },
+    }
+
+
+def seed_demo(app: Flask) -> dict[str, Any]:
+    from service.api.tasks import load
+    from service.schemas.tasks import TaskCreateSchema
+
+    home = Path(str(app.config["TANDEM"].home))
+    rows = read_rows("credit_data.csv", "Status", CREDIT_FIELDS)
+    history = rows[:HISTORY_ROWS]
+    live = rows[HISTORY_ROWS : HISTORY_ROWS + LIVE_ROWS]
+    with transaction() as session:
+        existing = session.scalar(select(Task).where(Task.name == DEMO_TASK))
+        fresh = existing is None
+        if fresh:
+            tasks.create_task(session, load(TaskCreateSchema(), task_definition()), DEMO_ACTOR)
+        for email, role in DEMO_USERS:
+            if session.scalar(select(User.id).where(User.email == email)) is None:
+                accounts.create_user(
+                    session,
+                    email=email,
+                    password=DEMO_PASSWORD,
+                    role=role,
+                    task_scope=None,
+                    actor=DEMO_ACTOR,
+                )
+    token_file = home / "demo_app_token"
+    if not token_file.exists():
+        with transaction() as session:
+            new = accounts.create_token(
+                session, role="app", name="demo-app", task_scope=[DEMO_TASK], actor=DEMO_ACTOR
+            )
+        token_file.write_text(new.token)
+        token_file.chmod(0o600)
+    if fresh:
+        _seed_history(history, live)
+    return {
+        "task": DEMO_TASK,
+        "history": len(history),
+        "users": [(email, DEMO_PASSWORD, role) for email, role in DEMO_USERS],
+        "app_token": token_file.read_text().strip(),
+        "example": json.dumps({"input": live[0][0]}, separators=(",", ":")),
+    }
+
+
+def _seed_history(
+    history: list[tuple[dict[str, Any], str]], live: list[tuple[dict[str, Any], str]]
+) -> None:
+    from service.services.cases import record_outcome
+
+    app_actor = Actor(kind="system", id=None, name="demo-history", role="app", task_scope=None)
+    for start in range(0, len(history), 500):
+        chunk = history[start : start + 500]
+        with transaction() as session:
+            results = predict.predict_batch(
+                session,
+                DEMO_TASK,
+                [predict.PredictRequest(input=values) for values, _ in chunk],
+                app_actor,
+            )
+            for result, (_, label) in zip(results, chunk, strict=True):
+                record_outcome(session, result["case_id"], label, app_actor)
+    with transaction() as session:
+        predict.predict_batch(
+            session, DEMO_TASK, [predict.PredictRequest(input=v) for v, _ in live], app_actor
+        )

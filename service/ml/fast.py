@@ -1,0 +1,429 @@
+"""Fast inference for the predict hot path.
+
+Why: a scikit-learn Pipeline fed a one-row DataFrame costs ~2.4 ms, almost all per-call
+overhead (pandas, ColumnTransformer, validation). ``compile_predictor`` reads the fitted
+parameters once (imputer medians, scaler mean/scale, one-hot column maps, TF-IDF vocabulary
+and idf, SVD components, LR coefficients) and builds features with numpy/scipy directly.
+
+The Pipeline stays the source of truth: the compiler only accepts the exact structure built by
+``service.ml.pipeline.build_pipeline``; anything else (or a failed self-check against the
+Pipeline on probe rows) returns a predictor that simply calls the Pipeline.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.compose import ColumnTransformer
+from sklearn.decomposition import TruncatedSVD
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+from service.ml.frame import Field, Row, field_types, to_boolean, to_number, to_text
+from service.ml.pipeline import fill_text, pipeline_proba
+
+SELF_CHECK_TOL = 1e-9
+_UNSEEN_PROBE = "\x00tandem-unseen-probe\x00"
+
+
+class Predictor:
+    """Probabilities in ``label_set`` order for a list of JSON-like rows.
+
+    ``compiled`` is False when the Pipeline itself is used (``reason`` says why).
+    """
+
+    compiled: bool = False
+    reason: str | None = None
+
+    def __init__(self, label_set: Sequence[str]) -> None:
+        self.label_set = [str(x) for x in label_set]
+
+    def predict_proba_rows(self, rows: Sequence[Row]) -> np.ndarray:
+        raise NotImplementedError
+
+
+class PipelinePredictor(Predictor):
+    """Fallback: calls the Pipeline through ``rows_to_frame`` (slow but always right)."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        fields: Sequence[Field],
+        label_set: Sequence[str],
+        reason: str,
+    ) -> None:
+        super().__init__(label_set)
+        self.pipeline = pipeline
+        self.fields = list(fields)
+        self.reason = reason
+
+    def predict_proba_rows(self, rows: Sequence[Row]) -> np.ndarray:
+        if not rows:
+            return np.zeros((0, len(self.label_set)), dtype=np.float64)
+        return pipeline_proba(self.pipeline, rows, self.fields, self.label_set)
+
+
+class _Unsupported(Exception):
+    """The compiler does not understand this pipeline; fall back to it."""
+
+
+# --------------------------------------------------------------------------------- blocks
+class _NumericBlock:
+    """SimpleImputer(add_indicator) -> StandardScaler over number/boolean columns."""
+
+    def __init__(self, names: list[str], types: dict[str, str], pipe: Any) -> None:
+        if not (
+            isinstance(pipe, Pipeline)
+            and [type(s) for _, s in pipe.steps] == [SimpleImputer, StandardScaler]
+        ):
+            raise _Unsupported("numeric block is not SimpleImputer -> StandardScaler")
+        imputer, scaler = pipe.steps[0][1], pipe.steps[1][1]
+        if imputer.keep_empty_features is not True and np.isnan(imputer.statistics_).any():
+            raise _Unsupported("imputer dropped empty features")
+        if not (isinstance(imputer.missing_values, float) and math.isnan(imputer.missing_values)):
+            raise _Unsupported("imputer missing_values is not NaN")
+        self.names = names
+        self.convert: list[Callable[[Any], float]] = [
+            to_boolean if types[n] == "boolean" else to_number for n in names
+        ]
+        self.medians = np.asarray(imputer.statistics_, dtype=np.float64)
+        if np.isnan(self.medians).any():
+            raise _Unsupported("imputer statistics contain NaN")
+        ind = imputer.indicator_
+        self.indicator = (
+            np.asarray(ind.features_, dtype=np.intp) if ind is not None else np.zeros(0, np.intp)
+        )
+        n_out = len(names) + len(self.indicator)
+        self.mean = (
+            np.asarray(scaler.mean_, dtype=np.float64) if scaler.with_mean else np.zeros(n_out)
+        )
+        self.scale = (
+            np.asarray(scaler.scale_, dtype=np.float64) if scaler.with_std else np.ones(n_out)
+        )
+        self.width = n_out
+        if self.mean.shape != (n_out,) or self.scale.shape != (n_out,):
+            raise _Unsupported("scaler width does not match imputer output")
+
+    def dense(self, rows: Sequence[Row]) -> np.ndarray:
+        x = np.array(
+            [
+                [conv(row.get(name)) for name, conv in zip(self.names, self.convert, strict=True)]
+                for row in rows
+            ],
+            dtype=np.float64,
+        ).reshape(len(rows), len(self.names))
+        missing = np.isnan(x)
+        x = np.where(missing, self.medians, x)
+        if len(self.indicator):
+            x = np.hstack([x, missing[:, self.indicator].astype(np.float64)])
+        x -= self.mean
+        x /= self.scale
+        return x
+
+
+class _CategoryBlock:
+    """Imputer + one-hot for one category field, reduced to value -> column (or -1)."""
+
+    def __init__(self, name: str, pipe: Any) -> None:
+        if not isinstance(pipe, Pipeline):
+            raise _Unsupported("category block is not a Pipeline")
+        encoder = pipe.steps[-1][1]
+        known = [c for c in encoder.categories_[0].tolist() if isinstance(c, str)]
+        probe = [*known, np.nan, _UNSEEN_PROBE]
+        col = np.empty(len(probe), dtype=object)
+        col[:] = probe
+        out = pipe.transform(pd.DataFrame({name: pd.Series(col, dtype=object)}))
+        out = sp.csr_matrix(out)
+        self.width = out.shape[1]
+        if np.any(np.diff(out.indptr) > 1) or np.any(out.data != 1.0):
+            raise _Unsupported(f"category block {name!r} is not one-hot")
+        cols = np.full(len(probe), -1, dtype=np.intp)
+        for i in range(len(probe)):
+            lo, hi = out.indptr[i], out.indptr[i + 1]
+            if hi > lo:
+                cols[i] = out.indices[lo]
+        self.name = name
+        self.map: dict[str, int] = {c: int(cols[i]) for i, c in enumerate(known)}
+        self.missing_col = int(cols[len(known)])
+        self.unknown_col = int(cols[len(known) + 1])
+
+    def columns(self, rows: Sequence[Row]) -> np.ndarray:
+        out = np.empty(len(rows), dtype=np.intp)
+        name, mapping = self.name, self.map
+        for i, row in enumerate(rows):
+            v = to_text(row.get(name))
+            if isinstance(v, str):
+                out[i] = mapping.get(v, self.unknown_col)
+            else:
+                out[i] = self.missing_col
+        return out
+
+
+class _TextBlock:
+    """fill "" -> TF-IDF (-> TruncatedSVD) for one text field."""
+
+    def __init__(self, name: str, pipe: Any) -> None:
+        steps = pipe.steps if isinstance(pipe, Pipeline) else []
+        kinds = [type(s) for _, s in steps]
+        if len(steps) not in (2, 3) or not (
+            kinds[0] is FunctionTransformer
+            and getattr(steps[0][1], "func", None) is fill_text
+            and isinstance(steps[1][1], TfidfVectorizer)
+            and (len(steps) == 2 or kinds[2] is TruncatedSVD)
+        ):
+            raise _Unsupported(f"text block {name!r} has an unknown structure")
+        vec: TfidfVectorizer = steps[1][1]
+        if vec.binary or vec.norm not in ("l2", None) or vec.input != "content":
+            raise _Unsupported(f"text block {name!r} uses unsupported TF-IDF options")
+        self.name = name
+        self.analyzer = vec.build_analyzer()
+        self.vocab: dict[str, int] = vec.vocabulary_
+        self.n_terms = len(self.vocab)
+        self.idf = np.asarray(vec.idf_, dtype=np.float64) if vec.use_idf else None
+        self.sublinear = bool(vec.sublinear_tf)
+        self.l2 = vec.norm == "l2"
+        self.vectorizer = vec
+        self.svd: TruncatedSVD | None = steps[2][1] if len(steps) == 3 else None
+        self.components: np.ndarray | None = None
+        if len(steps) == 3:
+            self.components = np.ascontiguousarray(steps[2][1].components_.T)
+        self.width = self.n_terms if self.components is None else self.components.shape[1]
+
+    def tfidf(self, rows: Sequence[Row]) -> sp.csr_matrix:
+        indptr = [0]
+        indices: list[int] = []
+        data: list[float] = []
+        vocab, analyzer = self.vocab, self.analyzer
+        for row in rows:
+            v = to_text(row.get(self.name))
+            counts: dict[int, int] = {}
+            if isinstance(v, str) and v:
+                for tok in analyzer(v):
+                    j = vocab.get(tok)
+                    if j is not None:
+                        counts[j] = counts.get(j, 0) + 1
+            indices.extend(counts.keys())
+            data.extend(counts.values())
+            indptr.append(len(indices))
+        idx = np.asarray(indices, dtype=np.intp)
+        val = np.asarray(data, dtype=np.float64)
+        if self.sublinear:
+            np.log(val, out=val)
+            val += 1.0
+        if self.idf is not None:
+            val *= self.idf[idx]
+        ptr = np.asarray(indptr, dtype=np.intp)
+        if self.l2 and len(val):
+            nnz = np.diff(ptr)
+            row_of = np.repeat(np.arange(len(rows)), nnz)
+            norms = np.sqrt(np.bincount(row_of, weights=val * val, minlength=len(rows)))
+            norms[norms == 0.0] = 1.0
+            val /= np.repeat(norms, nnz)
+        return sp.csr_matrix((val, idx, ptr), shape=(len(rows), self.n_terms))
+
+    def features_exact(self, rows: Sequence[Row]) -> sp.csr_matrix | np.ndarray:
+        """Bit-identical to the Pipeline (fitted vectorizer/SVD): tree models compare
+        features against thresholds, so a last-bit difference could flip a split."""
+        docs = [v if isinstance(v, str) else "" for v in (to_text(r.get(self.name)) for r in rows)]
+        x = self.vectorizer.transform(docs)
+        return x if self.svd is None else self.svd.transform(x)
+
+    def features(self, rows: Sequence[Row]) -> sp.csr_matrix | np.ndarray:
+        """Hand-built TF-IDF (+SVD): equal to ~1e-15, fine for smooth linear scoring."""
+        x = self.tfidf(rows)
+        if self.components is None:
+            return x
+        return np.asarray(x @ self.components)
+
+
+_Block = _NumericBlock | _CategoryBlock | _TextBlock
+
+
+# ------------------------------------------------------------------------------ predictor
+class CompiledPredictor(Predictor):
+    """Features built straight from rows; LR scored in numpy, HGB via its predict_proba."""
+
+    compiled = True
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        fields: Sequence[Field],
+        label_set: Sequence[str],
+    ) -> None:
+        super().__init__(label_set)
+        if [n for n, _ in pipeline.steps] != ["features", "clf"]:
+            raise _Unsupported("pipeline steps are not ['features', 'clf']")
+        ct, clf = pipeline.steps[0][1], pipeline.steps[1][1]
+        if not isinstance(ct, ColumnTransformer):
+            raise _Unsupported("first step is not a ColumnTransformer")
+        types = dict(field_types(fields))
+        self.blocks: list[tuple[_Block, int]] = []
+        offset = 0
+        for name, trans, cols in ct.transformers_:
+            if trans == "drop" or (isinstance(cols, list) and not cols):
+                continue
+            if not isinstance(cols, list) or not all(isinstance(c, str) for c in cols):
+                raise _Unsupported(f"transformer {name!r} does not select columns by name")
+            if any(c not in types for c in cols):
+                raise _Unsupported(f"transformer {name!r} uses columns that are not fields")
+            block: _Block
+            kinds = {types[c] for c in cols}
+            if kinds <= {"number", "boolean"}:
+                block = _NumericBlock(cols, types, trans)
+            elif kinds == {"category"} and len(cols) == 1:
+                block = _CategoryBlock(cols[0], trans)
+            elif kinds == {"text"} and len(cols) == 1:
+                block = _TextBlock(cols[0], trans)
+            else:
+                raise _Unsupported(f"transformer {name!r} mixes field types")
+            self.blocks.append((block, offset))
+            offset += block.width
+        self.n_features = offset
+        if getattr(clf, "n_features_in_", None) != offset:
+            raise _Unsupported("feature width does not match the classifier")
+        classes = [str(c) for c in clf.classes_]
+        index = {label: j for j, label in enumerate(self.label_set)}
+        if any(c not in index for c in classes):
+            raise _Unsupported("classifier has classes outside label_set")
+        self.out_cols = np.array([index[c] for c in classes], dtype=np.intp)
+        self.clf = clf
+        if type(clf) is LogisticRegression:
+            self.kind = "lr"
+            self.coef_t = np.ascontiguousarray(np.asarray(clf.coef_, dtype=np.float64).T)
+            self.intercept = np.asarray(clf.intercept_, dtype=np.float64)
+            if len(classes) == 2 and self.coef_t.shape[1] != 1:
+                raise _Unsupported("binary LR with unexpected coefficient shape")
+        elif type(clf) is HistGradientBoostingClassifier:
+            self.kind = "hgb"
+        else:
+            raise _Unsupported(f"classifier {type(clf).__name__} is not compiled")
+
+    def _decision_lr(self, rows: Sequence[Row]) -> np.ndarray:
+        n = len(rows)
+        dec = np.tile(self.intercept, (n, 1))
+        w = self.coef_t
+        for block, off in self.blocks:
+            if isinstance(block, _CategoryBlock):
+                cols = block.columns(rows)
+                hit = cols >= 0
+                if hit.all():
+                    dec += w[off + cols]
+                elif hit.any():
+                    dec[hit] += w[off + cols[hit]]
+            elif isinstance(block, _NumericBlock):
+                dec += block.dense(rows) @ w[off : off + block.width]
+            else:
+                dec += block.features(rows) @ w[off : off + block.width]
+        return dec
+
+    def _dense(self, rows: Sequence[Row]) -> np.ndarray:
+        n = len(rows)
+        x = np.zeros((n, self.n_features), dtype=np.float64)
+        for block, off in self.blocks:
+            if isinstance(block, _CategoryBlock):
+                cols = block.columns(rows)
+                hit = np.flatnonzero(cols >= 0)
+                x[hit, off + cols[hit]] = 1.0
+            elif isinstance(block, _NumericBlock):
+                x[:, off : off + block.width] = block.dense(rows)
+            else:
+                feats = block.features_exact(rows)
+                x[:, off : off + block.width] = (
+                    feats.toarray() if isinstance(feats, sp.spmatrix | sp.sparray) else feats
+                )
+        return x
+
+    def _proba_classes(self, rows: Sequence[Row]) -> np.ndarray:
+        if self.kind == "lr":
+            dec = self._decision_lr(rows)
+            if dec.shape[1] == 1:
+                p = 1.0 / (1.0 + np.exp(-dec[:, 0]))
+                return np.column_stack([1.0 - p, p])
+            dec -= dec.max(axis=1, keepdims=True)
+            np.exp(dec, out=dec)
+            dec /= dec.sum(axis=1, keepdims=True)
+            return dec
+        return np.asarray(self.clf.predict_proba(self._dense(rows)), dtype=np.float64)
+
+    def predict_proba_rows(self, rows: Sequence[Row]) -> np.ndarray:
+        if not rows:
+            return np.zeros((0, len(self.label_set)), dtype=np.float64)
+        proba = self._proba_classes(rows)
+        if len(self.out_cols) == len(self.label_set) and np.array_equal(
+            self.out_cols, np.arange(len(self.label_set))
+        ):
+            return proba
+        out = np.zeros((len(rows), len(self.label_set)), dtype=np.float64)
+        out[:, self.out_cols] = proba
+        return out
+
+
+def _probe_rows(predictor: CompiledPredictor, fields: Sequence[Field]) -> list[dict[str, Any]]:
+    """Rows that exercise missing, known, unknown and extreme values of every field."""
+    options: dict[str, list[Any]] = {}
+    for block, _ in predictor.blocks:
+        if isinstance(block, _NumericBlock):
+            for j, name in enumerate(block.names):
+                med = float(block.medians[j])
+                spread = float(block.scale[j]) if block.scale[j] > 0 else 1.0
+                if block.convert[j] is to_boolean:
+                    options[name] = [None, True, False]
+                else:
+                    options[name] = [None, med, med + 3 * spread, med - 7.5 * spread]
+        elif isinstance(block, _CategoryBlock):
+            known = list(block.map)[:3]
+            options[block.name] = [None, *known, "never seen value"]
+        else:
+            terms = list(block.vocab)[:12]
+            options[block.name] = [
+                None,
+                "",
+                " ".join(terms),
+                " ".join(terms[:3] + terms[:1] + ["unseen-word"]),
+            ]
+    width = max((len(v) for v in options.values()), default=1)
+    rows = []
+    for i in range(width * 2):
+        rows.append(
+            {name: vals[(i + k) % len(vals)] for k, (name, vals) in enumerate(options.items())}
+        )
+    rows.append({})
+    return rows
+
+
+def compile_predictor(
+    pipeline: Pipeline,
+    fields: Sequence[Field],
+    label_set: Sequence[str],
+    *,
+    check_rows: Sequence[Row] | None = None,
+) -> Predictor:
+    """Compile ``pipeline`` for fast scoring; on anything unexpected return a
+    ``PipelinePredictor``. The result is self-checked against the Pipeline on probe rows
+    (plus ``check_rows`` if given) and only used if it agrees within ``SELF_CHECK_TOL``."""
+    try:
+        predictor = CompiledPredictor(pipeline, fields, label_set)
+    except _Unsupported as exc:
+        return PipelinePredictor(pipeline, fields, label_set, reason=str(exc))
+    rows = _probe_rows(predictor, fields) + list(check_rows or [])
+    try:
+        expected = pipeline_proba(pipeline, rows, fields, label_set)
+        got = predictor.predict_proba_rows(rows)
+        ok = got.shape == expected.shape and bool(np.all(np.abs(got - expected) <= SELF_CHECK_TOL))
+    except Exception as exc:  # compiled path broke on probes: the Pipeline decides
+        return PipelinePredictor(pipeline, fields, label_set, reason=f"self-check error: {exc}")
+    if not ok:
+        return PipelinePredictor(
+            pipeline, fields, label_set, reason="self-check disagreed with the Pipeline"
+        )
+    return predictor

@@ -1,0 +1,209 @@
+"""Training-data profile for data-quality checks (SPEC section 7).
+
+Why: a case whose values lie far outside what the active model was trained on must go to
+review with reason ``invalid_input`` whatever its confidence, and per-field missing rates /
+unseen categories are tracked over time. The profile is computed once at training time and
+stored as JSON next to the model.
+
+``out_of_range`` rule (per field, missing values never count; booleans never count):
+
+* number: outside ``[min - 3*S, max + 3*S]`` where ``S`` is the training inter-quartile range,
+  or ``max - min`` when the IQR is 0, or ``1.0`` when the field was constant.
+* category: a value never seen in training, but only for a *closed* vocabulary: at most
+  ``CLOSED_MAX_CATEGORIES`` distinct values, every one seen at least ``CLOSED_MIN_COUNT`` times
+  on average (rows / distinct >= that), and the full set recorded. Open fields (ids, product
+  codes) see new values all the time and are never flagged.
+* text: longer than ``10 * max(longest training text, 10)`` characters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from service.ml.frame import Field, Row, field_types, to_boolean, to_number, to_text
+
+MAX_STORED_CATEGORIES = 1000
+CLOSED_MAX_CATEGORIES = 50
+CLOSED_MIN_COUNT = 5
+RANGE_MARGIN_SPREADS = 3.0
+TEXT_LENGTH_FACTOR = 10
+PSI_BINS = 10
+PSI_EPS = 1e-4
+
+
+def _quantiles(values: np.ndarray, qs: Sequence[float]) -> list[float]:
+    return [float(v) for v in np.quantile(values, qs)] if len(values) else [math.nan] * len(qs)
+
+
+def _num_values(rows: Sequence[Row], name: str, typ: str) -> np.ndarray:
+    conv = to_boolean if typ == "boolean" else to_number
+    return np.array([conv(r.get(name)) for r in rows], dtype=np.float64).reshape(-1)
+
+
+def _clean(x: float) -> float | None:
+    """JSON has no NaN: store None instead."""
+    return None if math.isnan(x) else x
+
+
+@dataclass
+class DataProfile:
+    """Per-field summary of the training rows; ``fields[name]`` is a JSON-ready dict."""
+
+    n_rows: int
+    fields: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": 1, "n_rows": self.n_rows, "fields": self.fields}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DataProfile:
+        return cls(n_rows=int(data["n_rows"]), fields=dict(data["fields"]))
+
+
+# Alias used by callers that think of the profile as "per-field profiles".
+FieldProfile = DataProfile
+
+
+def build_profile(rows: Sequence[Row], fields: Sequence[Field]) -> DataProfile:
+    """Summarise training rows: missing rate, numeric range/quantiles/PSI bins, category
+    frequencies, text length quantiles."""
+    n = len(rows)
+    out: dict[str, dict[str, Any]] = {}
+    for name, typ in field_types(fields):
+        prof: dict[str, Any] = {"type": typ}
+        if typ in ("number", "boolean"):
+            vals = _num_values(rows, name, typ)
+            present = vals[~np.isnan(vals)]
+            prof["missing_rate"] = float(1 - len(present) / n) if n else 0.0
+            if len(present):
+                p01, q1, med, q3, p99 = _quantiles(present, [0.01, 0.25, 0.5, 0.75, 0.99])
+                edges = np.unique(np.quantile(present, np.linspace(0, 1, PSI_BINS + 1))[1:-1])
+                prof.update(
+                    min=float(present.min()),
+                    max=float(present.max()),
+                    p01=p01,
+                    q1=q1,
+                    median=med,
+                    q3=q3,
+                    p99=p99,
+                    psi_edges=[float(e) for e in edges],
+                    psi_fractions=_bin_fractions(present, edges),
+                )
+        elif typ == "category":
+            vals_c = [to_text(r.get(name)) for r in rows]
+            seen = [v for v in vals_c if isinstance(v, str)]
+            counts = Counter(seen)
+            prof["missing_rate"] = float(1 - len(seen) / n) if n else 0.0
+            prof["n_distinct"] = len(counts)
+            prof["complete"] = len(counts) <= MAX_STORED_CATEGORIES
+            prof["frequencies"] = {
+                k: c / len(seen) for k, c in counts.most_common(MAX_STORED_CATEGORIES)
+            }
+            prof["closed"] = bool(
+                prof["complete"]
+                and 0 < len(counts) <= CLOSED_MAX_CATEGORIES
+                and len(seen) / len(counts) >= CLOSED_MIN_COUNT
+            )
+        else:
+            lengths = np.array(
+                [len(v) for v in (to_text(r.get(name)) for r in rows) if isinstance(v, str)],
+                dtype=np.float64,
+            )
+            prof["missing_rate"] = float(1 - len(lengths) / n) if n else 0.0
+            if len(lengths):
+                p50, p90, p99 = _quantiles(lengths, [0.5, 0.9, 0.99])
+                prof.update(len_p50=p50, len_p90=p90, len_p99=p99, len_max=float(lengths.max()))
+        out[name] = prof
+    return DataProfile(n_rows=n, fields=out)
+
+
+def _bin_fractions(values: np.ndarray, edges: np.ndarray | list[float]) -> list[float]:
+    idx = np.searchsorted(np.asarray(edges, dtype=np.float64), values, side="right")
+    counts = np.bincount(idx, minlength=len(edges) + 1)
+    return [float(c) for c in counts / max(len(values), 1)]
+
+
+def numeric_bounds(prof: dict[str, Any]) -> tuple[float, float] | None:
+    """The accepted ``[low, high]`` interval of a number field, None if never observed."""
+    if "min" not in prof:
+        return None
+    spread = prof["q3"] - prof["q1"]
+    if spread <= 0:
+        spread = prof["max"] - prof["min"]
+    if spread <= 0:
+        spread = 1.0
+    margin = RANGE_MARGIN_SPREADS * spread
+    return prof["min"] - margin, prof["max"] + margin
+
+
+def out_of_range(profile: DataProfile, row: Row) -> list[str]:
+    """Names of fields whose value in ``row`` lies far outside the training data."""
+    bad: list[str] = []
+    for name, prof in profile.fields.items():
+        value = row.get(name)
+        typ = prof["type"]
+        if typ == "number":
+            x = to_number(value)
+            bounds = numeric_bounds(prof)
+            if bounds is not None and not math.isnan(x) and not bounds[0] <= x <= bounds[1]:
+                bad.append(name)
+        elif typ == "category":
+            v = to_text(value)
+            if isinstance(v, str) and prof.get("closed") and v not in prof["frequencies"]:
+                bad.append(name)
+        elif typ == "text":
+            v = to_text(value)
+            limit = TEXT_LENGTH_FACTOR * max(prof.get("len_max", 0.0), 10.0)
+            if isinstance(v, str) and len(v) > limit:
+                bad.append(name)
+    return bad
+
+
+def drift_report(profile: DataProfile, rows: Sequence[Row]) -> dict[str, dict[str, Any]]:
+    """Compare recent rows with the training profile, per field: missing-rate change,
+    PSI (numbers, training decile bins), unseen-category rate, mean text length."""
+    n = len(rows)
+    report: dict[str, dict[str, Any]] = {}
+    for name, prof in profile.fields.items():
+        typ = prof["type"]
+        entry: dict[str, Any] = {"type": typ, "n": n}
+        if typ in ("number", "boolean"):
+            vals = _num_values(rows, name, typ)
+            present = vals[~np.isnan(vals)]
+            rate = float(1 - len(present) / n) if n else 0.0
+            if "psi_edges" in prof and len(present):
+                expected = np.asarray(prof["psi_fractions"]) + PSI_EPS
+                actual = np.asarray(_bin_fractions(present, prof["psi_edges"])) + PSI_EPS
+                entry["psi"] = float(np.sum((actual - expected) * np.log(actual / expected)))
+            else:
+                entry["psi"] = None
+            bounds = numeric_bounds(prof) if typ == "number" else None
+            entry["out_of_range_rate"] = (
+                float(np.mean((present < bounds[0]) | (present > bounds[1])))
+                if bounds is not None and len(present)
+                else 0.0
+            )
+        elif typ == "category":
+            vals_c = [to_text(r.get(name)) for r in rows]
+            seen = [v for v in vals_c if isinstance(v, str)]
+            rate = float(1 - len(seen) / n) if n else 0.0
+            known = prof["frequencies"]
+            entry["unseen_rate"] = (
+                float(sum(v not in known for v in seen) / len(seen)) if seen else 0.0
+            )
+            entry["unseen_is_exact"] = bool(prof["complete"])
+        else:
+            lengths = [len(v) for v in (to_text(r.get(name)) for r in rows) if isinstance(v, str)]
+            rate = float(1 - len(lengths) / n) if n else 0.0
+            entry["mean_length"] = _clean(float(np.mean(lengths))) if lengths else None
+        entry["missing_rate_train"] = prof["missing_rate"]
+        entry["missing_rate"] = rate
+        entry["missing_rate_change"] = rate - prof["missing_rate"]
+        report[name] = entry
+    return report

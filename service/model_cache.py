@@ -1,0 +1,82 @@
+"""Per-process cache of loaded model versions.
+
+A model version is immutable once trained, so its compiled predictor can be cached forever
+by id; the only per-request cost is noticing that the task now points at another version,
+which the task's ``revision`` column tells us.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.ml.artifacts import load_model
+from service.ml.fast import Predictor, compile_predictor
+from service.ml.profile import DataProfile
+from service.models import ModelVersion
+
+
+@dataclass
+class LoadedModel:
+    """A version ready to score: compiled predictor, training profile, per-label thresholds."""
+
+    id: int
+    version: int
+    predictor: Predictor
+    profile: DataProfile | None
+    label_thresholds: dict[str, float]
+    labels: list[str]
+
+
+_lock = threading.Lock()
+_models: dict[int, LoadedModel] = {}
+MAX_MODELS = 32
+
+
+def load(
+    session: Session, model_id: int, fields: list[dict[str, Any]], labels: list[str]
+) -> LoadedModel:
+    cached = _models.get(model_id)
+    if cached is not None:
+        return cached
+    row = session.execute(
+        select(
+            ModelVersion.artefact,
+            ModelVersion.version,
+            ModelVersion.profile,
+            ModelVersion.certification,
+        ).where(ModelVersion.id == model_id)
+    ).one()
+    if row.artefact is None:
+        raise RuntimeError(f"model version {model_id} has no artefact")
+    pipeline = load_model(row.artefact)
+    # The model was trained on the fields the task had then; later optional fields are
+    # ignored by the pipeline, so compile against the training-time field list if known.
+    train_fields = (row.profile or {}).get("fields_spec") or fields
+    train_labels = (row.profile or {}).get("labels") or labels
+    predictor = compile_predictor(pipeline, train_fields, train_labels)
+    profile = (
+        DataProfile.from_dict(row.profile["data"]) if (row.profile or {}).get("data") else None
+    )
+    loaded = LoadedModel(
+        id=model_id,
+        version=row.version,
+        predictor=predictor,
+        profile=profile,
+        label_thresholds=dict((row.certification or {}).get("label_thresholds") or {}),
+        labels=list(train_labels),
+    )
+    with _lock:
+        if len(_models) >= MAX_MODELS:
+            _models.pop(next(iter(_models)))
+        _models[model_id] = loaded
+    return loaded
+
+
+def clear() -> None:
+    with _lock:
+        _models.clear()

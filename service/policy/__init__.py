@@ -1,0 +1,102 @@
+"""Tandem's automation policy (SPEC §4): pure functions, no Flask, no database.
+
+The promise: among cases answered automatically, the error rate is at most α with probability
+at least 1 − δ, and automation grows only as evidence allows. See docs/policy.md.
+"""
+
+from .audit import (
+    DRIFT_AUDIT_MULTIPLIER,
+    FALLBACK_AUDIT_MULTIPLIER,
+    audit_draw,
+    effective_audit_rate,
+    is_audited,
+)
+from .certify import (
+    DEFAULT_GRID_POINTS,
+    REST,
+    START_LEDGER_SHARE,
+    Certification,
+    CertStep,
+    LabelCertification,
+    capped_threshold,
+    certify,
+    certify_by_label,
+    label_groups,
+    split_delta,
+    threshold_grid,
+)
+from .monitor import (
+    DEFAULT_WINDOW,
+    PSI_WARNING,
+    LiveStatus,
+    LiveWatch,
+    drift_warning,
+    live_error_alarm,
+    psi,
+)
+from .multiplicity import (
+    CHECKPOINT_GROWTH,
+    DELTA_DECAY,
+    Checkpoint,
+    PromotionDecision,
+    checkpoint_delta,
+    checkpoint_for_ledger_size,
+    checkpoint_schedule,
+    decide_promotion,
+)
+from .params import Policy, label_is_automatable
+from .stats import (
+    WeightedRate,
+    binom_p_value,
+    clopper_pearson_lower,
+    clopper_pearson_upper,
+    min_cases_to_pass,
+    weighted_rate,
+)
+from .widening import CASES_PER_STEP, allowed_coverage, cap_threshold
+
+__all__ = [
+    "CASES_PER_STEP",
+    "CHECKPOINT_GROWTH",
+    "DEFAULT_GRID_POINTS",
+    "DEFAULT_WINDOW",
+    "DELTA_DECAY",
+    "DRIFT_AUDIT_MULTIPLIER",
+    "FALLBACK_AUDIT_MULTIPLIER",
+    "PSI_WARNING",
+    "REST",
+    "START_LEDGER_SHARE",
+    "CertStep",
+    "Certification",
+    "Checkpoint",
+    "LabelCertification",
+    "LiveStatus",
+    "LiveWatch",
+    "Policy",
+    "PromotionDecision",
+    "WeightedRate",
+    "allowed_coverage",
+    "audit_draw",
+    "binom_p_value",
+    "cap_threshold",
+    "capped_threshold",
+    "certify",
+    "certify_by_label",
+    "checkpoint_delta",
+    "checkpoint_for_ledger_size",
+    "checkpoint_schedule",
+    "clopper_pearson_lower",
+    "clopper_pearson_upper",
+    "decide_promotion",
+    "drift_warning",
+    "effective_audit_rate",
+    "is_audited",
+    "label_groups",
+    "label_is_automatable",
+    "live_error_alarm",
+    "min_cases_to_pass",
+    "psi",
+    "split_delta",
+    "threshold_grid",
+    "weighted_rate",
+]

@@ -1,0 +1,60 @@
+"""The audit ledger: which cases get a human label regardless of their score (SPEC §4.1)."""
+
+from __future__ import annotations
+
+import hashlib
+
+from .params import Policy
+
+FALLBACK_AUDIT_MULTIPLIER = 4.0
+DRIFT_AUDIT_MULTIPLIER = 2.0
+
+
+def audit_draw(case_id: str) -> float:
+    """Deterministic uniform draw in [0, 1) from SHA-256 of the case id.
+
+    Depends on the id only, never on the score, so flagged cases are a uniform sample of traffic
+    and re-routing the same case (retries, replays) always gives the same flag.
+    """
+    digest = hashlib.sha256(case_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def is_audited(case_id: str, rate: float) -> bool:
+    """Flag the case when its draw falls below the audit rate in force at arrival."""
+    return audit_draw(case_id) < rate
+
+
+def effective_audit_rate(
+    policy: Policy,
+    *,
+    automating: bool,
+    coverage: float,
+    fallback: bool = False,
+    drift_warning: bool = False,
+) -> float:
+    """Flag probability π for a case arriving now.
+
+    Rule (documented in docs/policy.md):
+
+    * not automating (cold start, manual, or automation pulled back): ``cold_start_audit_rate``
+      — every case goes to a human anyway, so flags cost no extra labels;
+    * automating at coverage c: ``clip(audit_rate / c, audit_rate, cold_start_audit_rate)``.
+      Flags below τ are free (those cases are reviewed anyway); only the automatic share c
+      costs extra labels, so the extra review load is c·π ≈ audit_rate of all traffic while
+      evidence keeps arriving fast when automation is small (SPEC §4, "keep the audit rate up");
+    * ×4 on fallback (capped at 1), ×2 on a label-free drift warning (SPEC §4.5).
+
+    The rate must be stored with each case: it is that case's inclusion probability for the
+    weighted estimates.
+    """
+    base_high = max(policy.cold_start_audit_rate, policy.audit_rate)
+    if not automating or coverage <= 0.0:
+        rate = base_high
+    else:
+        rate = min(max(policy.audit_rate / min(coverage, 1.0), policy.audit_rate), base_high)
+    if fallback:
+        rate *= FALLBACK_AUDIT_MULTIPLIER
+    if drift_warning:
+        rate *= DRIFT_AUDIT_MULTIPLIER
+    return min(rate, 1.0)

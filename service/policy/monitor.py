@@ -1,0 +1,120 @@
+"""Live watch of the error of automatic answers, and label-free drift warnings (SPEC §4.5)."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .stats import clopper_pearson_lower, clopper_pearson_upper
+
+DEFAULT_WINDOW = 300
+PSI_WARNING = 0.2  # customary "significant shift" level for the population stability index
+PSI_EPSILON = 1e-4
+MIN_DRIFT_SAMPLE = 100  # PSI on fewer current scores is mostly noise
+
+
+@dataclass(frozen=True)
+class LiveStatus:
+    n: int  # audited automatic answers in the window
+    errors: int
+    estimate: float  # errors / n (nan when n = 0)
+    lower: float  # one-sided Clopper–Pearson lower bound at 1 − δ
+    upper: float  # one-sided Clopper–Pearson upper bound at 1 − δ
+    alarm: bool  # lower > α: the live error is shown to exceed α → fall back
+
+
+def _status(n: int, k: int, alpha: float, delta: float) -> LiveStatus:
+    if n == 0:
+        return LiveStatus(0, 0, float("nan"), 0.0, 1.0, False)
+    lo = clopper_pearson_lower(k, n, 1.0 - delta)
+    up = clopper_pearson_upper(k, n, 1.0 - delta)
+    return LiveStatus(n, k, k / n, lo, up, lo > alpha)
+
+
+class LiveWatch:
+    """Sliding-window exact test of the live error of audited automatic answers.
+
+    Alarm when the one-sided Clopper–Pearson LOWER bound at 1 − δ over the last ``window``
+    audited automatic answers exceeds α. Checking after every arrival makes false alarms more
+    frequent than δ; that errs on the safe side (a false alarm only sends work to people).
+
+    Why not MAPIE 1.6 ``exchangeability_testing.RiskMonitoring``: it accumulates the whole
+    history (no window, so it reacts slowly to a change after a long good period), uses an
+    empirical-Bernstein confidence sequence that is much looser than the exact binomial bound
+    for a 0/1 loss at α ≈ 0.02, and spends half its level on a reference threshold we do not
+    need (the threshold is α itself).
+    """
+
+    def __init__(self, alpha: float, delta: float, window: int = DEFAULT_WINDOW) -> None:
+        if window < 1:
+            raise ValueError("window must be >= 1")
+        self.alpha, self.delta, self.window = alpha, delta, window
+        self._buf: deque[int] = deque(maxlen=window)
+        self._k = 0
+
+    def update(self, errors: Iterable[int | bool]) -> LiveStatus:
+        """Append outcomes (1 = the automatic answer was wrong) in arrival order."""
+        for e in errors:
+            v = 1 if e else 0
+            if len(self._buf) == self.window:
+                self._k -= self._buf[0]
+            self._buf.append(v)
+            self._k += v
+        return self.status()
+
+    def status(self) -> LiveStatus:
+        return _status(len(self._buf), self._k, self.alpha, self.delta)
+
+
+def live_error_alarm(
+    errors: Sequence[int | bool] | np.ndarray,
+    *,
+    alpha: float,
+    delta: float,
+    window: int = DEFAULT_WINDOW,
+) -> LiveStatus:
+    """Status of the last ``window`` audited automatic answers (stateless form of LiveWatch)."""
+    arr = np.asarray(errors, dtype=int).ravel()[-window:]
+    return _status(int(arr.size), int(arr.sum()), alpha, delta)
+
+
+def psi(
+    reference_scores: Sequence[float] | np.ndarray,
+    current_scores: Sequence[float] | np.ndarray,
+    bins: int = 10,
+) -> float:
+    """Population stability index of the score distribution.
+
+    Bins are quantiles of the reference (ties merged), each share floored at 1e-4 so empty
+    bins do not give infinities: PSI = Σ (c − r) · ln(c / r). Above 0.2 is a warning.
+    """
+    ref = np.asarray(reference_scores, dtype=float).ravel()
+    cur = np.asarray(current_scores, dtype=float).ravel()
+    if ref.size == 0 or cur.size == 0:
+        raise ValueError("psi needs non-empty reference and current samples")
+    edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1))[1:-1])
+    r = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=edges.size + 1)
+    c = np.bincount(np.searchsorted(edges, cur, side="right"), minlength=edges.size + 1)
+    rp = np.maximum(r / ref.size, PSI_EPSILON)
+    cp = np.maximum(c / cur.size, PSI_EPSILON)
+    return float(np.sum((cp - rp) * np.log(cp / rp)))
+
+
+def drift_warning(
+    reference_scores: Sequence[float] | np.ndarray,
+    current_scores: Sequence[float] | np.ndarray,
+    *,
+    threshold: float = PSI_WARNING,
+    bins: int = 10,
+    min_sample: int = MIN_DRIFT_SAMPLE,
+) -> bool:
+    """Label-free early warning: PSI above 0.2 on at least ``min_sample`` current scores.
+
+    A warning freezes widening and doubles the audit rate; it does not itself stop automation.
+    """
+    if len(current_scores) < min_sample or len(reference_scores) < min_sample:
+        return False
+    return psi(reference_scores, current_scores, bins) > threshold

@@ -1,0 +1,97 @@
+"""Per-task automation policy parameters (SPEC §4)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The automation policy of one task.
+
+    Defaults are the contract values of SPEC §4. ``certification_margin`` lets a user who needs
+    realised error under α over short windows certify at α' = α − margin (SPEC §4, first fact).
+    Instances are immutable; ``label_targets`` is a plain dict, so a Policy is not hashable.
+    """
+
+    target_error: float = 0.02
+    confidence: float = 0.95
+    audit_rate: float = 0.05
+    min_labels: int = 200
+    max_coverage_step: float = 0.10
+    retrain_every: int = 100
+    never_automate: tuple[str, ...] = ()
+    label_targets: dict[str, float] = field(default_factory=dict)
+    cold_start_audit_rate: float = 0.3
+    certification_margin: float = 0.0
+
+    def __post_init__(self) -> None:
+        # Normalise containers so callers may pass lists / any mapping.
+        object.__setattr__(self, "never_automate", tuple(str(x) for x in self.never_automate))
+        object.__setattr__(
+            self, "label_targets", {str(k): float(v) for k, v in dict(self.label_targets).items()}
+        )
+        self._validate()
+
+    def _validate(self) -> None:
+        def unit_open(name: str, v: float) -> None:
+            if not (0.0 < v < 1.0) or math.isnan(v):
+                raise ValueError(f"{name} must be in (0, 1), got {v!r}")
+
+        unit_open("target_error", self.target_error)
+        unit_open("confidence", self.confidence)
+        for name in ("audit_rate", "cold_start_audit_rate", "max_coverage_step"):
+            v = getattr(self, name)
+            if not (0.0 < v <= 1.0):
+                raise ValueError(f"{name} must be in (0, 1], got {v!r}")
+        if self.min_labels < 0 or self.retrain_every < 1:
+            raise ValueError("min_labels must be >= 0 and retrain_every >= 1")
+        if not (0.0 <= self.certification_margin < self.target_error):
+            raise ValueError("certification_margin must be in [0, target_error)")
+        for label, a in self.label_targets.items():
+            unit_open(f"label_targets[{label!r}]", a)
+
+    @property
+    def delta(self) -> float:
+        """Allowed failure probability δ = 1 − confidence."""
+        return 1.0 - self.confidence
+
+    @property
+    def certification_alpha(self) -> float:
+        """The α actually tested: target_error minus the optional margin."""
+        return self.target_error - self.certification_margin
+
+    def label_alpha(self, label: str) -> float:
+        """Certification target for automatic answers of ``label``.
+
+        Per-label targets can only tighten the task target: otherwise the mixture of labels
+        could exceed α and break the task-level promise.
+        """
+        return min(
+            self.label_targets.get(label, self.certification_alpha), self.certification_alpha
+        )
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> Policy:
+        """Build from stored JSON; missing keys take defaults, unknown keys are ignored."""
+        if not d:
+            return cls()
+        known = set(cls.__dataclass_fields__)
+        kwargs = {k: v for k, v in d.items() if k in known and v is not None}
+        if "never_automate" in kwargs:
+            kwargs["never_automate"] = tuple(kwargs["never_automate"])
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready representation (tuple → list)."""
+        out = asdict(self)
+        out["never_automate"] = list(self.never_automate)
+        return out
+
+
+def label_is_automatable(policy: Policy, label: str) -> bool:
+    """False for labels the task never decides alone (route reason ``policy``, SPEC §4.7)."""
+    return label not in policy.never_automate

@@ -1,0 +1,28 @@
+"""Named queues and their limits. Shared by the service (which enqueues by dotted path
+through the outbox) and the workers (which consume); the service never imports workers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    name: str
+    job_timeout: int  # seconds before RQ kills a job
+    max_retries: int
+    retry_intervals: tuple[int, ...]
+
+
+TRAINING = QueueSpec("training", job_timeout=3600, max_retries=3, retry_intervals=(10, 60, 300))
+WEBHOOKS = QueueSpec(
+    "webhooks",
+    job_timeout=60,
+    max_retries=8,
+    retry_intervals=(5, 30, 120, 600, 1800, 3600, 7200, 14400),
+)
+EXPORTS = QueueSpec("exports", job_timeout=3600, max_retries=2, retry_intervals=(30, 300))
+MAINTENANCE = QueueSpec("maintenance", job_timeout=300, max_retries=2, retry_intervals=(10, 60))
+
+ALL = {q.name: q for q in (TRAINING, WEBHOOKS, EXPORTS, MAINTENANCE)}
+DEFAULT_WORKER_QUEUES = ("training", "webhooks", "exports", "maintenance")

@@ -1,0 +1,175 @@
+"""Users (people, UI) and API tokens (machines): creation, verification, revocation."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from service.db import utcnow
+from service.errors import Conflict, NotFound, ValidationFailed
+from service.models import ROLES, ApiToken, Task, User
+from service.services import audit
+from service.services.audit import Actor
+
+TOKEN_PREFIX = "tdm_"  # noqa: S105 (a public marker, not a secret)
+_hasher = PasswordHasher()
+# Per-process cache of verified tokens. Bounded staleness (a revoked token works for at most
+# this many seconds on a process that saw it recently) buys a database read per request.
+TOKEN_CACHE_SECONDS = 5.0
+LAST_USED_RESOLUTION_SECONDS = 60.0
+_token_cache: dict[str, tuple[float, Actor, float]] = {}
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise ValidationFailed(f"unknown role {role!r}", {"role": [f"one of {', '.join(ROLES)}"]})
+
+
+def _check_scope(session: Session, scope: list[str] | None) -> None:
+    if not scope:
+        return
+    known = set(session.scalars(select(Task.name).where(Task.name.in_(scope))))
+    missing = sorted(set(scope) - known)
+    if missing:
+        raise NotFound(f"unknown task(s): {', '.join(missing)}", {"task": missing})
+
+
+@dataclass
+class NewToken:
+    token: str
+    record: ApiToken
+
+
+def create_token(
+    session: Session,
+    *,
+    role: str,
+    name: str,
+    task_scope: list[str] | None,
+    actor: Actor,
+) -> NewToken:
+    _check_role(role)
+    _check_scope(session, task_scope)
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    row = ApiToken(
+        name=name,
+        token_hash=hash_token(token),
+        prefix=token[:10],
+        role=role,
+        task_scope=task_scope or None,
+        created_by=actor.label,
+    )
+    session.add(row)
+    session.flush()
+    audit.record(
+        session,
+        "token.created",
+        actor,
+        details={"token_id": row.id, "name": name, "role": role, "task_scope": task_scope},
+    )
+    return NewToken(token=token, record=row)
+
+
+def revoke_token(session: Session, token_id: int, actor: Actor) -> ApiToken:
+    row = session.get(ApiToken, token_id)
+    if row is None:
+        raise NotFound("token not found")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        audit.record(session, "token.revoked", actor, details={"token_id": token_id})
+    _token_cache.clear()
+    return row
+
+
+def authenticate_token(session: Session, token: str) -> Actor | None:
+    """The actor behind a bearer token, or None. Cheap on the hot path (cached briefly)."""
+    digest = hash_token(token)
+    now = time.monotonic()
+    cached = _token_cache.get(digest)
+    if cached and cached[0] > now:
+        return cached[1]
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
+    if row is None or row.revoked_at is not None:
+        _token_cache.pop(digest, None)
+        return None
+    actor = Actor(
+        kind="token",
+        id=row.id,
+        name=row.name,
+        role=row.role,
+        task_scope=tuple(row.task_scope) if row.task_scope else None,
+    )
+    last_touch = cached[2] if cached else 0.0
+    if now - last_touch > LAST_USED_RESOLUTION_SECONDS:
+        session.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=utcnow()))
+        last_touch = now
+    _token_cache[digest] = (now + TOKEN_CACHE_SECONDS, actor, last_touch)
+    return actor
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def check_password(user: User, password: str) -> bool:
+    try:
+        return _hasher.verify(user.password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def create_user(
+    session: Session,
+    *,
+    email: str,
+    password: str,
+    role: str,
+    task_scope: list[str] | None,
+    actor: Actor,
+) -> User:
+    _check_role(role)
+    email = email.strip().lower()
+    if "@" not in email or len(email) > 320:
+        raise ValidationFailed("invalid e-mail address", {"email": ["Not a valid e-mail."]})
+    if len(password) < 8:
+        raise ValidationFailed("password too short", {"password": ["At least 8 characters."]})
+    _check_scope(session, task_scope)
+    if session.scalar(select(User.id).where(User.email == email)) is not None:
+        raise Conflict("a user with this e-mail already exists", {"email": [email]})
+    user = User(
+        email=email,
+        password_hash=hash_password(password),
+        role=role,
+        task_scope=task_scope or None,
+        pseudonym="r_" + secrets.token_hex(6),
+    )
+    session.add(user)
+    session.flush()
+    audit.record(
+        session,
+        "user.created",
+        actor,
+        details={"user_id": user.id, "email": email, "role": role, "task_scope": task_scope},
+    )
+    return user
+
+
+def user_actor(user: User) -> Actor:
+    return Actor(
+        kind="user",
+        id=user.id,
+        name=user.email,
+        role=user.role,
+        task_scope=tuple(user.task_scope) if user.task_scope else None,
+    )

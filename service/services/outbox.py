@@ -1,0 +1,108 @@
+"""Transactional outbox: jobs are recorded with the change that needs them and pushed to
+Redis only after that change committed. A Redis outage delays work; it never loses it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue, Retry
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service import queues
+from service.db import utcnow
+from service.models import OutboxEntry
+
+log = logging.getLogger(__name__)
+
+
+def defer(
+    session: Session,
+    func: str,
+    *,
+    queue: queues.QueueSpec,
+    job_id: str | None = None,
+    request_id: str | None = None,
+    **kwargs: Any,
+) -> OutboxEntry:
+    """Record a job (by dotted path, arguments are ids) to enqueue after commit."""
+    entry = OutboxEntry(
+        queue=queue.name, func=func, kwargs=kwargs, job_id=job_id, request_id=request_id
+    )
+    session.add(entry)
+    session.info["outbox_dirty"] = True
+    return entry
+
+
+def relay(session: Session, redis: Redis, *, limit: int = 500) -> int:
+    """Push pending entries to RQ; returns how many were enqueued. Caller commits.
+
+    Deterministic job ids make this safe to run twice: RQ refuses a duplicate unique job,
+    which we treat as already enqueued.
+    """
+    entries = session.scalars(
+        select(OutboxEntry)
+        .where(OutboxEntry.enqueued_at.is_(None))
+        .order_by(OutboxEntry.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    sent = 0
+    for entry in entries:
+        spec = queues.ALL[entry.queue]
+        queue = Queue(spec.name, connection=redis)
+        meta = {"request_id": entry.request_id} if entry.request_id else {}
+        try:
+            if entry.job_id and _already_queued(queue, entry.job_id):
+                pass
+            else:
+                queue.enqueue(
+                    entry.func,
+                    kwargs=entry.kwargs,
+                    job_id=entry.job_id,
+                    job_timeout=spec.job_timeout,
+                    retry=Retry(max=spec.max_retries, interval=list(spec.retry_intervals)),
+                    result_ttl=86_400,
+                    failure_ttl=7 * 86_400,
+                    meta=meta,
+                    description=f"{entry.func}({entry.kwargs})",
+                )
+        except RedisError as exc:
+            entry.attempts += 1
+            entry.last_error = f"{type(exc).__name__}: {exc}"[:1000]
+            log.warning("outbox relay stopped: redis unavailable (%s)", type(exc).__name__)
+            break
+        entry.enqueued_at = utcnow()
+        sent += 1
+    return sent
+
+
+def _already_queued(queue: Queue, job_id: str) -> bool:
+    """True when a job with this id is waiting or running (so we must not start another)."""
+    from rq.job import Job, JobStatus
+
+    try:
+        job = Job.fetch(job_id, connection=queue.connection)
+    except Exception:  # NoSuchJobError and deserialisation problems alike: not live
+        return False
+    status = job.get_status(refresh=False)
+    return status in (
+        JobStatus.QUEUED,
+        JobStatus.STARTED,
+        JobStatus.DEFERRED,
+        JobStatus.SCHEDULED,
+    )
+
+
+def pending_count(session: Session) -> int:
+    from sqlalchemy import func
+
+    return int(
+        session.scalar(
+            select(func.count()).select_from(OutboxEntry).where(OutboxEntry.enqueued_at.is_(None))
+        )
+        or 0
+    )

@@ -1,0 +1,355 @@
+"""The predict path: validate, score, route, flag for audit and persist each case (SPEC §3, §6).
+
+Built for the hot path: one cheap query tells whether the cached task runtime is current, the
+model is scored once per request (a batch in one call), and cases are written with one Core
+``INSERT`` (no ORM objects), committed once by the caller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from marshmallow import ValidationError
+from sqlalchemy import insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from service import model_cache, routing
+from service.db import utcnow
+from service.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from service.input_schema import validate_input
+from service.ml.profile import out_of_range
+from service.models import Case, Task, new_id
+from service.policy import Policy, audit_draw
+from service.services.audit import Actor
+from service.services.tasks import current_audit_rate
+
+
+@dataclass
+class TaskRuntime:
+    """Everything predict needs about a task, cached per process until its revision moves."""
+
+    id: int
+    name: str
+    revision: int
+    fields: list[dict[str, Any]]
+    labels: list[str]
+    policy: Policy
+    automation_state: str
+    threshold: float | None
+    audit_rate: float
+    reviews_required: int
+    model: model_cache.LoadedModel | None
+    never_automate: frozenset[str] = field(default_factory=frozenset)
+
+
+_runtime_lock = threading.Lock()
+_runtimes: dict[str, TaskRuntime] = {}
+
+
+def task_runtime(session: Session, name: str) -> TaskRuntime:
+    head = session.execute(select(Task.id, Task.revision).where(Task.name == name)).first()
+    if head is None:
+        raise NotFound(f"task {name!r} not found", {"task": name})
+    cached = _runtimes.get(name)
+    if cached is not None and cached.id == head.id and cached.revision == head.revision:
+        return cached
+    task = session.get(Task, head.id)
+    assert task is not None
+    model = None
+    if task.active_model_id is not None:
+        model = model_cache.load(session, task.active_model_id, task.fields, task.labels)
+    policy = Policy.from_dict(task.policy)
+    runtime = TaskRuntime(
+        id=task.id,
+        name=task.name,
+        revision=task.revision,
+        fields=list(task.fields),
+        labels=list(task.labels),
+        policy=policy,
+        automation_state=task.automation_state,
+        threshold=task.threshold,
+        audit_rate=current_audit_rate(task),
+        reviews_required=int(task.review.get("reviewers_per_case", 1)),
+        model=model,
+        never_automate=frozenset(policy.never_automate),
+    )
+    with _runtime_lock:
+        _runtimes[name] = runtime
+    return runtime
+
+
+def clear_cache() -> None:
+    with _runtime_lock:
+        _runtimes.clear()
+    model_cache.clear()
+
+
+@dataclass
+class PredictRequest:
+    input: Any
+    external_id: str | None = None
+    force_review: bool = False
+    idempotency_key: str | None = None
+
+
+@dataclass
+class ItemError:
+    status: int
+    code: str
+    message: str
+    details: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+def request_hash(body: Any) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _check_item(rt: TaskRuntime, item: PredictRequest, max_text: int) -> dict[str, Any]:
+    errors: dict[str, Any] = {}
+    if item.external_id is not None and (
+        not isinstance(item.external_id, str) or not 1 <= len(item.external_id) <= 200
+    ):
+        errors["external_id"] = ["Must be a string of 1 to 200 characters."]
+    if not isinstance(item.force_review, bool):
+        errors["force_review"] = ["Not a boolean (use true or false)."]
+    try:
+        loaded = validate_input(rt.fields, item.input, max_text)
+    except ValidationError as exc:
+        messages = exc.messages if isinstance(exc.messages, dict) else {"input": exc.messages}
+        if "input" in messages and len(messages) == 1 and not isinstance(item.input, dict):
+            errors.update(messages)
+        else:
+            errors["input"] = messages
+        loaded = {}
+    if errors:
+        raise ValidationFailed("Invalid fields: " + _names(errors), errors)
+    return loaded
+
+
+def _names(errors: dict[str, Any]) -> str:
+    names: list[str] = []
+    for key, value in errors.items():
+        if key == "input" and isinstance(value, dict):
+            names.extend(f"input.{k}" for k in value)
+        else:
+            names.append(key)
+    return ", ".join(sorted(names))
+
+
+def _score(rt: TaskRuntime, inputs: list[dict[str, Any]]) -> tuple[np.ndarray | None, list[str]]:
+    if rt.model is None or not inputs:
+        return None, rt.labels
+    return rt.model.predictor.predict_proba_rows(inputs), rt.model.labels
+
+
+def _build_rows(
+    rt: TaskRuntime,
+    items: list[PredictRequest],
+    inputs: list[dict[str, Any]],
+    *,
+    request_id: str | None,
+    hashes: list[str | None],
+) -> list[dict[str, Any]]:
+    probs, model_labels = _score(rt, inputs)
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    for i, (item, values) in enumerate(zip(items, inputs, strict=True)):
+        case_id = new_id()
+        suggestion = confidence = scores = None
+        flagged_fields: list[str] = []
+        if probs is not None and rt.model is not None:
+            p = probs[i]
+            top = int(np.argmax(p))
+            suggestion = model_labels[top]
+            confidence = float(p[top])
+            scores = {label: round(float(v), 6) for label, v in zip(model_labels, p, strict=True)}
+            if rt.model.profile is not None:
+                flagged_fields = out_of_range(rt.model.profile, values)
+        threshold = rt.threshold
+        if rt.model is not None and suggestion in rt.model.label_thresholds:
+            threshold = rt.model.label_thresholds[suggestion]
+        decision = routing.decide(
+            has_model=rt.model is not None,
+            automation_state=rt.automation_state,
+            threshold=threshold,
+            confidence=confidence,
+            suggested_label=suggestion,
+            force_review=bool(item.force_review),
+            out_of_range=bool(flagged_fields),
+            never_automate=rt.never_automate,
+        )
+        audited = audit_draw(case_id) < rt.audit_rate
+        auto = decision.route == "auto"
+        rows.append(
+            {
+                "id": case_id,
+                "task_id": rt.id,
+                "external_id": item.external_id,
+                "idempotency_key": item.idempotency_key,
+                "request_hash": hashes[i],
+                "input": values,
+                "suggestion_label": suggestion,
+                "confidence": confidence,
+                "scores": scores,
+                "model_version_id": rt.model.id if rt.model else None,
+                "model_version": rt.model.version if rt.model else None,
+                "threshold": threshold if rt.automation_state == "automating" else None,
+                "route": decision.route,
+                "reason": decision.reason,
+                "audit": audited,
+                "label_probability": rt.audit_rate if auto else 1.0,
+                "audit_rate": rt.audit_rate,
+                "out_of_range": flagged_fields or None,
+                "status": decision.status,
+                "queue_state": "waiting" if (not auto or audited) else None,
+                "lease_owner_id": None,
+                "lease_expires_at": None,
+                "claimed_at": None,
+                "reviews_required": rt.reviews_required,
+                "final_label": suggestion if auto else None,
+                "label_source": "model" if auto else None,
+                "resolved_by_user_id": None,
+                "resolved_at": now if auto else None,
+                "outcome_label": None,
+                "outcome_at": None,
+                "request_id": request_id,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+    return rows
+
+
+def case_view(row: Any) -> dict[str, Any]:
+    """The predict result shape (SPEC §6) from a case row, dict or ORM object alike."""
+    get: Any = row.get if isinstance(row, dict) else lambda k: getattr(row, k)
+    created: datetime = get("created_at")
+    suggestion = None
+    if get("suggestion_label") is not None:
+        suggestion = {
+            "label": get("suggestion_label"),
+            "confidence": round(float(get("confidence")), 6),
+            "scores": get("scores"),
+        }
+    status = get("status")
+    label = get("final_label") if status in ("auto", "resolved", "corrected") else None
+    return {
+        "case_id": get("id"),
+        "external_id": get("external_id"),
+        "status": status,
+        "route": get("route"),
+        "reason": get("reason"),
+        "label": label,
+        "audit": bool(get("audit")),
+        "suggestion": suggestion,
+        "model_version": get("model_version"),
+        "threshold": get("threshold"),
+        "created_at": created.isoformat().replace("+00:00", "Z"),
+    }
+
+
+def _insert(session: Session, rows: list[dict[str, Any]]) -> None:
+    session.execute(insert(Case), rows)
+
+
+def _check_scope(rt: TaskRuntime, actor: Actor) -> None:
+    if not actor.may_access(rt.name):
+        raise Forbidden(f"not allowed to use task {rt.name!r}", {"task": rt.name})
+
+
+def predict_one(
+    session: Session,
+    task_name: str,
+    item: PredictRequest,
+    actor: Actor,
+    *,
+    body_for_hash: Any = None,
+    request_id: str | None = None,
+    max_text: int = 100_000,
+) -> tuple[dict[str, Any], bool]:
+    """Returns (case view, created). ``created`` is False for an idempotent replay."""
+    rt = task_runtime(session, task_name)
+    _check_scope(rt, actor)
+    values = _check_item(rt, item, max_text)
+    digest = request_hash(body_for_hash) if item.idempotency_key else None
+    if item.idempotency_key:
+        if not 1 <= len(item.idempotency_key) <= 200:
+            raise ValidationFailed(
+                "Invalid Idempotency-Key", {"Idempotency-Key": ["1 to 200 characters."]}
+            )
+        replay = _replay(session, rt.id, item.idempotency_key, digest)
+        if replay is not None:
+            return replay, False
+    rows = _build_rows(rt, [item], [values], request_id=request_id, hashes=[digest])
+    if item.idempotency_key:
+        dialect = session.get_bind().dialect.name
+        ins = postgresql.insert(Case) if dialect == "postgresql" else sqlite.insert(Case)
+        stmt = ins.on_conflict_do_nothing(index_elements=["task_id", "idempotency_key"])
+        result = session.execute(stmt, rows)
+        if result.rowcount == 0:  # type: ignore[attr-defined]
+            # Another request with the same key won the race; answer with its case.
+            replay = _replay(session, rt.id, item.idempotency_key, digest)
+            assert replay is not None
+            return replay, False
+    else:
+        _insert(session, rows)
+    return case_view(rows[0]), True
+
+
+def _replay(session: Session, task_id: int, key: str, digest: str | None) -> dict[str, Any] | None:
+    existing = session.scalar(
+        select(Case).where(Case.task_id == task_id, Case.idempotency_key == key)
+    )
+    if existing is None:
+        return None
+    if existing.request_hash != digest:
+        raise Conflict(
+            "Idempotency-Key was already used with a different request body",
+            {"Idempotency-Key": key, "case_id": existing.id},
+        )
+    return case_view(existing)
+
+
+def predict_batch(
+    session: Session,
+    task_name: str,
+    items: list[PredictRequest],
+    actor: Actor,
+    *,
+    request_id: str | None = None,
+    max_text: int = 100_000,
+) -> list[dict[str, Any]]:
+    """Results in request order; a bad item gets its error object in place, the rest are
+    stored (SPEC §6)."""
+    rt = task_runtime(session, task_name)
+    _check_scope(rt, actor)
+    good: list[tuple[int, PredictRequest, dict[str, Any]]] = []
+    results: list[dict[str, Any] | None] = [None] * len(items)
+    for i, item in enumerate(items):
+        try:
+            good.append((i, item, _check_item(rt, item, max_text)))
+        except ValidationFailed as exc:
+            results[i] = ItemError(422, exc.code, exc.message, exc.details).as_dict()
+    if good:
+        rows = _build_rows(
+            rt,
+            [g[1] for g in good],
+            [g[2] for g in good],
+            request_id=request_id,
+            hashes=[None] * len(good),
+        )
+        _insert(session, rows)
+        for (i, _, _), row in zip(good, rows, strict=True):
+            results[i] = case_view(row)
+    return [r for r in results if r is not None]

@@ -1,0 +1,190 @@
+"""Tasks: definition, change, and their live status (SPEC §2, §6)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from service.errors import Conflict, NotFound, ValidationFailed
+from service.models import Case, Job, Task
+from service.policy import Policy, effective_audit_rate
+from service.services import audit
+from service.services.audit import Actor
+
+
+def get_task(session: Session, name: str, actor: Actor | None = None) -> Task:
+    task = session.scalar(select(Task).where(Task.name == name))
+    if task is None:
+        raise NotFound(f"task {name!r} not found", {"task": name})
+    if actor is not None and not actor.may_access(task.name):
+        from service.errors import Forbidden
+
+        raise Forbidden(f"not allowed to use task {name!r}", {"task": name})
+    return task
+
+
+def list_tasks(session: Session, actor: Actor) -> list[Task]:
+    tasks = session.scalars(select(Task).order_by(Task.name)).all()
+    return [t for t in tasks if actor.may_access(t.name)]
+
+
+def create_task(session: Session, data: dict[str, Any], actor: Actor) -> Task:
+    """``data`` is already validated by ``TaskCreateSchema``."""
+    if session.scalar(select(Task.id).where(Task.name == data["name"])) is not None:
+        raise Conflict(f"task {data['name']!r} already exists", {"name": [data["name"]]})
+    webhook = data.get("webhook") or {}
+    task = Task(
+        name=data["name"],
+        labels=list(data["labels"]),
+        fields=[_clean_field(f) for f in data["fields"]],
+        policy=dict(data["policy"]),
+        review=dict(data["review"]),
+        webhook_url=webhook.get("url"),
+        webhook_secret=webhook.get("secret"),
+        automation_state="manual",
+    )
+    session.add(task)
+    session.flush()
+    audit.record(
+        session,
+        "task.created",
+        actor,
+        task_id=task.id,
+        details={
+            "name": task.name,
+            "labels": task.labels,
+            "fields": task.fields,
+            "policy": task.policy,
+            "webhook": bool(task.webhook_url),
+        },
+    )
+    return task
+
+
+def _clean_field(spec: dict[str, Any]) -> dict[str, Any]:
+    out = {"name": spec["name"], "type": spec["type"], "required": bool(spec.get("required", True))}
+    if spec.get("max_length"):
+        out["max_length"] = int(spec["max_length"])
+    return out
+
+
+def update_task(session: Session, task: Task, changes: dict[str, Any], actor: Actor) -> Task:
+    """Apply a validated ``TaskPatchSchema`` payload. Only additive or policy changes: labels
+    and fields already used by stored cases can never be removed or retyped."""
+    before: dict[str, Any] = {}
+    after: dict[str, Any] = {}
+    labels = list(task.labels)
+    if "add_labels" in changes:
+        new = [x for x in changes["add_labels"] if x not in labels]
+        if len(set(new)) != len(new):
+            raise ValidationFailed("duplicate labels", {"add_labels": ["Labels must be unique."]})
+        if new:
+            before["labels"], labels = list(labels), labels + new
+            after["labels"] = labels
+            task.labels = labels
+    if "add_fields" in changes:
+        existing = {f["name"] for f in task.fields}
+        clash = [f["name"] for f in changes["add_fields"] if f["name"] in existing]
+        if clash:
+            raise ValidationFailed(
+                "fields already exist", {"add_fields": [f"{n} already exists" for n in clash]}
+            )
+        before["fields"] = list(task.fields)
+        task.fields = list(task.fields) + [_clean_field(f) for f in changes["add_fields"]]
+        after["fields"] = task.fields
+    if "policy" in changes:
+        policy = {**task.policy, **changes["policy"]}
+        unknown = [x for x in policy.get("never_automate", []) if x not in labels]
+        unknown += [x for x in policy.get("label_targets", {}) if x not in labels]
+        if unknown:
+            raise ValidationFailed(
+                "policy names unknown labels", {"policy": [f"unknown labels: {sorted(unknown)}"]}
+            )
+        before["policy"], after["policy"] = task.policy, policy
+        task.policy = policy
+    if "review" in changes:
+        review = {**task.review, **changes["review"]}
+        before["review"], after["review"] = task.review, review
+        task.review = review
+    if "webhook" in changes:
+        webhook = changes["webhook"]
+        before["webhook"] = task.webhook_url
+        task.webhook_url = webhook["url"] if webhook else None
+        if webhook is None:
+            task.webhook_secret = None
+        elif webhook.get("secret"):
+            task.webhook_secret = webhook["secret"]
+        after["webhook"] = task.webhook_url
+    if not after:
+        return task
+    task.revision += 1
+    audit.record(
+        session, "task.changed", actor, task_id=task.id, details={"before": before, "after": after}
+    )
+    session.flush()
+    return task
+
+
+def current_audit_rate(task: Task) -> float:
+    """The flag rate a case arriving now gets (stored with the case as its inclusion prob.)."""
+    policy = Policy.from_dict(task.policy)
+    return effective_audit_rate(
+        policy,
+        automating=task.automation_state == "automating",
+        coverage=task.coverage or 0.0,
+        fallback=task.automation_state == "fallback",
+        drift_warning=task.widening_frozen,
+    )
+
+
+def task_status(session: Session, task: Task) -> dict[str, Any]:
+    """The task as the API shows it: definition plus live automation, training and counts."""
+    counts_row = session.execute(
+        select(
+            func.count(),
+            func.count().filter(Case.status.in_(("pending", "in_review"))),
+            func.count().filter(Case.label_source.in_(("reviewer", "application"))),
+            func.count().filter(Case.route == "auto"),
+        ).where(Case.task_id == task.id)
+    ).one()
+    job = session.scalar(
+        select(Job)
+        .where(Job.task_id == task.id, Job.kind == "train")
+        .order_by(Job.created_at.desc())
+        .limit(1)
+    )
+    training_state = "idle"
+    if job is not None and job.state in ("queued", "started"):
+        training_state = "queued" if job.state == "queued" else "running"
+    active = task.active_model
+    return {
+        "name": task.name,
+        "labels": task.labels,
+        "fields": task.fields,
+        "policy": task.policy,
+        "review": task.review,
+        "webhook": {"url": task.webhook_url} if task.webhook_url else None,
+        "automation": {
+            "state": task.automation_state,
+            "threshold": task.threshold,
+            "model_version": active.version if active else None,
+            "certified_error_bound": task.certified_error_bound,
+            "coverage": task.coverage,
+            "audit_rate": round(current_audit_rate(task), 6),
+            "widening_frozen": task.widening_frozen,
+        },
+        "training": {
+            "state": training_state,
+            "job_id": job.id if job is not None and training_state != "idle" else None,
+        },
+        "counts": {
+            "cases": counts_row[0],
+            "pending": counts_row[1],
+            "labelled": counts_row[2],
+            "auto": counts_row[3],
+        },
+        "created_at": task.created_at,
+        "updated_at": task.updated_at,
+    }

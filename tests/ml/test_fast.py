@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.pipeline import Pipeline
+
+from service.ml.fast import CompiledPredictor, PipelinePredictor, compile_predictor
+from service.ml.frame import rows_to_frame
+from service.ml.pipeline import FAMILIES, build_pipeline, pipeline_proba
+
+TOL = 1e-6
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("name", ["credit_data", "fine_foods", "letter"])
+def test_predictor_equals_pipeline_on_every_row(datasets, fitted, name, family):
+    d = datasets[name]
+    pipe = fitted[name, family]
+    predictor = compile_predictor(pipe, d.fields, d.label_set)
+    assert predictor.compiled, predictor.reason
+    want = pipeline_proba(pipe, d.rows, d.fields, d.label_set)
+    got = predictor.predict_proba_rows(d.rows)
+    assert got.shape == want.shape
+    assert np.max(np.abs(got - want)) <= TOL
+    rng = np.random.default_rng(0)
+    sample = rng.choice(len(d.rows), size=300, replace=False)
+    missing = [i for i, r in enumerate(d.rows) if any(v is None for v in r.values())][:50]
+    for i in [*sample.tolist(), *missing]:
+        one = predictor.predict_proba_rows([d.rows[i]])
+        assert one.shape == (1, len(d.label_set))
+        assert np.max(np.abs(one[0] - want[i])) <= TOL, i
+
+
+def test_edge_rows(datasets, fitted):
+    d = datasets["fine_foods"]
+    rows = [{}, {"review": ""}, {"review": "zzzz qqqq"}, {"product": "new", "review": None}]
+    for family in FAMILIES:
+        pipe = fitted["fine_foods", family]
+        predictor = compile_predictor(pipe, d.fields, d.label_set)
+        want = pipeline_proba(pipe, rows, d.fields, d.label_set)
+        np.testing.assert_allclose(predictor.predict_proba_rows(rows), want, atol=TOL)
+        assert predictor.predict_proba_rows([]).shape == (0, 2)
+
+
+def test_label_order_and_absent_label(datasets, fitted):
+    d = datasets["credit_data"]
+    labels = ["unknown", *reversed(d.label_set)]
+    pipe = fitted["credit_data", "logistic_regression"]
+    predictor = compile_predictor(pipe, d.fields, labels)
+    assert predictor.compiled
+    got = predictor.predict_proba_rows(d.rows[:100])
+    assert np.all(got[:, 0] == 0)
+    want = pipe.predict_proba(rows_to_frame(d.rows[:100], d.fields))
+    np.testing.assert_allclose(got[:, 1:], want[:, ::-1], atol=TOL)
+
+
+def test_unknown_structure_falls_back(datasets, fitted):
+    d = datasets["credit_data"]
+    base = build_pipeline(d.fields, "logistic_regression")
+    pipe = Pipeline([("features", base.steps[0][1]), ("clf", RandomForestClassifier(5))])
+    pipe.fit(rows_to_frame(d.rows[:300], d.fields), d.labels[:300])
+    predictor = compile_predictor(pipe, d.fields, d.label_set)
+    assert isinstance(predictor, PipelinePredictor) and not predictor.compiled
+    assert "RandomForest" in (predictor.reason or "")
+    np.testing.assert_array_equal(
+        predictor.predict_proba_rows(d.rows[:20]),
+        pipeline_proba(pipe, d.rows[:20], d.fields, d.label_set),
+    )
+
+
+def test_self_check_failure_falls_back(datasets, fitted, monkeypatch):
+    d = datasets["credit_data"]
+    pipe = fitted["credit_data", "logistic_regression"]
+    monkeypatch.setattr(
+        CompiledPredictor, "_proba_classes", lambda self, rows: np.full((len(rows), 2), 0.5)
+    )
+    predictor = compile_predictor(pipe, d.fields, d.label_set)
+    assert isinstance(predictor, PipelinePredictor)
+    assert "self-check" in (predictor.reason or "")

@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+
+from service.ml.frame import rows_to_frame
+from service.ml.pipeline import FAMILIES, pipeline_proba, train_model
+
+
+@pytest.mark.parametrize("name", ["credit_data", "fine_foods", "letter"])
+def test_train_model_trains_and_predicts(datasets, name):
+    d = datasets[name]
+    n = 1200
+    model = train_model(
+        d.rows[:n], d.labels[:n], d.fields, d.label_set, random_state=0, hgb_max_iter=15
+    )
+    m = model.metrics
+    assert model.family in FAMILIES and m["family"] == model.family
+    assert set(m["cv_log_loss"]) == set(FAMILIES)
+    assert m["cv_log_loss"][model.family] == min(m["cv_log_loss"].values())
+    assert m["log_loss"] == pytest.approx(m["cv_log_loss"][model.family])
+    assert 0 <= m["ece"] <= 1 and 0 <= m["accuracy"] <= 1
+    assert set(m["per_label"]) == set(d.label_set)
+    assert m["accuracy"] > 0.55 if name != "letter" else m["accuracy"] > 0.5
+    assert model.timings["total"] > 0 and "refit" in model.timings
+    assert model.oof_proba.shape == (n, len(d.label_set))
+    proba = pipeline_proba(model.pipeline, d.rows[n : n + 50], d.fields, d.label_set)
+    assert proba.shape == (50, len(d.label_set))
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+
+
+def test_absent_label_gets_zero_probability(datasets):
+    d = datasets["credit_data"]
+    labels = [*d.label_set, "unknown"]
+    model = train_model(
+        d.rows[:400], d.labels[:400], d.fields, labels, families=["logistic_regression"]
+    )
+    assert model.metrics["absent_labels"] == ["unknown"]
+    assert model.metrics["per_label"]["unknown"]["support"] == 0
+    proba = pipeline_proba(model.pipeline, d.rows[:10], d.fields, labels)
+    assert proba.shape == (10, 3) and np.all(proba[:, 2] == 0)
+
+
+def test_selection_is_by_cv_log_loss(datasets):
+    # letter is far easier for boosted trees than for a linear model.
+    d = datasets["letter"]
+    model = train_model(d.rows[:1500], d.labels[:1500], d.fields, d.label_set, hgb_max_iter=30)
+    losses = model.metrics["cv_log_loss"]
+    assert losses["hist_gradient_boosting"] < losses["logistic_regression"]
+    assert model.family == "hist_gradient_boosting"
+
+
+def test_bad_labels_rejected(datasets):
+    d = datasets["credit_data"]
+    with pytest.raises(ValueError, match="not in label_set"):
+        train_model(d.rows[:50], ["maybe"] * 50, d.fields, d.label_set)
+    with pytest.raises(ValueError, match="two labels"):
+        train_model(d.rows[:50], ["good"] * 50, d.fields, d.label_set)
+
+
+def test_rare_class_reduces_folds(datasets):
+    d = datasets["credit_data"]
+    labels = ["good"] * 58 + ["bad"] * 2
+    model = train_model(
+        d.rows[:60], labels, d.fields, d.label_set, families=["logistic_regression"]
+    )
+    assert model.metrics["n_splits"] == 2
+    assert model.pipeline.predict_proba(rows_to_frame(d.rows[:3], d.fields)).shape == (3, 2)

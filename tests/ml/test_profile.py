@@ -1,0 +1,50 @@
+import json
+
+from service.ml.profile import DataProfile, build_profile, drift_report, out_of_range
+
+
+def test_profile_round_trip_and_contents(datasets):
+    d = datasets["credit_data"]
+    prof = build_profile(d.rows, d.fields)
+    again = DataProfile.from_dict(json.loads(json.dumps(prof.to_dict())))
+    assert again == prof
+    inc = prof.fields["Income"]
+    assert 0 < inc["missing_rate"] < 0.2
+    assert inc["min"] <= inc["p01"] <= inc["q1"] <= inc["p99"] <= inc["max"]
+    assert prof.fields["Home"]["closed"] and "rent" in prof.fields["Home"]["frequencies"]
+    text = build_profile(datasets["fine_foods"].rows, datasets["fine_foods"].fields)
+    assert text.fields["review"]["len_max"] >= text.fields["review"]["len_p50"] > 0
+    assert not text.fields["product"]["closed"]  # ids: new values are normal
+
+
+def test_out_of_range_rules(datasets):
+    d = datasets["credit_data"]
+    prof = build_profile(d.rows, d.fields)
+    typical = dict(d.rows[0])
+    assert out_of_range(prof, typical) == []
+    assert out_of_range(prof, {**typical, "Income": None, "Home": None}) == []
+    assert out_of_range(prof, {**typical, "Amount": 10**9}) == ["Amount"]
+    assert out_of_range(prof, {**typical, "Age": -500}) == ["Age"]
+    assert out_of_range(prof, {**typical, "Home": "castle"}) == ["Home"]
+    f = datasets["fine_foods"]
+    tprof = build_profile(f.rows, f.fields)
+    row = dict(f.rows[0])
+    assert out_of_range(tprof, {**row, "product": "B0NEWPRODUCT"}) == []
+    huge = "word " * int(tprof.fields["review"]["len_max"] * 3)
+    assert out_of_range(tprof, {**row, "review": huge}) == ["review"]
+
+
+def test_drift_report(datasets):
+    d = datasets["credit_data"]
+    prof = build_profile(d.rows[:2000], d.fields)
+    same = drift_report(prof, d.rows[2000:3000])
+    assert same["Income"]["psi"] < 0.1
+    shifted = [
+        {**r, "Income": (r["Income"] or 0) * 5, "Home": "castle", "Job": None}
+        for r in d.rows[2000:3000]
+    ]
+    rep = drift_report(prof, shifted)
+    assert rep["Income"]["psi"] > 0.5
+    assert rep["Home"]["unseen_rate"] == 1.0
+    assert rep["Job"]["missing_rate_change"] > 0.9
+    json.dumps(rep)

@@ -1,0 +1,103 @@
+"""Exact binomial tools and weighted estimates: known values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from service.policy import (
+    binom_p_value,
+    clopper_pearson_lower,
+    clopper_pearson_upper,
+    min_cases_to_pass,
+    weighted_rate,
+)
+
+
+def test_min_cases_to_pass_contract_value() -> None:
+    assert min_cases_to_pass(0.02, 0.05) == 149
+    assert binom_p_value(0, 149, 0.02) <= 0.05 < binom_p_value(0, 148, 0.02)
+
+
+@pytest.mark.parametrize("alpha,delta", [(0.01, 0.05), (0.05, 0.1), (0.02, 0.001), (0.1, 0.5)])
+def test_min_cases_to_pass_is_smallest(alpha: float, delta: float) -> None:
+    n = min_cases_to_pass(alpha, delta)
+    assert (1 - alpha) ** n <= delta + 1e-15
+    assert (1 - alpha) ** (n - 1) > delta
+
+
+@settings(max_examples=150, deadline=None)
+@given(n=st.integers(1, 2000), frac=st.floats(0, 1), conf=st.sampled_from([0.9, 0.95, 0.99]))
+def test_clopper_pearson_matches_scipy_binomtest(n: int, frac: float, conf: float) -> None:
+    k = min(n, int(frac * n))
+    # One-sided exact bounds equal scipy's one-sided exact CIs ...
+    up = stats.binomtest(k, n, alternative="less").proportion_ci(conf, method="exact").high
+    lo = stats.binomtest(k, n, alternative="greater").proportion_ci(conf, method="exact").low
+    assert clopper_pearson_upper(k, n, conf) == pytest.approx(up, abs=1e-9)
+    assert clopper_pearson_lower(k, n, conf) == pytest.approx(lo, abs=1e-9)
+    # ... and the two ends of the two-sided exact interval at level 2·conf − 1.
+    ci = stats.binomtest(k, n).proportion_ci(confidence_level=2 * conf - 1, method="exact")
+    assert clopper_pearson_upper(k, n, conf) == pytest.approx(ci.high, abs=1e-9)
+    assert clopper_pearson_lower(k, n, conf) == pytest.approx(ci.low, abs=1e-9)
+
+
+@settings(max_examples=150, deadline=None)
+@given(n=st.integers(1, 3000), frac=st.floats(0, 0.1), alpha=st.sampled_from([0.01, 0.02, 0.05]))
+def test_p_value_and_upper_bound_are_the_same_test(n: int, frac: float, alpha: float) -> None:
+    k = int(frac * n)
+    delta = 0.05
+    p = binom_p_value(k, n, alpha)
+    ub = clopper_pearson_upper(k, n, 1 - delta)
+    if abs(p - delta) > 1e-9 and abs(ub - alpha) > 1e-9:
+        assert (p <= delta) == (ub <= alpha)
+
+
+def test_known_values() -> None:
+    # Zero errors in 149: the upper bound is just under 2%.
+    assert clopper_pearson_upper(0, 149, 0.95) == pytest.approx(1 - 0.05 ** (1 / 149))
+    assert clopper_pearson_upper(0, 149, 0.95) < 0.02 < clopper_pearson_upper(0, 148, 0.95)
+    assert clopper_pearson_lower(0, 10, 0.95) == 0.0
+    assert clopper_pearson_upper(10, 10, 0.95) == 1.0
+    assert binom_p_value(0, 0, 0.02) == 1.0
+    with pytest.raises(ValueError):
+        clopper_pearson_upper(5, 3, 0.95)
+
+
+def test_weighted_rate_equal_weights_is_exact_cp() -> None:
+    v = np.array([1] * 7 + [0] * 93)
+    r = weighted_rate(v, np.full(100, 0.3), 0.95)
+    ci = stats.binomtest(7, 100).proportion_ci(confidence_level=0.95, method="exact")
+    assert r.estimate == pytest.approx(0.07)
+    assert r.n_effective == pytest.approx(100)
+    assert (r.lower, r.upper) == (pytest.approx(ci.low), pytest.approx(ci.high))
+
+
+def test_weighted_rate_corrects_for_unequal_labelling() -> None:
+    # Population: 1,000 automatic cases (error 1%) and 1,000 queued cases (error 20%).
+    # Every queued case is labelled; only 5% of automatic cases are (the audit sample).
+    rng = np.random.default_rng(1)
+    auto = (rng.random(1000) < 0.01).astype(float)
+    queue = (rng.random(1000) < 0.20).astype(float)
+    sampled_auto = auto[rng.random(1000) < 0.05]
+    values = np.concatenate([sampled_auto, queue])
+    probs = np.concatenate([np.full(sampled_auto.size, 0.05), np.ones(1000)])
+    r = weighted_rate(values, probs)
+    truth = (auto.sum() + queue.sum()) / 2000
+    naive = values.mean()
+    assert abs(r.estimate - truth) < abs(naive - truth)
+    assert r.lower <= truth <= r.upper
+    assert r.n_effective < values.size
+
+
+def test_weighted_rate_edge_cases() -> None:
+    r = weighted_rate([], [])
+    assert math.isnan(r.estimate) and (r.lower, r.upper) == (0.0, 1.0)
+    assert weighted_rate([0, 0], [1, 1]).lower == 0.0
+    assert weighted_rate([1, 1], [1, 0.5]).upper == 1.0
+    with pytest.raises(ValueError):
+        weighted_rate([1], [0.0])

@@ -1,0 +1,1 @@
+"""RQ job functions, addressed by dotted path (``workers.jobs.<module>.<function>``)."""

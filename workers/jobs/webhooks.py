@@ -1,0 +1,82 @@
+"""Deliver one webhook event with a Standard Webhooks signature.
+
+Failures raise so RQ retries with the queue's backoff; the delivery row keeps the attempt
+count and the last error visible, and a delivery that exhausted its retries stays `failed`
+until someone replays it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from datetime import datetime
+
+import httpx
+from standardwebhooks.webhooks import Webhook
+
+from service import queues
+from service.db import transaction, utcnow
+from service.models import Task, WebhookDelivery
+from workers.context import job
+
+TIMEOUT_SECONDS = 10.0
+
+
+class DeliveryFailed(Exception):
+    pass
+
+
+def signing_secret(task: Task) -> str:
+    """Standard Webhooks wants a base64 secret; derive a stable one from the task's secret."""
+    raw = (task.webhook_secret or f"tandem-task-{task.id}").encode()
+    return "whsec_" + base64.b64encode(hashlib.sha256(raw).digest()).decode()
+
+
+def signed_headers(task: Task, message_id: str, body: str, when: datetime) -> dict[str, str]:
+    signature = Webhook(signing_secret(task)).sign(message_id, when, body)
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(int(when.timestamp())),
+        "webhook-signature": signature,
+        "content-type": "application/json",
+        "user-agent": "tandem-webhooks/1",
+    }
+
+
+@job
+def deliver(delivery_id: int) -> str:
+    with transaction() as session:
+        delivery = session.get(WebhookDelivery, delivery_id)
+        if delivery is None or delivery.status == "delivered":
+            return "nothing to do"
+        task = session.get(Task, delivery.task_id)
+        assert task is not None
+        body = json.dumps(delivery.payload, separators=(",", ":"), sort_keys=True)
+        headers = signed_headers(task, delivery.message_id, body, utcnow())
+        url = delivery.url
+    error: str | None = None
+    status_code: int | None = None
+    try:
+        response = httpx.post(url, content=body, headers=headers, timeout=TIMEOUT_SECONDS)
+        status_code = response.status_code
+        if not 200 <= response.status_code < 300:
+            error = f"HTTP {response.status_code}"
+    except httpx.HTTPError as exc:
+        error = f"{type(exc).__name__}: {exc}"[:500]
+    with transaction() as session:
+        delivery = session.get(WebhookDelivery, delivery_id)
+        assert delivery is not None
+        delivery.attempts += 1
+        delivery.last_status_code = status_code
+        if error is None:
+            delivery.status = "delivered"
+            delivery.delivered_at = utcnow()
+            delivery.last_error = None
+            return "delivered"
+        delivery.last_error = error
+        exhausted = delivery.attempts > queues.WEBHOOKS.max_retries
+        delivery.status = "failed" if exhausted else "pending"
+    if exhausted:
+        return f"failed after {queues.WEBHOOKS.max_retries + 1} attempts: {error}"
+    raise DeliveryFailed(error)

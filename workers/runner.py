@@ -1,0 +1,35 @@
+"""`tandem worker`: RQ workers started through the app."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+from rq import Queue, Worker
+
+from service import queues as queue_specs
+from service.redis_conn import get_redis
+from workers import context, schedule
+
+log = logging.getLogger(__name__)
+
+
+def run_worker(
+    app: Flask,
+    queue_names: list[str] | None = None,
+    *,
+    burst: bool = False,
+    with_scheduler: bool = True,
+) -> bool:
+    names = queue_names or list(queue_specs.DEFAULT_WORKER_QUEUES)
+    unknown = [n for n in names if n not in queue_specs.ALL]
+    if unknown:
+        raise ValueError(f"unknown queue(s): {', '.join(unknown)}")
+    context.set_app(app)
+    redis = get_redis(app)
+    with app.app_context():
+        queues = [Queue(n, connection=redis) for n in names]
+        if with_scheduler and not burst:
+            schedule.start_cron_in_background(app)
+        worker = Worker(queues, connection=redis)
+        return bool(worker.work(burst=burst, with_scheduler=True, logging_level="INFO"))

@@ -1,0 +1,111 @@
+"""Periodic work through RQ's cron scheduler, with one leader across all worker machines.
+
+Every `tandem worker` may start the scheduler process; a Redis lock makes exactly one of
+them enqueue the periodic jobs at a time, and another takes over within a minute if that
+machine dies. The jobs themselves are idempotent, so a rare double run is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from flask import Flask
+from redis import Redis
+from redis.exceptions import LockError, RedisError
+from rq.cron import CronScheduler
+
+from service import queues
+from service.redis_conn import redis_url_for
+
+log = logging.getLogger(__name__)
+
+LEADER_LOCK = "tandem:cron-leader"
+LEADER_TTL_SECONDS = 60
+
+# (dotted path, queue, interval seconds): the product's periodic work.
+PERIODIC_JOBS: tuple[tuple[str, str, int], ...] = (
+    ("workers.jobs.maintenance.relay_outbox", queues.MAINTENANCE.name, 15),
+    ("workers.jobs.maintenance.expire_leases", queues.MAINTENANCE.name, 30),
+    ("workers.jobs.maintenance.redeliver_webhooks", queues.MAINTENANCE.name, 60),
+)
+
+
+def _resolve(path: str) -> Any:
+    module, _, name = path.rpartition(".")
+    return getattr(__import__(module, fromlist=[name]), name)
+
+
+def build_scheduler(redis: Redis) -> CronScheduler:
+    scheduler = CronScheduler(connection=redis, name=f"tandem-cron-{os.getpid()}")
+    for path, queue_name, interval in PERIODIC_JOBS:
+        scheduler.register(
+            _resolve(path),
+            queue_name,
+            interval=interval,
+            job_timeout=queues.ALL[queue_name].job_timeout,
+            result_ttl=600,
+            failure_ttl=86_400,
+            name=path.rsplit(".", 1)[-1],
+        )
+    return scheduler
+
+
+def run_leader_loop(redis: Redis, stop_after: float | None = None) -> None:
+    """Hold the leader lock and enqueue due jobs; step down and retry if the lock is lost."""
+    stopping = False
+
+    def _stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    started = time.monotonic()
+    while not stopping:
+        if stop_after is not None and time.monotonic() - started > stop_after:
+            return
+        try:
+            lock = redis.lock(LEADER_LOCK, timeout=LEADER_TTL_SECONDS, blocking=False)
+            if not lock.acquire(blocking=False):
+                time.sleep(5)
+                continue
+            scheduler = build_scheduler(redis)
+            scheduler.register_birth()
+            try:
+                while not stopping:
+                    if stop_after is not None and time.monotonic() - started > stop_after:
+                        return
+                    if scheduler.enqueue_jobs():
+                        scheduler.save()
+                    scheduler.heartbeat()
+                    lock.extend(LEADER_TTL_SECONDS, replace_ttl=True)
+                    time.sleep(max(1.0, min(5.0, scheduler.calculate_sleep_interval())))
+            finally:
+                scheduler.register_death()
+                try:
+                    lock.release()
+                except LockError:
+                    pass
+        except (RedisError, LockError) as exc:
+            log.warning("cron scheduler paused: %s", type(exc).__name__)
+            time.sleep(5)
+
+
+def _child(url: str) -> None:
+    run_leader_loop(Redis.from_url(url))
+
+
+def start_cron_in_background(app: Flask) -> BaseProcess:
+    """A separate process: the scheduler loop must not share the worker's signal handling."""
+    ctx = multiprocessing.get_context("fork")
+    process = ctx.Process(
+        target=_child, args=(redis_url_for(app),), name="tandem-cron", daemon=True
+    )
+    process.start()
+    return process
