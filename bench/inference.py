@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, not installed
 
 from service.ml.datasets import load_dataset
 from service.ml.fast import compile_predictor
@@ -31,6 +31,26 @@ def _time(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(samples)
 
 
+def _bench_case(name: str, family: str) -> None:
+    """Fit one model, check the predictor compiled, print the four timings."""
+    d = load_dataset(name)
+    n = 3000
+    pipe = build_pipeline(d.fields, family, n_rows=n)
+    pipe.fit(rows_to_frame(d.rows[:n], d.fields), d.labels[:n])
+    pred = compile_predictor(pipe, d.fields, d.label_set)
+    assert pred.compiled, pred.reason
+    one = [d.rows[n + 1]]
+    batch = d.rows[-1000:]
+    p1 = _time(lambda: pipeline_proba(pipe, one, d.fields, d.label_set), 300)
+    f1 = _time(lambda: pred.predict_proba_rows(one), 2000)
+    pb = _time(lambda: pipeline_proba(pipe, batch, d.fields, d.label_set), 20)
+    fb = _time(lambda: pred.predict_proba_rows(batch), 20)
+    print(
+        f"{name:12} {family:24} {p1 * 1e3:9.3f}ms {f1 * 1e3:9.3f}ms "
+        f"{pb * 1e3:8.2f}ms {fb * 1e3:8.2f}ms"
+    )
+
+
 def main() -> None:
     cases = [
         ("credit_data", "logistic_regression"),
@@ -43,22 +63,7 @@ def main() -> None:
         f"{'pipe 1000':>10} {'fast 1000':>10}"
     )
     for name, family in cases:
-        d = load_dataset(name)
-        n = 3000
-        pipe = build_pipeline(d.fields, family, n_rows=n)
-        pipe.fit(rows_to_frame(d.rows[:n], d.fields), d.labels[:n])
-        pred = compile_predictor(pipe, d.fields, d.label_set)
-        assert pred.compiled, pred.reason
-        one = [d.rows[n + 1]]
-        batch = d.rows[-1000:]
-        p1 = _time(lambda: pipeline_proba(pipe, one, d.fields, d.label_set), 300)
-        f1 = _time(lambda: pred.predict_proba_rows(one), 2000)
-        pb = _time(lambda: pipeline_proba(pipe, batch, d.fields, d.label_set), 20)
-        fb = _time(lambda: pred.predict_proba_rows(batch), 20)
-        print(
-            f"{name:12} {family:24} {p1 * 1e3:9.3f}ms {f1 * 1e3:9.3f}ms "
-            f"{pb * 1e3:8.2f}ms {fb * 1e3:8.2f}ms"
-        )
+        _bench_case(name, family)
 
 
 if __name__ == "__main__":

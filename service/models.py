@@ -176,6 +176,7 @@ class Case(Base):
             sqlite_where=text("audit"),
         ),
         Index("ix_cases_task_created", "task_id", "created_at"),
+        Index("ix_cases_task_labelled", "task_id", "human_labelled_at"),
         Index("ix_cases_task_status", "task_id", "status"),
         Index("ix_cases_lease", "lease_expires_at"),
     )
@@ -215,6 +216,10 @@ class Case(Base):
         BigId, ForeignKey("users.id"), nullable=True
     )
     resolved_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    # The first human verdict (reviewer or application), whoever decided the final label:
+    # training data, the audit ledger and the live watch all read this one column.
+    human_label: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    human_labelled_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     # Ground truth reported later by the application (kept apart from the reviewers' label).
     outcome_label: Mapped[str | None] = mapped_column(String(200), nullable=True)
     outcome_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)

@@ -45,6 +45,7 @@ def engine(settings: Any) -> Iterator[Engine]:
     from service import migrate
     from service.db import make_engine
 
+    _ensure_database(settings.database_url)
     eng = make_engine(settings.database_url)
     with eng.begin() as conn:
         conn.execute(text("DROP SCHEMA public CASCADE"))
@@ -52,6 +53,22 @@ def engine(settings: Any) -> Iterator[Engine]:
     migrate.upgrade(eng)
     yield eng
     eng.dispose()
+
+
+def _ensure_database(url: str) -> None:
+    """Create the test database when missing (each developer may use their own name)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    target = make_url(url)
+    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        exists = conn.execute(
+            text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": target.database}
+        ).scalar()
+        if not exists:
+            conn.execute(text(f'CREATE DATABASE "{target.database}"'))
+    admin.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -264,6 +264,8 @@ def upgrade() -> None:
             nullable=True,
         ),
         sa.Column("resolved_at", service.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("human_label", sa.String(length=200), nullable=True),
+        sa.Column("human_labelled_at", service.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("outcome_label", sa.String(length=200), nullable=True),
         sa.Column("outcome_at", service.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("request_id", sa.String(length=64), nullable=True),
@@ -304,6 +306,9 @@ def upgrade() -> None:
             "ix_cases_queue_audit", ["task_id", "queue_state", "audit", "created_at"], unique=False
         )
         batch_op.create_index("ix_cases_task_created", ["task_id", "created_at"], unique=False)
+        batch_op.create_index(
+            "ix_cases_task_labelled", ["task_id", "human_labelled_at"], unique=False
+        )
         batch_op.create_index("ix_cases_task_external", ["task_id", "external_id"], unique=False)
         batch_op.create_index("ix_cases_task_status", ["task_id", "status"], unique=False)
 
@@ -362,6 +367,7 @@ def downgrade() -> None:
     with op.batch_alter_table("cases", schema=None) as batch_op:
         batch_op.drop_index("ix_cases_task_status")
         batch_op.drop_index("ix_cases_task_external")
+        batch_op.drop_index("ix_cases_task_labelled")
         batch_op.drop_index("ix_cases_task_created")
         batch_op.drop_index("ix_cases_queue_audit")
         batch_op.drop_index("ix_cases_queue")

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from service.db import utcnow
 from service.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from service.models import Case, Task, User
-from service.services import audit, webhooks
+from service.services import audit, labels, webhooks
 from service.services.audit import Actor
 from service.services.predict import case_view
 
@@ -104,6 +104,10 @@ def record_outcome(
     case.outcome_at = now
     details: dict[str, Any] = {"label": label, "status_before": case.status}
     event = None
+    first_human_label = case.human_label is None
+    if first_human_label:
+        case.human_label = label
+        case.human_labelled_at = now
     if case.status in ("pending", "in_review"):
         case.status = "resolved"
         case.final_label = label
@@ -112,10 +116,11 @@ def record_outcome(
         case.queue_state = None
         case.lease_owner_id = None
         case.lease_expires_at = None
-        task.labels_since_training += 1
         event = "case.resolved"
     elif case.status == "auto" and case.label_source == "model":
-        case.queue_state = None if case.queue_state == "waiting" else case.queue_state
+        # Ground truth is in: the audit review this case was waiting for is no longer needed.
+        if case.queue_state == "waiting":
+            case.queue_state = None
         if label != case.final_label:
             details["model_label"] = case.final_label
             case.status = "corrected"
@@ -123,7 +128,6 @@ def record_outcome(
             case.label_source = "application"
             case.resolved_at = now
             event = "case.corrected"
-        task.labels_since_training += 1
     else:
         details["kept_label"] = case.final_label
         details["agrees"] = case.final_label == label
@@ -136,6 +140,8 @@ def record_outcome(
         details=details,
         request_id=request_id,
     )
+    if first_human_label:
+        labels.label_recorded(session, task, case, request_id=request_id)
     if event is not None:
         webhooks.emit(session, task, event, case_detail(session, case), request_id=request_id)
     return case

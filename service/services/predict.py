@@ -221,6 +221,8 @@ def _build_rows(
                 "label_source": "model" if auto else None,
                 "resolved_by_user_id": None,
                 "resolved_at": now if auto else None,
+                "human_label": None,
+                "human_labelled_at": None,
                 "outcome_label": None,
                 "outcome_at": None,
                 "request_id": request_id,
