@@ -1,14 +1,398 @@
-"""Review UI views."""
+"""Review UI views (SPEC §8): thin pages over the service layer and the JSON API.
+
+Every view checks the signed-in user's role (and task scope, through the services). Forms
+carry Flask-WTF's CSRF token (CSRFProtect is on for this blueprint); the JavaScript sends the
+same token as ``X-CSRFToken`` to the JSON API. Pages are served with a strict
+Content-Security-Policy: no inline script or style, so all behaviour lives in static files.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, redirect, url_for
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+import markdown
+import nh3
+from flask import (
+    Blueprint,
+    abort,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask_login import current_user, login_required, login_user, logout_user
+from marshmallow import ValidationError
+from sqlalchemy import func, select
 from werkzeug.wrappers import Response
 
-bp = Blueprint("review_ui", __name__, template_folder="templates", static_folder="static",
-               static_url_path="/ui/static")
+from service.api.review import parse_queue_args
+from service.db import db_session, transaction, utcnow
+from service.errors import ServiceError
+from service.login import LoginUser
+from service.models import REASONS, ROLES, ApiToken, AuditEvent, Case, User
+from service.schemas.tasks import TaskPatchSchema
+from service.services import accounts, audit
+from service.services import cases as case_service
+from service.services import review as review_service
+from service.services import tasks as task_service
+from service.services.accounts import check_password, user_actor
+from service.services.audit import Actor
+
+bp = Blueprint(
+    "review_ui",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/ui/static",
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+
+REASON_TEXT = {
+    "low_confidence": "The model was not confident enough to answer on its own.",
+    "cold_start": "No certified model yet: people decide every case for now.",
+    "audit": "Picked at random to check the quality of automatic answers.",
+    "fallback": "Automation was pulled back (drift or an error alarm); people decide.",
+    "invalid_input": "Some values are outside what the model has seen.",
+    "forced": "The application asked for a person to decide.",
+    "policy": "The suggested label is one this task never automates.",
+    "confident": "The model answered automatically; this case is a quality check.",
+}
+
+
+@bp.after_request
+def _security_headers(response: Response) -> Response:
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "same-origin"
+    if response.mimetype == "text/html":
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def roles(*allowed: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Signed-in users with one of ``allowed`` (admins always); others get a 403 page."""
+    names = set(allowed) | {"admin"}
+
+    def decorator(view: Callable[P, R]) -> Callable[P, R]:
+        @wraps(view)
+        @login_required
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            if current_user.role not in names:
+                abort(403)
+            return view(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorator
+
+
+def actor() -> Actor:
+    return user_actor(current_user.user)
+
+
+def render_markdown(text: str) -> str:
+    """Task instructions: Markdown rendered, then sanitised (reviewers see admin input)."""
+    html = markdown.markdown(text or "", extensions=["sane_lists"])
+    return nh3.clean(html, link_rel="noopener noreferrer nofollow")
+
+
+@bp.app_errorhandler(403)
+def _forbidden(_exc: Exception) -> Any:
+    if request.path.startswith("/api/"):
+        from service.errors import error_response
+
+        return error_response(403, "forbidden", "forbidden")
+    return render_template("error.html", status=403, message="You may not open this page."), 403
+
+
+@bp.app_errorhandler(404)
+def _not_found(_exc: Exception) -> Any:
+    if request.path.startswith("/api/"):
+        from service.errors import error_response
+
+        return error_response(404, "not_found", "not found")
+    return render_template("error.html", status=404, message="Nothing here."), 404
+
+
+@bp.app_context_processor
+def _globals() -> dict[str, Any]:
+    return {"reason_text": REASON_TEXT}
+
+
+# ------------------------------------------------------------------------ sign in
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Any:
+    if current_user.is_authenticated:
+        return redirect(url_for("review_ui.index"))
+    error = None
+    if request.method == "POST":
+        email = (request.form.get("email") or "").strip().lower()
+        password = request.form.get("password") or ""
+        with transaction() as session:
+            user = session.scalar(select(User).where(User.email == email))
+            if user is not None and user.active and check_password(user, password):
+                user.last_login_at = utcnow()
+                audit.record(session, "user.login", user_actor(user))
+                login_user(LoginUser(user))
+                target = request.args.get("next") or ""
+                if not target.startswith("/") or target.startswith("//"):
+                    target = url_for("review_ui.index")
+                return redirect(target)
+        error = "Wrong e-mail or password."
+    return render_template("login.html", error=error), (401 if error else 200)
+
+
+@bp.post("/logout")
+@login_required
+def logout() -> Response:
+    logout_user()
+    return redirect(url_for("review_ui.login"))
+
+
+# ------------------------------------------------------------------------- tasks
 
 
 @bp.get("/")
-def index() -> Response:
-    return redirect(url_for("api-docs.openapi_swagger_ui"))
+@roles("reviewer", "analyst")
+def index() -> str:
+    session = db_session()
+    me = actor()
+    rows = []
+    for task in task_service.list_tasks(session, me):
+        counts = session.execute(
+            select(func.count(), func.count().filter(Case.route == "auto")).where(
+                Case.task_id == task.id
+            )
+        ).one()
+        rows.append(
+            {
+                "task": task,
+                "queue": review_service.queue_summary(session, task),
+                "automation_rate": (counts[1] / counts[0]) if counts[0] else None,
+                "cases": counts[0],
+                "today": review_service.reviewer_today(session, task, current_user.user.id),
+            }
+        )
+    return render_template("tasks.html", rows=rows)
+
+
+@bp.get("/tasks/<string:task>/review")
+@roles("reviewer")
+def review_page(task: str) -> str:
+    row = task_service.get_task(db_session(), task, actor())
+    config = {
+        "task": row.name,
+        "labels": row.labels[:9] + row.labels[9:],
+        "fields": row.fields,
+        "reasons": REASON_TEXT,
+        "api": {
+            "claim": url_for("review.claim", task=row.name),
+            "case": "/api/v1/cases/",
+        },
+    }
+    return render_template(
+        "review.html",
+        task=row,
+        config=config,
+        instructions=render_markdown(row.review.get("instructions", "")),
+    )
+
+
+@bp.get("/tasks/<string:task>/queue")
+@roles("reviewer", "analyst")
+def queue_page(task: str) -> Any:
+    try:
+        args = parse_queue_args(request.args.to_dict())
+    except ServiceError as exc:
+        flash(f"Filters ignored: {exc.message}", "error")
+        args = parse_queue_args({})
+    page = review_service.queue_page(
+        db_session(), task, actor(), review_service.QueueFilter(**args)
+    )
+    return render_template(
+        "queue.html", task=task, page=page, args=args, reasons=REASONS, query=request.args
+    )
+
+
+@bp.get("/cases/<string:case_id>")
+@roles("reviewer", "analyst")
+def case_page(case_id: str) -> str:
+    session = db_session()
+    case = case_service.get_case(session, case_id, actor())
+    task = review_service.get_task_for_case(session, case)
+    detail = case_service.case_detail(session, case)
+    comments = {r.id: r.comment for r in case.reviews}
+    events = session.scalars(
+        select(AuditEvent).where(AuditEvent.case_id == case.id).order_by(AuditEvent.id)
+    ).all()
+    return render_template(
+        "case.html",
+        case=case,
+        task=task,
+        detail=detail,
+        reviews=list(zip(case.reviews, detail["reviews"], strict=True)),
+        comments=comments,
+        events=events,
+    )
+
+
+@bp.get("/tasks/<string:task>/dashboard")
+@roles("analyst")
+def dashboard(task: str) -> str:
+    row = task_service.get_task(db_session(), task, actor())
+    config = {
+        "task": row.name,
+        "admin": current_user.role == "admin",
+        "api": {
+            "stats": f"/api/v1/tasks/{row.name}/stats",
+            "models": f"/api/v1/tasks/{row.name}/models",
+        },
+    }
+    agreement = review_service.agreement_stats(db_session(), row)
+    return render_template("dashboard.html", task=row, config=config, agreement=agreement)
+
+
+@bp.get("/tasks/<string:task>/export")
+@roles("analyst")
+def export_page(task: str) -> str:
+    row = task_service.get_task(db_session(), task, actor())
+    config = {
+        "task": row.name,
+        "api": {
+            "list": f"/api/v1/tasks/{row.name}/exports",
+            "create": f"/api/v1/tasks/{row.name}/exports",
+            "stream": f"/api/v1/tasks/{row.name}/export",
+            "export": "/api/v1/exports/",
+        },
+    }
+    return render_template("export.html", task=row, config=config, reasons=REASONS)
+
+
+# ------------------------------------------------------------------------- admin
+
+
+def _scope(text: str) -> list[str] | None:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    return names or None
+
+
+@bp.route("/admin/users", methods=["GET", "POST"])
+@roles("admin")
+def admin_users() -> Any:
+    if request.method == "POST":
+        try:
+            with transaction() as session:
+                user = accounts.create_user(
+                    session,
+                    email=request.form.get("email", ""),
+                    password=request.form.get("password", ""),
+                    role=request.form.get("role", ""),
+                    task_scope=_scope(request.form.get("task_scope", "")),
+                    actor=actor(),
+                )
+                flash(f"User {user.email} created.", "ok")
+            return redirect(url_for("review_ui.admin_users"))
+        except ServiceError as exc:
+            db_session.remove()
+            flash(exc.message, "error")
+    users = db_session().scalars(select(User).order_by(User.email)).all()
+    return render_template("admin_users.html", users=users, roles=ROLES)
+
+
+@bp.route("/admin/tokens", methods=["GET", "POST"])
+@roles("admin")
+def admin_tokens() -> Any:
+    created = None
+    if request.method == "POST":
+        try:
+            with transaction() as session:
+                created = accounts.create_token(
+                    session,
+                    role=request.form.get("role", ""),
+                    name=(request.form.get("name") or "").strip() or "unnamed",
+                    task_scope=_scope(request.form.get("task_scope", "")),
+                    actor=actor(),
+                ).token
+        except ServiceError as exc:
+            db_session.remove()
+            flash(exc.message, "error")
+    tokens = db_session().scalars(select(ApiToken).order_by(ApiToken.id.desc())).all()
+    return render_template("admin_tokens.html", tokens=tokens, roles=ROLES, created=created)
+
+
+@bp.post("/admin/tokens/<int:token_id>/revoke")
+@roles("admin")
+def admin_revoke_token(token_id: int) -> Response:
+    try:
+        with transaction() as session:
+            row = accounts.revoke_token(session, token_id, actor())
+            flash(f"Token {row.name} revoked.", "ok")
+    except ServiceError as exc:
+        flash(exc.message, "error")
+    return redirect(url_for("review_ui.admin_tokens"))
+
+
+POLICY_FIELDS = (
+    ("target_error", float, "Target error (α)"),
+    ("confidence", float, "Confidence (1 − δ)"),
+    ("audit_rate", float, "Audit rate"),
+    ("min_labels", int, "Labels before the first model"),
+    ("max_coverage_step", float, "Largest coverage step"),
+    ("retrain_every", int, "Retrain every N labels"),
+)
+REVIEW_FIELDS = (
+    ("lease_seconds", int, "Lease (seconds)"),
+    ("reviewers_per_case", int, "Reviewers per case"),
+    ("sla_seconds", int, "SLA (seconds)"),
+)
+
+
+@bp.route("/admin/tasks/<string:task>/policy", methods=["GET", "POST"])
+@roles("admin")
+def admin_policy(task: str) -> Any:
+    errors: dict[str, Any] = {}
+    if request.method == "POST":
+        form = request.form
+        patch: dict[str, Any] = {"policy": {}, "review": {}}
+        for section, fields in (("policy", POLICY_FIELDS), ("review", REVIEW_FIELDS)):
+            for name, _kind, _label in fields:
+                value = form.get(name, "").strip()
+                if value != "":
+                    patch[section][name] = value
+        patch["review"]["instructions"] = form.get("instructions", "")
+        try:
+            data = TaskPatchSchema().load(patch)
+            with transaction() as session:
+                row = task_service.get_task(session, task, actor())
+                task_service.update_task(session, row, data, actor())
+            flash("Policy saved.", "ok")
+            return redirect(url_for("review_ui.admin_policy", task=task))
+        except ValidationError as exc:
+            errors = exc.normalized_messages()
+            flash("Some values are not valid; nothing was saved.", "error")
+        except ServiceError as exc:
+            db_session.remove()
+            errors = exc.details
+            flash(exc.message, "error")
+    row = task_service.get_task(db_session(), task, actor())
+    return render_template(
+        "admin_policy.html",
+        task=row,
+        policy_fields=POLICY_FIELDS,
+        review_fields=REVIEW_FIELDS,
+        errors=errors,
+        form=request.form if request.method == "POST" else None,
+    )

@@ -181,6 +181,48 @@ def task_create(file: Path) -> None:
     click.echo(created.name)
 
 
+# --- export --------------------------------------------------------------------------------
+
+
+@main.command("export")
+@click.argument("task_name", metavar="TASK")
+@click.option("--format", "fmt", required=True, type=click.Choice(["csv", "jsonl", "parquet"]))
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--from", "created_from", default=None, help="created_at >= (ISO 8601).")
+@click.option("--to", "created_to", default=None, help="created_at < (ISO 8601).")
+@click.option("--label-source", default=None, help="reviewer, application or model.")
+@click.option("--route", default=None, help="auto or review.")
+@click.option("--reason", default=None, help="confident, low_confidence, audit, ...")
+@click.option("--audit", default=None, help="true or false.")
+@click.option("--agreement", default=None, help="agree or disagree (human vs model).")
+@click.option("--model-version", default=None, help="Model version number.")
+@click.option("--reviewer", default=None, help="Reviewer pseudonym.")
+@click.option(
+    "--identity",
+    default="pseudonym",
+    show_default=True,
+    type=click.Choice(["pseudonym", "real"]),
+    help="'real' writes reviewer e-mail addresses instead of pseudonyms.",
+)
+@friendly_errors
+def export_cmd(task_name: str, fmt: str, out: Path, identity: str, **filters: str | None) -> None:
+    """Write a feedback dataset (same bytes as the API) and print its manifest to stderr."""
+    from service.db import transaction
+    from service.services import export as export_service
+    from service.services.tasks import get_task
+
+    raw = {"from": filters.pop("created_from"), "to": filters.pop("created_to"), **filters}
+    params = {k: v for k, v in raw.items() if v is not None}
+    app = make_app()
+    with app.app_context(), transaction() as session:
+        row = get_task(session, task_name)
+        spec = export_service.parse_request(
+            {**params, "format": fmt, "identity": identity}, cli_actor(), session
+        )
+        manifest = export_service.export_to_file(session, row, spec, out, cli_actor())
+    click.echo(json.dumps(manifest, indent=2, sort_keys=True), err=True)
+
+
 # --- processes -----------------------------------------------------------------------------
 
 

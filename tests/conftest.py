@@ -109,7 +109,7 @@ def db(engine: Engine, flask_app: Any) -> Iterator[Any]:
         db_session.remove()
         outer.rollback()
         connection.close()
-        SessionFactory.configure(bind=engine, join_transaction_mode="conservative_savepoint")
+        SessionFactory.configure(bind=engine, join_transaction_mode="conditional_savepoint")
         _clear_caches()
 
 

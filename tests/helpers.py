@@ -41,3 +41,79 @@ def good_input(**overrides: Any) -> dict[str, Any]:
     }
     values.update(overrides)
     return values
+
+
+def synthetic_rows(n: int = 300, seed: int = 0) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows for SIMPLE_TASK where the label is (almost) a function of the inputs."""
+    import random
+
+    rng = random.Random(seed)
+    rows: list[dict[str, Any]] = []
+    labels: list[str] = []
+    for _ in range(n):
+        good = rng.random() < 0.5
+        rows.append(
+            {
+                "review": rng.choice(["paid on time", "stable job, paid back"])
+                if good
+                else rng.choice(["defaulted twice", "missed payments, default"]),
+                "state": rng.choice(["CA", "OR"]) if good else rng.choice(["NY", "NJ"]),
+                "amount": rng.uniform(100, 1000) if good else rng.uniform(5000, 9000),
+                "verified": good if rng.random() < 0.9 else None,
+            }
+        )
+        labels.append("good" if good else "bad")
+    return rows, labels
+
+
+def install_model(
+    session: Any,
+    task_name: str,
+    *,
+    threshold: float | None,
+    state: str = "automating",
+    rows: list[dict[str, Any]] | None = None,
+    labels: list[str] | None = None,
+    label_thresholds: dict[str, float] | None = None,
+) -> Any:
+    """Train a real (small) model and make it the task's active version, as a promotion
+    would. Test-only shortcut around the training job."""
+    import hashlib
+
+    from sqlalchemy import select
+
+    from service.ml.artifacts import dump_model
+    from service.ml.pipeline import train_model
+    from service.ml.profile import build_profile
+    from service.models import ModelVersion, Task
+
+    task = session.scalar(select(Task).where(Task.name == task_name))
+    if rows is None or labels is None:
+        rows, labels = synthetic_rows()
+    trained = train_model(rows, labels, task.fields, task.labels, families=("logistic_regression",))
+    artefact = dump_model(trained.pipeline)
+    version = ModelVersion(
+        task_id=task.id,
+        version=1 + len(session.scalars(select(ModelVersion).where(ModelVersion.task_id == task.id)).all()),
+        status="active",
+        family=trained.family,
+        artefact=artefact,
+        artefact_sha256=hashlib.sha256(artefact).hexdigest(),
+        metrics=trained.metrics,
+        profile={
+            "fields_spec": task.fields,
+            "labels": task.labels,
+            "data": build_profile(rows, task.fields).to_dict(),
+        },
+        certification={"label_thresholds": label_thresholds or {}},
+        threshold=threshold,
+    )
+    session.add(version)
+    session.flush()
+    task.active_model_id = version.id
+    task.threshold = threshold
+    task.automation_state = state
+    task.coverage = 0.5 if state == "automating" else 0.0
+    task.revision += 1
+    session.commit()
+    return version

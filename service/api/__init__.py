@@ -42,9 +42,9 @@ def init_app(app: Flask) -> None:
     api.init_app(app)
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
 
-    from service.api import cases, health, predict, tasks
+    from service.api import cases, export, health, predict, review, stats, tasks, webhooks
 
-    for module in (tasks, predict, cases):
+    for module in (tasks, predict, cases, review, stats, webhooks, export):
         api.register_blueprint(module.blp)
     app.register_blueprint(health.blp)
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from scipy.special import expit
 from sklearn.compose import ColumnTransformer
 from sklearn.decomposition import TruncatedSVD
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -347,7 +348,7 @@ class CompiledPredictor(Predictor):
         if self.kind == "lr":
             dec = self._decision_lr(rows)
             if dec.shape[1] == 1:
-                p = 1.0 / (1.0 + np.exp(-dec[:, 0]))
+                p = expit(dec[:, 0])  # as scikit-learn does; no overflow warnings
                 return np.column_stack([1.0 - p, p])
             dec -= dec.max(axis=1, keepdims=True)
             np.exp(dec, out=dec)

@@ -7,14 +7,40 @@ up on their next request.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+import numpy as np
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.db import utcnow
-from service.models import Case, Task
-from service.policy import DEFAULT_WINDOW, LiveStatus, Policy, live_error_alarm
+from service.errors import Conflict, NotFound
+from service.ml.profile import DataProfile, drift_report
+from service.models import Case, ModelVersion, Task
+from service.policy import (
+    DEFAULT_WINDOW,
+    PSI_WARNING,
+    REST,
+    Certification,
+    CertStep,
+    LiveStatus,
+    Policy,
+    allowed_coverage,
+    cap_threshold,
+    certify,
+    checkpoint_for_ledger_size,
+    checkpoint_schedule,
+    decide_promotion,
+    drift_warning,
+    label_groups,
+    live_error_alarm,
+    psi,
+    split_delta,
+    threshold_grid,
+)
+from service.policy.monitor import MIN_DRIFT_SAMPLE
 from service.services import audit, webhooks
 from service.services.audit import SYSTEM, Actor
 
@@ -109,3 +135,519 @@ def fall_back(
         {"state": "fallback", "threshold": task.threshold, "previous": before},
         request_id=request_id,
     )
+
+
+# ------------------------------------------------------------------ certification (SPEC §4.2-4.4)
+
+#: Router threshold for a label whose group is not certified: no confidence reaches it.
+NEVER = 2.0
+#: Recent traffic used for the grid, coverage and the widening cap.
+RECENT_CASES = 2000
+
+
+@dataclass
+class Evidence:
+    """Scores of one version (and of the active one) on the ledger and on recent traffic.
+
+    ``*_scores`` are top-class probabilities, ``*_pred`` the suggested labels. Computed by the
+    training job outside any transaction (scoring may take seconds); certification itself only
+    reads these arrays.
+    """
+
+    ledger_scores: np.ndarray
+    ledger_pred: list[str]
+    ledger_true: list[str]
+    recent_scores: np.ndarray
+    recent_pred: list[str]
+    active_recent_scores: np.ndarray | None = None
+    active_recent_pred: list[str] | None = None
+
+
+@dataclass
+class CertificationOutcome:
+    attempted: bool
+    certified: bool
+    promote: bool
+    reason: str
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def human_label_count(session: Session, task: Task) -> int:
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(Case)
+            .where(Case.task_id == task.id, Case.human_label.is_not(None))
+        )
+        or 0
+    )
+
+
+def last_checkpoint(session: Session, task: Task) -> int | None:
+    """Highest checkpoint index any version of the task was ever certified at (each
+    declared checkpoint spends its δ_j once, whichever version used it)."""
+    used: list[int] = []
+    for cert in session.scalars(
+        select(ModelVersion.certification).where(ModelVersion.task_id == task.id)
+    ):
+        used.extend(int(j) for j in (cert or {}).get("checkpoints", []))
+    return max(used) if used else None
+
+
+def _coverage_at(
+    scores: np.ndarray, pred: Sequence[str], threshold: float | None, label_thresholds: dict
+) -> float:
+    """Share of ``scores`` a deployed rule (τ plus per-label τ) would answer automatically."""
+    if threshold is None or scores.size == 0:
+        return 0.0
+    taus = np.array([float(label_thresholds.get(p, threshold)) for p in pred])
+    return float(np.mean(scores >= taus))
+
+
+def active_coverage(task: Task, evidence: Evidence) -> float:
+    """What the running rule automates on the same recent traffic (0 unless automating)."""
+    if task.automation_state != "automating" or task.active_model is None:
+        return 0.0
+    if evidence.active_recent_scores is None or evidence.active_recent_pred is None:
+        return float(task.coverage or 0.0)
+    lt = (task.active_model.certification or {}).get("label_thresholds") or {}
+    return _coverage_at(
+        evidence.active_recent_scores, evidence.active_recent_pred, task.threshold, lt
+    )
+
+
+def _cases_since_change(session: Session, task: Task) -> int:
+    stmt = select(func.count()).select_from(Case).where(Case.task_id == task.id)
+    if task.automation_changed_at is not None:
+        stmt = stmt.where(Case.created_at > task.automation_changed_at)
+    return int(session.scalar(stmt) or 0)
+
+
+def _step_dict(step: CertStep) -> dict[str, Any]:
+    return {
+        "threshold": step.threshold,
+        "n": step.n,
+        "errors": step.k,
+        "p_value": step.p_value,
+        "upper_bound": step.upper_bound,
+        "coverage": step.coverage,
+        "accepted": step.accepted,
+    }
+
+
+def certify_version(
+    session: Session, task: Task, version: ModelVersion, evidence: Evidence
+) -> CertificationOutcome:
+    """Certify ``version`` at the checkpoint due now, apply the widening cap, and decide
+    champion/challenger against the running rule. Writes the attempt into
+    ``version.certification`` (appending, never overwriting earlier attempts) and an audit
+    event; does NOT promote (the caller does, in the same transaction).
+
+    No attempt (and no δ spent) before ``min_labels`` human labels or when the ledger has
+    not reached a new declared checkpoint. The ledger must hold only cases the version was
+    not trained on: the training job guarantees it (audited cases never enter training).
+    """
+    policy = Policy.from_dict(task.policy)
+    n_ledger = int(evidence.ledger_scores.size)
+    labels_seen = human_label_count(session, task)
+    if labels_seen < policy.min_labels:
+        return CertificationOutcome(
+            False, False, False, f"{labels_seen} human labels < min_labels {policy.min_labels}"
+        )
+    last = last_checkpoint(session, task)
+    due = checkpoint_for_ledger_size(
+        n_ledger, alpha=policy.certification_alpha, delta=policy.delta, last_attempted=last
+    )
+    if due is None:
+        return CertificationOutcome(
+            False, False, False, f"ledger of {n_ledger} cases has reached no new checkpoint"
+        )
+    index, delta_j = due
+    correct = np.array(
+        [p == t for p, t in zip(evidence.ledger_pred, evidence.ledger_true, strict=True)],
+        dtype=bool,
+    )
+    current = active_coverage(task, evidence)
+    allowed = allowed_coverage(
+        current,
+        _cases_since_change(session, task),
+        policy,
+        human_labels=labels_seen,
+        frozen=task.widening_frozen,
+    )
+    groups = label_groups(policy, task.labels)
+    deltas = split_delta(policy, task.labels, delta_j)
+    targeted = [g for g in groups if g != REST]
+    ledger_pred = np.asarray(evidence.ledger_pred, dtype=object)
+    recent_pred = np.asarray(evidence.recent_pred, dtype=object)
+    group_records: dict[str, Any] = {}
+    chosen: dict[str, CertStep] = {}
+    n_recent = max(int(evidence.recent_scores.size), 1)
+    for g in groups:
+        if g == REST:
+            blocked = set(policy.never_automate) | set(targeted)
+            lmask = np.array([p not in blocked for p in ledger_pred], dtype=bool)
+            rmask = np.array([p not in blocked for p in recent_pred], dtype=bool)
+        else:
+            lmask, rmask = ledger_pred == g, recent_pred == g
+        alpha = policy.label_alpha(g) if g != REST else policy.certification_alpha
+        share = float(rmask.sum()) / n_recent if len(groups) > 1 else 1.0
+        lg = np.where(lmask, evidence.ledger_scores, -np.inf)
+        rg = np.where(rmask, evidence.recent_scores, -np.inf)
+        grid = threshold_grid(rg, lg, alpha=alpha, delta=deltas[g], max_coverage=allowed * share)
+        cert = certify(lg, correct, grid, alpha=alpha, delta=deltas[g], coverage_scores=rg)
+        step = cap_threshold(
+            cert.accepted_steps,
+            current_coverage=current * share,
+            allowed_coverage=allowed * share,
+        )
+        if step is not None:
+            chosen[g] = step
+        group_records[g] = {
+            "alpha": alpha,
+            "delta": deltas[g],
+            "ledger_cases": int(lmask.sum()),
+            "grid_points": len(grid),
+            "accepted_threshold": cert.threshold,
+            "accepted_bound": cert.upper_bound,
+            "accepted_coverage": cert.coverage,
+            "threshold": step.threshold if step else None,
+            "error_bound": step.upper_bound if step else None,
+            "coverage": step.coverage if step else 0.0,
+            "steps": [_step_dict(s) for s in cert.steps if s.tested],
+        }
+    certified = bool(chosen)
+    threshold: float | None = None
+    label_thresholds: dict[str, float] = {}
+    if certified:
+        if REST in chosen:
+            threshold = chosen[REST].threshold
+        else:
+            threshold = min(s.threshold for s in chosen.values())
+        if len(groups) > 1 or REST not in chosen:
+            for label in task.labels:
+                if label in policy.never_automate:
+                    continue
+                g = label if label in targeted else REST
+                label_thresholds[label] = chosen[g].threshold if g in chosen else NEVER
+    coverage = float(sum(s.coverage for s in chosen.values()))
+    bound = max((s.upper_bound for s in chosen.values()), default=None)
+    cand = Certification(
+        policy.certification_alpha, delta_j, n_ledger, (), threshold, bound, coverage
+    )
+    active_cert = None
+    if task.automation_state == "automating" and task.active_model is not None:
+        active_cert = Certification(
+            policy.certification_alpha,
+            delta_j,
+            n_ledger,
+            (),
+            task.threshold,
+            task.certified_error_bound,
+            current,
+        )
+    decision = decide_promotion(
+        active_cert, cand, active_coverage=current, candidate_coverage=coverage
+    )
+    reason = decision.reason
+    if not certified and any(r["accepted_threshold"] is not None for r in group_records.values()):
+        reason = "certified thresholds exceed the widening cap; active version stays"
+    record = {
+        "certified": certified,
+        "threshold": threshold,
+        "error_bound": bound,
+        "coverage": coverage,
+        "label_thresholds": label_thresholds,
+        "checkpoint": {
+            "index": index,
+            "ledger_size_due": _checkpoint_size(policy, index),
+            "delta": delta_j,
+        },
+        "ledger_cases": n_ledger,
+        "recent_cases": int(evidence.recent_scores.size),
+        "human_labels": labels_seen,
+        "allowed_coverage": allowed,
+        "active_coverage": current,
+        "widening_frozen": bool(task.widening_frozen),
+        "groups": group_records,
+        "decision": {"promote": decision.promote, "reason": reason},
+        "method": cand.method,
+        "certified_at": utcnow().isoformat().replace("+00:00", "Z"),
+    }
+    previous = dict(version.certification or {})
+    history = list(previous.pop("history", []))
+    checkpoints = [*previous.pop("checkpoints", []), index]
+    summary_keys = (
+        "certified",
+        "threshold",
+        "error_bound",
+        "coverage",
+        "checkpoint",
+        "ledger_cases",
+        "decision",
+        "certified_at",
+    )
+    if certified or previous.get("threshold") is None:
+        # A new result replaces the headline; the earlier one stays in the history.
+        if previous.get("checkpoint"):
+            history.append({k: previous.get(k) for k in summary_keys})
+        version.certification = {**record, "checkpoints": checkpoints, "history": history}
+        version.threshold = threshold
+        version.error_bound = bound
+        version.coverage = coverage
+    else:
+        # A failed re-attempt never erases the certification the version already holds
+        # (rollback re-uses it); it is kept in the history.
+        history.append({k: record.get(k) for k in summary_keys})
+        version.certification = {**previous, "checkpoints": checkpoints, "history": history}
+    audit.record(
+        session,
+        "model.certified" if certified else "model.certification_failed",
+        SYSTEM,
+        task_id=task.id,
+        details={
+            "version": version.version,
+            "checkpoint": index,
+            "delta": delta_j,
+            "ledger_cases": n_ledger,
+            "threshold": threshold,
+            "error_bound": bound,
+            "coverage": coverage,
+            "allowed_coverage": allowed,
+            "decision": record["decision"],
+        },
+    )
+    return CertificationOutcome(True, certified, decision.promote, reason, record)
+
+
+def _checkpoint_size(policy: Policy, index: int) -> int:
+    for cp in checkpoint_schedule(policy.certification_alpha, policy.delta):
+        if cp.index == index:
+            return cp.ledger_size
+    return -1
+
+
+# ------------------------------------------------------------------------------- promotion
+
+
+def _automation_snapshot(task: Task) -> dict[str, Any]:
+    return {
+        "state": task.automation_state,
+        "model_version": task.active_model.version if task.active_model else None,
+        "threshold": task.threshold,
+        "certified_error_bound": task.certified_error_bound,
+        "coverage": task.coverage,
+    }
+
+
+def promote(
+    session: Session,
+    task: Task,
+    version: ModelVersion,
+    actor: Actor,
+    certification: dict[str, Any] | None,
+    *,
+    reason: str = "certified",
+    request_id: str | None = None,
+) -> None:
+    """Release model AND threshold together, in the caller's transaction.
+
+    ``certification`` is the version's stored record: a certified threshold turns automation
+    on (``automating``), none leaves it ``manual`` (the model then only suggests). The old
+    active version is ``retired`` and kept for rollback.
+    """
+    cert = certification or {}
+    before = _automation_snapshot(task)
+    previous = task.active_model
+    now = utcnow()
+    model_changed = previous is None or previous.id != version.id
+    if model_changed:
+        if previous is not None and previous.status == "active":
+            previous.status = "retired"
+        version.status = "active"
+        version.activated_at = now
+        task.active_model_id = version.id
+        task.active_model = version
+    certified = cert.get("threshold") is not None
+    task.threshold = cert.get("threshold") if certified else None
+    task.certified_error_bound = cert.get("error_bound") if certified else None
+    task.coverage = float(cert.get("coverage") or 0.0) if certified else 0.0
+    task.automation_state = "automating" if certified else "manual"
+    task.revision += 1
+    after = _automation_snapshot(task)
+    automation_changed = {k: v for k, v in before.items() if k != "model_version"} != {
+        k: v for k, v in after.items() if k != "model_version"
+    }
+    if automation_changed:
+        task.automation_changed_at = now
+    if model_changed:
+        audit.record(
+            session,
+            "model.activated",
+            actor,
+            task_id=task.id,
+            details={
+                "version": version.version,
+                "previous_version": previous.version if previous else None,
+                "reason": reason,
+            },
+            request_id=request_id,
+        )
+        webhooks.emit(
+            session,
+            task,
+            "model.activated",
+            {
+                "version": version.version,
+                "previous_version": previous.version if previous else None,
+                "family": version.family,
+                "reason": reason,
+            },
+            request_id=request_id,
+        )
+    if automation_changed or model_changed:
+        details = {"before": before, "after": after, "reason": reason}
+        if cert.get("checkpoint"):
+            details["checkpoint"] = cert["checkpoint"]
+        audit.record(
+            session,
+            "automation.changed",
+            actor,
+            task_id=task.id,
+            details=details,
+            request_id=request_id,
+        )
+        if automation_changed:
+            webhooks.emit(
+                session,
+                task,
+                "automation.changed",
+                {**after, "previous": before, "reason": reason},
+                request_id=request_id,
+            )
+    session.flush()
+
+
+def activate(
+    session: Session,
+    task: Task,
+    version_number: int,
+    actor: Actor,
+    *,
+    request_id: str | None = None,
+) -> ModelVersion:
+    """Admin promotion or rollback to ANY trained version of the task.
+
+    The version's own stored certification is re-used: if it was certified (on ledger cases
+    it was not trained on, within the task's δ budget) its threshold goes live with it and
+    automation is ``automating``; otherwise automation is ``manual`` and the model only
+    suggests. A drift freeze stays as it is. Activating the active version is a no-op.
+    """
+    version = session.scalar(
+        select(ModelVersion).where(
+            ModelVersion.task_id == task.id, ModelVersion.version == version_number
+        )
+    )
+    if version is None:
+        raise NotFound(
+            f"task {task.name!r} has no model version {version_number}",
+            {"version": version_number},
+        )
+    if version.status in ("training", "failed") or version.artefact_sha256 is None:
+        raise Conflict(
+            f"model version {version_number} is {version.status} and cannot be activated",
+            {"status": version.status},
+        )
+    if task.active_model_id == version.id and task.automation_state != "fallback":
+        return version
+    reason = (
+        "rollback"
+        if task.active_model and version.version < task.active_model.version
+        else ("admin")
+    )
+    promote(
+        session, task, version, actor, version.certification, reason=reason, request_id=request_id
+    )
+    return version
+
+
+# ------------------------------------------------------------------------- label-free drift
+
+DRIFT_SAMPLE = 1000
+FIELD_PSI_WARNING = 0.25
+MISSING_CHANGE_WARNING = 0.2
+UNSEEN_WARNING = 0.2
+
+
+def drift_check(session: Session, task: Task) -> dict[str, Any]:
+    """Label-free early warning (SPEC §4.5): PSI of recent scores against the active
+    version's held-out reference scores, plus per-field drift / missing / unseen rates against
+    its training profile. A warning freezes widening and doubles the audit rate; recovery
+    lifts both. Returns the report (also stored in the audit event when the state flips)."""
+    version = task.active_model
+    if version is None:
+        return {"checked": False, "reason": "no active model"}
+    reference = (version.profile or {}).get("reference_scores") or []
+    rows = session.execute(
+        select(Case.confidence, Case.input)
+        .where(Case.task_id == task.id, Case.model_version_id == version.id)
+        .order_by(Case.created_at.desc())
+        .limit(DRIFT_SAMPLE)
+    ).all()
+    scores = [float(r.confidence) for r in rows if r.confidence is not None]
+    report: dict[str, Any] = {"checked": True, "n": len(scores), "version": version.version}
+    if len(scores) < MIN_DRIFT_SAMPLE or len(reference) < MIN_DRIFT_SAMPLE:
+        report.update(checked=False, reason="not enough scores yet")
+        return report
+    score_psi = psi(reference, scores)
+    report["score_psi"] = score_psi
+    warnings: list[str] = []
+    if drift_warning(reference, scores, threshold=PSI_WARNING):
+        warnings.append(f"score PSI {score_psi:.3f} > {PSI_WARNING}")
+    data = (version.profile or {}).get("data")
+    fields_report: dict[str, Any] = {}
+    if data:
+        fields_report = drift_report(DataProfile.from_dict(data), [r.input for r in rows])
+        for name, entry in fields_report.items():
+            if (entry.get("psi") or 0.0) > FIELD_PSI_WARNING:
+                warnings.append(f"{name}: PSI {entry['psi']:.3f}")
+            if abs(entry.get("missing_rate_change") or 0.0) > MISSING_CHANGE_WARNING:
+                warnings.append(f"{name}: missing rate moved {entry['missing_rate_change']:+.2f}")
+            if entry.get("unseen_is_exact") and (entry.get("unseen_rate") or 0.0) > UNSEEN_WARNING:
+                warnings.append(f"{name}: {entry['unseen_rate']:.0%} unseen categories")
+    report["fields"] = fields_report
+    report["warnings"] = warnings
+    warn = bool(warnings)
+    if warn and not task.widening_frozen:
+        task.widening_frozen = True
+        task.revision += 1
+        audit.record(
+            session,
+            "drift.warning",
+            SYSTEM,
+            task_id=task.id,
+            details={
+                "warnings": warnings,
+                "score_psi": score_psi,
+                "n": len(scores),
+                "effect": "widening frozen, audit rate doubled",
+            },
+        )
+        webhooks.emit(
+            session,
+            task,
+            "drift.detected",
+            {"kind": "label_free", "warnings": warnings, "score_psi": score_psi, "n": len(scores)},
+        )
+    elif not warn and task.widening_frozen:
+        task.widening_frozen = False
+        task.revision += 1
+        audit.record(
+            session,
+            "drift.cleared",
+            SYSTEM,
+            task_id=task.id,
+            details={"score_psi": score_psi, "n": len(scores)},
+        )
+    report["frozen"] = task.widening_frozen
+    return report

@@ -297,9 +297,10 @@ def predict_one(
     if item.idempotency_key:
         dialect = session.get_bind().dialect.name
         ins = postgresql.insert(Case) if dialect == "postgresql" else sqlite.insert(Case)
-        stmt = ins.on_conflict_do_nothing(index_elements=["task_id", "idempotency_key"])
-        result = session.execute(stmt, rows)
-        if result.rowcount == 0:  # type: ignore[attr-defined]
+        stmt = ins.values(rows[0]).on_conflict_do_nothing(
+            index_elements=["task_id", "idempotency_key"]
+        )
+        if session.execute(stmt.returning(Case.id)).scalar() is None:
             # Another request with the same key won the race; answer with its case.
             replay = _replay(session, rt.id, item.idempotency_key, digest)
             assert replay is not None

@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 import secrets
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service import queues
 from service.db import utcnow
-from service.models import Task, WebhookDelivery
-from service.services import outbox
+from service.errors import Conflict, Forbidden, NotFound
+from service.models import OutboxEntry, Task, WebhookDelivery
+from service.services import audit, outbox
+from service.services.audit import Actor
 
 EVENT_TYPES = (
     "case.resolved",
@@ -63,3 +67,128 @@ def emit(
         delivery_id=delivery.id,
     )
     return delivery
+
+
+DELIVERY_STATUSES = ("pending", "delivered", "failed")
+REPLAYABLE = ("failed", "delivered")
+
+
+def list_deliveries(
+    session: Session,
+    task: Task,
+    *,
+    status: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[WebhookDelivery], int]:
+    """Deliveries of a task, newest first; failed ones stay listed until replayed."""
+    where = [WebhookDelivery.task_id == task.id]
+    if status is not None:
+        where.append(WebhookDelivery.status == status)
+    total = session.scalar(select(func.count()).select_from(WebhookDelivery).where(*where)) or 0
+    rows = session.scalars(
+        select(WebhookDelivery)
+        .where(*where)
+        .order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return list(rows), int(total)
+
+
+def get_delivery(session: Session, delivery_id: int, actor: Actor) -> WebhookDelivery:
+    delivery = session.get(WebhookDelivery, delivery_id, with_for_update=True)
+    if delivery is None:
+        raise NotFound("webhook delivery not found", {"delivery_id": str(delivery_id)})
+    task = session.get(Task, delivery.task_id)
+    if task is None or not actor.may_access(task.name):
+        raise Forbidden("not allowed to use this task", {"delivery_id": str(delivery_id)})
+    return delivery
+
+
+def replay_job_id(session: Session, delivery: WebhookDelivery) -> str:
+    """``webhook-{message_id}-r{n}``: n counts earlier replays (their outbox entries), so each
+    replay gets a fresh deterministic job id and never collides with the spent original."""
+    prefix = f"webhook-{delivery.message_id}-r"
+    earlier = session.scalar(
+        select(func.count()).select_from(OutboxEntry).where(OutboxEntry.job_id.like(prefix + "%"))
+    )
+    return f"{prefix}{int(earlier or 0) + 1}"
+
+
+def replay(
+    session: Session, delivery: WebhookDelivery, actor: Actor, *, request_id: str | None = None
+) -> str:
+    """Send a failed (or already delivered) event again with the same message id, so a
+    receiver that deduplicates on ``webhook-id`` stays correct. Returns the new job id.
+
+    The attempt counter restarts (the replay gets the full retry schedule); what it was
+    before is kept in the audit event.
+    """
+    if delivery.status not in REPLAYABLE:
+        raise Conflict(
+            "the delivery is still pending: it is being retried on its backoff schedule",
+            {"status": delivery.status},
+        )
+    job_id = replay_job_id(session, delivery)
+    before = {
+        "status": delivery.status,
+        "attempts": delivery.attempts,
+        "last_status_code": delivery.last_status_code,
+        "last_error": delivery.last_error,
+    }
+    delivery.status = "pending"
+    delivery.attempts = 0
+    delivery.next_attempt_at = utcnow()
+    audit.record(
+        session,
+        "webhook.replayed",
+        actor,
+        task_id=delivery.task_id,
+        details={
+            "delivery_id": delivery.id,
+            "message_id": delivery.message_id,
+            "event_type": delivery.event_type,
+            "job_id": job_id,
+            "before": before,
+        },
+        request_id=request_id,
+    )
+    outbox.defer(
+        session,
+        DELIVER_JOB,
+        queue=queues.WEBHOOKS,
+        job_id=job_id,
+        request_id=request_id,
+        delivery_id=delivery.id,
+    )
+    session.flush()
+    return job_id
+
+
+def delivery_view(delivery: WebhookDelivery) -> dict[str, Any]:
+    """What an admin sees of a delivery: never the task's secret, nor URL credentials."""
+    return {
+        "id": str(delivery.id),
+        "message_id": delivery.message_id,
+        "event_type": delivery.event_type,
+        "url": redact_url(delivery.url),
+        "status": delivery.status,
+        "attempts": delivery.attempts,
+        "last_status_code": delivery.last_status_code,
+        "last_error": delivery.last_error,
+        "next_attempt_at": delivery.next_attempt_at,
+        "delivered_at": delivery.delivered_at,
+        "created_at": delivery.created_at,
+        "payload": delivery.payload,
+    }
+
+
+def redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import httpx
 from standardwebhooks.webhooks import Webhook
@@ -44,6 +44,12 @@ def signed_headers(task: Task, message_id: str, body: str, when: datetime) -> di
     }
 
 
+def retry_delay(attempts: int) -> timedelta:
+    """Backoff before attempt ``attempts + 1`` (the webhooks queue's retry intervals)."""
+    intervals = queues.WEBHOOKS.retry_intervals
+    return timedelta(seconds=intervals[min(max(attempts, 1), len(intervals)) - 1])
+
+
 @job
 def deliver(delivery_id: int) -> str:
     with transaction() as session:
@@ -73,10 +79,14 @@ def deliver(delivery_id: int) -> str:
             delivery.status = "delivered"
             delivery.delivered_at = utcnow()
             delivery.last_error = None
+            delivery.next_attempt_at = None
             return "delivered"
         delivery.last_error = error
         exhausted = delivery.attempts > queues.WEBHOOKS.max_retries
         delivery.status = "failed" if exhausted else "pending"
+        # When RQ's retry will run (its Retry uses the same intervals), so the deliveries
+        # list can say when the next attempt is due; nothing is due once it failed.
+        delivery.next_attempt_at = None if exhausted else utcnow() + retry_delay(delivery.attempts)
     if exhausted:
         return f"failed after {queues.WEBHOOKS.max_retries + 1} attempts: {error}"
     raise DeliveryFailed(error)

@@ -1,0 +1,215 @@
+"""Feedback export for analysts (SPEC §12): streamed downloads and stored snapshots."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Response, current_app, request, send_file, stream_with_context
+from flask_smorest import Blueprint
+
+from service.api.auth import current_actor, require_roles, roles_doc
+from service.api.common import json_body, request_id, unit_of_work
+from service.db import db_session, utcnow
+from service.errors import ValidationFailed
+from service.models import Task
+from service.schemas.common import ApiErrorSchema
+from service.services import audit
+from service.services import export as export_service
+from service.services.tasks import get_task
+
+blp = Blueprint(
+    "export", __name__, url_prefix="/api/v1", description="Feedback datasets for analysts"
+)
+
+ROLES = ("analyst",)
+
+_FILTER_PARAMS: list[dict[str, Any]] = [
+    {"name": "format", "in": "query", "required": True,
+     "schema": {"type": "string", "enum": list(export_service.FORMATS)}},
+    {"name": "from", "in": "query", "description": "created_at >= (ISO 8601, UTC if no offset)",
+     "schema": {"type": "string", "format": "date-time"}},
+    {"name": "to", "in": "query", "description": "created_at < (ISO 8601)",
+     "schema": {"type": "string", "format": "date-time"}},
+    {"name": "label_source", "in": "query",
+     "schema": {"type": "string", "enum": ["reviewer", "application", "model"]}},
+    {"name": "route", "in": "query", "schema": {"type": "string", "enum": ["auto", "review"]}},
+    {"name": "reason", "in": "query", "schema": {"type": "string"}},
+    {"name": "audit", "in": "query", "schema": {"type": "boolean"}},
+    {"name": "agreement", "in": "query", "description": "human label vs model suggestion",
+     "schema": {"type": "string", "enum": ["agree", "disagree"]}},
+    {"name": "model_version", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+    {"name": "reviewer", "in": "query", "description": "reviewer pseudonym",
+     "schema": {"type": "string"}},
+    {"name": "identity", "in": "query",
+     "description": "`real` shows reviewer e-mail addresses (admins only)",
+     "schema": {"type": "string", "enum": ["pseudonym", "real"], "default": "pseudonym"}},
+]  # fmt: skip
+
+_SNAPSHOT_BODY = {
+    "type": "object",
+    "required": ["format"],
+    "properties": {
+        "format": {"type": "string", "enum": list(export_service.FORMATS)},
+        "filters": {"type": "object", "description": "same names and values as the GET query"},
+        "identity": {"type": "string", "enum": ["pseudonym", "real"]},
+    },
+}
+
+
+def _query_params() -> dict[str, str]:
+    repeated = sorted({k for k in request.args if len(request.args.getlist(k)) > 1})
+    if repeated:
+        raise ValidationFailed(
+            "Each export parameter may be given once: " + ", ".join(repeated),
+            {k: ["Given more than once."] for k in repeated},
+        )
+    return request.args.to_dict()
+
+
+@blp.route("/tasks/<string:task>/export", methods=["GET"])
+@blp.doc(
+    **roles_doc(*ROLES),
+    parameters=_FILTER_PARAMS,
+    responses={
+        "200": {
+            "description": "The dataset, streamed (CSV, JSON Lines or Parquet)",
+            "content": {ct.split(";")[0]: {} for ct in export_service.CONTENT_TYPES.values()},
+        }
+    },
+)
+@blp.alt_response(403, schema=ApiErrorSchema)
+@blp.alt_response(404, schema=ApiErrorSchema)
+@blp.alt_response(422, schema=ApiErrorSchema, description="Unknown filter or bad value")
+@require_roles(*ROLES)
+def stream_export(task: str) -> Response:
+    """Stream the task's feedback as a dataset, one row per case (see docs/export.md)."""
+    params = _query_params()
+    actor = current_actor()
+    # The audit event is committed before the first byte is sent.
+    with unit_of_work() as session:
+        row = get_task(session, task, actor)
+        spec = export_service.parse_request(params, actor, session)
+        export_service.record_streamed(
+            session, row, spec, actor, channel="api", request_id=request_id()
+        )
+        task_id = row.id
+        filename = export_service.download_name(row, spec.format, utcnow())
+    db_session.remove()
+
+    def generate() -> Iterator[bytes]:
+        session = db_session()
+        try:
+            task_row = session.get(Task, task_id)
+            assert task_row is not None
+            yield from export_service.stream_export(session, task_row, spec)
+        finally:
+            session.rollback()
+            db_session.remove()
+
+    response = Response(
+        stream_with_context(generate()), mimetype=export_service.CONTENT_TYPES[spec.format]
+    )
+    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Accel-Buffering"] = "no"  # let proxies pass chunks through at once
+    return response
+
+
+@blp.route("/tasks/<string:task>/exports", methods=["POST"])
+@blp.doc(
+    **roles_doc(*ROLES),
+    requestBody={"required": True, "content": {"application/json": {"schema": _SNAPSHOT_BODY}}},
+    responses={"202": {"description": "Queued: `{export_id, job_id, state}`"}},
+)
+@blp.alt_response(403, schema=ApiErrorSchema)
+@blp.alt_response(404, schema=ApiErrorSchema)
+@blp.alt_response(422, schema=ApiErrorSchema)
+@require_roles(*ROLES)
+def create_snapshot(task: str) -> tuple[dict[str, Any], int]:
+    """Make a stored snapshot with its manifest in the background (exports queue)."""
+    body = json_body()
+    if not isinstance(body, dict):
+        raise ValidationFailed("The body must be a JSON object", {"_schema": ["Not an object."]})
+    unknown = sorted(set(body) - {"format", "filters", "identity"})
+    filters = body.get("filters") or {}
+    if unknown or not isinstance(filters, dict):
+        details = {k: ["Unknown field."] for k in unknown}
+        if not isinstance(filters, dict):
+            details["filters"] = ["Must be an object."]
+        raise ValidationFailed("Invalid fields: " + ", ".join(sorted(details)), details)
+    actor = current_actor()
+    with unit_of_work() as session:
+        row = get_task(session, task, actor)
+        params = {**filters, "format": body.get("format"), "identity": body.get("identity")}
+        spec = export_service.parse_request(params, actor, session)
+        export = export_service.request_snapshot(session, row, spec, actor, request_id=request_id())
+        view = export_service.export_view(export, row)
+    return {"export_id": view["export_id"], "job_id": view["job_id"], "state": "queued"}, 202
+
+
+@blp.route("/tasks/<string:task>/exports", methods=["GET"])
+@blp.doc(
+    **roles_doc(*ROLES),
+    parameters=[{"name": "limit", "in": "query", "schema": {"type": "integer", "default": 50}}],
+    responses={"200": {"description": "`{exports: [...]}`, newest first"}},
+)
+@blp.alt_response(403, schema=ApiErrorSchema)
+@blp.alt_response(404, schema=ApiErrorSchema)
+@require_roles(*ROLES)
+def list_snapshots(task: str) -> dict[str, Any]:
+    """The task's stored snapshots, newest first."""
+    raw = request.args.get("limit", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= 500:
+        raise ValidationFailed("Invalid fields: limit", {"limit": ["1 to 500."]})
+    with unit_of_work() as session:
+        row = get_task(session, task, current_actor())
+        rows = export_service.list_exports(session, row, limit=int(raw))
+        return {"exports": [export_service.export_view(e, row) for e in rows]}
+
+
+@blp.route("/exports/<string:export_id>", methods=["GET"])
+@blp.doc(**roles_doc(*ROLES), responses={"200": {"description": "State, manifest, download"}})
+@blp.alt_response(403, schema=ApiErrorSchema)
+@blp.alt_response(404, schema=ApiErrorSchema)
+@require_roles(*ROLES)
+def get_snapshot(export_id: str) -> dict[str, Any]:
+    """A stored export: its state, and once done its manifest and download URL."""
+    with unit_of_work() as session:
+        export, task = export_service.get_export(session, export_id, current_actor())
+        return export_service.export_view(export, task)
+
+
+@blp.route("/exports/<string:export_id>/download", methods=["GET"])
+@blp.doc(**roles_doc(*ROLES), responses={"200": {"description": "The stored file"}})
+@blp.alt_response(403, schema=ApiErrorSchema)
+@blp.alt_response(404, schema=ApiErrorSchema)
+@require_roles(*ROLES)
+def download_snapshot(export_id: str) -> Response:
+    """The stored file of a finished export, streamed from disk (SHA-256 in a header)."""
+    actor = current_actor()
+    export_dir = current_app.config["TANDEM"].export_dir
+    with unit_of_work() as session:
+        export, task = export_service.get_export(session, export_id, actor)
+        path = export_service.snapshot_file(export_dir, export)
+        audit.record(
+            session,
+            "export.downloaded",
+            actor,
+            task_id=task.id,
+            details={"export_id": export.id, "sha256": export.sha256},
+            request_id=request_id(),
+        )
+        name = export_service.download_name(task, export.format, export.created_at)
+        sha, fmt = export.sha256, export.format
+    response = send_file(
+        path,
+        mimetype=export_service.CONTENT_TYPES[fmt],
+        as_attachment=True,
+        download_name=name,
+        etag=sha or True,
+        conditional=True,
+        max_age=0,
+    )
+    response.headers["X-Content-SHA256"] = sha or ""
+    return response

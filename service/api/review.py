@@ -1,0 +1,148 @@
+"""Review workflow endpoints (SPEC §6): thin views over :mod:`service.services.review`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, request
+from flask_smorest import Blueprint
+from marshmallow import ValidationError
+
+from service.api.auth import current_actor, require_roles, roles_doc
+from service.api.common import json_body, request_id, unit_of_work
+from service.api.tasks import load
+from service.errors import ValidationFailed
+from service.schemas.common import ApiErrorSchema
+from service.schemas.review import (
+    ClaimedCaseSchema,
+    ClaimRequestSchema,
+    QueueArgsSchema,
+    QueuePageSchema,
+    ReviewRequestSchema,
+    ReviewResultSchema,
+)
+from service.services import review as review_service
+from service.services.cases import case_detail
+
+blp = Blueprint("review", __name__, url_prefix="/api/v1", description="Review queue")
+
+CONFLICT_DOC = "The lease was lost or expired, or the case is already resolved"
+
+
+def _optional_body(schema: Any) -> dict[str, Any]:
+    if not request.get_data(cache=True).strip():
+        return dict(schema.load({}))
+    return load(schema, json_body())
+
+
+@blp.route("/tasks/<string:task>/queue/claim", methods=["POST"])
+@blp.doc(
+    **roles_doc("reviewer"),
+    requestBody={
+        "required": False,
+        "content": {"application/json": {"schema": ClaimRequestSchema}},
+    },
+)
+@blp.response(200, ClaimedCaseSchema, description="The case now leased to the caller")
+@blp.alt_response(204, description="Nothing is waiting")
+@blp.alt_response(403, schema=ApiErrorSchema)
+@blp.alt_response(404, schema=ApiErrorSchema)
+@require_roles("reviewer")
+def claim(task: str) -> Any:
+    """Lease the next case: past-SLA first, then audit-flagged, then oldest."""
+    data = _optional_body(ClaimRequestSchema())
+    with unit_of_work() as session:
+        claimed = review_service.claim(
+            session, task, current_actor(), exclude=data["exclude"], request_id=request_id()
+        )
+        if claimed is None:
+            return Response(status=204)
+        view = review_service.claimed_view(session, claimed)
+    return view
+
+
+@blp.route("/cases/<string:case_id>/review", methods=["POST"])
+@blp.doc(
+    **roles_doc("reviewer"),
+    requestBody={
+        "required": True,
+        "content": {"application/json": {"schema": ReviewRequestSchema}},
+    },
+)
+@blp.response(200, ReviewResultSchema)
+@blp.alt_response(404, schema=ApiErrorSchema)
+@blp.alt_response(409, schema=ApiErrorSchema, description=CONFLICT_DOC)
+@blp.alt_response(422, schema=ApiErrorSchema)
+@require_roles("reviewer")
+def review(case_id: str) -> dict[str, Any]:
+    """Decide a leased case. Resolves it exactly once (a late second submit gets 409)."""
+    data = load(ReviewRequestSchema(), json_body())
+    with unit_of_work() as session:
+        decision = review_service.submit_review(
+            session,
+            case_id,
+            data["label"],
+            current_actor(),
+            comment=data["comment"],
+            request_id=request_id(),
+        )
+        view = case_detail(session, decision.case)
+        view["resolved"] = decision.resolved
+        view["review_id"] = str(decision.review.id)
+    return view
+
+
+@blp.route("/cases/<string:case_id>/release", methods=["POST"])
+@blp.doc(**roles_doc("reviewer"))
+@blp.response(200, ReviewResultSchema)
+@blp.alt_response(404, schema=ApiErrorSchema)
+@blp.alt_response(409, schema=ApiErrorSchema, description="The caller does not hold the lease")
+@require_roles("reviewer")
+def release(case_id: str) -> dict[str, Any]:
+    """Give a leased case back to the queue (skip)."""
+    with unit_of_work() as session:
+        case = review_service.release(session, case_id, current_actor(), request_id=request_id())
+        return case_detail(session, case)
+
+
+@blp.route("/cases/<string:case_id>/undo", methods=["POST"])
+@blp.doc(**roles_doc("reviewer"))
+@blp.response(200, ClaimedCaseSchema, description="The case, leased to the caller again")
+@blp.alt_response(404, schema=ApiErrorSchema)
+@blp.alt_response(
+    409, schema=ApiErrorSchema, description="Nothing of the caller's to undo, or too late"
+)
+@require_roles("reviewer")
+def undo(case_id: str) -> dict[str, Any]:
+    """Retract the caller's last decision on the case (within the lease time); the review
+    stays on record, marked retracted."""
+    with unit_of_work() as session:
+        actor = current_actor()
+        case = review_service.undo(session, case_id, actor, request_id=request_id())
+        task = review_service.get_task_for_case(session, case)
+        claimed = review_service.Claimed(case=case, task=task, renewed=False)
+        return review_service.claimed_view(session, claimed)
+
+
+@blp.route("/tasks/<string:task>/queue", methods=["GET"])
+@blp.doc(**roles_doc("reviewer", "analyst"))
+@blp.arguments(QueueArgsSchema, location="query", as_kwargs=False, error_status_code=422)
+@blp.response(200, QueuePageSchema)
+@blp.alt_response(404, schema=ApiErrorSchema)
+@blp.alt_response(422, schema=ApiErrorSchema)
+@require_roles("reviewer", "analyst")
+def queue(args: dict[str, Any], task: str) -> dict[str, Any]:
+    """Cases waiting for or in review, oldest first; filter by state, status, reason,
+    audit flag and age."""
+    with unit_of_work() as session:
+        return review_service.queue_page(
+            session, task, current_actor(), review_service.QueueFilter(**args)
+        )
+
+
+def parse_queue_args(values: dict[str, Any]) -> dict[str, Any]:
+    """Validate queue filters given as strings (used by the review UI)."""
+    try:
+        return dict(QueueArgsSchema().load({k: v for k, v in values.items() if v != ""}))
+    except ValidationError as exc:
+        raise ValidationFailed("Invalid filters", exc.messages_dict) from exc

@@ -1,0 +1,866 @@
+"""Feedback export for analysts (SPEC §12): filters, the row builder and the file writers.
+
+One row per case. Rows are read with a server-side cursor in batches (Core select, never ORM
+objects), turned into Arrow record batches column by column, and written batch by batch, so
+memory stays flat however many rows there are. Ordering (created_at, id) and formatting are
+fixed, so the same filters on unchanged data give a byte-identical file; that is what makes
+an export's SHA-256 a proof of what an analyst worked from.
+
+Never exported: tokens, password hashes, webhook secrets, e-mail addresses (unless an admin
+asks for real reviewer identities).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+from sqlalchemy import DateTime, Select, and_, func, select, type_coerce
+from sqlalchemy import case as sql_case
+from sqlalchemy.orm import Session, aliased
+
+from service import queues
+from service.db import utcnow
+from service.errors import Forbidden, NotFound, ValidationFailed
+from service.models import LABEL_SOURCES, REASONS, ROUTES, Case, Export, Job, Review, Task, User
+from service.services import audit, outbox
+from service.services.audit import Actor
+
+FORMATS = ("csv", "jsonl", "parquet")
+CONTENT_TYPES = {
+    "csv": "text/csv; charset=utf-8",
+    "jsonl": "application/x-ndjson; charset=utf-8",
+    "parquet": "application/vnd.apache.parquet",
+}
+IDENTITIES = ("pseudonym", "real")
+FILTER_NAMES = (
+    "from",
+    "to",
+    "label_source",
+    "route",
+    "reason",
+    "audit",
+    "agreement",
+    "model_version",
+    "reviewer",
+)
+AGREEMENTS = ("agree", "disagree")
+# Rows fetched per round trip and written per Parquet row group / CSV chunk.
+BATCH_ROWS = 10_000
+EXPORT_JOB = "workers.jobs.exports.run_export"
+SCHEMA_VERSION = "1"
+_TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # Arrow's %S carries the microseconds: fixed width
+_TS_TYPE = pa.timestamp("us", tz="UTC")
+_INPUT_TYPES = {"text": pa.string(), "category": pa.string(), "number": pa.float64()}
+_INPUT_TYPES["boolean"] = pa.bool_()
+_FILENAME_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+# --- filters -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportFilters:
+    """Validated filters. ``created_from`` is inclusive, ``created_to`` exclusive."""
+
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+    label_source: str | None = None
+    route: str | None = None
+    reason: str | None = None
+    audit: bool | None = None
+    agreement: str | None = None
+    model_version: int | None = None
+    reviewer: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Canonical form (only the filters set, public names, ISO timestamps): stored in
+        manifests and audit events, and accepted back by :func:`parse_filters`."""
+        out: dict[str, Any] = {
+            "from": iso(self.created_from),
+            "to": iso(self.created_to),
+            "label_source": self.label_source,
+            "route": self.route,
+            "reason": self.reason,
+            "audit": self.audit,
+            "agreement": self.agreement,
+            "model_version": self.model_version,
+            "reviewer": self.reviewer,
+        }
+        return {k: v for k, v in out.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    format: str
+    filters: ExportFilters
+    identity: str = "pseudonym"
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip() == "")
+
+
+def _parse_time(value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise ValueError("an ISO 8601 timestamp string")
+    text = value.strip()
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            d = date.fromisoformat(text)
+            return datetime(d.year, d.month, d.day, tzinfo=UTC)
+        parsed = datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError("an ISO 8601 timestamp, e.g. 2024-05-01T00:00:00Z") from exc
+    # A timestamp without an offset is read as UTC (every stored time is UTC).
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _parse_choice(value: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value.strip() not in choices:
+        raise ValueError("one of: " + ", ".join(choices))
+    return value.strip()
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError("true or false")
+
+
+def _parse_version(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("a positive integer")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and re.fullmatch(r"\s*\d{1,9}\s*", value):
+        number = int(value)
+    else:
+        raise ValueError("a positive integer")
+    if number < 1:
+        raise ValueError("a positive integer")
+    return number
+
+
+def _parse_reviewer(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", value.strip()):
+        raise ValueError("a reviewer pseudonym, e.g. r_1a2b3c4d5e6f")
+    return value.strip()
+
+
+def parse_filters(raw: Mapping[str, Any], session: Session | None = None) -> ExportFilters:
+    """Validate filters from a query string or a JSON object; every problem is reported at
+    once (422 naming each filter). Empty values count as not set (HTML forms send them).
+    With a session, a reviewer pseudonym must belong to a user."""
+    errors: dict[str, list[str]] = {}
+    unknown = sorted(k for k in raw if k not in FILTER_NAMES)
+    for name in unknown:
+        errors[name] = ["Unknown filter. Known: " + ", ".join(FILTER_NAMES) + "."]
+    values: dict[str, Any] = {}
+    parsers: dict[str, Any] = {
+        "from": _parse_time,
+        "to": _parse_time,
+        "label_source": lambda v: _parse_choice(v, LABEL_SOURCES),
+        "route": lambda v: _parse_choice(v, ROUTES),
+        "reason": lambda v: _parse_choice(v, REASONS),
+        "audit": _parse_bool,
+        "agreement": lambda v: _parse_choice(v, AGREEMENTS),
+        "model_version": _parse_version,
+        "reviewer": _parse_reviewer,
+    }
+    for name, parse in parsers.items():
+        if name not in raw or _blank(raw[name]):
+            continue
+        try:
+            values[name] = parse(raw[name])
+        except ValueError as exc:
+            errors[name] = [f"Must be {exc}."]
+    if "from" in values and "to" in values and values["from"] >= values["to"]:
+        errors["to"] = ["Must be later than 'from'."]
+    if session is not None and "reviewer" in values and "reviewer" not in errors:
+        known = session.scalar(select(User.id).where(User.pseudonym == values["reviewer"]))
+        if known is None:
+            errors["reviewer"] = ["No reviewer has this pseudonym."]
+    if errors:
+        raise ValidationFailed("Invalid export filters: " + ", ".join(sorted(errors)), errors)
+    return ExportFilters(
+        created_from=values.get("from"),
+        created_to=values.get("to"),
+        label_source=values.get("label_source"),
+        route=values.get("route"),
+        reason=values.get("reason"),
+        audit=values.get("audit"),
+        agreement=values.get("agreement"),
+        model_version=values.get("model_version"),
+        reviewer=values.get("reviewer"),
+    )
+
+
+def parse_request(
+    params: Mapping[str, Any], actor: Actor, session: Session, *, default_format: str | None = None
+) -> ExportSpec:
+    """``format``, ``identity`` and the filters of one export request, all validated."""
+    raw = dict(params)
+    errors: dict[str, list[str]] = {}
+    fmt = raw.pop("format", default_format)
+    if fmt not in FORMATS:
+        errors["format"] = ["Must be one of: " + ", ".join(FORMATS) + "."]
+    identity = raw.pop("identity", None) or "pseudonym"
+    if identity not in IDENTITIES:
+        errors["identity"] = ["Must be one of: " + ", ".join(IDENTITIES) + "."]
+    try:
+        filters = parse_filters(raw, session)
+    except ValidationFailed as exc:
+        errors.update(exc.details)
+    if errors:
+        raise ValidationFailed("Invalid export request: " + ", ".join(sorted(errors)), errors)
+    if identity == "real" and actor.role != "admin":
+        raise Forbidden(
+            "only admins may export real reviewer identities", {"identity": ["admin only"]}
+        )
+    return ExportSpec(format=str(fmt), filters=filters, identity=str(identity))
+
+
+# --- the row builder -----------------------------------------------------------------------
+
+
+def iso(value: datetime | None) -> str | None:
+    """UTC ISO 8601 with 'Z' and fixed microseconds (the one timestamp format of exports)."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def export_schema(task: Task) -> pa.Schema:
+    """Column names and Arrow types, in file order (the manifest's ``schema``)."""
+    cols: list[tuple[str, pa.DataType]] = [("case_id", pa.string()), ("external_id", pa.string())]
+    cols += [(f"input.{f['name']}", _INPUT_TYPES[f["type"]]) for f in task.fields]
+    cols += [("suggestion", pa.string()), ("confidence", pa.float64())]
+    cols += [(f"score.{label}", pa.float64()) for label in task.labels]
+    cols += [
+        ("model_version", pa.int64()),
+        ("route", pa.string()),
+        ("reason", pa.string()),
+        ("audit", pa.bool_()),
+        ("final_label", pa.string()),
+        ("label_source", pa.string()),
+        ("reviewer", pa.string()),
+        ("review_time", _TS_TYPE),
+        ("review_seconds", pa.float64()),
+        ("time_to_decision_seconds", pa.float64()),
+        ("created_at", _TS_TYPE),
+        ("resolved_at", _TS_TYPE),
+    ]
+    metadata = {"tandem.task": task.name, "tandem.export_schema": SCHEMA_VERSION}
+    return pa.schema([pa.field(n, t) for n, t in cols], metadata=metadata)
+
+
+def schema_description(schema: pa.Schema) -> list[dict[str, str]]:
+    return [{"name": f.name, "type": str(f.type)} for f in schema]
+
+
+def _raw_time(column: Any) -> Any:
+    # Plain DateTime instead of the UTC TypeDecorator: no per-value Python call. PostgreSQL
+    # returns aware datetimes, SQLite naive UTC ones; Arrow reads both as UTC.
+    return type_coerce(column, DateTime(timezone=True))
+
+
+def build_query(task: Task, spec: ExportSpec) -> Select[Any]:
+    """One Core select, rows in export order. The deciding review is the resolver's latest
+    live review, else the latest live review (e.g. an audit that confirmed the model)."""
+    r2 = aliased(Review)
+    deciding = (
+        select(r2.id)
+        .where(r2.case_id == Case.id, r2.retracted_at.is_(None))
+        .order_by(
+            sql_case((r2.reviewer_id == Case.resolved_by_user_id, 0), else_=1),
+            r2.decided_at.desc(),
+            r2.id.desc(),
+        )
+        .limit(1)
+        .scalar_subquery()
+    )
+    who = User.email if spec.identity == "real" else User.pseudonym
+    columns: list[Any] = [Case.id, Case.external_id]
+    for f in task.fields:
+        value = Case.input[f["name"]]
+        if f["type"] == "number":
+            columns.append(value.as_float())
+        elif f["type"] == "boolean":
+            columns.append(value.as_boolean())
+        else:
+            columns.append(value.as_string())
+    columns += [Case.suggestion_label, Case.confidence]
+    columns += [Case.scores[label].as_float() for label in task.labels]
+    columns += [
+        Case.model_version,
+        Case.route,
+        Case.reason,
+        Case.audit,
+        Case.final_label,
+        Case.label_source,
+        who,
+        _raw_time(Review.decided_at),
+        Review.duration_ms,
+        _raw_time(Case.created_at),
+        _raw_time(Case.resolved_at),
+    ]
+    stmt = (
+        select(*columns)
+        .select_from(Case)
+        .outerjoin(Review, Review.id == deciding)
+        .outerjoin(User, User.id == Review.reviewer_id)
+        .where(Case.task_id == task.id)
+    )
+    stmt = stmt.where(*_conditions(spec.filters))
+    if spec.filters.reviewer is not None:
+        stmt = stmt.where(User.pseudonym == spec.filters.reviewer)
+    return stmt.order_by(Case.created_at, Case.id)
+
+
+def _conditions(filters: ExportFilters) -> list[Any]:
+    where: list[Any] = []
+    if filters.created_from is not None:
+        where.append(Case.created_at >= filters.created_from)
+    if filters.created_to is not None:
+        where.append(Case.created_at < filters.created_to)
+    if filters.label_source is not None:
+        where.append(Case.label_source == filters.label_source)
+    if filters.route is not None:
+        where.append(Case.route == filters.route)
+    if filters.reason is not None:
+        where.append(Case.reason == filters.reason)
+    if filters.audit is not None:
+        where.append(Case.audit.is_(filters.audit))
+    if filters.model_version is not None:
+        where.append(Case.model_version == filters.model_version)
+    if filters.agreement is not None:
+        both = and_(Case.human_label.is_not(None), Case.suggestion_label.is_not(None))
+        same = Case.human_label == Case.suggestion_label
+        where.append(and_(both, same if filters.agreement == "agree" else ~same))
+    return where
+
+
+def count_rows(session: Session, task: Task, spec: ExportSpec) -> int:
+    """How many rows the export has now (for the audit event written before streaming)."""
+    if spec.filters.reviewer is None:
+        stmt = select(func.count()).select_from(Case).where(Case.task_id == task.id)
+        stmt = stmt.where(*_conditions(spec.filters))
+    else:
+        inner = build_query(task, spec).order_by(None).subquery()
+        stmt = select(func.count()).select_from(inner)
+    return int(session.scalar(stmt) or 0)
+
+
+def _to_batch(rows: list[Any], schema: pa.Schema) -> pa.RecordBatch:
+    """DB rows (query order) to one Arrow batch (schema order): columns are built in C."""
+    n_cols = len(schema) - 1  # time_to_decision_seconds is derived, not selected
+    cols = list(zip(*rows, strict=True)) if rows else [() for _ in range(n_cols)]
+    arrays: list[pa.Array] = []
+    names = schema.names
+    pos = 0
+    for name, fld in zip(names, schema, strict=True):
+        if name == "time_to_decision_seconds":
+            arrays.append(pa.nulls(len(rows), pa.float64()))  # filled in below
+            continue
+        if name == "review_seconds":
+            ms = pa.array(cols[pos], type=pa.int64())
+            arrays.append(pc.divide(pc.cast(ms, pa.float64()), 1000.0))
+        elif fld.type == pa.float64():
+            arrays.append(pa.array(cols[pos], type=pa.float64(), from_pandas=False))
+        else:
+            arrays.append(pa.array(cols[pos], type=fld.type))
+        pos += 1
+    created = arrays[names.index("created_at")]
+    resolved = arrays[names.index("resolved_at")]
+    micros = pc.subtract(pc.cast(resolved, pa.int64()), pc.cast(created, pa.int64()))
+    arrays[names.index("time_to_decision_seconds")] = pc.divide(
+        pc.cast(micros, pa.float64()), 1_000_000.0
+    )
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def iter_batches(
+    session: Session, task: Task, spec: ExportSpec, *, batch_rows: int | None = None
+) -> Iterator[pa.RecordBatch]:
+    """Stream the export as Arrow batches from a server-side cursor (constant memory)."""
+    schema = export_schema(task)
+    size = batch_rows or BATCH_ROWS
+    result = session.execute(
+        build_query(task, spec),
+        execution_options={"stream_results": True, "yield_per": size},
+    )
+    try:
+        for rows in result.partitions(size):
+            yield _to_batch(list(rows), schema)
+    finally:
+        result.close()
+
+
+# --- writers -------------------------------------------------------------------------------
+
+
+class _Spool:
+    """File-like sink that hands out what was written since the last drain (HTTP chunks)."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._pos = 0
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)
+        self._chunks.append(chunk)
+        self._pos += len(chunk)
+        return len(chunk)
+
+    def tell(self) -> int:
+        return self._pos
+
+    def flush(self) -> None:
+        return None
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def drain(self) -> bytes:
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        return data
+
+
+class _Writer:
+    def __init__(self, schema: pa.Schema, sink: _Spool) -> None:
+        self.schema = schema
+        self.sink = sink
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        return None
+
+
+def _format_times(batch: pa.RecordBatch) -> tuple[list[str], list[pa.Array]]:
+    arrays = []
+    for fld, col in zip(batch.schema, batch.columns, strict=True):
+        if pa.types.is_timestamp(fld.type):
+            col = pc.strftime(col, format=_TS_FORMAT)
+        arrays.append(col)
+    return batch.schema.names, arrays
+
+
+class _CsvWriter(_Writer):
+    """RFC 4180 CSV via Arrow: header once; strings always quoted (so "" differs from a
+    missing value, which is empty); true/false; shortest round-trip floats; ISO 'Z' times."""
+
+    def __init__(self, schema: pa.Schema, sink: _Spool) -> None:
+        super().__init__(schema, sink)
+        fields = [
+            pa.field(f.name, pa.string()) if pa.types.is_timestamp(f.type) else f for f in schema
+        ]
+        self.csv_schema = pa.schema(fields)
+        self._writer = pa_csv.CSVWriter(
+            sink, self.csv_schema, write_options=pa_csv.WriteOptions(quoting_style="needed")
+        )
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        _, arrays = _format_times(batch)
+        self._writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self.csv_schema))
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class _JsonlWriter(_Writer):
+    """One JSON object per line, keys sorted, compact separators, UTF-8, ISO 'Z' times."""
+
+    def __init__(self, schema: pa.Schema, sink: _Spool) -> None:
+        super().__init__(schema, sink)
+        self._order = sorted(range(len(schema)), key=lambda i: schema.names[i])
+        self._keys = [schema.names[i] for i in self._order]
+        self._encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        _, arrays = _format_times(batch)
+        cols = [arrays[i].to_pylist() for i in self._order]
+        keys, encode = self._keys, self._encode
+        lines = [encode(dict(zip(keys, values, strict=True))) for values in zip(*cols, strict=True)]
+        if lines:
+            self.sink.write(("\n".join(lines) + "\n").encode("utf-8"))
+
+
+class _ParquetWriter(_Writer):
+    """Parquet, one row group per batch, zstd; no timestamps or host names in the metadata,
+    so two writes of the same rows are byte-identical."""
+
+    def __init__(self, schema: pa.Schema, sink: _Spool) -> None:
+        super().__init__(schema, sink)
+        self._writer = pq.ParquetWriter(
+            sink, schema, compression="zstd", write_statistics=True, use_dictionary=True
+        )
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self._writer.write_batch(batch, row_group_size=max(batch.num_rows, 1))
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+WRITERS: dict[str, type[_Writer]] = {
+    "csv": _CsvWriter,
+    "jsonl": _JsonlWriter,
+    "parquet": _ParquetWriter,
+}
+
+
+@dataclass
+class ExportStats:
+    """What was written: row count, byte count, SHA-256, time range and model versions."""
+
+    rows: int = 0
+    byte_count: int = 0
+    first_created_at: datetime | None = None
+    last_created_at: datetime | None = None
+    model_versions: set[int] = field(default_factory=set)
+    _hash: Any = field(default_factory=hashlib.sha256)
+
+    @property
+    def sha256(self) -> str:
+        return str(self._hash.hexdigest())
+
+    def add_bytes(self, data: bytes) -> None:
+        self._hash.update(data)
+        self.byte_count += len(data)
+
+    def add_batch(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows == 0:
+            return
+        created = batch.column("created_at")
+        if self.first_created_at is None:
+            self.first_created_at = created[0].as_py()
+        self.last_created_at = created[batch.num_rows - 1].as_py()
+        versions = pc.unique(batch.column("model_version").drop_null())
+        self.model_versions.update(int(v) for v in versions.to_pylist())
+        self.rows += batch.num_rows
+
+
+def stream_export(
+    session: Session,
+    task: Task,
+    spec: ExportSpec,
+    stats: ExportStats | None = None,
+    *,
+    batch_rows: int | None = None,
+) -> Iterator[bytes]:
+    """The export file as a sequence of byte chunks, one per batch (CSV and JSONL begin with
+    the first batch; Parquet yields each row group as it is written, then the footer)."""
+    stats = stats if stats is not None else ExportStats()
+    schema = export_schema(task)
+    spool = _Spool()
+    writer = WRITERS[spec.format](schema, spool)
+    for batch in iter_batches(session, task, spec, batch_rows=batch_rows):
+        writer.write(batch)
+        stats.add_batch(batch)
+        chunk = spool.drain()
+        if chunk:
+            stats.add_bytes(chunk)
+            yield chunk
+    writer.close()
+    tail = spool.drain()
+    if tail:
+        stats.add_bytes(tail)
+        yield tail
+
+
+def write_export(
+    session: Session, task: Task, spec: ExportSpec, out: BinaryIO, **kwargs: Any
+) -> ExportStats:
+    stats = ExportStats()
+    for chunk in stream_export(session, task, spec, stats, **kwargs):
+        out.write(chunk)
+    return stats
+
+
+def build_manifest(
+    task: Task,
+    spec: ExportSpec,
+    stats: ExportStats,
+    *,
+    file_name: str,
+    creator: str | None,
+    created_at: datetime,
+    export_id: str | None = None,
+) -> dict[str, Any]:
+    """Provenance of one export file: enough to say where every row came from and to check
+    the file is the one that was made (SHA-256)."""
+    return {
+        "export_id": export_id,
+        "task": task.name,
+        "format": spec.format,
+        "file": file_name,
+        "bytes": stats.byte_count,
+        "sha256": stats.sha256,
+        "row_count": stats.rows,
+        "filters": spec.filters.to_dict(),
+        "reviewer_identity": spec.identity,
+        "schema": schema_description(export_schema(task)),
+        "time_range": {
+            "first_created_at": iso(stats.first_created_at),
+            "last_created_at": iso(stats.last_created_at),
+        },
+        "model_versions": sorted(stats.model_versions),
+        "creator": creator,
+        "created_at": iso(created_at),
+        "ordering": ["created_at", "id"],
+        "export_schema_version": SCHEMA_VERSION,
+    }
+
+
+def download_name(task: Task, fmt: str, stamp: datetime | None = None) -> str:
+    when = (stamp or utcnow()).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return _FILENAME_SAFE.sub("_", f"{task.name}-export-{when}.{fmt}")
+
+
+def record_streamed(
+    session: Session,
+    task: Task,
+    spec: ExportSpec,
+    actor: Actor,
+    *,
+    channel: str,
+    request_id: str | None = None,
+    row_count: int | None = None,
+    extra: dict[str, Any] | None = None,
+) -> int:
+    """The ``export.created`` audit event of a direct export (API stream or CLI). Returns the
+    row count it recorded (counted now when not given)."""
+    rows = count_rows(session, task, spec) if row_count is None else row_count
+    audit.record(
+        session,
+        "export.created",
+        actor,
+        task_id=task.id,
+        details={
+            "channel": channel,
+            "format": spec.format,
+            "filters": spec.filters.to_dict(),
+            "reviewer_identity": spec.identity,
+            "row_count": rows,
+            **(extra or {}),
+        },
+        request_id=request_id,
+    )
+    return rows
+
+
+# --- stored snapshots (background exports) ---------------------------------------------------
+
+
+def export_job_id(export_id: str) -> str:
+    return f"export-{export_id}"
+
+
+def request_snapshot(
+    session: Session, task: Task, spec: ExportSpec, actor: Actor, *, request_id: str | None = None
+) -> Export:
+    """Record a snapshot request and queue the job that makes it (after commit)."""
+    export = Export(
+        task_id=task.id,
+        format=spec.format,
+        filters={
+            **spec.filters.to_dict(),
+            **({"identity": "real"} if spec.identity == "real" else {}),
+        },
+        state="queued",
+        created_by=actor.label,
+    )
+    session.add(export)
+    session.flush()
+    export.job_id = export_job_id(export.id)
+    session.add(
+        Job(
+            id=export.job_id, kind="export", task_id=task.id, state="queued", created_by=actor.label
+        )
+    )
+    outbox.defer(
+        session,
+        EXPORT_JOB,
+        queue=queues.EXPORTS,
+        job_id=export.job_id,
+        request_id=request_id,
+        export_id=export.id,
+    )
+    audit.record(
+        session,
+        "export.requested",
+        actor,
+        task_id=task.id,
+        details={
+            "export_id": export.id,
+            "format": spec.format,
+            "filters": spec.filters.to_dict(),
+            "reviewer_identity": spec.identity,
+            "job_id": export.job_id,
+        },
+        request_id=request_id,
+    )
+    return export
+
+
+def snapshot_spec(export: Export) -> ExportSpec:
+    stored = dict(export.filters or {})
+    identity = "real" if stored.pop("identity", None) == "real" else "pseudonym"
+    return ExportSpec(format=export.format, filters=parse_filters(stored), identity=identity)
+
+
+def snapshot_dir(export_dir: Path, export_id: str) -> Path:
+    return export_dir / export_id
+
+
+def data_file_name(fmt: str) -> str:
+    return f"data.{fmt}"
+
+
+def write_snapshot(
+    session: Session, export: Export, task: Task, export_dir: Path, **kwargs: Any
+) -> dict[str, Any]:
+    """Write file + ``manifest.json`` into a temporary folder, then rename it into place in
+    one step. On any failure the temporary folder is removed and nothing is left behind.
+    Returns the manifest; the caller marks the Export row done in its own commit."""
+    spec = snapshot_spec(export)
+    export_dir.mkdir(parents=True, exist_ok=True)
+    final = snapshot_dir(export_dir, export.id)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{export.id}-", dir=export_dir))
+    try:
+        name = data_file_name(spec.format)
+        with open(tmp / name, "wb") as out:
+            stats = write_export(session, task, spec, out, **kwargs)
+            out.flush()
+            os.fsync(out.fileno())
+        manifest = build_manifest(
+            task,
+            spec,
+            stats,
+            file_name=name,
+            creator=export.created_by,
+            created_at=export.created_at,
+            export_id=export.id,
+        )
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        if final.exists():  # left by an attempt that died before its commit: never marked done
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def remove_snapshot(export_dir: Path, export_id: str) -> None:
+    shutil.rmtree(snapshot_dir(export_dir, export_id), ignore_errors=True)
+
+
+def snapshot_file(export_dir: Path, export: Export) -> Path:
+    if export.state != "done" or not export.path:
+        raise NotFound("this export has no stored file (yet)", {"state": export.state})
+    path = export_dir / export.path
+    if not path.is_file():
+        raise NotFound("the stored export file is missing", {"export_id": export.id})
+    return path
+
+
+def get_export(session: Session, export_id: str, actor: Actor) -> tuple[Export, Task]:
+    export = session.get(Export, export_id)
+    if export is None:
+        raise NotFound("export not found", {"export_id": export_id})
+    task = session.get(Task, export.task_id)
+    if task is None or not actor.may_access(task.name):
+        raise Forbidden("not allowed to read this export", {"export_id": export_id})
+    return export, task
+
+
+def list_exports(session: Session, task: Task, *, limit: int = 50) -> list[Export]:
+    stmt = (
+        select(Export)
+        .where(Export.task_id == task.id)
+        .order_by(Export.created_at.desc(), Export.id.desc())
+        .limit(limit)
+    )
+    return list(session.scalars(stmt))
+
+
+def export_view(export: Export, task: Task) -> dict[str, Any]:
+    """What the API shows of a stored export (the manifest once done)."""
+    return {
+        "export_id": export.id,
+        "task": task.name,
+        "format": export.format,
+        "filters": {k: v for k, v in (export.filters or {}).items() if k != "identity"},
+        "reviewer_identity": (export.filters or {}).get("identity", "pseudonym"),
+        "state": export.state,
+        "job_id": export.job_id,
+        "row_count": export.row_count,
+        "sha256": export.sha256,
+        "manifest": export.manifest,
+        "error": export.error,
+        "created_by": export.created_by,
+        "created_at": iso(export.created_at),
+        "finished_at": iso(export.finished_at),
+        "download_url": f"/api/v1/exports/{export.id}/download" if export.state == "done" else None,
+    }
+
+
+def export_to_file(
+    session: Session, task: Task, spec: ExportSpec, out: Path, actor: Actor
+) -> dict[str, Any]:
+    """The CLI export: the same bytes as the API, written to a temporary file beside ``out``
+    and renamed over it only when complete, plus the audit event. Returns the manifest; the
+    caller commits (the audit event) after the file is in place."""
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            stats = write_export(session, task, spec, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    manifest = build_manifest(
+        task, spec, stats, file_name=out.name, creator=actor.label, created_at=utcnow()
+    )
+    record_streamed(
+        session,
+        task,
+        spec,
+        actor,
+        channel="cli",
+        row_count=stats.rows,
+        extra={"sha256": stats.sha256, "file": str(out)},
+    )
+    return manifest

@@ -1,0 +1,682 @@
+"""The review workflow (SPEC §3, §6, §8): claim, decide, release, undo, and the queue.
+
+Exactly-once rules, enforced here for every surface (API, UI, benchmarks):
+
+* A case is leased to one reviewer at a time. On PostgreSQL the claim takes the row with
+  ``SELECT ... FOR UPDATE SKIP LOCKED`` so concurrent reviewers never wait on, nor receive,
+  the same case; on SQLite ``BEGIN IMMEDIATE`` (service.db) serialises writers instead.
+* A decision is accepted only from the reviewer holding a live lease, with the case row
+  locked; anything else is a 409. Reviews are append-only: undo marks ``retracted_at``.
+* With ``reviewers_per_case`` = k > 1 a case resolves once k reviewers chose the same label.
+  Each disagreement asks one more reviewer, at most :data:`MAX_EXTRA_REVIEWERS` more; when
+  that cap is reached the plurality label wins (ties: the label chosen first) and the
+  resolution is recorded as ``agreement: false`` so it shows on the dashboard.
+
+Claim order: cases past the task's SLA, then audit-flagged cases, then the oldest. Each step
+is one simple query on ``ix_cases_queue`` / ``ix_cases_queue_audit`` (cheaper at a million
+waiting rows than one query with an OR-heavy ORDER BY).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, and_, exists, func, select
+from sqlalchemy.orm import Session
+
+from service.db import is_postgres, utcnow
+from service.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from service.models import AuditEvent, Case, Review, Task, User
+from service.services import audit, labels, webhooks
+from service.services.audit import Actor
+from service.services.cases import case_detail, get_case
+from service.services.tasks import get_task
+
+#: Extra reviewers asked after disagreements, beyond ``reviewers_per_case``.
+MAX_EXTRA_REVIEWERS = 2
+#: Cases a claimer may ask to skip (the UI sends the ones skipped in this sitting).
+MAX_EXCLUDE = 200
+#: Expired leases returned to the queue per claim (the periodic job sweeps the rest).
+EXPIRE_BATCH = 50
+QUEUE_STATES = ("waiting", "leased")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def _review_settings(task: Task) -> tuple[int, int, int]:
+    review = task.review or {}
+    return (
+        int(review.get("lease_seconds", 300)),
+        int(review.get("reviewers_per_case", 1)),
+        int(review.get("sla_seconds", 86_400)),
+    )
+
+
+def _require_person(actor: Actor) -> int:
+    """Reviews are decisions of people: only a logged-in user can hold a lease."""
+    if actor.kind != "user" or actor.id is None:
+        raise Forbidden(
+            "reviews are made by people: sign in to the review UI (API tokens cannot review)",
+            {"actor": actor.kind},
+        )
+    if actor.role not in ("reviewer", "admin"):
+        raise Forbidden(f"role {actor.role!r} may not review", {"required_roles": ["reviewer"]})
+    return actor.id
+
+
+def active_reviews(case: Case) -> list[Review]:
+    return [r for r in case.reviews if r.retracted_at is None]
+
+
+# ---------------------------------------------------------------------------- claim
+
+
+def _candidates(task_id: int, user_id: int, exclude: list[str]) -> Select[tuple[Case]]:
+    already_reviewed = exists().where(
+        Review.case_id == Case.id, Review.reviewer_id == user_id, Review.retracted_at.is_(None)
+    )
+    stmt = select(Case).where(
+        Case.task_id == task_id, Case.queue_state == "waiting", ~already_reviewed
+    )
+    if exclude:
+        stmt = stmt.where(Case.id.not_in(exclude))
+    return stmt
+
+
+def _lock_first(session: Session, stmt: Select[tuple[Case]]) -> Case | None:
+    stmt = stmt.order_by(Case.created_at, Case.id).limit(1)
+    if is_postgres(session):
+        stmt = stmt.with_for_update(skip_locked=True)
+    return session.scalars(stmt).first()
+
+
+def expire_task_leases(session: Session, task_id: int, now: datetime) -> int:
+    """Return this task's expired leases to the queue (claim does this lazily, so a lapsed
+    lease is claimable at once, not only after the periodic sweep)."""
+    stmt = (
+        select(Case)
+        .where(
+            Case.task_id == task_id,
+            Case.queue_state == "leased",
+            Case.lease_expires_at < now,
+        )
+        .limit(EXPIRE_BATCH)
+    )
+    if is_postgres(session):
+        stmt = stmt.with_for_update(skip_locked=True)
+    expired = session.scalars(stmt).all()
+    for case in expired:
+        owner = case.lease_owner_id
+        _unlease(case)
+        audit.record(
+            session,
+            "case.lease_expired",
+            audit.SYSTEM,
+            task_id=task_id,
+            case_id=case.id,
+            details={"reviewer_id": owner},
+        )
+    return len(expired)
+
+
+def _unlease(case: Case) -> None:
+    case.queue_state = "waiting"
+    case.lease_owner_id = None
+    case.lease_expires_at = None
+    case.claimed_at = None
+    if case.status == "in_review":
+        case.status = "pending"
+
+
+@dataclass
+class Claimed:
+    case: Case
+    task: Task
+    renewed: bool  # the reviewer already held this lease (page reload, second tab)
+
+
+def claim(
+    session: Session,
+    task_name: str,
+    actor: Actor,
+    *,
+    exclude: list[str] | None = None,
+    request_id: str | None = None,
+) -> Claimed | None:
+    """Lease the next case of the task to the reviewer, or None when nothing is waiting.
+
+    A reviewer holds at most one lease per task: claiming again returns (and renews) the
+    case they already hold, so a reload or a second tab never strands a case.
+    """
+    user_id = _require_person(actor)
+    task = get_task(session, task_name, actor)
+    lease_seconds, _, sla_seconds = _review_settings(task)
+    exclude = list(dict.fromkeys(exclude or []))[:MAX_EXCLUDE]
+    now = utcnow()
+    expires = now + timedelta(seconds=lease_seconds)
+
+    held = session.scalars(
+        select(Case)
+        .where(
+            Case.task_id == task.id,
+            Case.queue_state == "leased",
+            Case.lease_owner_id == user_id,
+        )
+        .order_by(Case.claimed_at)
+        .limit(1)
+    ).first()
+    if held is not None and held.id not in exclude:
+        held.lease_expires_at = expires
+        return Claimed(case=held, task=task, renewed=True)
+    if held is not None:
+        # The reviewer moved on from the case they held: give it back first.
+        _unlease(held)
+        audit.record(
+            session, "case.released", actor, task_id=task.id, case_id=held.id,
+            details={"implicit": True}, request_id=request_id,
+        )
+
+    expire_task_leases(session, task.id, now)
+
+    base = _candidates(task.id, user_id, exclude)
+    cutoff = now - timedelta(seconds=sla_seconds)
+    case = (
+        _lock_first(session, base.where(Case.created_at < cutoff))
+        or _lock_first(session, base.where(Case.audit.is_(True)))
+        or _lock_first(session, base)
+    )
+    if case is None:
+        return None
+    case.queue_state = "leased"
+    case.lease_owner_id = user_id
+    case.lease_expires_at = expires
+    case.claimed_at = now
+    if case.status == "pending":
+        case.status = "in_review"
+    audit.record(
+        session,
+        "case.claimed",
+        actor,
+        task_id=task.id,
+        case_id=case.id,
+        details={"lease_expires_at": _iso(expires), "sla_breached": case.created_at < cutoff},
+        request_id=request_id,
+    )
+    return Claimed(case=case, task=task, renewed=False)
+
+
+def claimed_view(session: Session, claimed: Claimed) -> dict[str, Any]:
+    """What a reviewer needs to decide: the case, its lease and its review progress."""
+    case = claimed.case
+    _, _, sla_seconds = _review_settings(claimed.task)
+    view = case_detail(session, case)
+    view.update(
+        {
+            "task": claimed.task.name,
+            "lease_expires_at": _iso(case.lease_expires_at),
+            "claimed_at": _iso(case.claimed_at),
+            "reviews_required": case.reviews_required,
+            "reviews_done": len(active_reviews(case)),
+            "sla_breached": case.created_at < utcnow() - timedelta(seconds=sla_seconds),
+            "out_of_range": case.out_of_range,
+        }
+    )
+    return view
+
+
+# --------------------------------------------------------------------------- decide
+
+
+def _holds_live_lease(case: Case, user_id: int, now: datetime) -> bool:
+    return (
+        case.queue_state == "leased"
+        and case.lease_owner_id == user_id
+        and case.lease_expires_at is not None
+        and case.lease_expires_at > now
+    )
+
+
+def _conflict_for(case: Case, user_id: int) -> Conflict:
+    if case.queue_state is None:
+        return Conflict(
+            "this case is already resolved", {"case_id": case.id, "reason": "already_resolved"}
+        )
+    if case.queue_state == "leased" and case.lease_owner_id == user_id:
+        return Conflict(
+            "your lease on this case expired; claim it again",
+            {"case_id": case.id, "reason": "lease_expired"},
+        )
+    return Conflict(
+        "you do not hold the lease on this case (it expired or was released)",
+        {"case_id": case.id, "reason": "lease_lost"},
+    )
+
+
+@dataclass
+class Decision:
+    case: Case
+    review: Review
+    resolved: bool
+    event: str | None  # case.resolved | case.corrected | None (more reviewers needed)
+
+
+def _votes(reviews: list[Review]) -> tuple[str, int, Counter[str]]:
+    """Plurality label (ties: the label chosen first), its votes, and all votes."""
+    counts: Counter[str] = Counter(r.label for r in reviews)
+    first_seen = {label: i for i, label in reversed(list(enumerate(r.label for r in reviews)))}
+    top = max(counts, key=lambda label: (counts[label], -first_seen[label]))
+    return top, counts[top], counts
+
+
+def _outcome(case: Case, reviews: list[Review]) -> tuple[str | None, dict[str, Any]]:
+    """The label the case resolves with now, or None when it needs one more reviewer."""
+    k = max(1, case.reviews_required)
+    top, n_top, counts = _votes(reviews)
+    info: dict[str, Any] = {"votes": dict(counts), "reviewers": len(reviews), "required": k}
+    if n_top >= k:
+        info["agreement"] = True
+        return top, info
+    if len(reviews) >= k + MAX_EXTRA_REVIEWERS:
+        info["agreement"] = False
+        info["decided_by"] = "plurality"
+        return top, info
+    return None, info
+
+
+def _resolved_before(session: Session, case: Case) -> bool:
+    """Whether a (since undone) decision already resolved this case, so the label
+    consequences (retrain counter, live watch) are not counted twice."""
+    if not any(r.retracted_at is not None for r in case.reviews):
+        return False
+    return (
+        session.scalar(
+            select(AuditEvent.id)
+            .where(
+                AuditEvent.case_id == case.id,
+                AuditEvent.action.in_(("case.resolved", "case.corrected")),
+            )
+            .limit(1)
+        )
+        is not None
+    )
+
+
+def submit_review(
+    session: Session,
+    case_id: str,
+    label: str,
+    actor: Actor,
+    *,
+    comment: str | None = None,
+    request_id: str | None = None,
+) -> Decision:
+    """Record one reviewer's decision; resolve the case when the decision completes it."""
+    user_id = _require_person(actor)
+    case = get_case(session, case_id, actor, for_update=True)
+    task = session.get(Task, case.task_id)
+    assert task is not None
+    if label not in task.labels:
+        raise ValidationFailed(
+            f"unknown label {label!r}", {"label": [f"one of: {', '.join(task.labels)}"]}
+        )
+    now = utcnow()
+    if not _holds_live_lease(case, user_id, now):
+        raise _conflict_for(case, user_id)
+    claimed_at = case.claimed_at
+    review = Review(
+        case_id=case.id,
+        task_id=task.id,
+        reviewer_id=user_id,
+        label=label,
+        comment=(comment or None),
+        suggested_label=case.suggestion_label,
+        agreed_with_model=(label == case.suggestion_label) if case.suggestion_label else None,
+        claimed_at=claimed_at,
+        decided_at=now,
+        duration_ms=int((now - claimed_at).total_seconds() * 1000) if claimed_at else None,
+    )
+    session.add(review)
+    case.reviews.append(review)
+    session.flush()
+
+    final, info = _outcome(case, active_reviews(case))
+    case.lease_owner_id = None
+    case.lease_expires_at = None
+    case.claimed_at = None
+    audit.record(
+        session,
+        "case.reviewed",
+        actor,
+        task_id=task.id,
+        case_id=case.id,
+        details={"review_id": review.id, "label": label, **info},
+        request_id=request_id,
+    )
+    if final is None:
+        case.queue_state = "waiting"
+        if case.status == "in_review":
+            case.status = "pending"
+        return Decision(case=case, review=review, resolved=False, event=None)
+
+    first_label = case.human_label is None
+    count_label = first_label and not _resolved_before(session, case)
+    if first_label:
+        case.human_label = final
+        case.human_labelled_at = now
+    case.queue_state = None
+    event: str | None
+    details: dict[str, Any] = {"label": final, "review_id": review.id, **info}
+    if case.status == "auto":
+        # An audited automatic answer: the human either confirms or overrules the model.
+        if final != case.final_label:
+            details["model_label"] = case.final_label
+            case.status = "corrected"
+            case.final_label = final
+            case.label_source = "reviewer"
+            case.resolved_by_user_id = user_id
+            case.resolved_at = now
+            event = "case.corrected"
+        else:
+            details["audit_confirmed"] = True
+            event = None
+    else:
+        case.status = "resolved"
+        case.final_label = final
+        case.label_source = "reviewer"
+        case.resolved_by_user_id = user_id
+        case.resolved_at = now
+        event = "case.resolved"
+    audit.record(
+        session,
+        event or "case.resolved",
+        actor,
+        task_id=task.id,
+        case_id=case.id,
+        details=details,
+        request_id=request_id,
+    )
+    if count_label:
+        labels.label_recorded(session, task, case, request_id=request_id)
+    if event is not None:
+        webhooks.emit(session, task, event, case_detail(session, case), request_id=request_id)
+    return Decision(case=case, review=review, resolved=True, event=event or "case.resolved")
+
+
+# ------------------------------------------------------------------ release and undo
+
+
+def release(
+    session: Session, case_id: str, actor: Actor, *, request_id: str | None = None
+) -> Case:
+    """Give a leased case back to the queue (skip). Only its lease holder may."""
+    user_id = _require_person(actor)
+    case = get_case(session, case_id, actor, for_update=True)
+    if case.queue_state != "leased" or case.lease_owner_id != user_id:
+        raise _conflict_for(case, user_id)
+    _unlease(case)
+    audit.record(
+        session, "case.released", actor, task_id=case.task_id, case_id=case.id,
+        request_id=request_id,
+    )
+    return case
+
+
+def undo(
+    session: Session, case_id: str, actor: Actor, *, request_id: str | None = None
+) -> Case:
+    """Retract the reviewer's last decision on a case while it is still theirs to change.
+
+    Allowed within ``lease_seconds`` of the decision, when no one decided or claimed the
+    case since and the application has not resolved it. The review row stays (marked
+    retracted); the case goes back to the reviewer, leased, as it was before the decision.
+    """
+    user_id = _require_person(actor)
+    case = get_case(session, case_id, actor, for_update=True)
+    task = session.get(Task, case.task_id)
+    assert task is not None
+    lease_seconds, _, _ = _review_settings(task)
+    now = utcnow()
+    active = active_reviews(case)
+    last = active[-1] if active else None
+    if last is None or last.reviewer_id != user_id:
+        raise Conflict(
+            "there is no decision of yours on this case to undo",
+            {"case_id": case.id, "reason": "nothing_to_undo"},
+        )
+    if now - last.decided_at > timedelta(seconds=lease_seconds):
+        raise Conflict(
+            "too late to undo: the undo window has passed",
+            {"case_id": case.id, "reason": "undo_window_passed"},
+        )
+    if case.queue_state == "leased" and case.lease_owner_id != user_id:
+        raise Conflict(
+            "another reviewer is working on this case",
+            {"case_id": case.id, "reason": "leased_by_other"},
+        )
+    if case.label_source == "application":
+        raise Conflict(
+            "the application reported this case's outcome since; it cannot be undone",
+            {"case_id": case.id, "reason": "resolved_by_application"},
+        )
+    was_resolution = case.queue_state is None
+    last.retracted_at = now
+    details: dict[str, Any] = {"review_id": last.id, "label": last.label}
+    if was_resolution:
+        details["status_before"] = case.status
+        details["final_label_before"] = case.final_label
+        case.human_label = None
+        case.human_labelled_at = None
+        if case.status in ("resolved",):
+            case.status = "in_review"
+            case.final_label = None
+            case.label_source = None
+            case.resolved_by_user_id = None
+            case.resolved_at = None
+        elif case.status == "corrected":
+            # Back to the model's automatic answer, awaiting this reviewer's audit verdict.
+            case.status = "auto"
+            case.final_label = case.suggestion_label
+            case.label_source = "model"
+            case.resolved_by_user_id = None
+            case.resolved_at = case.created_at
+    elif case.status == "pending":
+        case.status = "in_review"
+    case.queue_state = "leased"
+    case.lease_owner_id = user_id
+    case.claimed_at = now
+    case.lease_expires_at = now + timedelta(seconds=lease_seconds)
+    audit.record(
+        session,
+        "case.review_undone",
+        actor,
+        task_id=task.id,
+        case_id=case.id,
+        details=details,
+        request_id=request_id,
+    )
+    return case
+
+
+# ---------------------------------------------------------------------------- queue
+
+
+@dataclass
+class QueueFilter:
+    state: str | None = None  # waiting | leased
+    status: str | None = None  # pending | in_review | auto
+    reason: str | None = None
+    audit: bool | None = None
+    min_age_seconds: int | None = None
+    max_age_seconds: int | None = None
+    page: int = 1
+    per_page: int = 50
+
+
+def queue_page(
+    session: Session, task_name: str, actor: Actor, flt: QueueFilter
+) -> dict[str, Any]:
+    """One page of the review queue, oldest first, with the filters applied."""
+    task = get_task(session, task_name, actor)
+    _, _, sla_seconds = _review_settings(task)
+    now = utcnow()
+    states = [flt.state] if flt.state else list(QUEUE_STATES)
+    conds = [Case.task_id == task.id, Case.queue_state.in_(states)]
+    if flt.status:
+        conds.append(Case.status == flt.status)
+    if flt.reason:
+        conds.append(Case.reason == flt.reason)
+    if flt.audit is not None:
+        conds.append(Case.audit.is_(flt.audit))
+    if flt.min_age_seconds is not None:
+        conds.append(Case.created_at <= now - timedelta(seconds=flt.min_age_seconds))
+    if flt.max_age_seconds is not None:
+        conds.append(Case.created_at >= now - timedelta(seconds=flt.max_age_seconds))
+    where = and_(*conds)
+    total = session.scalar(select(func.count()).select_from(Case).where(where)) or 0
+    rows = session.scalars(
+        select(Case)
+        .where(where)
+        .order_by(Case.created_at, Case.id)
+        .offset((flt.page - 1) * flt.per_page)
+        .limit(flt.per_page)
+    ).all()
+    owners = {r.lease_owner_id for r in rows if r.lease_owner_id is not None}
+    pseudonyms = (
+        dict(session.execute(select(User.id, User.pseudonym).where(User.id.in_(owners))).all())
+        if owners
+        else {}
+    )
+    cutoff = now - timedelta(seconds=sla_seconds)
+    items = []
+    for row in rows:
+        items.append(
+            {
+                "case_id": row.id,
+                "external_id": row.external_id,
+                "status": row.status,
+                "queue_state": row.queue_state,
+                "reason": row.reason,
+                "audit": bool(row.audit),
+                "suggestion": {
+                    "label": row.suggestion_label,
+                    "confidence": round(float(row.confidence), 6),
+                }
+                if row.suggestion_label is not None and row.confidence is not None
+                else None,
+                "created_at": _iso(row.created_at),
+                "age_seconds": int((now - row.created_at).total_seconds()),
+                "sla_breached": row.created_at < cutoff,
+                "lease_owner": pseudonyms.get(row.lease_owner_id)
+                if row.lease_owner_id
+                else None,
+                "lease_expires_at": _iso(row.lease_expires_at),
+                "reviews_required": row.reviews_required,
+            }
+        )
+    return {
+        "task": task.name,
+        "items": items,
+        "page": flt.page,
+        "per_page": flt.per_page,
+        "total": total,
+        "pages": max(1, -(-total // flt.per_page)),
+    }
+
+
+# ------------------------------------------------------------------------ summaries
+
+
+def queue_summary(session: Session, task: Task) -> dict[str, Any]:
+    """Depth and age of a task's queue (task list, dashboard fallback)."""
+    row = session.execute(
+        select(
+            func.count().filter(Case.queue_state == "waiting"),
+            func.count().filter(Case.queue_state == "leased"),
+            func.min(Case.created_at),
+        ).where(Case.task_id == task.id, Case.queue_state.in_(QUEUE_STATES))
+    ).one()
+    oldest = row[2]
+    return {
+        "waiting": int(row[0]),
+        "leased": int(row[1]),
+        "depth": int(row[0]) + int(row[1]),
+        "oldest_created_at": _iso(oldest),
+        "oldest_pending_seconds": int((utcnow() - oldest).total_seconds()) if oldest else None,
+    }
+
+
+def reviewer_today(session: Session, task: Task, user_id: int) -> int:
+    """Decisions the reviewer made on this task since midnight UTC (not counting undone)."""
+    midnight = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(Review)
+            .where(
+                Review.reviewer_id == user_id,
+                Review.task_id == task.id,
+                Review.decided_at >= midnight,
+                Review.retracted_at.is_(None),
+            )
+        )
+        or 0
+    )
+
+
+def agreement_stats(session: Session, task: Task, since: datetime | None = None) -> dict[str, Any]:
+    """Inter-reviewer agreement on cases decided by more than one reviewer.
+
+    ``case_agreement_rate``: share of such cases whose reviewers all chose the same label;
+    per reviewer, ``agreement_rate``: share of their decisions that matched the final label.
+    """
+    conds = [
+        Review.task_id == task.id,
+        Review.retracted_at.is_(None),
+        Case.queue_state.is_(None),
+        Case.human_label.is_not(None),
+    ]
+    if since is not None:
+        conds.append(Review.decided_at >= since)
+    rows = session.execute(
+        select(Review.case_id, Review.reviewer_id, Review.label, Case.human_label)
+        .join(Case, Case.id == Review.case_id)
+        .where(*conds)
+    ).all()
+    by_case: dict[str, list[tuple[int, str, str]]] = {}
+    for case_id, reviewer_id, label, final in rows:
+        by_case.setdefault(case_id, []).append((reviewer_id, label, final))
+    multi = {cid: revs for cid, revs in by_case.items() if len(revs) > 1}
+    agreeing = sum(1 for revs in multi.values() if len({lbl for _, lbl, _ in revs}) == 1)
+    per: dict[int, list[int]] = {}
+    for revs in multi.values():
+        for reviewer_id, label, final in revs:
+            per.setdefault(reviewer_id, []).append(int(label == final))
+    pseudonyms = (
+        dict(session.execute(select(User.id, User.pseudonym).where(User.id.in_(per))).all())
+        if per
+        else {}
+    )
+    return {
+        "cases": len(multi),
+        "case_agreement_rate": agreeing / len(multi) if multi else None,
+        "reviewers": [
+            {
+                "reviewer_id": pseudonyms.get(rid, str(rid)),
+                "reviews": len(hits),
+                "agreement_rate": sum(hits) / len(hits),
+            }
+            for rid, hits in sorted(per.items())
+        ],
+    }
+
+
+def get_task_for_case(session: Session, case: Case) -> Task:
+    task = session.get(Task, case.task_id)
+    if task is None:
+        raise NotFound("task not found")
+    return task

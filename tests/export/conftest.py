@@ -1,0 +1,124 @@
+"""Seeded feedback for the export tests: every kind of case an analyst meets (auto, reviewed,
+audited, pending without a model, resolved by the application, retracted reviews, awkward
+text, missing optional inputs), inserted with known values so tests can check each cell."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from service.models import Case, Review, Task, User
+
+T0 = datetime(2024, 3, 1, 9, 0, 0, 123456, tzinfo=UTC)
+
+
+@dataclass
+class Seed:
+    task: Task
+    users: dict[str, User]
+    cases: list[Case]
+    passwords: dict[str, str]
+
+
+def _case(task: Task, n: int, **values: Any) -> Case:
+    created = T0 + timedelta(hours=n)
+    base: dict[str, Any] = {
+        "id": f"{n:032x}",
+        "task_id": task.id,
+        "external_id": f"ext-{n}",
+        "input": {"review": f"text {n}", "state": "CA", "amount": 100.0 + n, "verified": True},
+        "suggestion_label": "good",
+        "confidence": 0.9,
+        "scores": {"good": 0.9, "bad": 0.1},
+        "model_version": 1,
+        "route": "review",
+        "reason": "low_confidence",
+        "audit": False,
+        "status": "pending",
+        "created_at": created,
+        "updated_at": created,
+    }
+    base.update(values)
+    return Case(**base)
+
+
+@pytest.fixture
+def seed(app: Any, task: dict[str, Any]) -> Seed:
+    from service.db import transaction
+    from service.services.accounts import create_user
+    from service.services.audit import SYSTEM
+
+    with transaction() as session:
+        row = session.query(Task).filter_by(name=task["name"]).one()
+        passwords = {"alice": "alice-password-1", "bob": "bob-password-22"}
+        users = {
+            name: create_user(
+                session,
+                email=f"{name}@example.org",
+                password=pw,
+                role="reviewer",
+                task_scope=None,
+                actor=SYSTEM,
+            )
+            for name, pw in passwords.items()
+        }
+        session.flush()
+        a, b = users["alice"].id, users["bob"].id
+        h = timedelta(hours=1)
+        cases = [
+            # 0: answered automatically by model v1
+            _case(row, 0, route="auto", reason="confident", status="auto", confidence=0.97,
+                  scores={"good": 0.97, "bad": 0.03}, final_label="good", label_source="model",
+                  resolved_at=T0),
+            # 1: reviewed by alice, who overruled the model
+            _case(row, 1, final_label="bad", label_source="reviewer", status="resolved",
+                  human_label="bad", human_labelled_at=T0 + h + timedelta(minutes=5),
+                  resolved_by_user_id=a, resolved_at=T0 + h + timedelta(minutes=5)),
+            # 2: audited automatic answer, bob confirmed the model (label stays the model's)
+            _case(row, 2, route="auto", reason="confident", status="auto", audit=True,
+                  final_label="good", label_source="model", human_label="good",
+                  human_labelled_at=T0 + 2 * h + timedelta(minutes=1), resolved_at=T0 + 2 * h),
+            # 3: cold start, no model, optional inputs missing, no external id, still pending
+            _case(row, 3, external_id=None, input={"review": "only text", "state": "NY"},
+                  suggestion_label=None, confidence=None, scores=None, model_version=None,
+                  reason="cold_start", queue_state="waiting"),
+            # 4: the application reported the outcome before anyone reviewed (model v2)
+            _case(row, 4, model_version=2, suggestion_label="bad", confidence=0.6,
+                  scores={"good": 0.4, "bad": 0.6}, final_label="good",
+                  label_source="application", status="resolved", human_label="good",
+                  human_labelled_at=T0 + 4 * h + timedelta(seconds=30),
+                  resolved_at=T0 + 4 * h + timedelta(seconds=30)),
+            # 5: alice's review was retracted; bob then decided (agreeing with the model)
+            _case(row, 5, model_version=2, reason="audit", audit=True, final_label="good",
+                  label_source="reviewer", status="resolved", human_label="good",
+                  human_labelled_at=T0 + 5 * h + timedelta(minutes=9), resolved_by_user_id=b,
+                  resolved_at=T0 + 5 * h + timedelta(minutes=9)),
+            # 6: awkward text (comma, quotes, newline, unicode), boolean false, forced
+            _case(row, 6, input={"review": 'He said "no", then\nleft. Ünïcødé ✓', "state": "",
+                                 "amount": 0.1, "verified": False},
+                  reason="forced", suggestion_label="bad", confidence=0.55,
+                  scores={"good": 0.45, "bad": 0.55}),
+        ]  # fmt: skip
+        session.add_all(cases)
+        session.flush()
+        session.add_all(
+            [
+                Review(case_id=cases[1].id, task_id=row.id, reviewer_id=a, label="bad",
+                       suggested_label="good", agreed_with_model=False,
+                       decided_at=T0 + h + timedelta(minutes=5), duration_ms=12_345),
+                Review(case_id=cases[2].id, task_id=row.id, reviewer_id=b, label="good",
+                       suggested_label="good", agreed_with_model=True,
+                       decided_at=T0 + 2 * h + timedelta(minutes=1), duration_ms=4_000),
+                Review(case_id=cases[5].id, task_id=row.id, reviewer_id=a, label="bad",
+                       suggested_label="good", agreed_with_model=False,
+                       decided_at=T0 + 5 * h + timedelta(minutes=3), duration_ms=1_500,
+                       retracted_at=T0 + 5 * h + timedelta(minutes=4)),
+                Review(case_id=cases[5].id, task_id=row.id, reviewer_id=b, label="good",
+                       suggested_label="good", agreed_with_model=True,
+                       decided_at=T0 + 5 * h + timedelta(minutes=9), duration_ms=None),
+            ]
+        )  # fmt: skip
+    return Seed(task=row, users=users, cases=cases, passwords=passwords)

@@ -1,0 +1,331 @@
+"""Streamed exports through the HTTP API: round trips, filters, roles, stability, secrets."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sqlalchemy import select
+
+from service.models import AuditEvent
+from tests.export.conftest import T0, Seed
+from tests.helpers import SIMPLE_TASK, auth, make_token
+
+URL = "/api/v1/tasks/loan-review/export"
+H = timedelta(hours=1)
+# The deciding review of each reviewed seed case: (reviewer, decided_at, seconds).
+DECIDER = {
+    1: ("alice", T0 + H + timedelta(minutes=5), 12.345),
+    2: ("bob", T0 + 2 * H + timedelta(minutes=1), 4.0),
+    5: ("bob", T0 + 5 * H + timedelta(minutes=9), None),
+}
+COLUMNS = [
+    "case_id", "external_id", "input.review", "input.state", "input.amount", "input.verified",
+    "suggestion", "confidence", "score.good", "score.bad", "model_version", "route", "reason",
+    "audit", "final_label", "label_source", "reviewer", "review_time", "review_seconds",
+    "time_to_decision_seconds", "created_at", "resolved_at",
+]  # fmt: skip
+
+
+def expected_rows(seed: Seed, identity: str = "pseudonym") -> list[dict[str, Any]]:
+    """The export computed independently from the seeded objects (typed Python values)."""
+    out = []
+    for n, c in enumerate(seed.cases):
+        who = when = secs = None
+        if n in DECIDER:
+            name, when, secs = DECIDER[n]
+            user = seed.users[name]
+            who = user.email if identity == "real" else user.pseudonym
+        scores = c.scores or {}
+        ttd = (c.resolved_at - c.created_at).total_seconds() if c.resolved_at else None
+        out.append(
+            {
+                "case_id": c.id,
+                "external_id": c.external_id,
+                "input.review": c.input.get("review"),
+                "input.state": c.input.get("state"),
+                "input.amount": c.input.get("amount"),
+                "input.verified": c.input.get("verified"),
+                "suggestion": c.suggestion_label,
+                "confidence": c.confidence,
+                "score.good": scores.get("good"),
+                "score.bad": scores.get("bad"),
+                "model_version": c.model_version,
+                "route": c.route,
+                "reason": c.reason,
+                "audit": c.audit,
+                "final_label": c.final_label,
+                "label_source": c.label_source,
+                "reviewer": who,
+                "review_time": when,
+                "review_seconds": secs,
+                "time_to_decision_seconds": ttd,
+                "created_at": c.created_at,
+                "resolved_at": c.resolved_at,
+            }
+        )
+    return out
+
+
+def get(client: Any, token: str, **params: Any) -> Any:
+    return client.get(URL, query_string=params, headers=auth(token))
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if value else None
+
+
+def ids(client: Any, token: str, **params: Any) -> list[str]:
+    resp = get(client, token, format="jsonl", **params)
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    return [json.loads(line)["case_id"] for line in resp.get_data(as_text=True).splitlines()]
+
+
+def case_ids(seed: Seed, *numbers: int) -> list[str]:
+    return [seed.cases[n].id for n in numbers]
+
+
+# --- round trips -------------------------------------------------------------------------
+
+
+def test_parquet_round_trip_keeps_types_and_missing_values(client, tokens, seed) -> None:
+    resp = get(client, tokens["analyst"], format="parquet")
+    assert resp.status_code == 200
+    assert resp.mimetype == "application/vnd.apache.parquet"
+    assert resp.headers["Content-Disposition"].startswith('attachment; filename="loan-review-')
+    table = pq.read_table(io.BytesIO(resp.get_data()))
+    assert table.column_names == COLUMNS
+    types = dict(zip(table.column_names, table.schema.types, strict=True))
+    assert types["input.review"] == pa.string() and types["input.state"] == pa.string()
+    assert types["input.amount"] == pa.float64() and types["input.verified"] == pa.bool_()
+    assert types["model_version"] == pa.int64() and types["audit"] == pa.bool_()
+    assert types["created_at"] == pa.timestamp("us", tz="UTC")
+    assert table.to_pylist() == expected_rows(seed)
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return iso(value) or ""
+    if isinstance(value, float):
+        return repr(value).removesuffix(".0")
+    return str(value)
+
+
+def test_csv_round_trip(client, tokens, seed) -> None:
+    resp = get(client, tokens["analyst"], format="csv")
+    assert resp.status_code == 200
+    assert resp.mimetype == "text/csv"
+    text = resp.get_data().decode("utf-8")
+    assert text.startswith('"case_id","external_id","input.review"')
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    assert rows[0] == COLUMNS
+    expected = [[_csv_cell(r[c]) for c in COLUMNS] for r in expected_rows(seed)]
+    assert rows[1:] == expected
+    # An empty string stays distinguishable from a missing value: strings are quoted.
+    assert 'Ünïcødé ✓","",' in text
+    assert f'"{seed.cases[3].id}",,' in text  # missing external id: empty, unquoted
+
+
+def test_jsonl_round_trip(client, tokens, seed) -> None:
+    resp = get(client, tokens["analyst"], format="jsonl")
+    assert resp.status_code == 200
+    assert resp.mimetype == "application/x-ndjson"
+    lines = resp.get_data().decode("utf-8").splitlines()
+    got = [json.loads(line) for line in lines]
+    expected = [
+        {k: (iso(v) if isinstance(v, datetime) else v) for k, v in r.items()}
+        for r in expected_rows(seed)
+    ]
+    assert got == expected
+    assert all(list(row) == sorted(row) for row in got)  # keys sorted on every line
+    assert "Ünïcødé" in lines[6]  # UTF-8, not escaped
+
+
+def test_same_filters_give_byte_identical_files(client, tokens, seed) -> None:
+    for fmt in ("csv", "jsonl", "parquet"):
+        first = get(client, tokens["analyst"], format=fmt, route="review").get_data()
+        second = get(client, tokens["analyst"], format=fmt, route="review").get_data()
+        assert first == second and len(first) > 0, fmt
+
+
+def test_empty_result_is_a_valid_file(client, tokens, seed) -> None:
+    params = {"from": "2030-01-01"}
+    assert get(client, tokens["analyst"], format="jsonl", **params).get_data() == b""
+    text = get(client, tokens["analyst"], format="csv", **params).get_data(as_text=True)
+    assert text.splitlines() == [",".join(f'"{c}"' for c in COLUMNS)]
+    table = pq.read_table(io.BytesIO(get(client, tokens["analyst"], format="parquet", **params)
+                                     .get_data()))  # fmt: skip
+    assert table.num_rows == 0 and table.column_names == COLUMNS
+
+
+# --- filters -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({}, [0, 1, 2, 3, 4, 5, 6]),
+        ({"from": iso(T0 + 2 * H)}, [2, 3, 4, 5, 6]),
+        ({"to": iso(T0 + 2 * H)}, [0, 1]),
+        ({"from": "2024-03-01T11:00:00+02:00", "to": "2024-03-01T12:00:00Z"}, [0, 1, 2]),
+        ({"label_source": "reviewer"}, [1, 5]),
+        ({"label_source": "application"}, [4]),
+        ({"label_source": "model"}, [0, 2]),
+        ({"route": "auto"}, [0, 2]),
+        ({"route": "review"}, [1, 3, 4, 5, 6]),
+        ({"reason": "cold_start"}, [3]),
+        ({"audit": "true"}, [2, 5]),
+        ({"audit": "false"}, [0, 1, 3, 4, 6]),
+        ({"agreement": "agree"}, [2, 5]),
+        ({"agreement": "disagree"}, [1, 4]),
+        ({"model_version": "2"}, [4, 5]),
+        ({"model_version": "7"}, []),
+        ({"route": "review", "label_source": "reviewer", "agreement": "agree"}, [5]),
+        ({"audit": "true", "model_version": "1"}, [2]),
+        ({"from": iso(T0 + H), "to": iso(T0 + 5 * H), "route": "review"}, [1, 3, 4]),
+        ({"label_source": "", "route": ""}, [0, 1, 2, 3, 4, 5, 6]),  # empty = not set
+    ],
+)
+def test_filters(client, tokens, seed, params, expected) -> None:
+    assert ids(client, tokens["analyst"], **params) == case_ids(seed, *expected)
+
+
+def test_reviewer_filter_uses_the_deciding_reviewer(client, tokens, seed) -> None:
+    bob, alice = seed.users["bob"].pseudonym, seed.users["alice"].pseudonym
+    assert ids(client, tokens["analyst"], reviewer=bob) == case_ids(seed, 2, 5)
+    # alice's retracted review on case 5 does not count
+    assert ids(client, tokens["analyst"], reviewer=alice) == case_ids(seed, 1)
+    both = ids(client, tokens["analyst"], reviewer=bob, label_source="reviewer")
+    assert both == case_ids(seed, 5)
+
+
+@pytest.mark.parametrize(
+    ("params", "bad"),
+    [
+        ({"colour": "red"}, "colour"),
+        ({"from": "yesterday"}, "from"),
+        ({"to": "2024-13-01"}, "to"),
+        ({"from": "2024-03-02", "to": "2024-03-01"}, "to"),
+        ({"label_source": "robot"}, "label_source"),
+        ({"route": "sideways"}, "route"),
+        ({"reason": "whim"}, "reason"),
+        ({"audit": "yes"}, "audit"),
+        ({"agreement": "maybe"}, "agreement"),
+        ({"model_version": "two"}, "model_version"),
+        ({"model_version": "0"}, "model_version"),
+        ({"reviewer": "r_nobody"}, "reviewer"),
+        ({"reviewer": "a b"}, "reviewer"),
+        ({"identity": "secret"}, "identity"),
+    ],
+)
+def test_bad_filter_is_422_naming_it_and_writes_nothing(client, tokens, seed, db, params, bad):
+    before = db.scalar(select(AuditEvent.id).order_by(AuditEvent.id.desc()).limit(1))
+    resp = get(client, tokens["analyst"], format="csv", **params)
+    assert resp.status_code == 422
+    body = resp.json
+    assert body["error"]["code"] == "validation_error"
+    assert bad in body["error"]["details"]
+    after = db.scalar(select(AuditEvent.id).order_by(AuditEvent.id.desc()).limit(1))
+    assert after == before
+
+
+def test_bad_format_and_repeated_parameter(client, tokens, seed) -> None:
+    resp = get(client, tokens["analyst"], format="xlsx")
+    assert resp.status_code == 422 and "format" in resp.json["error"]["details"]
+    resp = get(client, tokens["analyst"])
+    assert resp.status_code == 422 and "format" in resp.json["error"]["details"]
+    resp = client.get(URL + "?format=csv&route=auto&route=review", headers=auth(tokens["analyst"]))
+    assert resp.status_code == 422 and "route" in resp.json["error"]["details"]
+
+
+# --- access ------------------------------------------------------------------------------
+
+
+def test_roles_and_task_scope(client, tokens, seed) -> None:
+    for role in ("app", "reviewer"):
+        assert get(client, tokens[role], format="csv").status_code == 403
+    assert get(client, tokens["analyst"], format="csv").status_code == 200
+    assert get(client, tokens["admin"], format="csv").status_code == 200
+    assert client.get(URL, query_string={"format": "csv"}).status_code == 401
+    other = {**SIMPLE_TASK, "name": "other-task"}
+    assert client.post("/api/v1/tasks", json=other, headers=auth(tokens["admin"])).status_code == 201
+    scoped = make_token("analyst", tasks=["other-task"])
+    assert get(client, scoped, format="csv").status_code == 403
+    ok = client.get("/api/v1/tasks/other-task/export?format=csv", headers=auth(scoped))
+    assert ok.status_code == 200
+    assert get(client, tokens["analyst"], format="csv").status_code == 200
+    missing = client.get("/api/v1/tasks/nope/export?format=csv", headers=auth(tokens["admin"]))
+    assert missing.status_code == 404
+
+
+def test_real_identities_only_for_admins(client, tokens, seed) -> None:
+    resp = get(client, tokens["analyst"], format="jsonl", identity="real")
+    assert resp.status_code == 403
+    resp = get(client, tokens["admin"], format="parquet", identity="real")
+    assert resp.status_code == 200
+    table = pq.read_table(io.BytesIO(resp.get_data()))
+    assert table.to_pylist() == expected_rows(seed, identity="real")
+
+
+# --- audit and secrets -------------------------------------------------------------------
+
+
+def test_every_export_is_audited_before_streaming(client, tokens, seed, db) -> None:
+    resp = get(client, tokens["analyst"], format="parquet", route="review", audit="true")
+    assert resp.status_code == 200
+    event = db.scalars(
+        select(AuditEvent).where(AuditEvent.action == "export.created").order_by(AuditEvent.id)
+    ).all()[-1]
+    assert event.task_id == seed.task.id
+    assert event.actor_type == "token"
+    assert event.details == {
+        "channel": "api",
+        "format": "parquet",
+        "filters": {"route": "review", "audit": True},
+        "reviewer_identity": "pseudonym",
+        "row_count": 1,
+    }
+
+
+def test_exports_contain_no_secrets(client, tokens, seed, db) -> None:
+    secret = "whsec_do-not-leak-0123456789"
+    task = {**SIMPLE_TASK, "name": "secretive", "webhook": {"url": "https://example.org/h",
+                                                          "secret": secret}}  # fmt: skip
+    assert client.post("/api/v1/tasks", json=task, headers=auth(tokens["admin"])).status_code == 201
+    app_token = make_token("app", tasks=["secretive"])
+    predicted = client.post(
+        "/api/v1/tasks/secretive/predict",
+        json={"input": {"review": "fine", "state": "CA"}},
+        headers=auth(app_token),
+    )
+    assert predicted.status_code in (200, 202), predicted.json
+    from service.models import ApiToken, User
+
+    hashes = [h.encode() for h in db.scalars(select(ApiToken.token_hash))]
+    hashes += [h.encode() for h in db.scalars(select(User.password_hash))]
+    emails = [e.encode() for e in db.scalars(select(User.email))]
+    plain = [t.encode() for t in (*tokens.values(), app_token)]
+    plain += [p.encode() for p in seed.passwords.values()]
+    for task_name in ("secretive", "loan-review"):
+        for fmt in ("csv", "jsonl", "parquet"):
+            for identity, token in (("pseudonym", tokens["analyst"]), ("real", tokens["admin"])):
+                data = client.get(
+                    f"/api/v1/tasks/{task_name}/export",
+                    query_string={"format": fmt, "identity": identity},
+                    headers=auth(token),
+                ).get_data()
+                assert data
+                for needle in [secret.encode(), b"whsec_", *hashes, *plain]:
+                    assert needle not in data, (task_name, fmt, needle[:12])
+                if identity == "pseudonym":
+                    assert not any(e in data for e in emails)

@@ -1,0 +1,318 @@
+"""The review engine on real PostgreSQL: order, leases, exactly-once, undo, agreement."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from service.db import utcnow
+from service.errors import Conflict, Forbidden, ValidationFailed
+from service.models import AuditEvent, Case, Review, Task, WebhookDelivery
+from service.services import review
+from service.services.audit import SYSTEM
+from service.services.tasks import update_task
+
+
+def _set(db: Any, case_id: str, **values: Any) -> None:
+    db.execute(update(Case).where(Case.id == case_id).values(**values))
+    db.commit()
+
+
+def _task(db: Any, name: str) -> Task:
+    return db.scalar(select(Task).where(Task.name == name))
+
+
+def test_claim_order_sla_then_audit_then_oldest(db, task, people, queued):
+    ids = queued(4)
+    old, mid, audited, newest = ids
+    now = utcnow()
+    _set(db, old, created_at=now - timedelta(days=3))  # past the default 1-day SLA
+    _set(db, mid, created_at=now - timedelta(hours=2))
+    _set(db, audited, audit=True)
+    actor = people()
+    order = []
+    for _ in range(4):
+        claimed = review.claim(db(), task["name"], actor)
+        assert claimed is not None
+        order.append(claimed.case.id)
+        review.submit_review(db(), claimed.case.id, "good", actor)
+        db.commit()
+    assert order == [old, audited, mid, newest]
+    assert review.claim(db(), task["name"], actor) is None
+
+
+def test_claim_leases_and_sets_status(db, task, people, queued):
+    (case_id,) = queued(1)
+    actor = people()
+    claimed = review.claim(db(), task["name"], actor)
+    db.commit()
+    case = db.get(Case, case_id)
+    assert claimed.case.id == case_id
+    assert case.status == "in_review" and case.queue_state == "leased"
+    assert case.lease_owner_id == actor.id
+    assert case.lease_expires_at > utcnow() + timedelta(seconds=290)
+    # A second reviewer gets nothing while the lease is live.
+    assert review.claim(db(), task["name"], people()) is None
+    # Claiming again returns the case the reviewer already holds (reload, second tab).
+    again = review.claim(db(), task["name"], actor)
+    assert again.case.id == case_id and again.renewed
+
+
+def test_expired_lease_is_claimable_and_late_submit_conflicts(db, task, people, queued):
+    (case_id,) = queued(1)
+    first, second = people(), people()
+    review.claim(db(), task["name"], first)
+    db.commit()
+    _set(db, case_id, lease_expires_at=utcnow() - timedelta(seconds=1))
+    claimed = review.claim(db(), task["name"], second)
+    db.commit()
+    assert claimed.case.id == case_id
+    assert db.scalar(
+        select(AuditEvent).where(
+            AuditEvent.case_id == case_id, AuditEvent.action == "case.lease_expired"
+        )
+    )
+    with pytest.raises(Conflict) as exc:
+        review.submit_review(db(), case_id, "bad", first)
+    assert exc.value.details["reason"] == "lease_lost"
+    db.rollback()
+    review.submit_review(db(), case_id, "good", second)
+    db.commit()
+    assert db.get(Case, case_id).final_label == "good"
+
+
+def test_own_expired_lease_is_a_conflict(db, task, people, queued):
+    (case_id,) = queued(1)
+    actor = people()
+    review.claim(db(), task["name"], actor)
+    db.commit()
+    _set(db, case_id, lease_expires_at=utcnow() - timedelta(seconds=1))
+    with pytest.raises(Conflict) as exc:
+        review.submit_review(db(), case_id, "good", actor)
+    assert exc.value.details["reason"] == "lease_expired"
+
+
+def test_resolve_records_everything_once(db, task, people, queued):
+    (case_id,) = queued(1)
+    actor = people()
+    review.claim(db(), task["name"], actor)
+    decision = review.submit_review(db(), case_id, "bad", actor, comment="missed payments")
+    db.commit()
+    case = db.get(Case, case_id)
+    assert decision.resolved and decision.event == "case.resolved"
+    assert case.status == "resolved" and case.queue_state is None
+    assert case.final_label == "bad" and case.label_source == "reviewer"
+    assert case.human_label == "bad" and case.human_labelled_at is not None
+    assert case.resolved_by_user_id == actor.id and case.resolved_at is not None
+    (row,) = db.scalars(select(Review).where(Review.case_id == case_id)).all()
+    assert row.comment == "missed payments" and row.duration_ms is not None
+    assert row.claimed_at is not None and row.agreed_with_model is None  # no model yet
+    assert _task(db, task["name"]).labels_since_training == 1
+    actions = db.scalars(select(AuditEvent.action).where(AuditEvent.case_id == case_id)).all()
+    assert "case.claimed" in actions and "case.resolved" in actions
+    with pytest.raises(Conflict) as exc:
+        review.submit_review(db(), case_id, "good", actor)
+    assert exc.value.details["reason"] == "already_resolved"
+    db.rollback()
+    assert db.get(Case, case_id).final_label == "bad"
+
+
+def test_unknown_label_is_rejected_and_nothing_stored(db, task, people, queued):
+    (case_id,) = queued(1)
+    actor = people()
+    review.claim(db(), task["name"], actor)
+    db.commit()
+    with pytest.raises(ValidationFailed):
+        review.submit_review(db(), case_id, "maybe", actor)
+    db.rollback()
+    assert db.scalar(select(Review.id).where(Review.case_id == case_id)) is None
+
+
+def test_webhook_fired_when_configured(db, task, people, queued):
+    update_task(db(), _task(db, task["name"]), {"webhook": {"url": "http://hook.test/x"}}, SYSTEM)
+    db.commit()
+    (case_id,) = queued(1)
+    actor = people()
+    review.claim(db(), task["name"], actor)
+    review.submit_review(db(), case_id, "good", actor)
+    db.commit()
+    events = db.scalars(select(WebhookDelivery.event_type)).all()
+    assert events == ["case.resolved"]
+
+
+def test_audited_auto_answer_corrected_or_confirmed(db, task, people, queued):
+    a, b = queued(2)
+    for cid in (a, b):
+        _set(
+            db, cid, status="auto", route="auto", reason="confident", audit=True,
+            suggestion_label="good", confidence=0.97, final_label="good", label_source="model",
+            resolved_at=utcnow(),
+        )
+    update_task(db(), _task(db, task["name"]), {"webhook": {"url": "http://hook.test/x"}}, SYSTEM)
+    db.commit()
+    actor = people()
+    review.claim(db(), task["name"], actor)
+    review.submit_review(db(), a, "bad", actor)
+    review.claim(db(), task["name"], actor)
+    review.submit_review(db(), b, "good", actor)
+    db.commit()
+    corrected, confirmed = db.get(Case, a), db.get(Case, b)
+    assert corrected.status == "corrected" and corrected.final_label == "bad"
+    assert corrected.label_source == "reviewer" and corrected.human_label == "bad"
+    assert confirmed.status == "auto" and confirmed.final_label == "good"
+    assert confirmed.label_source == "model" and confirmed.human_label == "good"
+    assert confirmed.queue_state is None
+    assert db.scalars(select(WebhookDelivery.event_type)).all() == ["case.corrected"]
+    agreed = db.scalars(select(Review.agreed_with_model).order_by(Review.id)).all()
+    assert agreed == [False, True]
+
+
+def test_release_returns_case_and_exclude_skips_it(db, task, people, queued):
+    ids = queued(2)
+    actor = people()
+    first_id = review.claim(db(), task["name"], actor).case.id
+    (second_id,) = set(ids) - {first_id}
+    review.release(db(), first_id, actor)
+    db.commit()
+    case = db.get(Case, first_id)
+    assert case.queue_state == "waiting" and case.status == "pending"
+    assert case.lease_owner_id is None
+    claimed = review.claim(db(), task["name"], actor, exclude=[first_id])
+    assert claimed.case.id == second_id
+    with pytest.raises(Conflict):
+        review.release(db(), first_id, actor)  # not leased to this reviewer
+
+
+def test_undo_retracts_and_returns_the_case_leased(db, task, people, queued):
+    (case_id,) = queued(1)
+    actor = people()
+    review.claim(db(), task["name"], actor)
+    review.submit_review(db(), case_id, "bad", actor)
+    db.commit()
+    case = review.undo(db(), case_id, actor)
+    db.commit()
+    assert case.status == "in_review" and case.queue_state == "leased"
+    assert case.lease_owner_id == actor.id and case.final_label is None
+    assert case.human_label is None
+    (row,) = db.scalars(select(Review).where(Review.case_id == case_id)).all()
+    assert row.retracted_at is not None  # kept, never deleted
+    review.submit_review(db(), case_id, "good", actor)
+    db.commit()
+    case = db.get(Case, case_id)
+    assert case.final_label == "good" and case.human_label == "good"
+    assert len(db.scalars(select(Review).where(Review.case_id == case_id)).all()) == 2
+    # The label consequences counted once, not once per decision.
+    assert _task(db, task["name"]).labels_since_training == 1
+
+
+def test_undo_refused_for_others_and_after_window(db, task, people, queued):
+    (case_id,) = queued(1)
+    actor, other = people(), people()
+    review.claim(db(), task["name"], actor)
+    review.submit_review(db(), case_id, "bad", actor)
+    db.commit()
+    with pytest.raises(Conflict) as exc:
+        review.undo(db(), case_id, other)
+    assert exc.value.details["reason"] == "nothing_to_undo"
+    db.rollback()
+    db.execute(update(Review).values(decided_at=utcnow() - timedelta(seconds=301)))
+    db.commit()
+    with pytest.raises(Conflict) as exc:
+        review.undo(db(), case_id, actor)
+    assert exc.value.details["reason"] == "undo_window_passed"
+
+
+def test_two_reviewers_agree(db, task, people, queued):
+    update_task(db(), _task(db, task["name"]), {"review": {"reviewers_per_case": 2}}, SYSTEM)
+    db.commit()
+    (case_id,) = queued(1)
+    a, b = people(), people()
+    review.claim(db(), task["name"], a)
+    first = review.submit_review(db(), case_id, "good", a)
+    db.commit()
+    assert not first.resolved
+    case = db.get(Case, case_id)
+    assert case.status == "pending" and case.queue_state == "waiting"
+    assert case.human_label is None
+    # The same reviewer never gets a case they already decided.
+    assert review.claim(db(), task["name"], a) is None
+    review.claim(db(), task["name"], b)
+    second = review.submit_review(db(), case_id, "good", b)
+    db.commit()
+    assert second.resolved
+    case = db.get(Case, case_id)
+    assert case.status == "resolved" and case.final_label == "good"
+    stats = review.agreement_stats(db(), _task(db, task["name"]))
+    assert stats["cases"] == 1 and stats["case_agreement_rate"] == 1.0
+
+
+def test_disagreement_escalates_then_caps_with_plurality(db, task, people, queued):
+    update_task(db(), _task(db, task["name"]), {"review": {"reviewers_per_case": 2}}, SYSTEM)
+    db.commit()
+    (case_id,) = queued(1)
+    votes = ["good", "bad", "bad"]
+    actors = [people() for _ in votes]
+    for actor, label in zip(actors, votes, strict=True):
+        claimed = review.claim(db(), task["name"], actor)
+        assert claimed is not None and claimed.case.id == case_id
+        decision = review.submit_review(db(), case_id, label, actor)
+        db.commit()
+    assert decision.resolved and db.get(Case, case_id).final_label == "bad"
+
+    # Cap: k=2 plus MAX_EXTRA_REVIEWERS=2 -> at most 4 reviewers, plurality wins.
+    update_task(db(), _task(db, task["name"]), {"add_labels": ["unsure", "fraud"]}, SYSTEM)
+    db.commit()
+    (capped,) = queued(1)
+    labels = ["good", "bad", "unsure", "fraud"]
+    for i, label in enumerate(labels):
+        actor = people()
+        review.claim(db(), task["name"], actor)
+        decision = review.submit_review(db(), capped, label, actor)
+        db.commit()
+        assert decision.resolved == (i == len(labels) - 1)
+    case = db.get(Case, capped)
+    assert case.final_label == "good"  # tie broken by the label chosen first
+    last = db.scalar(
+        select(AuditEvent)
+        .where(AuditEvent.case_id == capped, AuditEvent.action == "case.resolved")
+    )
+    assert last.details["agreement"] is False and last.details["decided_by"] == "plurality"
+    stats = review.agreement_stats(db(), _task(db, task["name"]))
+    assert stats["cases"] == 2 and stats["case_agreement_rate"] == 0.0
+
+
+def test_tokens_and_wrong_roles_cannot_review(db, task, people, queued):
+    queued(1)
+    token_actor = SYSTEM.__class__(kind="token", id=1, name="t", role="reviewer")
+    with pytest.raises(Forbidden):
+        review.claim(db(), task["name"], token_actor)
+    with pytest.raises(Forbidden):
+        review.claim(db(), task["name"], people("analyst"))
+    with pytest.raises(Forbidden):
+        review.claim(db(), task["name"], people("reviewer", scope=["other-task"]))
+
+
+def test_queue_filters(db, task, people, queued):
+    ids = queued(5)
+    _set(db, ids[0], audit=True)
+    _set(db, ids[1], created_at=utcnow() - timedelta(hours=5))
+    forced = queued(1, force_review=True)[0]
+    actor = people()
+    review.claim(db(), task["name"], actor)  # audit first: ids[0]
+    db.commit()
+    page = review.queue_page(db(), task["name"], actor, review.QueueFilter())
+    assert page["total"] == 6 and page["items"][0]["case_id"] == ids[1]
+    leased = review.queue_page(db(), task["name"], actor, review.QueueFilter(state="leased"))
+    assert [i["case_id"] for i in leased["items"]] == [ids[0]]
+    assert leased["items"][0]["lease_owner"] is not None
+    audited = review.queue_page(db(), task["name"], actor, review.QueueFilter(audit=True))
+    assert [i["case_id"] for i in audited["items"]] == [ids[0]]
+    by_reason = review.queue_page(db(), task["name"], actor, review.QueueFilter(reason="forced"))
+    assert [i["case_id"] for i in by_reason["items"]] == [forced]
+    old = review.queue_page(db(), task["name"], actor, review.QueueFilter(min_age_seconds=3600))
+    assert [i["case_id"] for i in old["items"]] == [ids[1]]
+    paged = review.queue_page(db(), task["name"], actor, review.QueueFilter(page=2, per_page=4))
+    assert len(paged["items"]) == 2 and paged["pages"] == 2
