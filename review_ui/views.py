@@ -18,19 +18,22 @@ from flask import (
     Blueprint,
     abort,
     flash,
+    g,
     redirect,
     render_template,
     request,
     url_for,
 )
 from flask_login import current_user, login_required, login_user, logout_user
+from flask_wtf.csrf import CSRFError
 from marshmallow import ValidationError
 from sqlalchemy import func, select
+from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from service.api.review import parse_queue_args
 from service.db import db_session, transaction, utcnow
-from service.errors import ServiceError
+from service.errors import ServiceError, http_exception_response
 from service.login import LoginUser
 from service.models import REASONS, ROLES, ApiToken, AuditEvent, Case, User
 from service.schemas.tasks import TaskPatchSchema
@@ -68,6 +71,14 @@ REASON_TEXT = {
     "policy": "The suggested label is one this task never automates.",
     "confident": "The model answered automatically; this case is a quality check.",
 }
+
+
+@bp.before_app_request
+def _fresh_login_user() -> None:
+    """Resolve the signed-in user per request, never from an app context kept open across
+    requests (tests and embedded callers do that; Flask-Login caches the user on ``g``)."""
+    g.pop("_login_user", None)
+    g.pop("csrf_token", None)
 
 
 @bp.after_request
@@ -108,20 +119,24 @@ def render_markdown(text: str) -> str:
 
 
 @bp.app_errorhandler(403)
-def _forbidden(_exc: Exception) -> Any:
+def _forbidden(exc: HTTPException) -> Any:
     if request.path.startswith("/api/"):
-        from service.errors import error_response
-
-        return error_response(403, "forbidden", "forbidden")
+        return http_exception_response(exc)
     return render_template("error.html", status=403, message="You may not open this page."), 403
 
 
-@bp.app_errorhandler(404)
-def _not_found(_exc: Exception) -> Any:
+@bp.app_errorhandler(CSRFError)
+def _csrf_error(exc: CSRFError) -> Any:
     if request.path.startswith("/api/"):
-        from service.errors import error_response
+        return http_exception_response(exc)
+    message = "This form expired or was not sent by this site. Reload the page and try again."
+    return render_template("error.html", status=400, message=message), 400
 
-        return error_response(404, "not_found", "not found")
+
+@bp.app_errorhandler(404)
+def _not_found(exc: HTTPException) -> Any:
+    if request.path.startswith("/api/"):
+        return http_exception_response(exc)
     return render_template("error.html", status=404, message="Nothing here."), 404
 
 
@@ -195,7 +210,7 @@ def review_page(task: str) -> str:
     row = task_service.get_task(db_session(), task, actor())
     config = {
         "task": row.name,
-        "labels": row.labels[:9] + row.labels[9:],
+        "labels": row.labels,
         "fields": row.fields,
         "reasons": REASON_TEXT,
         "api": {
@@ -345,18 +360,19 @@ def admin_revoke_token(token_id: int) -> Response:
     return redirect(url_for("review_ui.admin_tokens"))
 
 
+# (name, HTML number step, label)
 POLICY_FIELDS = (
-    ("target_error", float, "Target error (α)"),
-    ("confidence", float, "Confidence (1 − δ)"),
-    ("audit_rate", float, "Audit rate"),
-    ("min_labels", int, "Labels before the first model"),
-    ("max_coverage_step", float, "Largest coverage step"),
-    ("retrain_every", int, "Retrain every N labels"),
+    ("target_error", "any", "Target error (α)"),
+    ("confidence", "any", "Confidence (1 − δ)"),
+    ("audit_rate", "any", "Audit rate"),
+    ("min_labels", "1", "Labels before the first model"),
+    ("max_coverage_step", "any", "Largest coverage step"),
+    ("retrain_every", "1", "Retrain every N labels"),
 )
 REVIEW_FIELDS = (
-    ("lease_seconds", int, "Lease (seconds)"),
-    ("reviewers_per_case", int, "Reviewers per case"),
-    ("sla_seconds", int, "SLA (seconds)"),
+    ("lease_seconds", "1", "Lease (seconds)"),
+    ("reviewers_per_case", "1", "Reviewers per case"),
+    ("sla_seconds", "1", "SLA (seconds)"),
 )
 
 
@@ -368,7 +384,7 @@ def admin_policy(task: str) -> Any:
         form = request.form
         patch: dict[str, Any] = {"policy": {}, "review": {}}
         for section, fields in (("policy", POLICY_FIELDS), ("review", REVIEW_FIELDS)):
-            for name, _kind, _label in fields:
+            for name, _step, _label in fields:
                 value = form.get(name, "").strip()
                 if value != "":
                     patch[section][name] = value

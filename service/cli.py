@@ -273,5 +273,45 @@ def worker(queues: str | None, burst: bool, with_scheduler: bool) -> None:
     run_worker(make_app(), names, burst=burst, with_scheduler=with_scheduler)
 
 
+@main.command("train")
+@click.argument("task_name", metavar="TASK")
+@click.option("--wait", is_flag=True, help="Wait for the job; exit non-zero if it fails.")
+@click.option("--timeout", default=3600, show_default=True, type=int, help="Seconds to wait.")
+@friendly_errors
+def train(task_name: str, wait: bool, timeout: int) -> None:
+    """Queue training for TASK now (one job per task) and print the job id."""
+    import time
+
+    from service.api.common import relay_outbox
+    from service.db import transaction
+    from service.models import Job
+    from service.services.tasks import get_task
+    from service.services.training import request_training
+
+    app = make_app()
+    with app.app_context():
+        with transaction() as session:
+            task_row = get_task(session, task_name)
+            job_id = request_training(session, task_row, cli_actor(), reason="on_demand").id
+        relay_outbox()
+        click.echo(job_id)
+        if not wait:
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            with transaction() as session:
+                job_row = session.get(Job, job_id)
+                state = job_row.state if job_row else "missing"
+                result, error = (job_row.result, job_row.error) if job_row else (None, None)
+            if state == "finished":
+                click.echo(json.dumps(result), err=True)
+                return
+            if state in ("failed", "missing"):
+                fail(f"training job {job_id} {state}: {error}")
+            if time.monotonic() > deadline:
+                fail(f"training job {job_id} still {state} after {timeout}s")
+            time.sleep(1.0)
+
+
 if __name__ == "__main__":
     main()

@@ -42,6 +42,13 @@ def load(
 ) -> LoadedModel:
     cached = _models.get(model_id)
     if cached is not None:
+        # A version may be re-certified at a later checkpoint: its per-label thresholds can
+        # change while the artefact cannot, so refresh just those (load runs only when the
+        # task's revision moved).
+        cert = session.scalar(
+            select(ModelVersion.certification).where(ModelVersion.id == model_id)
+        )
+        cached.label_thresholds = dict((cert or {}).get("label_thresholds") or {})
         return cached
     row = session.execute(
         select(

@@ -94,7 +94,8 @@ def install_model(
     artefact = dump_model(trained.pipeline)
     version = ModelVersion(
         task_id=task.id,
-        version=1 + len(session.scalars(select(ModelVersion).where(ModelVersion.task_id == task.id)).all()),
+        version=1
+        + len(session.scalars(select(ModelVersion).where(ModelVersion.task_id == task.id)).all()),
         status="active",
         family=trained.family,
         artefact=artefact,

@@ -33,6 +33,8 @@ PERIODIC_JOBS: tuple[tuple[str, str, int], ...] = (
     ("workers.jobs.maintenance.relay_outbox", queues.MAINTENANCE.name, 15),
     ("workers.jobs.maintenance.expire_leases", queues.MAINTENANCE.name, 30),
     ("workers.jobs.maintenance.redeliver_webhooks", queues.MAINTENANCE.name, 60),
+    ("workers.jobs.maintenance.retrain_check", queues.MAINTENANCE.name, 600),
+    ("workers.jobs.maintenance.drift_check", queues.MAINTENANCE.name, 300),
 )
 
 

@@ -42,12 +42,35 @@ def init_app(app: Flask) -> None:
     api.init_app(app)
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
 
-    from service.api import cases, export, health, predict, review, stats, tasks, webhooks
+    from service.api import cases, export, health, models, predict, review, stats, tasks, webhooks
 
-    for module in (tasks, predict, cases, review, stats, webhooks, export):
+    for module in (tasks, predict, cases, review, stats, webhooks, export, models):
         api.register_blueprint(module.blp)
     app.register_blueprint(health.blp)
+    _document_auth_errors()
 
     @app.get(SWAGGER_STATIC + "<path:filename>")
     def swagger_static(filename: str) -> Response:
         return send_from_directory(swagger_ui_bundle.swagger_ui_path, filename, max_age=86400)
+
+
+def _document_auth_errors() -> None:
+    """Every authenticated operation can answer 401 and 403 in the error shape; say so once
+    here instead of on every view."""
+    from service.schemas.common import ApiErrorSchema
+
+    if "ApiError" not in api.spec.components.schemas:
+        api.spec.components.schema("ApiError", schema=ApiErrorSchema)
+    ref = {"$ref": "#/components/schemas/ApiError"}
+    for operations in api.spec._paths.values():
+        for operation in operations.values():
+            if not isinstance(operation, dict) or "security" not in operation:
+                continue
+            responses = operation.setdefault("responses", {})
+            for status, text in (
+                ("401", "Missing or invalid token"),
+                ("403", "Role or task scope does not allow this"),
+            ):
+                responses.setdefault(
+                    status, {"description": text, "content": {"application/json": {"schema": ref}}}
+                )

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
-from flask import g, request
+from flask import request
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError, validate_csrf
 from wtforms.validators import ValidationError as WTFValidationError
@@ -26,8 +26,13 @@ R = TypeVar("R")
 ANY_ROLE = ("app", "reviewer", "analyst", "admin")
 
 
+ACTOR_KEY = "tandem.actor"
+
+
 def current_actor() -> Actor:
-    actor = getattr(g, "actor", None)
+    """The authenticated caller, resolved once per request (kept in the WSGI environ, which,
+    unlike ``g``, can never outlive the request)."""
+    actor: Actor | None = request.environ.get(ACTOR_KEY)
     if actor is not None:
         return actor
     header = request.headers.get("Authorization", "")
@@ -38,7 +43,7 @@ def current_actor() -> Actor:
         found = authenticate_token(db_session(), token.strip())
         if found is None:
             raise Unauthorized("invalid or revoked token")
-        g.actor = found
+        request.environ[ACTOR_KEY] = found
         return found
     if current_user.is_authenticated:
         if request.method not in ("GET", "HEAD", "OPTIONS"):
@@ -46,8 +51,9 @@ def current_actor() -> Actor:
                 validate_csrf(request.headers.get("X-CSRFToken", ""))
             except (CSRFError, WTFValidationError) as exc:
                 raise Forbidden("missing or invalid CSRF token") from exc
-        g.actor = user_actor(current_user.user)
-        return g.actor
+        actor = user_actor(current_user.user)
+        request.environ[ACTOR_KEY] = actor
+        return actor
     raise Unauthorized("missing bearer token")
 
 

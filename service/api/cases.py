@@ -45,8 +45,9 @@ def get_case(case_id: str) -> dict[str, Any]:
 @require_roles("app")
 def post_outcome(case_id: str) -> dict[str, Any]:
     """Late ground truth from the application (a label source of its own)."""
-    data = load(OutcomeRequestSchema(), json_body())
     with unit_of_work() as session:
+        case_service.get_case(session, case_id, current_actor())  # scope before validation
+        data = load(OutcomeRequestSchema(), json_body())
         case = case_service.record_outcome(
             session, case_id, data["label"], current_actor(), request_id=request_id()
         )

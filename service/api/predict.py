@@ -73,14 +73,15 @@ def _item(body: Any, *, where: str = "") -> predict_service.PredictRequest:
 @require_roles("app")
 def predict(task: str) -> Response:
     """Send one case: answered now (200) or queued for a human (202)."""
-    body = json_body()
-    item = _item(body)
-    item.idempotency_key = request.headers.get("Idempotency-Key")
     settings = current_app.config["TANDEM"]
     with unit_of_work() as session:
+        runtime = predict_service.authorize(session, task, current_actor())
+        body = json_body()
+        item = _item(body)
+        item.idempotency_key = request.headers.get("Idempotency-Key")
         view, _created = predict_service.predict_one(
             session,
-            task,
+            runtime,
             item,
             current_actor(),
             body_for_hash=body,
@@ -90,6 +91,30 @@ def predict(task: str) -> Response:
     resp = jsonify(view)
     resp.status_code = 200 if view["route"] == "auto" else 202
     return resp
+
+
+def _batch_items(body: Any, limit: int) -> list[predict_service.PredictRequest | dict[str, Any]]:
+    if (
+        not isinstance(body, dict)
+        or set(body) - {"items"}
+        or not isinstance(body.get("items"), list)
+    ):
+        raise ValidationFailed('The body must be {"items": [...]}', {"items": ["Required list."]})
+    raw_items = body["items"]
+    if len(raw_items) > limit:
+        raise ValidationFailed(
+            f"At most {limit} items per batch",
+            {"items": [f"Longer than maximum length {limit}."]},
+        )
+    items: list[predict_service.PredictRequest | dict[str, Any]] = []
+    for i, raw in enumerate(raw_items):
+        try:
+            items.append(_item(raw, where=f"items.{i}"))
+        except ValidationFailed as exc:
+            items.append(
+                {"error": {"code": exc.code, "message": exc.message, "details": exc.details}}
+            )
+    return items
 
 
 @blp.route("/tasks/<string:task>/predict/batch", methods=["POST"])
@@ -102,34 +127,15 @@ def predict(task: str) -> Response:
 @require_roles("app")
 def predict_batch(task: str) -> Response:
     """Send up to 1,000 cases; a bad item gets its error object in place, the rest are stored."""
-    body = json_body()
     settings = current_app.config["TANDEM"]
-    if (
-        not isinstance(body, dict)
-        or set(body) - {"items"}
-        or not isinstance(body.get("items"), list)
-    ):
-        raise ValidationFailed('The body must be {"items": [...]}', {"items": ["Required list."]})
-    raw_items = body["items"]
-    if len(raw_items) > settings.max_batch_items:
-        raise ValidationFailed(
-            f"At most {settings.max_batch_items} items per batch",
-            {"items": [f"Longer than maximum length {settings.max_batch_items}."]},
-        )
-    items: list[predict_service.PredictRequest | dict[str, Any]] = []
-    for i, raw in enumerate(raw_items):
-        try:
-            items.append(_item(raw, where=f"items.{i}"))
-        except ValidationFailed as exc:
-            items.append(
-                {"error": {"code": exc.code, "message": exc.message, "details": exc.details}}
-            )
-    good = [x for x in items if isinstance(x, predict_service.PredictRequest)]
     with unit_of_work() as session:
+        runtime = predict_service.authorize(session, task, current_actor())
+        items = _batch_items(json_body(), settings.max_batch_items)
+        good = [x for x in items if isinstance(x, predict_service.PredictRequest)]
         results = iter(
             predict_service.predict_batch(
                 session,
-                task,
+                runtime,
                 good,
                 current_actor(),
                 request_id=request_id(),

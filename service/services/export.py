@@ -28,8 +28,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
-from sqlalchemy import DateTime, Select, and_, func, select, type_coerce
+from sqlalchemy import Boolean, DateTime, Float, Select, and_, cast, func, select, type_coerce
 from sqlalchemy import case as sql_case
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, aliased
 
 from service import queues
@@ -280,9 +281,13 @@ def _raw_time(column: Any) -> Any:
     return type_coerce(column, DateTime(timezone=True))
 
 
-def build_query(task: Task, spec: ExportSpec) -> Select[Any]:
+def build_query(task: Task, spec: ExportSpec, dialect: str = "postgresql") -> Select[Any]:
     """One Core select, rows in export order. The deciding review is the resolver's latest
-    live review, else the latest live review (e.g. an audit that confirmed the model)."""
+    live review, else the latest live review (e.g. an audit that confirmed the model).
+
+    On PostgreSQL the JSON columns are parsed once per row (``jsonb`` in a fenced subquery,
+    ``OFFSET 0``) instead of once per extracted field: several times faster on wide inputs.
+    """
     r2 = aliased(Review)
     deciding = (
         select(r2.id)
@@ -296,41 +301,76 @@ def build_query(task: Task, spec: ExportSpec) -> Select[Any]:
         .scalar_subquery()
     )
     who = User.email if spec.identity == "real" else User.pseudonym
-    columns: list[Any] = [Case.id, Case.external_id]
-    for f in task.fields:
-        value = Case.input[f["name"]]
-        if f["type"] == "number":
-            columns.append(value.as_float())
-        elif f["type"] == "boolean":
-            columns.append(value.as_boolean())
-        else:
-            columns.append(value.as_string())
-    columns += [Case.suggestion_label, Case.confidence]
-    columns += [Case.scores[label].as_float() for label in task.labels]
-    columns += [
-        Case.model_version,
-        Case.route,
-        Case.reason,
-        Case.audit,
-        Case.final_label,
-        Case.label_source,
-        who,
-        _raw_time(Review.decided_at),
-        Review.duration_ms,
-        _raw_time(Case.created_at),
-        _raw_time(Case.resolved_at),
-    ]
+    pg = dialect == "postgresql"
+    inputs: Any = cast(Case.input, JSONB) if pg else Case.input
+    scores: Any = cast(Case.scores, JSONB) if pg else Case.scores
     stmt = (
-        select(*columns)
+        select(
+            Case.id.label("case_id"),
+            Case.external_id.label("external_id"),
+            inputs.label("j_input"),
+            Case.suggestion_label.label("suggestion"),
+            Case.confidence.label("confidence"),
+            scores.label("j_scores"),
+            Case.model_version.label("model_version"),
+            Case.route.label("route"),
+            Case.reason.label("reason"),
+            Case.audit.label("audit"),
+            Case.final_label.label("final_label"),
+            Case.label_source.label("label_source"),
+            who.label("reviewer"),
+            _raw_time(Review.decided_at).label("review_time"),
+            Review.duration_ms.label("review_ms"),
+            _raw_time(Case.created_at).label("created_at"),
+            _raw_time(Case.resolved_at).label("resolved_at"),
+        )
         .select_from(Case)
         .outerjoin(Review, Review.id == deciding)
         .outerjoin(User, User.id == Review.reviewer_id)
         .where(Case.task_id == task.id)
+        .where(*_conditions(spec.filters))
+        .order_by(Case.created_at, Case.id)
     )
-    stmt = stmt.where(*_conditions(spec.filters))
     if spec.filters.reviewer is not None:
         stmt = stmt.where(User.pseudonym == spec.filters.reviewer)
-    return stmt.order_by(Case.created_at, Case.id)
+    sub = stmt.offset(0).subquery("rows")
+    c = sub.c
+
+    def text_of(doc: Any, key: str) -> Any:
+        return doc[key].astext if pg else doc[key].as_string()
+
+    columns: list[Any] = [c.case_id, c.external_id]
+    for f in task.fields:
+        name, kind = f["name"], f["type"]
+        if kind == "number":
+            columns.append(
+                cast(text_of(c.j_input, name), Float) if pg else c.j_input[name].as_float()
+            )
+        elif kind == "boolean":
+            columns.append(
+                cast(text_of(c.j_input, name), Boolean) if pg else c.j_input[name].as_boolean()
+            )
+        else:
+            columns.append(text_of(c.j_input, name))
+    columns += [c.suggestion, c.confidence]
+    for label in task.labels:
+        columns.append(
+            cast(text_of(c.j_scores, label), Float) if pg else c.j_scores[label].as_float()
+        )
+    columns += [
+        c.model_version,
+        c.route,
+        c.reason,
+        c.audit,
+        c.final_label,
+        c.label_source,
+        c.reviewer,
+        c.review_time,
+        c.review_ms,
+        c.created_at,
+        c.resolved_at,
+    ]
+    return select(*columns).order_by(c.created_at, c.case_id)
 
 
 def _conditions(filters: ExportFilters) -> list[Any]:
@@ -356,13 +396,17 @@ def _conditions(filters: ExportFilters) -> list[Any]:
     return where
 
 
+def _dialect(session: Session) -> str:
+    return str(session.get_bind().dialect.name)
+
+
 def count_rows(session: Session, task: Task, spec: ExportSpec) -> int:
     """How many rows the export has now (for the audit event written before streaming)."""
     if spec.filters.reviewer is None:
         stmt = select(func.count()).select_from(Case).where(Case.task_id == task.id)
         stmt = stmt.where(*_conditions(spec.filters))
     else:
-        inner = build_query(task, spec).order_by(None).subquery()
+        inner = build_query(task, spec, _dialect(session)).order_by(None).subquery()
         stmt = select(func.count()).select_from(inner)
     return int(session.scalar(stmt) or 0)
 
@@ -402,7 +446,7 @@ def iter_batches(
     schema = export_schema(task)
     size = batch_rows or BATCH_ROWS
     result = session.execute(
-        build_query(task, spec),
+        build_query(task, spec, _dialect(session)),
         execution_options={"stream_results": True, "yield_per": size},
     )
     try:

@@ -109,6 +109,17 @@ def collect(session: Session, task: Task) -> LabelledData:
     )
 
 
+def lock_task(session: Session, task_id: int) -> Task | None:
+    """The task row locked for this transaction (only the task: its joined active model is
+    on the nullable side of an outer join, which PostgreSQL cannot lock)."""
+    return session.scalar(
+        select(Task)
+        .where(Task.id == task_id)
+        .with_for_update(of=Task)
+        .execution_options(populate_existing=True)
+    )
+
+
 def _scores(
     pipeline: Any, rows: list[dict[str, Any]], fields: list[dict[str, Any]], labels: list[str]
 ) -> tuple[np.ndarray, list[str]]:
@@ -277,7 +288,7 @@ def _train_and_release(task_id: int, job_id: str | None, started: float) -> dict
     score_seconds = time.perf_counter() - t_cert
 
     with transaction() as session:
-        task = session.get(Task, task_id, with_for_update=True)
+        task = lock_task(session, task_id)
         if task is None:
             raise LookupError(f"task {task_id} no longer exists")
         version: ModelVersion | None

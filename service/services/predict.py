@@ -270,9 +270,17 @@ def _check_scope(rt: TaskRuntime, actor: Actor) -> None:
         raise Forbidden(f"not allowed to use task {rt.name!r}", {"task": rt.name})
 
 
+def authorize(session: Session, task: str | TaskRuntime, actor: Actor) -> TaskRuntime:
+    """The task's runtime, once the caller is known to be allowed to use it (checked before
+    the body is even parsed, so a caller outside the task learns nothing from validation)."""
+    rt = task if isinstance(task, TaskRuntime) else task_runtime(session, task)
+    _check_scope(rt, actor)
+    return rt
+
+
 def predict_one(
     session: Session,
-    task_name: str,
+    task_name: str | TaskRuntime,
     item: PredictRequest,
     actor: Actor,
     *,
@@ -281,8 +289,7 @@ def predict_one(
     max_text: int = 100_000,
 ) -> tuple[dict[str, Any], bool]:
     """Returns (case view, created). ``created`` is False for an idempotent replay."""
-    rt = task_runtime(session, task_name)
-    _check_scope(rt, actor)
+    rt = authorize(session, task_name, actor)
     values = _check_item(rt, item, max_text)
     digest = request_hash(body_for_hash) if item.idempotency_key else None
     if item.idempotency_key:
@@ -326,7 +333,7 @@ def _replay(session: Session, task_id: int, key: str, digest: str | None) -> dic
 
 def predict_batch(
     session: Session,
-    task_name: str,
+    task_name: str | TaskRuntime,
     items: list[PredictRequest],
     actor: Actor,
     *,
@@ -335,8 +342,7 @@ def predict_batch(
 ) -> list[dict[str, Any]]:
     """Results in request order; a bad item gets its error object in place, the rest are
     stored (SPEC §6)."""
-    rt = task_runtime(session, task_name)
-    _check_scope(rt, actor)
+    rt = authorize(session, task_name, actor)
     good: list[tuple[int, PredictRequest, dict[str, Any]]] = []
     results: list[dict[str, Any] | None] = [None] * len(items)
     for i, item in enumerate(items):

@@ -251,15 +251,16 @@ def task_stats(
 
     labelled_series, decisions = _labelled_and_decisions(session, sql, task, window)
     depth_now, oldest = _queue_now(session, task, now)
-    depths = _queue_depth_series(session, sql, task, window, depth_now)
-
     totals = [0, 0]
     by_bucket: dict[datetime, dict[str, Any]] = {}
-    for b, n, auto, threshold, _entries in traffic:
+    entries: dict[datetime, int] = {}
+    for b, n, auto, threshold, entered in traffic:
         key = sql.bucket_key(b)
         by_bucket[key] = {"cases": int(n), "auto": int(auto or 0), "threshold": threshold}
+        entries[key] = int(entered or 0)
         totals[0] += int(n)
         totals[1] += int(auto or 0)
+    depths = _queue_depth_series(session, sql, task, window, depth_now, entries)
     live_by_bucket: dict[datetime, list[tuple[float, int, int]]] = defaultdict(list)
     live_all: list[tuple[float, int, int]] = []
     for b, prob, v, n in live_rows:
@@ -379,7 +380,12 @@ def _queue_now(session: Session, task: Task, now: datetime) -> tuple[int, float 
 
 
 def _queue_depth_series(
-    session: Session, sql: _Sql, task: Task, window: Window, depth_now: int
+    session: Session,
+    sql: _Sql,
+    task: Task,
+    window: Window,
+    depth_now: int,
+    entries: dict[datetime, int],
 ) -> dict[datetime, int]:
     """Queue depth at the end of each bucket, rebuilt backwards from the exact depth now.
 
@@ -388,13 +394,10 @@ def _queue_depth_series(
     when its audit label arrives (automatic ones). Approximation: a routed case whose first
     verdict came before ``since`` but which resolved later (a second reviewer) is not seen.
     """
-    b_created = sql.bucket(Case.created_at, window.bucket).label("b")
-    entries: dict[Any, int] = dict(
-        session.execute(  # type: ignore[arg-type]
-            select(b_created, func.count())
-            .where(Case.task_id == task.id, Case.created_at >= window.since, _enters_queue())
-            .group_by(b_created)
-        ).all()
+    later_entries = session.scalar(
+        select(func.count()).where(
+            Case.task_id == task.id, Case.created_at >= window.until, _enters_queue()
+        )
     )
     exit_at = case((Case.route == "review", Case.resolved_at), else_=Case.human_labelled_at)
     b_exit = sql.bucket(exit_at, window.bucket).label("b")
@@ -410,14 +413,12 @@ def _queue_depth_series(
             .group_by(b_exit)
         ).all()
     )
-    net: dict[datetime, int] = defaultdict(int)
-    for b, n in entries.items():
-        net[sql.bucket_key(b)] += int(n)
+    net: dict[datetime, int] = defaultdict(int, entries)
     for b, n in exits.items():
         net[sql.bucket_key(b)] -= int(n)
     starts = _bucket_starts(window)
     # Net change strictly after each bucket's end, up to now.
-    after = sum(n for key, n in net.items() if key > starts[-1])
+    after = int(later_entries or 0) + sum(n for key, n in net.items() if key > starts[-1])
     out: dict[datetime, int] = {}
     for start in reversed(starts):
         out[start] = max(0, depth_now - after)

@@ -64,7 +64,8 @@ def test_active_model_answers_confident_cases_and_queues_the_rest(client, tokens
     assert confident.json["model_version"] == 1
 
     unsure = predict(
-        client, tokens["app"],
+        client,
+        tokens["app"],
         {"input": good_input(review="paid on time", state="NY", amount=3000.0, verified=None)},
     )
     assert unsure.json["suggestion"]["confidence"] < 0.8, unsure.json
@@ -93,13 +94,19 @@ def test_force_review_and_never_automate_and_fallback(client, tokens, task, db):
     assert forced.status_code == 202 and forced.json["reason"] == "forced"
     assert forced.json["suggestion"] is not None
 
-    client.patch("/api/v1/tasks/loan-review", json={"policy": {"never_automate": ["good"]}},
-                 headers=auth(tokens["admin"]))
+    client.patch(
+        "/api/v1/tasks/loan-review",
+        json={"policy": {"never_automate": ["good"]}},
+        headers=auth(tokens["admin"]),
+    )
     policy = predict(client, tokens["app"], {"input": good_input()})
     assert policy.json["reason"] == "policy" and policy.json["route"] == "review"
 
-    db.execute(__import__("sqlalchemy").text(
-        "UPDATE tasks SET automation_state = 'fallback', revision = revision + 1"))
+    db.execute(
+        __import__("sqlalchemy").text(
+            "UPDATE tasks SET automation_state = 'fallback', revision = revision + 1"
+        )
+    )
     db.commit()
     fallback = predict(client, tokens["app"], {"input": good_input()})
     assert fallback.json["reason"] == "fallback"
@@ -144,9 +151,22 @@ def test_get_case_returns_detail(client, tokens, task):
     resp = client.get(f"/api/v1/cases/{created['case_id']}", headers=auth(tokens["reviewer"]))
     assert resp.status_code == 200
     body = resp.json
-    for key in ("case_id", "status", "route", "reason", "label", "audit", "suggestion",
-                "model_version", "threshold", "created_at", "final_label", "resolved_by",
-                "resolved_at", "reviews"):
+    for key in (
+        "case_id",
+        "status",
+        "route",
+        "reason",
+        "label",
+        "audit",
+        "suggestion",
+        "model_version",
+        "threshold",
+        "created_at",
+        "final_label",
+        "resolved_by",
+        "resolved_at",
+        "reviews",
+    ):
         assert key in body
     assert body["final_label"] is None and body["resolved_by"] is None
     assert client.get("/api/v1/cases/nope", headers=auth(tokens["app"])).status_code == 404
@@ -156,22 +176,26 @@ def test_outcome_resolves_pending_case_and_conflicts_on_a_different_second_outco
     client, tokens, task, db
 ):
     case_id = predict(client, tokens["app"], {"input": good_input()}).json["case_id"]
-    resp = client.post(f"/api/v1/cases/{case_id}/outcome", json={"label": "bad"},
-                       headers=auth(tokens["app"]))
+    resp = client.post(
+        f"/api/v1/cases/{case_id}/outcome", json={"label": "bad"}, headers=auth(tokens["app"])
+    )
     assert resp.status_code == 200
     assert resp.json["status"] == "resolved"
     assert resp.json["final_label"] == "bad"
     assert resp.json["resolved_by"] == "application"
     assert resp.json["label"] == "bad"
-    same = client.post(f"/api/v1/cases/{case_id}/outcome", json={"label": "bad"},
-                       headers=auth(tokens["app"]))
+    same = client.post(
+        f"/api/v1/cases/{case_id}/outcome", json={"label": "bad"}, headers=auth(tokens["app"])
+    )
     assert same.status_code == 200
-    other = client.post(f"/api/v1/cases/{case_id}/outcome", json={"label": "good"},
-                        headers=auth(tokens["app"]))
+    other = client.post(
+        f"/api/v1/cases/{case_id}/outcome", json={"label": "good"}, headers=auth(tokens["app"])
+    )
     assert other.status_code == 409
     assert db.get(Case, case_id).final_label == "bad"
-    unknown = client.post(f"/api/v1/cases/{case_id}/outcome", json={"label": "maybe"},
-                          headers=auth(tokens["app"]))
+    unknown = client.post(
+        f"/api/v1/cases/{case_id}/outcome", json={"label": "maybe"}, headers=auth(tokens["app"])
+    )
     assert unknown.status_code == 422
     events = db.scalars(select(AuditEvent).where(AuditEvent.action == "case.outcome")).all()
     assert len(events) == 1
@@ -181,25 +205,29 @@ def test_outcome_disagreeing_with_an_automatic_answer_corrects_it(client, tokens
     install_model(db, "loan-review", threshold=0.5)
     body = predict(client, tokens["app"], {"input": good_input()}).json
     assert body["route"] == "auto"
-    resp = client.post(f"/api/v1/cases/{body['case_id']}/outcome", json={"label": "bad"},
-                       headers=auth(tokens["app"]))
+    resp = client.post(
+        f"/api/v1/cases/{body['case_id']}/outcome",
+        json={"label": "bad"},
+        headers=auth(tokens["app"]),
+    )
     assert resp.json["status"] == "corrected"
     assert resp.json["final_label"] == "bad"
     case = db.get(Case, body["case_id"])
     assert case.human_label == "bad" and case.queue_state is None
 
 
-def test_batch_keeps_order_answers_bad_items_in_place_and_stores_the_rest(
-    client, tokens, task, db
-):
+def test_batch_keeps_order_answers_bad_items_in_place_and_stores_the_rest(client, tokens, task, db):
     items = [
         {"input": good_input(), "external_id": "1"},
         {"input": good_input(amount="lots")},
         {"input": good_input(), "external_id": "3"},
         {"nope": 1},
     ]
-    resp = client.post("/api/v1/tasks/loan-review/predict/batch", json={"items": items},
-                       headers=auth(tokens["app"]))
+    resp = client.post(
+        "/api/v1/tasks/loan-review/predict/batch",
+        json={"items": items},
+        headers=auth(tokens["app"]),
+    )
     assert resp.status_code == 200
     results = resp.json["results"]
     assert len(results) == 4
@@ -212,12 +240,17 @@ def test_batch_keeps_order_answers_bad_items_in_place_and_stores_the_rest(
 
 def test_batch_of_1000_is_accepted_and_1001_refused(client, tokens, task, db):
     items = [{"input": good_input()} for _ in range(1000)]
-    ok = client.post("/api/v1/tasks/loan-review/predict/batch", json={"items": items},
-                     headers=auth(tokens["app"]))
+    ok = client.post(
+        "/api/v1/tasks/loan-review/predict/batch",
+        json={"items": items},
+        headers=auth(tokens["app"]),
+    )
     assert ok.status_code == 200 and len(ok.json["results"]) == 1000
-    too_many = client.post("/api/v1/tasks/loan-review/predict/batch",
-                           json={"items": items + [{"input": good_input()}]},
-                           headers=auth(tokens["app"]))
+    too_many = client.post(
+        "/api/v1/tasks/loan-review/predict/batch",
+        json={"items": items + [{"input": good_input()}]},
+        headers=auth(tokens["app"]),
+    )
     assert too_many.status_code == 422
     assert "items" in too_many.json["error"]["details"]
     assert db.scalar(select(func.count()).select_from(Case)) == 1000
@@ -231,8 +264,9 @@ def test_idempotency_key_replays_the_same_case_and_conflicts_on_another_body(
     again = predict(client, tokens["app"], body, **{"Idempotency-Key": "k-1"})
     assert first.json["case_id"] == again.json["case_id"]
     assert first.status_code == again.status_code == 202
-    other = predict(client, tokens["app"], {"input": good_input(amount=1.0)},
-                    **{"Idempotency-Key": "k-1"})
+    other = predict(
+        client, tokens["app"], {"input": good_input(amount=1.0)}, **{"Idempotency-Key": "k-1"}
+    )
     assert other.status_code == 409
     assert other.json["error"]["code"] == "conflict"
     assert db.scalar(select(func.count()).select_from(Case)) == 1

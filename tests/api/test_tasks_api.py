@@ -107,13 +107,21 @@ BAD_DEFINITIONS: list[tuple[dict[str, Any], str]] = [
     ({"name": "t", "labels": ["a", "b"], "fields": [{"name": "x", "type": "image"}]}, "fields"),
     ({"name": "Bad Name", "labels": ["a", "b"], "fields": [{"name": "x", "type": "text"}]}, "name"),
     (
-        {"name": "t", "labels": ["a", "b"], "fields": [{"name": "x", "type": "text"}],
-         "policy": {"target_error": 2}},
+        {
+            "name": "t",
+            "labels": ["a", "b"],
+            "fields": [{"name": "x", "type": "text"}],
+            "policy": {"target_error": 2},
+        },
         "policy",
     ),
     (
-        {"name": "t", "labels": ["a", "b"], "fields": [{"name": "x", "type": "text"}],
-         "surprise": 1},
+        {
+            "name": "t",
+            "labels": ["a", "b"],
+            "fields": [{"name": "x", "type": "text"}],
+            "surprise": 1,
+        },
         "surprise",
     ),
 ]

@@ -5,21 +5,22 @@ text, missing optional inputs), inserted with known values so tests can check ea
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from service.models import Case, Review, Task, User
+from service.models import Case, Review, Task
 
 T0 = datetime(2024, 3, 1, 9, 0, 0, 123456, tzinfo=UTC)
 
 
 @dataclass
 class Seed:
-    task: Task
-    users: dict[str, User]
-    cases: list[Case]
+    task: Any
+    users: dict[str, Any]
+    cases: list[Any]
     passwords: dict[str, str]
 
 
@@ -121,4 +122,14 @@ def seed(app: Any, task: dict[str, Any]) -> Seed:
                        decided_at=T0 + 5 * h + timedelta(minutes=9), duration_ms=None),
             ]
         )  # fmt: skip
-    return Seed(task=row, users=users, cases=cases, passwords=passwords)
+    # Plain copies: a later request's rollback must not expire what the tests compare with.
+    return Seed(
+        task=_copy(row),
+        users={k: _copy(u) for k, u in users.items()},
+        cases=[_copy(c) for c in cases],
+        passwords=passwords,
+    )
+
+
+def _copy(obj: Any) -> Any:
+    return SimpleNamespace(**{c.key: getattr(obj, c.key) for c in obj.__mapper__.column_attrs})

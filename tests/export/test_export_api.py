@@ -74,7 +74,7 @@ def expected_rows(seed: Seed, identity: str = "pseudonym") -> list[dict[str, Any
 
 
 def get(client: Any, token: str, **params: Any) -> Any:
-    return client.get(URL, query_string=params, headers=auth(token))
+    return client.get(URL, query_string=params, headers=auth(token), buffered=True)
 
 
 def iso(value: datetime | None) -> str | None:
@@ -244,7 +244,9 @@ def test_bad_format_and_repeated_parameter(client, tokens, seed) -> None:
     assert resp.status_code == 422 and "format" in resp.json["error"]["details"]
     resp = get(client, tokens["analyst"])
     assert resp.status_code == 422 and "format" in resp.json["error"]["details"]
-    resp = client.get(URL + "?format=csv&route=auto&route=review", headers=auth(tokens["analyst"]))
+    resp = client.get(
+        URL + "?format=csv&route=auto&route=review", headers=auth(tokens["analyst"]), buffered=True
+    )
     assert resp.status_code == 422 and "route" in resp.json["error"]["details"]
 
 
@@ -256,15 +258,21 @@ def test_roles_and_task_scope(client, tokens, seed) -> None:
         assert get(client, tokens[role], format="csv").status_code == 403
     assert get(client, tokens["analyst"], format="csv").status_code == 200
     assert get(client, tokens["admin"], format="csv").status_code == 200
-    assert client.get(URL, query_string={"format": "csv"}).status_code == 401
+    assert client.get(URL, query_string={"format": "csv"}, buffered=True).status_code == 401
     other = {**SIMPLE_TASK, "name": "other-task"}
-    assert client.post("/api/v1/tasks", json=other, headers=auth(tokens["admin"])).status_code == 201
+    assert (
+        client.post("/api/v1/tasks", json=other, headers=auth(tokens["admin"])).status_code == 201
+    )
     scoped = make_token("analyst", tasks=["other-task"])
     assert get(client, scoped, format="csv").status_code == 403
-    ok = client.get("/api/v1/tasks/other-task/export?format=csv", headers=auth(scoped))
+    ok = client.get(
+        "/api/v1/tasks/other-task/export?format=csv", headers=auth(scoped), buffered=True
+    )
     assert ok.status_code == 200
     assert get(client, tokens["analyst"], format="csv").status_code == 200
-    missing = client.get("/api/v1/tasks/nope/export?format=csv", headers=auth(tokens["admin"]))
+    missing = client.get(
+        "/api/v1/tasks/nope/export?format=csv", headers=auth(tokens["admin"]), buffered=True
+    )
     assert missing.status_code == 404
 
 
@@ -323,6 +331,7 @@ def test_exports_contain_no_secrets(client, tokens, seed, db) -> None:
                     f"/api/v1/tasks/{task_name}/export",
                     query_string={"format": fmt, "identity": identity},
                     headers=auth(token),
+                    buffered=True,
                 ).get_data()
                 assert data
                 for needle in [secret.encode(), b"whsec_", *hashes, *plain]:

@@ -70,3 +70,37 @@ def queue_cases(task_name: str, n: int, **item: Any) -> list[str]:
 @pytest.fixture
 def queued(task: dict[str, Any]) -> Callable[..., list[str]]:
     return lambda n=3, **item: queue_cases(task["name"], n, **item)
+
+
+def csrf_from(html: str) -> str:
+    import re
+
+    match = re.search(r'name="csrf-token" content="([^"]+)"', html)
+    assert match, "page has no CSRF meta tag"
+    return match.group(1)
+
+
+def login(client: Any, email: str, password: str = PASSWORD) -> dict[str, str]:
+    """Sign in through the real login form; returns headers for the JSON API."""
+    page = client.get("/login")
+    token = csrf_from(page.get_data(as_text=True))
+    resp = client.post(
+        "/login", data={"email": email, "password": password, "csrf_token": token}
+    )
+    assert resp.status_code == 302, resp.get_data(as_text=True)[:500]
+    home = client.get("/")
+    return {"X-CSRFToken": csrf_from(home.get_data(as_text=True))}
+
+
+@pytest.fixture
+def browser_user(app: Any, db: Any) -> Callable[..., tuple[Any, dict[str, str], User]]:
+    """A signed-in test client for a new user of the given role."""
+
+    def _make(role: str = "reviewer", scope: list[str] | None = None) -> Any:
+        user = make_user(db(), role, scope)
+        db.commit()
+        client = app.test_client()
+        headers = login(client, user.email)
+        return client, headers, user
+
+    return _make

@@ -387,7 +387,8 @@ CONTRACT = {
 def test_stats_api_contract(client, tokens, task, db):
     _row, truth = _seeded_task(db, task)
     resp = client.get(
-        "/api/v1/tasks/loan-review/stats?since=2024-03-04T00:00:00Z&until=2024-03-06T00:00:00Z",
+        "/api/v1/tasks/loan-review/stats?since=2024-03-04T00:00:00Z&until=2024-03-06T00:00:00Z"
+        "&bucket=day",
         headers=auth(tokens["analyst"]),
     )
     assert resp.status_code == 200, resp.json
@@ -439,7 +440,12 @@ def test_stats_api_roles_scope_and_bad_windows(client, tokens, task):
         resp = client.get(url, headers=auth(tokens[role]))
         assert resp.status_code == 403, role
         assert resp.json["error"]["code"] == "forbidden"
-    other = make_token("analyst", tasks=["something-else"])
+    created = client.post(
+        "/api/v1/tasks", json={**SIMPLE_TASK, "name": "other-task"}, headers=auth(tokens["admin"])
+    )
+    assert created.status_code == 201
+    other = make_token("analyst", tasks=["other-task"])
+    assert client.get("/api/v1/tasks/other-task/stats", headers=auth(other)).status_code == 200
     assert client.get(url, headers=auth(other)).status_code == 403
     assert client.get(url).status_code == 401
     analyst = auth(tokens["analyst"])
@@ -475,18 +481,24 @@ def test_same_answers_on_sqlite(tmp_path):
         session.add(row)
         session.flush()
         truth = seed_population(session, row.id)
-        spans = seed_queue(session, row.id)
         out = task_stats(session, row, since=DAY1, until=DAY3, bucket="day", now=NOW)
         assert out["live_error"]["estimate"] == pytest.approx(truth["live_error"])
         assert out["override_rate"]["estimate"] == pytest.approx(truth["override_rate"])
+        assert [p["labelled"] for p in out["series"]] == [200, 400]
+        assert out["series"][1]["median_decision_seconds"] == pytest.approx(55 * 60)
+        minutes = np.array([10 * (1 + i % 10) for i in range(300)]) * 60.0
+        assert out["time_to_decision"]["p90_seconds"] == pytest.approx(np.percentile(minutes, 90))
+        other = Task(name="queue-task", labels=["good", "bad"], fields=[], policy={}, review={})
+        session.add(other)
+        session.flush()
+        spans = seed_queue(session, other.id)
+        out = task_stats(session, other, since=DAY1, until=DAY3, bucket="day", now=NOW)
         on_day1 = sum(1 for c, _ in spans if c < DAY2)
-        assert [p["cases"] for p in out["series"]] == [424 + on_day1, 1324 + len(spans) - on_day1]
-        assert out["series"][1]["median_decision_seconds"] is not None
-        hourly = task_stats(session, row, since=DAY1 + timedelta(hours=5), until=DAY3, now=NOW)
+        assert [p["cases"] for p in out["series"]] == [24 + on_day1, 24 + len(spans) - on_day1]
+        assert out["queue"]["depth"] == sum(1 for _, left in spans if left is None)
+        hourly = task_stats(session, other, since=DAY1 + timedelta(hours=5), until=DAY3, now=NOW)
         for point in hourly["series"]:
             end = min(point["bucket"] + timedelta(hours=1), DAY3)
             expected = sum(1 for c, left in spans if c < end and (left is None or left >= end))
             assert point["queue_depth"] == expected
-        ttd = out["time_to_decision"]
-        assert ttd["median_seconds"] is not None and ttd["p90_seconds"] is not None
     engine.dispose()

@@ -1,0 +1,180 @@
+/* Task dashboard: charts from GET /stats, model versions from GET /models. */
+"use strict";
+(function () {
+  const T = window.Tandem;
+  const cfg = T.config("dashboard-config");
+  const $ = (id) => document.getElementById(id);
+  const COLORS = { blue: "#1f5fbf", orange: "#b45309", green: "#15803d", red: "#b91c1c", grey: "#6b7280", band: "rgba(31,95,191,0.15)" };
+
+  function empty(canvasId, isEmpty) {
+    const canvas = $(canvasId);
+    canvas.parentElement.hidden = isEmpty;
+    canvas.parentElement.nextElementSibling.hidden = !isEmpty;
+  }
+
+  function fmtBucket(b) {
+    const d = new Date(b);
+    return isNaN(d) ? String(b) : d.toLocaleDateString() + " " + d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  }
+
+  function chart(id, config) {
+    config.options = Object.assign({ responsive: true, maintainAspectRatio: false, animation: false, interaction: { mode: "index", intersect: false } }, config.options || {});
+    return new window.Chart($(id), config);
+  }
+
+  function tile(label, value, hint) {
+    const t = T.el("div", { class: "tile" });
+    t.append(T.el("div", { class: "tile-label" }, label), T.el("div", { class: "tile-value" }, value));
+    if (hint) t.append(T.el("div", { class: "tile-hint" }, hint));
+    return t;
+  }
+
+  function renderTiles(s) {
+    const a = s.automation || {};
+    const le = s.live_error || {};
+    const q = s.queue || {};
+    const ttd = s.time_to_decision || {};
+    const orr = s.override_rate || {};
+    $("tiles").replaceChildren(
+      tile("Automation", a.rate ? T.pct(a.rate.estimate) : "—", (a.state || "manual") + (a.threshold ? " · τ " + a.threshold.toFixed(3) : "")),
+      tile("Live error", le.estimate !== undefined && le.estimate !== null ? T.pct(le.estimate) : "—",
+        le.target !== undefined ? "target " + T.pct(le.target) + (le.upper !== null && le.upper !== undefined ? " · upper " + T.pct(le.upper) : "") : ""),
+      tile("Queue", q.depth !== undefined ? String(q.depth) : "—", q.oldest_pending_seconds ? "oldest " + Math.round(q.oldest_pending_seconds / 60) + " min" : ""),
+      tile("Time to decision", ttd.median_seconds ? ttd.median_seconds.toFixed(0) + " s" : "—", ttd.p90_seconds ? "p90 " + ttd.p90_seconds.toFixed(0) + " s" : ""),
+      tile("Override rate", orr.estimate !== undefined && orr.estimate !== null ? T.pct(orr.estimate) : "—", orr.n ? "n = " + orr.n : "")
+    );
+  }
+
+  function renderCharts(s) {
+    const series = s.series || [];
+    const labels = series.map((p) => fmtBucket(p.bucket));
+    empty("chart-automation", series.length === 0);
+    if (series.length) {
+      chart("chart-automation", {
+        type: "line",
+        data: { labels: labels, datasets: [
+          { label: "Automation rate", data: series.map((p) => p.automation_rate), borderColor: COLORS.blue, yAxisID: "y" },
+          { label: "Threshold", data: series.map((p) => p.threshold), borderColor: COLORS.orange, borderDash: [6, 4], yAxisID: "y1" },
+        ] },
+        options: { scales: { y: { min: 0, max: 1, title: { display: true, text: "rate" } }, y1: { position: "right", min: 0.5, max: 1, grid: { drawOnChartArea: false }, title: { display: true, text: "threshold" } } } },
+      });
+    }
+    const errPoints = series.filter((p) => p.live_error !== null && p.live_error !== undefined);
+    empty("chart-error", errPoints.length === 0);
+    if (errPoints.length) {
+      const target = (s.live_error || {}).target;
+      chart("chart-error", {
+        type: "line",
+        data: { labels: errPoints.map((p) => fmtBucket(p.bucket)), datasets: [
+          { label: "Upper bound", data: errPoints.map((p) => p.live_error_upper), borderColor: "transparent", backgroundColor: COLORS.band, fill: "+1", pointRadius: 0 },
+          { label: "Lower bound", data: errPoints.map((p) => p.live_error_lower), borderColor: "transparent", pointRadius: 0 },
+          { label: "Live error", data: errPoints.map((p) => p.live_error), borderColor: COLORS.blue },
+          { label: "Target α", data: errPoints.map(() => target), borderColor: COLORS.red, borderDash: [4, 4], pointRadius: 0 },
+        ] },
+        options: { scales: { y: { min: 0, title: { display: true, text: "error rate" } } } },
+      });
+    }
+    empty("chart-queue", series.length === 0);
+    if (series.length) {
+      chart("chart-queue", {
+        data: { labels: labels, datasets: [
+          { type: "bar", label: "Queue depth", data: series.map((p) => p.queue_depth), backgroundColor: "rgba(107,114,128,0.5)", yAxisID: "y" },
+          { type: "line", label: "Median time to decision (s)", data: series.map((p) => p.median_decision_seconds), borderColor: COLORS.green, yAxisID: "y1" },
+        ] },
+        options: { scales: { y: { min: 0, title: { display: true, text: "cases" } }, y1: { position: "right", min: 0, grid: { drawOnChartArea: false }, title: { display: true, text: "seconds" } } } },
+      });
+    }
+    const reviewers = s.reviewers || [];
+    empty("chart-reviewers", reviewers.length === 0);
+    if (reviewers.length) {
+      chart("chart-reviewers", {
+        data: { labels: reviewers.map((r) => r.reviewer_id), datasets: [
+          { type: "bar", label: "Reviews", data: reviewers.map((r) => r.reviews), backgroundColor: "rgba(31,95,191,0.6)", yAxisID: "y" },
+          { type: "line", label: "Override rate", data: reviewers.map((r) => r.override_rate), borderColor: COLORS.orange, yAxisID: "y1" },
+        ] },
+        options: { scales: { y: { min: 0 }, y1: { position: "right", min: 0, max: 1, grid: { drawOnChartArea: false } } } },
+      });
+    }
+  }
+
+  function renderDrift(d) {
+    const box = $("drift");
+    if (!d || (d.psi === null && !Object.keys(d.fields || {}).length)) return;
+    box.replaceChildren();
+    box.append(T.el("p", { class: d.warning ? "flash flash-error" : "flash flash-ok" },
+      (d.warning ? "Drift warning: widening of automation is paused." : "No drift detected.") + (d.psi !== null && d.psi !== undefined ? " PSI " + Number(d.psi).toFixed(3) : "")));
+    const fields = Object.entries(d.fields || {});
+    if (fields.length) {
+      const table = T.el("table");
+      const head = T.el("tr");
+      ["Field", "Details"].forEach((h) => head.append(T.el("th", { scope: "col" }, h)));
+      table.append(T.el("thead")); table.tHead.append(head);
+      const body = T.el("tbody");
+      for (const [name, info] of fields) {
+        const tr = T.el("tr");
+        const text = Object.entries(info || {}).map(([k, v]) => k + ": " + (typeof v === "number" ? v.toFixed(3) : JSON.stringify(v))).join(" · ");
+        tr.append(T.el("td", null, name), T.el("td", null, text));
+        body.append(tr);
+      }
+      table.append(body);
+      const wrap = T.el("div", { class: "table-wrap" }); wrap.append(table); box.append(wrap);
+    }
+  }
+
+  function renderModels(models) {
+    const box = $("models");
+    if (!models || !models.length) return;
+    box.replaceChildren();
+    const table = T.el("table");
+    const head = T.el("tr");
+    ["Version", "Status", "Family", "Threshold", "Error bound", "Coverage", "Trained on", "Created", ""].forEach((h) => head.append(T.el("th", { scope: "col" }, h)));
+    table.append(T.el("thead")); table.tHead.append(head);
+    const body = T.el("tbody");
+    for (const m of models) {
+      const tr = T.el("tr", m.status === "active" ? { class: "active-row" } : null);
+      const snap = m.training_snapshot || {};
+      tr.append(
+        T.el("td", null, "v" + m.version), T.el("td", null, m.status), T.el("td", null, m.family || "—"),
+        T.el("td", null, m.threshold !== null && m.threshold !== undefined ? m.threshold.toFixed(3) : "—"),
+        T.el("td", null, m.error_bound !== null && m.error_bound !== undefined ? T.pct(m.error_bound, 2) : "—"),
+        T.el("td", null, m.coverage !== null && m.coverage !== undefined ? T.pct(m.coverage, 0) : "—"),
+        T.el("td", null, snap.count !== undefined ? snap.count + " labels" : "—"),
+        T.el("td", null, m.created_at ? new Date(m.created_at).toLocaleString() : "—")
+      );
+      const cell = T.el("td");
+      if (cfg.admin && m.status !== "active" && (m.status === "candidate" || m.status === "retired")) {
+        const btn = T.el("button", { type: "button", class: "small" }, m.status === "retired" ? "Roll back to v" + m.version : "Activate v" + m.version);
+        btn.addEventListener("click", () => activate(m.version, btn));
+        cell.append(btn);
+      }
+      tr.append(cell);
+      body.append(tr);
+    }
+    table.append(body);
+    const wrap = T.el("div", { class: "table-wrap" }); wrap.append(table); box.append(wrap);
+  }
+
+  async function activate(version, btn) {
+    if (!window.confirm("Make v" + version + " the active model of " + cfg.task + "?")) return;
+    btn.disabled = true;
+    const resp = await T.api("POST", cfg.api.models + "/" + version + "/activate");
+    $("dash-status").textContent = resp.ok ? "v" + version + " is now active." : "Could not activate: " + T.errorText(resp);
+    load();
+  }
+
+  async function load() {
+    const [stats, models] = await Promise.all([T.api("GET", cfg.api.stats), T.api("GET", cfg.api.models)]);
+    const status = [];
+    if (stats.ok && stats.data) {
+      renderTiles(stats.data); renderCharts(stats.data); renderDrift(stats.data.drift);
+    } else {
+      ["chart-automation", "chart-error", "chart-queue", "chart-reviewers"].forEach((id) => empty(id, true));
+      status.push(stats.status === 404 ? "Statistics are not available yet." : "Statistics: " + T.errorText(stats));
+    }
+    if (models.ok && models.data) renderModels(models.data.models);
+    else if (models.status !== 404) status.push("Models: " + T.errorText(models));
+    $("dash-status").textContent = status.join(" ");
+  }
+
+  load();
+})();

@@ -1,0 +1,174 @@
+"""Model versions, training on demand, promotion/rollback and background job state (SPEC §6)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from flask_smorest import Blueprint
+from marshmallow import Schema, fields
+from sqlalchemy import select
+from sqlalchemy.orm import aliased
+
+from service.api.auth import current_actor, require_roles, roles_doc
+from service.api.common import request_id, unit_of_work
+from service.errors import Forbidden, NotFound
+from service.models import Job, ModelVersion, Task
+from service.schemas.common import ApiErrorSchema
+from service.schemas.tasks import TaskSchema
+from service.services import automation, learning, training
+from service.services import tasks as task_service
+
+blp = Blueprint(
+    "models", __name__, url_prefix="/api/v1", description="Model versions, training and jobs"
+)
+
+
+class ModelVersionSchema(Schema):
+    version = fields.Integer(required=True)
+    status = fields.String(required=True)
+    family = fields.String(allow_none=True)
+    threshold = fields.Float(allow_none=True)
+    error_bound = fields.Float(allow_none=True)
+    coverage = fields.Float(allow_none=True)
+    metrics = fields.Dict()
+    certification = fields.Dict()
+    training_snapshot = fields.Dict()
+    timings = fields.Dict()
+    parent_version = fields.Integer(allow_none=True)
+    created_at = fields.String(allow_none=True)
+    trained_at = fields.String(allow_none=True)
+    activated_at = fields.String(allow_none=True)
+
+
+class ModelListSchema(Schema):
+    models = fields.List(fields.Nested(ModelVersionSchema), required=True)
+
+
+class JobIdSchema(Schema):
+    job_id = fields.String(required=True)
+    state = fields.String()
+
+
+class JobSchema(Schema):
+    id = fields.String(required=True)
+    kind = fields.String(required=True)
+    task = fields.String(allow_none=True)
+    state = fields.String(required=True, metadata={"description": "queued|started|finished|failed"})
+    progress = fields.Dict()
+    result = fields.Dict(allow_none=True)
+    error = fields.String(allow_none=True)
+    attempts = fields.Integer()
+    created_by = fields.String(allow_none=True)
+    created_at = fields.String(allow_none=True)
+    started_at = fields.String(allow_none=True)
+    finished_at = fields.String(allow_none=True)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def model_view(version: ModelVersion, parent_version: int | None) -> dict[str, Any]:
+    return {
+        "version": version.version,
+        "status": version.status,
+        "family": version.family,
+        "threshold": version.threshold,
+        "error_bound": version.error_bound,
+        "coverage": version.coverage,
+        "metrics": version.metrics or {},
+        "certification": version.certification or {},
+        "training_snapshot": version.training_snapshot or {},
+        "timings": version.timings or {},
+        "parent_version": parent_version,
+        "created_at": _iso(version.created_at),
+        "trained_at": _iso(version.trained_at),
+        "activated_at": _iso(version.activated_at),
+    }
+
+
+@blp.route("/tasks/<string:task>/models", methods=["GET"])
+@blp.doc(**roles_doc("analyst"))
+@blp.response(200, ModelListSchema)
+@blp.alt_response(404, schema=ApiErrorSchema)
+@require_roles("analyst")
+def list_models(task: str) -> dict[str, Any]:
+    """Versions, newest first, with metrics, certified threshold, error bound and status."""
+    with unit_of_work() as session:
+        row = task_service.get_task(session, task, current_actor())
+        parent = aliased(ModelVersion)
+        rows = session.execute(
+            select(ModelVersion, parent.version)
+            .outerjoin(parent, parent.id == ModelVersion.parent_id)
+            .where(ModelVersion.task_id == row.id)
+            .order_by(ModelVersion.version.desc())
+        ).all()
+        return {"models": [model_view(v, p) for v, p in rows]}
+
+
+@blp.route("/tasks/<string:task>/models/train", methods=["POST"])
+@blp.doc(**roles_doc("admin"))
+@blp.response(202, JobIdSchema)
+@blp.alt_response(404, schema=ApiErrorSchema)
+@require_roles("admin")
+def train(task: str) -> dict[str, Any]:
+    """Queue training now. One job per task: a queued or running job is returned as is."""
+    with unit_of_work() as session:
+        actor = current_actor()
+        row = task_service.get_task(session, task, actor)
+        job = training.request_training(
+            session, row, actor, reason="on_demand", request_id=request_id()
+        )
+        return {"job_id": job.id, "state": job.state}
+
+
+@blp.route("/tasks/<string:task>/models/<int:version>/activate", methods=["POST"])
+@blp.doc(**roles_doc("admin"))
+@blp.response(200, TaskSchema)
+@blp.alt_response(404, schema=ApiErrorSchema)
+@blp.alt_response(409, schema=ApiErrorSchema, description="The version cannot be activated")
+@require_roles("admin")
+def activate(task: str, version: int) -> dict[str, Any]:
+    """Promote or roll back to any trained version; its own stored certification goes live
+    with it (certified: automating at its threshold; otherwise manual)."""
+    with unit_of_work() as session:
+        actor = current_actor()
+        row = task_service.get_task(session, task, actor)
+        locked = learning.lock_task(session, row.id)
+        assert locked is not None
+        automation.activate(session, row, version, actor, request_id=request_id())
+        session.flush()
+        return task_service.task_status(session, row)
+
+
+@blp.route("/jobs/<string:job_id>", methods=["GET"])
+@blp.doc(**roles_doc("analyst"))
+@blp.response(200, JobSchema)
+@blp.alt_response(404, schema=ApiErrorSchema)
+@require_roles("analyst")
+def get_job(job_id: str) -> dict[str, Any]:
+    """A background job's state, progress, result or error."""
+    with unit_of_work() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise NotFound("job not found", {"job_id": job_id})
+        task_name = None
+        if job.task_id is not None:
+            task_name = session.scalar(select(Task.name).where(Task.id == job.task_id))
+            if task_name is not None and not current_actor().may_access(task_name):
+                raise Forbidden("not allowed to read this job", {"job_id": job_id})
+        return {
+            "id": job.id,
+            "kind": job.kind,
+            "task": task_name,
+            "state": job.state,
+            "progress": job.progress or {},
+            "result": job.result,
+            "error": job.error,
+            "attempts": job.attempts,
+            "created_by": job.created_by,
+            "created_at": _iso(job.created_at),
+            "started_at": _iso(job.started_at),
+            "finished_at": _iso(job.finished_at),
+        }
