@@ -180,6 +180,19 @@ def setup_database(n_rows: int) -> str:
     return token
 
 
+def new_token() -> str:
+    """An analyst token on the already loaded database (``--keep-data``)."""
+    from service.db import configure, make_engine, transaction
+    from service.services.accounts import create_token
+    from service.services.audit import SYSTEM
+
+    configure(make_engine(f"{PG}/{DB_NAME}"))
+    with transaction() as session:
+        return create_token(
+            session, role="analyst", name="bench", task_scope=None, actor=SYSTEM
+        ).token
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -240,10 +253,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--small", type=int, default=100_000)
     parser.add_argument("--keep-data", action="store_true", help="reuse the loaded database")
-    parser.add_argument("--token", default=None, help="analyst token (with --keep-data)")
     args = parser.parse_args()
 
-    token = args.token if args.keep_data and args.token else setup_database(args.rows)
+    token = new_token() if args.keep_data else setup_database(args.rows)
     port = free_port()
     home = Path(os.environ.get("BENCH_HOME", "/tmp/tandem-bench-export"))
     home.mkdir(parents=True, exist_ok=True)

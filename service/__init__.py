@@ -13,7 +13,7 @@ from typing import Any
 from flask import Flask, Response, g, request
 from flask_wtf.csrf import CSRFProtect
 
-from service import errors, login, redis_conn
+from service import errors, login, observability, redis_conn, security
 from service.config import Settings
 from service.db import configure, db_session, make_engine
 
@@ -55,6 +55,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
             csrf.exempt(bp)
 
     _register_ui(app)
+    # After the UI: security attaches the login rate limit to the UI's login view by name.
+    observability.init_app(app)
+    security.init_app(app)
 
     @app.before_request
     def _request_id() -> None:

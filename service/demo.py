@@ -18,8 +18,8 @@ from flask import Flask
 from sqlalchemy import select
 
 from service.db import transaction
-from service.models import Task, User
-from service.services import accounts, predict, tasks
+from service.models import Job, Task, User
+from service.services import accounts, predict, tasks, training
 from service.services.audit import Actor
 
 DEMO_TASK = "loan-review"
@@ -29,8 +29,11 @@ DEMO_USERS = (
     ("analyst@example.com", "analyst"),
     ("reviewer@example.com", "reviewer"),
 )
-HISTORY_ROWS = 2600
+HISTORY_ROWS = 4100
 LIVE_ROWS = 300
+SEED_CHUNK = 500
+#: History sizes after which the demo trains in-process (plus once at the end).
+TRAIN_AT = (1000, 2000, 3000)
 DEMO_ACTOR = Actor(kind="system", id=None, name="demo-seed", role="admin")
 
 CREDIT_FIELDS: list[dict[str, Any]] = [
@@ -141,11 +144,16 @@ def seed_demo(app: Flask) -> dict[str, Any]:
 def _seed_history(
     history: list[tuple[dict[str, Any], str]], live: list[tuple[dict[str, Any], str]]
 ) -> None:
+    """Replay the history as the real loop would see it, training in-process at a few points
+    (what the worker does in production) so the ledger passes declared checkpoints and a
+    certified version is active before the server starts; then the live tail."""
     from service.services.cases import record_outcome
+    from service.services.learning import run_training
+    from service.services.training import training_job_id
 
     app_actor = Actor(kind="system", id=None, name="demo-history", role="app", task_scope=None)
-    for start in range(0, len(history), 500):
-        chunk = history[start : start + 500]
+    for start in range(0, len(history), SEED_CHUNK):
+        chunk = history[start : start + SEED_CHUNK]
         with transaction() as session:
             results = predict.predict_batch(
                 session,
@@ -155,7 +163,20 @@ def _seed_history(
             )
             for result, (_, label) in zip(results, chunk, strict=True):
                 record_outcome(session, result["case_id"], label, app_actor)
+        done = start + len(chunk)
+        if done in TRAIN_AT or done == len(history):
+            with transaction() as session:
+                task = session.scalar(select(Task).where(Task.name == DEMO_TASK))
+                assert task is not None
+                task_id, job_id = task.id, training_job_id(task)
+                job = session.get(Job, job_id)
+                if job is None or job.state not in ("queued", "started"):
+                    training.request_training(session, task, DEMO_ACTOR, reason="demo seed")
+            run_training(task_id, job_id)
     with transaction() as session:
+        task = session.scalar(select(Task).where(Task.name == DEMO_TASK))
+        assert task is not None
+        task.labels_since_training = 0  # the newcomer's reviews start the next retrain
         predict.predict_batch(
             session, DEMO_TASK, [predict.PredictRequest(input=v) for v, _ in live], app_actor
         )

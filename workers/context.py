@@ -7,6 +7,7 @@ connections, so the pool is disposed (without closing the parent's sockets) at j
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
@@ -14,6 +15,7 @@ from typing import Any, ParamSpec, TypeVar
 from flask import Flask
 from sqlalchemy.orm import configure_mappers
 
+from service import observability
 from service.db import db_session
 
 P = ParamSpec("P")
@@ -48,13 +50,41 @@ def job(func: Callable[P, R]) -> Callable[P, R]:
             app.extensions["tandem_engine"].dispose(close=False)
             configure_mappers()
             _pid_seen = os.getpid()
+        token = observability.job_context.set(_job_log_context())
+        started = time.perf_counter()
+        outcome = "error"
+        name = f"{func.__module__}.{func.__qualname__}"
         with app.app_context():
             try:
-                return func(*args, **kwargs)
+                result = func(*args, **kwargs)
+                outcome = "ok"
+                return result
+            except Exception:
+                observability.JOB_FAILURES.labels(name).inc()
+                raise
             finally:
+                observability.JOB_DURATION.labels(name, outcome).observe(
+                    time.perf_counter() - started
+                )
+                observability.job_context.reset(token)
                 db_session.remove()
 
     return wrapper
+
+
+def _job_log_context() -> dict[str, str] | None:
+    """The running RQ job's id and the request id the outbox stored in its meta, so the
+    job's log lines join the request that caused it."""
+    from rq import get_current_job
+
+    current = get_current_job()
+    if current is None:
+        return None
+    ctx = {"job_id": str(current.id)}
+    request_id = current.meta.get("request_id")
+    if request_id:
+        ctx["request_id"] = str(request_id)
+    return ctx
 
 
 def current_job_id() -> str | None:

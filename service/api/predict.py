@@ -10,6 +10,7 @@ from flask_smorest import Blueprint
 from service.api.auth import current_actor, require_roles, roles_doc
 from service.api.common import json_body, request_id, unit_of_work
 from service.errors import ValidationFailed
+from service.observability import count_cases
 from service.schemas.cases import (
     BatchRequestSchema,
     BatchResultSchema,
@@ -88,6 +89,8 @@ def predict(task: str) -> Response:
             request_id=request_id(),
             max_text=settings.max_text_length,
         )
+    if _created:
+        count_cases(task, [view])
     resp = jsonify(view)
     resp.status_code = 200 if view["route"] == "auto" else 202
     return resp
@@ -143,4 +146,5 @@ def predict_batch(task: str) -> Response:
             )
         )
     ordered = [next(results) if isinstance(x, predict_service.PredictRequest) else x for x in items]
+    count_cases(task, ordered)
     return jsonify({"results": ordered})

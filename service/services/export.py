@@ -28,9 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
-from sqlalchemy import Boolean, DateTime, Float, Select, and_, cast, func, select, type_coerce
+from sqlalchemy import DateTime, Select, Text, and_, cast, func, select, true, type_coerce
 from sqlalchemy import case as sql_case
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, aliased
 
 from service import queues
@@ -282,95 +281,68 @@ def _raw_time(column: Any) -> Any:
 
 
 def build_query(task: Task, spec: ExportSpec, dialect: str = "postgresql") -> Select[Any]:
-    """One Core select, rows in export order. The deciding review is the resolver's latest
-    live review, else the latest live review (e.g. an audit that confirmed the model).
+    """One Core select, rows in export order (created_at, id).
 
-    On PostgreSQL the JSON columns are parsed once per row (``jsonb`` in a fenced subquery,
-    ``OFFSET 0``) instead of once per extracted field: several times faster on wide inputs.
+    The deciding review is the resolver's latest live review, else the latest live review
+    (e.g. an audit that confirmed the model). On PostgreSQL it is a ``LEFT JOIN LATERAL``
+    (one index probe per exported case, order preserved); elsewhere a correlated subquery.
+    The JSON columns come back as text and are parsed once per row in Python, which is
+    cheaper than extracting each field in SQL (PostgreSQL re-parses ``json`` per field).
     """
     r2 = aliased(Review)
-    deciding = (
-        select(r2.id)
-        .where(r2.case_id == Case.id, r2.retracted_at.is_(None))
-        .order_by(
-            sql_case((r2.reviewer_id == Case.resolved_by_user_id, 0), else_=1),
-            r2.decided_at.desc(),
-            r2.id.desc(),
-        )
-        .limit(1)
-        .scalar_subquery()
+    ranking = (
+        sql_case((r2.reviewer_id == Case.resolved_by_user_id, 0), else_=1),
+        r2.decided_at.desc(),
+        r2.id.desc(),
     )
+    live = (r2.case_id == Case.id, r2.retracted_at.is_(None))
     who = User.email if spec.identity == "real" else User.pseudonym
-    pg = dialect == "postgresql"
-    inputs: Any = cast(Case.input, JSONB) if pg else Case.input
-    scores: Any = cast(Case.scores, JSONB) if pg else Case.scores
-    stmt = (
-        select(
-            Case.id.label("case_id"),
-            Case.external_id.label("external_id"),
-            inputs.label("j_input"),
-            Case.suggestion_label.label("suggestion"),
-            Case.confidence.label("confidence"),
-            scores.label("j_scores"),
-            Case.model_version.label("model_version"),
-            Case.route.label("route"),
-            Case.reason.label("reason"),
-            Case.audit.label("audit"),
-            Case.final_label.label("final_label"),
-            Case.label_source.label("label_source"),
-            who.label("reviewer"),
-            _raw_time(Review.decided_at).label("review_time"),
-            Review.duration_ms.label("review_ms"),
-            _raw_time(Case.created_at).label("created_at"),
-            _raw_time(Case.resolved_at).label("resolved_at"),
+    if dialect == "postgresql":
+        deciding: Any = (
+            select(r2.reviewer_id, r2.decided_at, r2.duration_ms)
+            .where(*live)
+            .order_by(*ranking)
+            .limit(1)
+            .lateral("deciding")
         )
-        .select_from(Case)
-        .outerjoin(Review, Review.id == deciding)
-        .outerjoin(User, User.id == Review.reviewer_id)
-        .where(Case.task_id == task.id)
-        .where(*_conditions(spec.filters))
-        .order_by(Case.created_at, Case.id)
-    )
+        source = (
+            select()
+            .select_from(Case)
+            .outerjoin(deciding, true())
+            .outerjoin(User, User.id == deciding.c.reviewer_id)
+        )
+        decided_at, duration = deciding.c.decided_at, deciding.c.duration_ms
+    else:
+        chosen = select(r2.id).where(*live).order_by(*ranking).limit(1).scalar_subquery()
+        source = (
+            select()
+            .select_from(Case)
+            .outerjoin(Review, Review.id == chosen)
+            .outerjoin(User, User.id == Review.reviewer_id)
+        )
+        decided_at, duration = Review.decided_at, Review.duration_ms
+    stmt = source.add_columns(
+        Case.id,
+        Case.external_id,
+        cast(Case.input, Text),
+        Case.suggestion_label,
+        Case.confidence,
+        cast(Case.scores, Text),
+        Case.model_version,
+        Case.route,
+        Case.reason,
+        Case.audit,
+        Case.final_label,
+        Case.label_source,
+        who,
+        _raw_time(decided_at),
+        duration,
+        _raw_time(Case.created_at),
+        _raw_time(Case.resolved_at),
+    ).where(Case.task_id == task.id, *_conditions(spec.filters))
     if spec.filters.reviewer is not None:
         stmt = stmt.where(User.pseudonym == spec.filters.reviewer)
-    sub = stmt.offset(0).subquery("rows")
-    c = sub.c
-
-    def text_of(doc: Any, key: str) -> Any:
-        return doc[key].astext if pg else doc[key].as_string()
-
-    columns: list[Any] = [c.case_id, c.external_id]
-    for f in task.fields:
-        name, kind = f["name"], f["type"]
-        if kind == "number":
-            columns.append(
-                cast(text_of(c.j_input, name), Float) if pg else c.j_input[name].as_float()
-            )
-        elif kind == "boolean":
-            columns.append(
-                cast(text_of(c.j_input, name), Boolean) if pg else c.j_input[name].as_boolean()
-            )
-        else:
-            columns.append(text_of(c.j_input, name))
-    columns += [c.suggestion, c.confidence]
-    for label in task.labels:
-        columns.append(
-            cast(text_of(c.j_scores, label), Float) if pg else c.j_scores[label].as_float()
-        )
-    columns += [
-        c.model_version,
-        c.route,
-        c.reason,
-        c.audit,
-        c.final_label,
-        c.label_source,
-        c.reviewer,
-        c.review_time,
-        c.review_ms,
-        c.created_at,
-        c.resolved_at,
-    ]
-    return select(*columns).order_by(c.created_at, c.case_id)
+    return stmt.order_by(Case.created_at, Case.id)
 
 
 def _conditions(filters: ExportFilters) -> list[Any]:
@@ -411,31 +383,61 @@ def count_rows(session: Session, task: Task, spec: ExportSpec) -> int:
     return int(session.scalar(stmt) or 0)
 
 
-def _to_batch(rows: list[Any], schema: pa.Schema) -> pa.RecordBatch:
-    """DB rows (query order) to one Arrow batch (schema order): columns are built in C."""
-    n_cols = len(schema) - 1  # time_to_decision_seconds is derived, not selected
-    cols = list(zip(*rows, strict=True)) if rows else [() for _ in range(n_cols)]
-    arrays: list[pa.Array] = []
-    names = schema.names
-    pos = 0
-    for name, fld in zip(names, schema, strict=True):
-        if name == "time_to_decision_seconds":
-            arrays.append(pa.nulls(len(rows), pa.float64()))  # filled in below
-            continue
-        if name == "review_seconds":
-            ms = pa.array(cols[pos], type=pa.int64())
-            arrays.append(pc.divide(pc.cast(ms, pa.float64()), 1000.0))
-        elif fld.type == pa.float64():
-            arrays.append(pa.array(cols[pos], type=pa.float64(), from_pandas=False))
-        else:
-            arrays.append(pa.array(cols[pos], type=fld.type))
-        pos += 1
-    created = arrays[names.index("created_at")]
-    resolved = arrays[names.index("resolved_at")]
+def _column(values: list[Any], typ: pa.DataType) -> pa.Array:
+    try:
+        return pa.array(values, type=typ)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        # A value stored before a field's type was enforced: keep it visible, as text for
+        # string columns and missing for typed ones, rather than failing the whole export.
+        if typ == pa.string():
+            return pa.array([v if v is None or isinstance(v, str) else json.dumps(v)
+                             for v in values], type=typ)  # fmt: skip
+        ok = (bool,) if typ == pa.bool_() else (int, float)
+        return pa.array(
+            [v if isinstance(v, ok) and (typ != pa.float64() or not isinstance(v, bool))
+             else None for v in values], type=typ,
+        )  # fmt: skip
+
+
+def _to_batch(rows: list[Any], task: Task, schema: pa.Schema) -> pa.RecordBatch:
+    """DB rows to one Arrow batch: columns are transposed and converted in C; the JSON of
+    inputs and scores is parsed once per row."""
+    n = len(rows)
+    (case_id, external_id, inputs, suggestion, confidence, scores, model_version, route,
+     reason, audit_flag, final_label, label_source, reviewer, review_time, review_ms,
+     created_at, resolved_at) = (
+        zip(*rows, strict=True) if rows else [()] * 17
+    )  # fmt: skip
+    loads = json.loads
+    docs = [loads(t) if t else {} for t in inputs]
+    score_docs = [loads(t) if t and t != "null" else {} for t in scores]
+    string = pa.string()
+    arrays: list[pa.Array] = [pa.array(case_id, string), pa.array(external_id, string)]
+    for f in task.fields:
+        name = f["name"]
+        arrays.append(_column([d.get(name) for d in docs], _INPUT_TYPES[f["type"]]))
+    arrays += [pa.array(suggestion, string), pa.array(confidence, pa.float64())]
+    for label in task.labels:
+        arrays.append(_column([d.get(label) for d in score_docs], pa.float64()))
+    created = pa.array(created_at, _TS_TYPE)
+    resolved = pa.array(resolved_at, _TS_TYPE)
+    ms = pa.array(review_ms, pa.int64())
     micros = pc.subtract(pc.cast(resolved, pa.int64()), pc.cast(created, pa.int64()))
-    arrays[names.index("time_to_decision_seconds")] = pc.divide(
-        pc.cast(micros, pa.float64()), 1_000_000.0
-    )
+    arrays += [
+        pa.array(model_version, pa.int64()),
+        pa.array(route, string),
+        pa.array(reason, string),
+        pa.array(audit_flag, pa.bool_()),
+        pa.array(final_label, string),
+        pa.array(label_source, string),
+        pa.array(reviewer, string),
+        pa.array(review_time, _TS_TYPE),
+        pc.divide(pc.cast(ms, pa.float64()), 1000.0),
+        pc.divide(pc.cast(micros, pa.float64()), 1_000_000.0),
+        created,
+        resolved,
+    ]
+    assert all(len(a) == n for a in arrays)
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
@@ -451,7 +453,7 @@ def iter_batches(
     )
     try:
         for rows in result.partitions(size):
-            yield _to_batch(list(rows), schema)
+            yield _to_batch(list(rows), task, schema)
     finally:
         result.close()
 

@@ -207,7 +207,7 @@ def _train_and_release(task_id: int, job_id: str | None, started: float) -> dict
 
     distinct = set(data.train_labels)
     if reuse_id is None and (len(data.train_ids) < MIN_TRAINING_CASES or len(distinct) < 2):
-        result = {
+        result: dict[str, Any] = {
             "outcome": "skipped",
             "reason": f"need {MIN_TRAINING_CASES} labelled cases of at least 2 labels "
             f"outside the audit ledger (have {len(data.train_ids)}, labels {sorted(distinct)})",

@@ -303,3 +303,29 @@ def test_idempotency_race_two_threads_one_key_one_case(committed_db, flask_app):
         assert answers[0].json["case_id"] == answers[1].json["case_id"]
     count = committed_db().scalar(select(func.count()).select_from(Case))
     assert count == 10
+
+
+def test_stale_task_cache_is_caught_by_the_insert_guard(committed_db, flask_app):
+    """A change made by another process (here: a raw UPDATE) is seen by the very next
+    predict, although the runtime cache is trusted without a query."""
+    from sqlalchemy import text
+
+    from service.services import predict as predict_service
+    from tests.helpers import SIMPLE_TASK
+
+    client = flask_app.test_client()
+    admin, app_token = make_token("admin"), make_token("app")
+    client.post("/api/v1/tasks", json=SIMPLE_TASK, headers=auth(admin))
+    session = committed_db()
+    install_model(session, "loan-review", threshold=0.5)
+    first = predict(client, app_token, {"input": good_input()})
+    assert first.json["route"] == "auto"
+    assert predict_service._runtimes["loan-review"].automation_state == "automating"
+    engine = flask_app.extensions["tandem_engine"]
+    with engine.begin() as conn:  # another process pulls automation back
+        conn.execute(
+            text("UPDATE tasks SET automation_state = 'fallback', revision = revision + 1")
+        )
+    second = predict(client, app_token, {"input": good_input()})
+    assert second.json["reason"] == "fallback"
+    assert session.scalar(select(func.count()).select_from(Case)) == 2

@@ -5,8 +5,8 @@ text, missing optional inputs), inserted with known values so tests can check ea
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import SimpleNamespace
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest

@@ -14,7 +14,6 @@ import pytest
 from rq import Queue, SimpleWorker
 
 from service.models import AuditEvent, Export, Job
-from tests.export.conftest import Seed
 from tests.helpers import auth
 
 

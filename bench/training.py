@@ -1,0 +1,210 @@
+"""Training-time and predict-latency-under-training benchmark (issue #4).
+
+1. Training time of the job's training step (``service.ml.pipeline.train_model``: both
+   families cross-validated, the winner refitted) on 10,000 and 100,000 labelled cases,
+   resampled with replacement from letter.csv (26 classes, 16 numbers).
+2. Predict p99 of single-case requests through the real app (PostgreSQL, in-process WSGI
+   client, every case validated, routed and committed) while idle and while a training
+   process runs beside it on the same machine (as a worker would), with the default BLAS /
+   OpenMP threads and with ``OMP_NUM_THREADS=1``.
+
+Usage:  .venv/bin/python bench/training.py [--sizes 10000,100000] [--hgb-max-iter 200]
+Needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379 (db 12).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DB_NAME = "tandem_bench_learning"
+PG = "postgresql+psycopg://postgres@127.0.0.1:5432"
+REDIS_URL = "redis://127.0.0.1:6379/12"
+
+
+def resample(n: int, seed: int = 0) -> tuple[list[dict[str, Any]], list[str], Any, Any]:
+    from service.ml.datasets import load_dataset
+
+    d = load_dataset("letter")
+    rng = random.Random(seed)
+    idx = [rng.randrange(len(d.rows)) for _ in range(n)]
+    return [d.rows[i] for i in idx], [d.labels[i] for i in idx], d.fields, d.label_set
+
+
+def train_once(n: int, hgb_max_iter: int) -> dict[str, Any]:
+    from service.ml.pipeline import train_model
+
+    rows, labels, fields, label_set = resample(n)
+    t0 = time.perf_counter()
+    trained = train_model(rows, labels, fields, label_set, hgb_max_iter=hgb_max_iter)
+    return {
+        "cases": n,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "family": trained.family,
+        "timings": {k: round(v, 2) for k, v in trained.timings.items()},
+        "accuracy": round(trained.metrics["accuracy"], 4),
+    }
+
+
+def setup_app() -> tuple[Any, str]:
+    from sqlalchemy import create_engine, text
+
+    from service import create_app, migrate
+    from service.config import Settings
+    from service.db import make_engine, transaction
+    from service.services import accounts
+    from service.services.audit import SYSTEM
+
+    admin = create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{DB_NAME}"'))
+    admin.dispose()
+    url = f"{PG}/{DB_NAME}"
+    migrate.upgrade(make_engine(url))
+    home = Path("/tmp/tandem-bench-learning")
+    home.mkdir(exist_ok=True)
+    settings = Settings(
+        database_url=url,
+        redis_url=REDIS_URL,
+        home=home,
+        secret_key="bench",
+        embedded=False,
+        session_cookie_secure=False,
+    )
+    app = create_app(settings)
+    with app.app_context(), transaction() as session:
+        token = accounts.create_token(
+            session, role="admin", name="bench", task_scope=None, actor=SYSTEM
+        ).token
+    return app, token
+
+
+def install_letter_model(app: Any, token: str) -> list[dict[str, Any]]:
+    """Task `letter` with an active HGB+LR-selected model trained on 5,000 cases."""
+    import hashlib
+
+    from sqlalchemy import select
+
+    from service.db import transaction
+    from service.ml.artifacts import dump_model
+    from service.ml.pipeline import train_model
+    from service.ml.profile import build_profile
+    from service.models import ModelVersion, Task
+
+    rows, labels, fields, label_set = resample(5000, seed=1)
+    client = app.test_client()
+    resp = client.post(
+        "/api/v1/tasks",
+        json={"name": "letter", "labels": label_set, "fields": fields},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert resp.status_code == 201, resp.json
+    trained = train_model(rows, labels, fields, label_set, hgb_max_iter=50)
+    art = dump_model(trained.pipeline)
+    with app.app_context(), transaction() as session:
+        task = session.scalar(select(Task).where(Task.name == "letter"))
+        v = ModelVersion(
+            task_id=task.id,
+            version=1,
+            status="active",
+            family=trained.family,
+            artefact=art,
+            artefact_sha256=hashlib.sha256(art).hexdigest(),
+            metrics={},
+            profile={
+                "fields_spec": fields,
+                "labels": label_set,
+                "data": build_profile(rows, fields).to_dict(),
+            },
+            certification={},
+        )
+        session.add(v)
+        session.flush()
+        task.active_model_id = v.id
+        task.threshold = 0.9
+        task.automation_state = "automating"
+        task.coverage = 0.5
+        task.revision += 1
+    return rows
+
+
+def predict_latencies(app: Any, token: str, rows: list[dict[str, Any]], n: int) -> list[float]:
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {token}"}
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        resp = client.post(
+            "/api/v1/tasks/letter/predict", json={"input": rows[i % len(rows)]}, headers=headers
+        )
+        out.append(time.perf_counter() - t0)
+        assert resp.status_code in (200, 202), resp.json
+    return out
+
+
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))] * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--hgb-max-iter", type=int, default=200)
+    parser.add_argument("--requests", type=int, default=600)
+    parser.add_argument("--train-child", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.train_child:
+        print(json.dumps(train_once(args.train_child, args.hgb_max_iter)), flush=True)
+        return
+
+    print("## training time (train_model, both families, 3-fold CV + refit)")
+    for n in [int(x) for x in args.sizes.split(",")]:
+        print(json.dumps(train_once(n, args.hgb_max_iter)), flush=True)
+
+    print("## predict latency, single case, in-process WSGI + PostgreSQL commit")
+    app, token = setup_app()
+    rows = install_letter_model(app, token)
+    predict_latencies(app, token, rows, 50)  # warm-up
+    idle = predict_latencies(app, token, rows, args.requests)
+    print(f"idle: p50 {pct(idle, 0.5):.2f} ms  p99 {pct(idle, 0.99):.2f} ms")
+    for label, extra in (("default threads", {}), ("OMP_NUM_THREADS=1", {"OMP_NUM_THREADS": "1"})):
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--train-child",
+                "100000",
+                "--hgb-max-iter",
+                str(args.hgb_max_iter),
+            ],
+            env={**os.environ, **extra},
+            stdout=subprocess.PIPE,
+        )
+        time.sleep(3.0)  # let it reach the CPU-heavy part
+        busy = predict_latencies(app, token, rows, args.requests)
+        still_running = child.poll() is None
+        child.kill()
+        child.wait()
+        print(
+            f"training beside ({label}): p50 {pct(busy, 0.5):.2f} ms  "
+            f"p99 {pct(busy, 0.99):.2f} ms  ratio p99 {pct(busy, 0.99) / pct(idle, 0.99):.2f}x"
+            f"  (training still running at the end: {still_running})"
+        )
+    print(f"median idle {statistics.median(idle) * 1000:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()

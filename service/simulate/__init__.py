@@ -1,0 +1,1 @@
+"""`tandem simulate`: replay labelled history through an isolated Tandem (SPEC §11)."""

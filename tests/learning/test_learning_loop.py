@@ -1,0 +1,340 @@
+"""The learning loop end to end with a REAL RQ worker process on the real Redis.
+
+Cases are replayed through the HTTP API (Flask test client on the same database the worker
+uses); a simulated reviewer answers every queued case and every audited automatic answer
+from the true label (application outcomes, a valid human label source). Training jobs are
+triggered by ``retrain_every`` and run by the worker; the replay waits for a queued job
+before sending the next batch, as a slow stream would.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from service.demo import CREDIT_FIELDS, read_rows
+from service.models import Job, ModelVersion, Task
+from service.policy import clopper_pearson_lower
+from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
+from tests.helpers import auth, make_token
+
+FOODS_FIELDS = [
+    {"name": "review", "type": "text"},
+    {"name": "product", "type": "category"},
+]
+
+
+@pytest.fixture
+def start_worker(committed_db: Any, redis_conn: Any) -> Iterator[Any]:
+    """Start ``tandem worker`` in its own process (not burst: RQ's scheduler must re-queue a
+    retried job), with a small boosting budget so a replay stays within minutes on 2 cores.
+    """
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(**extra_env: str) -> subprocess.Popen[bytes]:
+        env = {
+            **os.environ,
+            "DATABASE_URL": TEST_DATABASE_URL,
+            "REDIS_URL": TEST_REDIS_URL,
+            "SECRET_KEY": "test-secret-key-not-for-production",
+            "TANDEM_HGB_MAX_ITER": "40",
+            **extra_env,
+        }
+        cmd = [sys.executable, "-m", "service.cli", "worker", "--queues", "training"]
+        proc = subprocess.Popen(
+            [*cmd, "--no-scheduler"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _job_row(session: Any, task_name: str) -> Job | None:
+    session.remove()
+    task_id = session.scalar(select(Task.id).where(Task.name == task_name))
+    return session.scalar(select(Job).where(Job.task_id == task_id, Job.kind == "train"))
+
+
+def wait_training(session: Any, task_name: str, timeout: float = 240) -> Job | None:
+    """Block while the task's training job is queued or running; fail on a failed job."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = _job_row(session, task_name)
+        if job is None or job.state == "finished":
+            return job
+        assert job.state != "failed", job.error
+        assert time.monotonic() < deadline, f"training still {job.state}"
+        time.sleep(0.2)
+
+
+@dataclass
+class Replay:
+    auto_per_batch: list[float] = field(default_factory=list)
+    labels_before_batch: list[int] = field(default_factory=list)
+    auto_total: int = 0
+    auto_wrong: int = 0
+    audited_auto_labelled: int = 0
+    first_fallback_after_flip: int | None = None
+
+
+def replay(
+    client: Any,
+    session: Any,
+    token: str,
+    task_name: str,
+    rows: list[tuple[dict[str, Any], str]],
+    *,
+    batch: int = 100,
+    flip_after: int | None = None,
+    flip: dict[str, str] | None = None,
+) -> Replay:
+    out = Replay()
+    labels_given = 0
+    for start in range(0, len(rows), batch):
+        wait_training(session, task_name)
+        chunk = rows[start : start + batch]
+        resp = client.post(
+            f"/api/v1/tasks/{task_name}/predict/batch",
+            json={"items": [{"input": values} for values, _ in chunk]},
+            headers=auth(token),
+        )
+        assert resp.status_code == 200, resp.json
+        out.labels_before_batch.append(labels_given)
+        n_auto = 0
+        for i, (result, (_, truth)) in enumerate(zip(resp.json["results"], chunk, strict=True)):
+            drifted = flip_after is not None and start + i >= flip_after
+            if drifted and flip:
+                truth = flip[truth]
+            if result["route"] == "auto":
+                n_auto += 1
+                if not drifted:
+                    out.auto_total += 1
+                    out.auto_wrong += int(result["label"] != truth)
+            if result["route"] == "review" or result["audit"]:
+                if result["route"] == "auto":
+                    out.audited_auto_labelled += 1
+                done = client.post(
+                    f"/api/v1/cases/{result['case_id']}/outcome",
+                    json={"label": truth},
+                    headers=auth(token),
+                )
+                assert done.status_code == 200, done.json
+                labels_given += 1
+                if drifted and out.first_fallback_after_flip is None:
+                    state = client.get(f"/api/v1/tasks/{task_name}", headers=auth(token))
+                    if state.json["automation"]["state"] == "fallback":
+                        out.first_fallback_after_flip = out.audited_auto_labelled
+        out.auto_per_batch.append(n_auto / len(chunk))
+    wait_training(session, task_name)
+    return out
+
+
+def _create(client: Any, admin: str, name: str, labels: list[str], fields: Any, **policy: Any):
+    body = {"name": name, "labels": labels, "fields": fields, "policy": policy}
+    resp = client.post("/api/v1/tasks", json=body, headers=auth(admin))
+    assert resp.status_code == 201, resp.json
+
+
+def _check_promise(result: Replay, target: float, min_labels: int) -> None:
+    # Automation starts at zero and never before min_labels human labels.
+    assert result.auto_per_batch[0] == 0.0
+    for share, given in zip(result.auto_per_batch, result.labels_before_batch, strict=True):
+        if given < min_labels:
+            assert share == 0.0
+    assert result.auto_total > 0, "automation never started"
+    assert max(result.auto_per_batch) > 0.0
+    realised = result.auto_wrong / result.auto_total
+    assert realised <= target, (realised, result.auto_total)
+
+
+def test_credit_replay_real_worker(flask_app: Any, committed_db: Any, start_worker: Any) -> None:
+    """credit_data at α = 0.10: the model's most confident quarter has ~4-5% error, so 0.10
+    is reachable with the 25%-of-ledger walk start; 0.05 is not (docs/learning.md)."""
+    start_worker()
+    client = flask_app.test_client()
+    admin, app_token = make_token("admin"), make_token("app")
+    target = 0.10
+    _create(
+        client,
+        admin,
+        "credit",
+        ["good", "bad"],
+        CREDIT_FIELDS,
+        target_error=target,
+        min_labels=200,
+        retrain_every=400,
+    )
+    rows = read_rows("credit_data.csv", "Status", CREDIT_FIELDS)
+    random.Random(7).shuffle(rows)
+    result = replay(client, committed_db, app_token, "credit", rows, batch=150)
+    _check_promise(result, target, 200)
+    committed_db.remove()
+    versions = committed_db.scalars(select(ModelVersion)).all()
+    assert len(versions) >= 5
+    assert sum(v.status == "active" for v in versions) == 1
+    print("credit", result.auto_total, result.auto_wrong, result.auto_per_batch)
+
+
+def test_fine_foods_replay_real_worker(
+    flask_app: Any, committed_db: Any, start_worker: Any
+) -> None:
+    """fine_foods (text) at α = 0.10, 3,000 rows: logistic regression on TF-IDF has ~3-5%
+    error on its most confident quarter. Logistic regression only: boosting on 100 SVD
+    components of the TF-IDF costs ~60 s per training on 2 cores and does not win here."""
+    start_worker(TANDEM_TRAIN_FAMILIES="logistic_regression")
+    client = flask_app.test_client()
+    admin, app_token = make_token("admin"), make_token("app")
+    target = 0.10
+    _create(
+        client,
+        admin,
+        "foods",
+        ["great", "other"],
+        FOODS_FIELDS,
+        target_error=target,
+        min_labels=200,
+        retrain_every=500,
+    )
+    rows = read_rows("fine_foods.csv", "score", FOODS_FIELDS)[:3000]
+    result = replay(client, committed_db, app_token, "foods", rows, batch=250)
+    _check_promise(result, target, 200)
+    print("foods", result.auto_total, result.auto_wrong, result.auto_per_batch)
+
+
+def test_label_flip_falls_back_within_bound(
+    flask_app: Any, committed_db: Any, start_worker: Any
+) -> None:
+    """After automation starts, labels flip (the world changed). The live watch must fall
+    back within the number of audited automatic answers the exact test needs: with m
+    correct audited answers already in the window and every new one wrong, the first k with
+    a one-sided Clopper-Pearson lower bound above α (computed below; ≤ 30 here)."""
+    from tests.helpers import SIMPLE_TASK, synthetic_rows
+
+    start_worker(TANDEM_TRAIN_FAMILIES="logistic_regression")  # tiny text vocabulary
+    client = flask_app.test_client()
+    admin, app_token = make_token("admin"), make_token("app")
+    target = 0.10
+    _create(
+        client,
+        admin,
+        "flip",
+        ["good", "bad"],
+        SIMPLE_TASK["fields"],
+        target_error=target,
+        min_labels=100,
+        retrain_every=300,
+        max_coverage_step=0.5,
+    )
+    xs, ys = synthetic_rows(2400, seed=11)
+    rows = list(zip(xs, ys, strict=True))
+    first = replay(client, committed_db, app_token, "flip", rows[:1200], batch=150)
+    assert first.auto_total > 0
+    status = client.get("/api/v1/tasks/flip", headers=auth(admin)).json
+    assert status["automation"]["state"] == "automating"
+    audited_before = first.audited_auto_labelled
+    m = min(audited_before, 300)
+    bound = next(k for k in range(1, 301) if clopper_pearson_lower(k, m + k, 0.95) > target)
+    assert bound <= 30
+    second = replay(
+        client,
+        committed_db,
+        app_token,
+        "flip",
+        rows[1200:],
+        batch=150,
+        flip_after=0,
+        flip={"good": "bad", "bad": "good"},
+    )
+    assert second.first_fallback_after_flip is not None, "never fell back"
+    assert second.first_fallback_after_flip <= bound, (second.first_fallback_after_flip, bound)
+    status = client.get("/api/v1/tasks/flip", headers=auth(admin)).json
+    assert status["automation"]["state"] in ("fallback", "automating")
+    committed_db.remove()
+    from service.models import AuditEvent
+
+    assert (
+        committed_db.scalar(
+            select(func.count())
+            .select_from(AuditEvent)
+            .where(AuditEvent.action == "automation.fallback")
+        )
+        >= 1
+    )
+
+
+def test_sigkill_mid_training_is_retried(
+    flask_app: Any, committed_db: Any, start_worker: Any
+) -> None:
+    start_worker()
+    client = flask_app.test_client()
+    admin, app_token = make_token("admin"), make_token("app")
+    _create(
+        client,
+        admin,
+        "kill",
+        ["good", "bad"],
+        CREDIT_FIELDS,
+        target_error=0.10,
+        min_labels=200,
+        retrain_every=100_000,
+    )
+    rows = read_rows("credit_data.csv", "Status", CREDIT_FIELDS)[:1500]
+    replay(client, committed_db, app_token, "kill", rows, batch=500)
+    resp = client.post("/api/v1/tasks/kill/models/train", headers=auth(admin))
+    assert resp.status_code == 202
+    job_id = resp.json["job_id"]
+    deadline = time.monotonic() + 60
+    pid = None
+    while time.monotonic() < deadline:
+        job = _job_row(committed_db, "kill")
+        if job is not None and (job.progress or {}).get("stage") == "training":
+            pid = job.progress["pid"]
+            break
+        time.sleep(0.05)
+    assert pid is not None, "training never started"
+    os.kill(pid, signal.SIGKILL)
+    committed_db.remove()
+    assert committed_db.scalar(select(func.count()).select_from(ModelVersion)) == 0
+    # RQ's Retry re-runs the job (first interval 10 s); nothing half-done was ever stored.
+    seen_versions: set[tuple[int, str]] = set()
+    deadline = time.monotonic() + 180
+    while True:
+        job = _job_row(committed_db, "kill")
+        for v in committed_db.scalars(select(ModelVersion)).all():
+            assert v.artefact_sha256 is not None and v.status in ("candidate", "active")
+            seen_versions.add((v.version, v.status))
+        if job is not None and job.state == "finished":
+            break
+        assert job is None or job.state != "failed", job.error
+        assert time.monotonic() < deadline, "retried job did not finish"
+        time.sleep(0.3)
+    assert job.id == job_id and job.attempts == 2
+    assert job.result["version"] == 1
+    committed_db.remove()
+    (version,) = committed_db.scalars(select(ModelVersion)).all()
+    task = committed_db.scalar(select(Task).where(Task.name == "kill"))
+    assert task.active_model_id == version.id and version.status == "active"
+    import hashlib
+
+    assert hashlib.sha256(version.artefact).hexdigest() == version.artefact_sha256
