@@ -313,5 +313,50 @@ def train(task_name: str, wait: bool, timeout: int) -> None:
             time.sleep(1.0)
 
 
+# --- backtest ------------------------------------------------------------------------------
+
+
+@main.command("simulate")
+@click.argument("data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--label", required=True, help="Column holding the true label.")
+@click.option(
+    "--task",
+    "task_file",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Task definition JSON (fields, labels, policy); anything missing is inferred.",
+)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seeds", default=1, show_default=True, type=int, help="Shuffled runs (seed..).")
+@click.option("--order", default=None, type=click.Choice(["file", "shuffle"]),
+              help="Arrival order (default: file for one run; --seeds always shuffles).")
+@click.option("--out", default="simulation", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path))
+@click.option("--reviewer-error", default=0.0, show_default=True, type=float,
+              help="Share of the simulated reviewer's answers that are wrong.")
+@click.option("--target-error", default=None, type=float, help="Override the policy's α.")
+@click.option("--rows", default=None, type=int, help="Use only the first N labelled rows.")
+@click.option("--chunk", default=50, show_default=True, type=int, help="Cases per arrival.")
+@click.option("--hgb-max-iter", default=None, type=int,
+              help="Boosting rounds in training (TANDEM_HGB_MAX_ITER; default 200).")
+@click.option("--families", default=None,
+              help="Model families compared (TANDEM_TRAIN_FAMILIES), e.g. logistic_regression.")
+@click.option("--jobs", default=1, show_default=True, type=int,
+              help="Seeds replayed in parallel (each its own instance).")
+@friendly_errors
+def simulate_cmd(data: Path, label: str, task_file: Path | None, seed: int, seeds: int,
+                 order: str | None, out: Path, reviewer_error: float,
+                 target_error: float | None, rows: int | None, chunk: int,
+                 hgb_max_iter: int | None, families: str | None, jobs: int) -> None:
+    """Replay labelled history DATA through an isolated Tandem (SPEC §11) and write a report."""
+    from service.simulate.cli import simulate_command
+
+    simulate_command(
+        data, label, task_file=task_file, seed=seed, seeds=seeds, order=order, out=out,
+        reviewer_error=reviewer_error, target_error=target_error, rows=rows, chunk=chunk,
+        hgb_max_iter=hgb_max_iter, families=families, jobs=jobs,
+    )
+
+
 if __name__ == "__main__":
     main()

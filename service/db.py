@@ -7,6 +7,7 @@ stores nothing, and a failure half way leaves nothing behind.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -60,7 +61,7 @@ def utcnow() -> datetime:
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """Engine tuned per backend: SQLite gets WAL + busy timeout so web and worker processes
-    can share the embedded file; PostgreSQL gets pre-ping so a restarted server is survived."""
+    can share the embedded file; PostgreSQL gets a bounded pool that fails fast."""
     if url.startswith("sqlite"):
         options: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
         if url in ("sqlite://", "sqlite:///:memory:"):
@@ -87,7 +88,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         return engine
     options = {
-        "pool_pre_ping": True,
+        # No pre-ping: it costs a round trip on every checkout of the predict hot path. A
+        # restarted server still heals by itself: the first disconnect error invalidates the
+        # whole pool (that request gets a 503), and the next request opens fresh connections.
+        "pool_pre_ping": os.environ.get("TANDEM_DB_PRE_PING", "") == "1",
         "pool_size": 10,
         "max_overflow": 20,
         "pool_timeout": 5,

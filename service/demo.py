@@ -1,8 +1,18 @@
 """`tandem demo`: a ready-to-explore instance built from a bundled dataset.
 
-Seeds a `loan-review` task from credit_data.csv: historical decisions reported by the
-application (label source `application`) so a model can be trained and certified at once,
-then a live tail of cases waiting for people in the review queue.
+Seeds a `loan-review` task from credit_data.csv: 4,100 historical decisions reported by the
+application (label source `application`) replayed through the real loop — predict, route,
+audit flag, labels, and in-process training + certification at 1,000, 2,000, 3,000 and 4,100
+cases — so a certified model automates part of the traffic before the server starts; then a
+live tail of 300 cases, some answered automatically and the rest waiting in the review queue.
+`retrain_every` is 25 so a newcomer sees the next version trained after a few reviews.
+
+Why `target_error` 0.15 and not 0.05: on credit_data the best model is wrong on ~3% of its
+most confident tenth and ~4.5% of its most confident quarter. Certification starts its walk
+where a quarter of the audit ledger lies above the threshold and spends only δ_j ≈ 0.001 at a
+checkpoint, so 0.05 can never be certified on this data and 0.10 only on a ledger of well
+over 1,000 audited cases; 0.15 certifies on the seeded history (≈1,200 audited cases) with
+about half of the traffic automated. A real lender would pick its own α and data.
 """
 
 from __future__ import annotations
@@ -86,7 +96,7 @@ def task_definition() -> dict[str, Any]:
         "name": DEMO_TASK,
         "labels": ["good", "bad"],
         "fields": CREDIT_FIELDS,
-        "policy": {"target_error": 0.05, "min_labels": 200, "retrain_every": 100},
+        "policy": {"target_error": 0.15, "min_labels": 200, "retrain_every": 25},
         "review": {
             "instructions": (
                 "## Loan review\n\nDecide whether the applicant is a **good** or **bad** "

@@ -22,6 +22,8 @@ def decide(
     force_review: bool,
     out_of_range: bool,
     never_automate: frozenset[str] | tuple[str, ...] = (),
+    audited: bool = False,
+    hold_audited: bool = False,
 ) -> Route:
     """Order matters: an explicit request for a human wins, then the reasons that make the
     model's confidence meaningless (no model, input unlike training data, fallback, no
@@ -39,5 +41,8 @@ def decide(
     if suggested_label in never_automate:
         return Route("review", "policy", "pending")
     if confidence >= threshold:
+        if audited and hold_audited:
+            # audit_mode "hold": the audit sample waits for its human verdict.
+            return Route("review", "audit", "pending")
         return Route("auto", "confident", "auto")
     return Route("review", "low_confidence", "pending")

@@ -14,7 +14,9 @@
 
   function fmtBucket(b) {
     const d = new Date(b);
-    return isNaN(d) ? String(b) : d.toLocaleDateString() + " " + d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    if (isNaN(d)) return String(b);
+    const midnight = d.getHours() === 0 && d.getMinutes() === 0;
+    return midnight ? d.toLocaleDateString() : d.toLocaleDateString() + " " + d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
   }
 
   function chart(id, config) {

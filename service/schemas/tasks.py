@@ -46,6 +46,22 @@ class PolicySchema(StrictSchema):
         values=mf.Float(validate=validate.Range(0.0001, 0.5)),
         load_default=dict,
     )
+    certification_margin = mf.Float(
+        load_default=0.0,
+        validate=validate.Range(0.0, 0.5),
+        metadata={
+            "description": "certify at target_error minus this margin, for users who "
+            "need realised error under target over short windows"
+        },
+    )
+    audit_mode = mf.String(
+        load_default="answer",
+        validate=validate.OneOf(("answer", "hold")),
+        metadata={
+            "description": "answer: an audited confident case is answered at once and "
+            "checked by a person later; hold: it waits for the person (reason audit)"
+        },
+    )
 
 
 class ReviewSettingsSchema(StrictSchema):
@@ -100,6 +116,8 @@ class TaskCreateSchema(StrictSchema):
 
 
 def _check_policy_labels(policy: dict[str, Any], labels: list[str]) -> None:
+    if policy.get("certification_margin", 0.0) >= policy.get("target_error", 0.02):
+        raise ValidationError("certification_margin must be below target_error", "policy")
     unknown = [x for x in policy.get("never_automate", []) if x not in labels]
     unknown += [x for x in policy.get("label_targets", {}) if x not in labels]
     if unknown:
@@ -117,6 +135,8 @@ class PolicyPatchSchema(PolicySchema):
     retrain_every = mf.Integer(validate=validate.Range(10, 10_000_000))
     never_automate = mf.List(mf.String())
     label_targets = mf.Dict(keys=mf.String(), values=mf.Float(validate=validate.Range(0.0001, 0.5)))
+    certification_margin = mf.Float(validate=validate.Range(0.0, 0.5))
+    audit_mode = mf.String(validate=validate.OneOf(("answer", "hold")))
 
 
 class ReviewPatchSchema(ReviewSettingsSchema):

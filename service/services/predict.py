@@ -49,6 +49,7 @@ class TaskRuntime:
     reviews_required: int
     model: model_cache.LoadedModel | None
     never_automate: frozenset[str] = field(default_factory=frozenset)
+    hold_audited: bool = False
 
 
 _runtime_lock = threading.Lock()
@@ -87,6 +88,7 @@ def task_runtime(session: Session, name: str, *, trust_cache: bool = False) -> T
         reviews_required=int(task.review.get("reviewers_per_case", 1)),
         model=model,
         never_automate=frozenset(policy.never_automate),
+        hold_audited=task.policy.get("audit_mode") == "hold",
     )
     with _runtime_lock:
         _runtimes[name] = runtime
@@ -192,6 +194,7 @@ def _build_rows(
         threshold = rt.threshold
         if rt.model is not None and suggestion in rt.model.label_thresholds:
             threshold = rt.model.label_thresholds[suggestion]
+        audited = audit_draw(case_id) < rt.audit_rate
         decision = routing.decide(
             has_model=rt.model is not None,
             automation_state=rt.automation_state,
@@ -201,8 +204,9 @@ def _build_rows(
             force_review=bool(item.force_review),
             out_of_range=bool(flagged_fields),
             never_automate=rt.never_automate,
+            audited=audited,
+            hold_audited=rt.hold_audited,
         )
-        audited = audit_draw(case_id) < rt.audit_rate
         auto = decision.route == "auto"
         rows.append(
             {

@@ -102,6 +102,11 @@ def update_task(session: Session, task: Task, changes: dict[str, Any], actor: Ac
             raise ValidationFailed(
                 "policy names unknown labels", {"policy": [f"unknown labels: {sorted(unknown)}"]}
             )
+        if policy.get("certification_margin", 0.0) >= policy.get("target_error", 0.02):
+            raise ValidationFailed(
+                "certification_margin must be below target_error",
+                {"policy": ["certification_margin must be below target_error"]},
+            )
         before["policy"], after["policy"] = task.policy, policy
         task.policy = policy
     if "review" in changes:

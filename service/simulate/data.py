@@ -58,9 +58,9 @@ def infer_type(values: Sequence[str | None]) -> str:
     return "category"
 
 
-def infer_fields(header: Sequence[str], raw_rows: Sequence[dict[str, str]], label: str) -> list[
-    dict[str, Any]
-]:
+def infer_fields(
+    header: Sequence[str], raw_rows: Sequence[dict[str, str]], label: str
+) -> list[dict[str, Any]]:
     """Task field specs for every column but ``label``, in file order."""
     fields: list[dict[str, Any]] = []
     for name in header:

@@ -52,6 +52,7 @@ class SimOptions:
     hgb_max_iter: int | None = None
     families: str | None = None
     progress: bool = True
+    threads: int = 1  # BLAS/OpenMP threads for training (HGB oversubscribes a shared machine)
     database_url: str | None = None  # None: SQLite file in the work folder
     workdir: Path | None = None
 
@@ -92,6 +93,20 @@ def _env(**values: str | None) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _quiet_logs() -> Any:
+    """Keep the progress bar readable: per-job INFO logs go quiet; returns the undo."""
+    names = ("service", "workers", "rq", "rq.worker", "alembic", "alembic.runtime.migration")
+    before = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    def restore() -> None:
+        for name, level in before.items():
+            logging.getLogger(name).setLevel(level)
+
+    return restore
 
 
 @contextlib.contextmanager
@@ -148,9 +163,11 @@ def isolated_instance(workdir: Path, database_url: str | None) -> Iterator[Any]:
             embedded=False,
         )
         predict.clear_cache()  # model ids restart in a fresh database
+        restore = _quiet_logs()
         app = create_app(settings)
         engine = app.extensions["tandem_engine"]
         migrate.upgrade(engine)
+        restore()
         try:
             yield app
         finally:
@@ -277,7 +294,9 @@ class Replay:
         from service.services.predict import PredictRequest, predict_batch
 
         items = [
-            PredictRequest(input=self.data.inputs[int(self.order[p])], external_id=f"row-{int(self.order[p])}")
+            PredictRequest(
+                input=self.data.inputs[int(self.order[p])], external_id=f"row-{int(self.order[p])}"
+            )
             for p in positions
         ]
         with unit_of_work() as session:
@@ -366,7 +385,10 @@ class Replay:
             "TANDEM_TRAIN_FAMILIES": self.opt.families,
         }
         n = len(self.data)
-        with self.app.app_context(), _env(**env):
+        from threadpoolctl import threadpool_limits
+
+        quiet = _quiet_logs()
+        with self.app.app_context(), _env(**env), threadpool_limits(limits=self.opt.threads):
             self._setup()
             bar = tqdm(
                 total=n,
@@ -402,6 +424,7 @@ class Replay:
             self.timeline.append(self._rule_now(n))
             versions, version_rows = self._version_scores()
             events = self._event_counts()
+        quiet()
         stream = Stream(
             rows=self.order.copy(),
             chunk=self.chunk_of,

@@ -138,9 +138,7 @@ def fixed_policy(stream: Stream, threshold: float = FIXED_THRESHOLD) -> PolicyRu
     return PolicyRun(f"fixed {threshold:g}", auto, rules, int((~auto).sum()))
 
 
-def naive_policy(
-    stream: Stream, versions: dict[int, VersionScores], alpha: float
-) -> PolicyRun:
+def naive_policy(stream: Stream, versions: dict[int, VersionScores], alpha: float) -> PolicyRun:
     """Per chunk, the lowest threshold whose observed error on held-out human labels seen
     before the chunk is within ``alpha`` (no bound, no minimum sample)."""
     auto = np.zeros(len(stream), dtype=bool)
@@ -235,9 +233,7 @@ def evaluate(
     return {
         "automation": m / n if n else 0.0,
         "final_quarter_automation": fq_auto,
-        "final_quarter_share_of_oracle": (
-            fq_auto / oracle_quarter if oracle_quarter else None
-        ),
+        "final_quarter_share_of_oracle": (fq_auto / oracle_quarter if oracle_quarter else None),
         "auto_answers": m,
         "auto_errors": k,
         "realised_error": k / m if m else None,

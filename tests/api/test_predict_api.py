@@ -329,3 +329,17 @@ def test_stale_task_cache_is_caught_by_the_insert_guard(committed_db, flask_app)
     second = predict(client, app_token, {"input": good_input()})
     assert second.json["reason"] == "fallback"
     assert session.scalar(select(func.count()).select_from(Case)) == 2
+
+
+def test_audit_mode_hold_routes_audited_confident_cases_to_people(client, tokens, task, db):
+    install_model(db, "loan-review", threshold=0.5)
+    client.patch("/api/v1/tasks/loan-review", json={"policy": {"audit_mode": "hold"}},
+                 headers=auth(tokens["admin"]))
+    results = [predict(client, tokens["app"], {"input": good_input()}).json for _ in range(40)]
+    held = [r for r in results if r["audit"]]
+    assert held, "expected some audited cases at the audit rate"
+    for r in held:
+        assert (r["route"], r["reason"], r["label"]) == ("review", "audit", None)
+    for r in results:
+        if not r["audit"]:
+            assert r["route"] == "auto"
