@@ -13,6 +13,7 @@ Uses (and recreates) the database ``tandem_bench_claim`` on the local PostgreSQL
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import secrets
 import statistics
@@ -24,14 +25,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import create_engine, func, select, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
 
-from service import migrate  # noqa: E402
-from service.db import SessionFactory, db_session, make_engine, transaction  # noqa: E402
-from service.models import AuditEvent, Case, Task, User  # noqa: E402
-from service.services import review  # noqa: E402
-from service.services.accounts import user_actor  # noqa: E402
+from service import migrate
+from service.db import SessionFactory, db_session, make_engine, transaction
+from service.models import AuditEvent, Case, Task, User
+from service.services import review
+from service.services.accounts import user_actor
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/tandem_bench_claim"
 
@@ -54,9 +55,9 @@ def load(engine, n_cases: int, reviewers: int) -> tuple[str, list]:  # type: ign
                 "INSERT INTO tasks (name, labels, fields, policy, review, automation_state,"
                 " audit_multiplier, widening_frozen, labels_since_training, revision,"
                 " created_at, updated_at) VALUES ('bench', '[\"good\", \"bad\"]',"
-                " '[{\"name\": \"text\", \"type\": \"text\", \"required\": true}]',"
-                " '{\"retrain_every\": 100000000}', '{\"lease_seconds\": 300,"
-                " \"reviewers_per_case\": 1, \"sla_seconds\": 86400}', 'manual', 1.0, false,"
+                ' \'[{"name": "text", "type": "text", "required": true}]\','
+                ' \'{"retrain_every": 100000000}\', \'{"lease_seconds": 300,'
+                ' "reviewers_per_case": 1, "sla_seconds": 86400}\', \'manual\', 1.0, false,'
                 " 0, 1, now(), now()) RETURNING id"
             )
         ).scalar_one()
@@ -118,13 +119,12 @@ def main() -> None:
     conflicts = [0]
     lock = threading.Lock()
     barrier = threading.Barrier(len(actors))
-    deadline_box: list[float] = []
 
     def work(actor) -> None:  # type: ignore[no-untyped-def]
         mine_claim: list[float] = []
         mine_decide: list[float] = []
         barrier.wait()
-        deadline = deadline_box[0]
+        deadline = time.perf_counter() + args.seconds
         try:
             while time.perf_counter() < deadline:
                 t0 = time.perf_counter()
@@ -148,12 +148,9 @@ def main() -> None:
                 decide_ms.extend(mine_decide)
 
     threads = [threading.Thread(target=work, args=(a,)) for a in actors]
-    deadline_box.append(time.perf_counter() + 3600)
     for t in threads:
         t.start()
-    # Start the clock when every thread is at the barrier.
     started = time.perf_counter()
-    deadline_box[0] = started + args.seconds
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - started
@@ -172,7 +169,7 @@ def main() -> None:
     double = sum(
         1
         for events in history.values()
-        if any(a == b == "case.claimed" for a, b in zip(events, events[1:], strict=False))
+        if any(a == b == "case.claimed" for a, b in itertools.pairwise(events))
     )
     rounds = len(decide_ms)
     print(f"reviewers: {len(actors)}  waiting cases at start: {args.cases:,}")
@@ -181,9 +178,7 @@ def main() -> None:
         f"claim  ms: p50 {statistics.median(claim_ms):.2f}  p90 {pct(claim_ms, 0.90):.2f}"
         f"  p99 {pct(claim_ms, 0.99):.2f}  max {max(claim_ms):.2f}"
     )
-    print(
-        f"decide ms: p50 {statistics.median(decide_ms):.2f}  p99 {pct(decide_ms, 0.99):.2f}"
-    )
+    print(f"decide ms: p50 {statistics.median(decide_ms):.2f}  p99 {pct(decide_ms, 0.99):.2f}")
     print(f"resolved cases: {resolved:,}  409 conflicts: {conflicts[0]}  double claims: {double}")
     engine.dispose()
     if double or resolved != rounds - conflicts[0]:

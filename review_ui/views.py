@@ -322,6 +322,7 @@ def admin_users() -> Any:
             return redirect(url_for("review_ui.admin_users"))
         except ServiceError as exc:
             db_session.remove()
+            g.pop("_login_user", None)  # the signed-in user was on the removed session
             flash(exc.message, "error")
     users = db_session().scalars(select(User).order_by(User.email)).all()
     return render_template("admin_users.html", users=users, roles=ROLES)
@@ -343,6 +344,7 @@ def admin_tokens() -> Any:
                 ).token
         except ServiceError as exc:
             db_session.remove()
+            g.pop("_login_user", None)  # the signed-in user was on the removed session
             flash(exc.message, "error")
     tokens = db_session().scalars(select(ApiToken).order_by(ApiToken.id.desc())).all()
     return render_template("admin_tokens.html", tokens=tokens, roles=ROLES, created=created)
@@ -401,6 +403,7 @@ def admin_policy(task: str) -> Any:
             flash("Some values are not valid; nothing was saved.", "error")
         except ServiceError as exc:
             db_session.remove()
+            g.pop("_login_user", None)  # the signed-in user was on the removed session
             errors = exc.details
             flash(exc.message, "error")
     row = task_service.get_task(db_session(), task, actor())

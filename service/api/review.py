@@ -53,7 +53,7 @@ def claim(task: str) -> Any:
     data = _optional_body(ClaimRequestSchema())
     with unit_of_work() as session:
         claimed = review_service.claim(
-            session, task, current_actor(), exclude=data["exclude"], request_id=request_id()
+            session, task, current_actor(), exclude=data["exclude_ids"], request_id=request_id()
         )
         if claimed is None:
             return Response(status=204)

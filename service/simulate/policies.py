@@ -134,7 +134,7 @@ def fixed_policy(stream: Stream, threshold: float = FIXED_THRESHOLD) -> PolicyRu
     has_model = stream.version > 0
     auto = has_model & np.isfinite(stream.score) & (stream.score >= threshold)
     versions = sorted({int(v) for v in stream.version[has_model]})
-    rules = [(v, threshold, {}) for v in versions]
+    rules: list[tuple[int, float | None, dict[str, float]]] = [(v, threshold, {}) for v in versions]
     return PolicyRun(f"fixed {threshold:g}", auto, rules, int((~auto).sum()))
 
 
@@ -238,7 +238,10 @@ def evaluate(
         "auto_errors": k,
         "realised_error": k / m if m else None,
         "realised_error_interval": (
-            [clopper_pearson_lower(k, m, delta / 2), clopper_pearson_upper(k, m, delta / 2)]
+            [
+                clopper_pearson_lower(k, m, 1 - delta / 2),
+                clopper_pearson_upper(k, m, 1 - delta / 2),
+            ]
             if m
             else None
         ),

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from service.policy import Policy, clopper_pearson_lower, clopper_pearson_upper
+from service.policy import Policy
 from service.simulate import policies as pol
 from service.simulate.engine import Recorded
 
@@ -25,6 +25,7 @@ POLICY_TITLES = {
     "naive": "naive point estimate",
     "oracle": "hindsight oracle",
 }
+MIN_PLOTTED_AUTO = 20
 COLOURS = {"tandem": "#1f6feb", "fixed": "#8b949e", "naive": "#d29922", "oracle": "#2da44e"}
 
 
@@ -90,6 +91,21 @@ def analyse(rec: Recorded) -> tuple[dict[str, Any], dict[str, pol.PolicyRun]]:
         "knobs": {"hgb_max_iter": rec.options.hgb_max_iter, "families": rec.options.families},
     }
     return summary, runs
+
+
+def interval_band(k: np.ndarray, m: np.ndarray, confidence: float) -> tuple[np.ndarray, ...]:
+    """Two-sided exact (Clopper-Pearson) interval of k/m at every point, vectorised."""
+    from scipy import stats
+
+    delta = 1.0 - confidence
+    k = np.asarray(k, dtype=float)
+    m = np.asarray(m, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lo = np.where(k > 0, stats.beta.ppf(delta / 2, k, m - k + 1), 0.0)
+        hi = np.where(k < m, stats.beta.ppf(1 - delta / 2, k + 1, m - k), 1.0)
+    lo[m == 0] = np.nan
+    hi[m == 0] = np.nan
+    return lo, hi
 
 
 def _json_default(value: Any) -> Any:
@@ -201,19 +217,18 @@ def plot_all(out: Path, rec: Recorded, runs: dict[str, pol.PolicyRun], summary: 
     m = np.cumsum(auto)
     k = np.cumsum(auto & wrong)
     err = pol.cumulative_error(auto, wrong)
-    delta = 1 - summary["confidence"]
-    lo = np.array(
-        [clopper_pearson_lower(int(a), int(b), delta / 2) if b else np.nan for a, b in zip(k, m)]
-    )
-    hi = np.array(
-        [clopper_pearson_upper(int(a), int(b), delta / 2) if b else np.nan for a, b in zip(k, m)]
-    )
+    err[m < MIN_PLOTTED_AUTO] = np.nan  # a handful of answers says nothing yet
+    lo, hi = interval_band(k, m, summary["confidence"])
+    lo[m < MIN_PLOTTED_AUTO] = np.nan
+    hi[m < MIN_PLOTTED_AUTO] = np.nan
     ax.fill_between(x, lo, hi, color=COLOURS["tandem"], alpha=0.15, label="95% interval")
     ax.plot(x, err, color=COLOURS["tandem"], lw=2, label="Tandem realised error (cumulative)")
     for name in ("fixed", "naive"):
+        other = pol.cumulative_error(runs[name].auto, wrong)
+        other[np.cumsum(runs[name].auto) < MIN_PLOTTED_AUTO] = np.nan
         ax.plot(
             x,
-            pol.cumulative_error(runs[name].auto, wrong),
+            other,
             color=COLOURS[name],
             lw=1.2,
             label=f"{POLICY_TITLES[name]} realised error",
@@ -306,6 +321,10 @@ def _pct(v: float | None, digits: int = 1) -> str:
     return "—" if v is None else f"{100 * v:.{digits}f}%"
 
 
+def _num(v: float | None) -> str:
+    return "—" if v is None else f"{v:.4f}"
+
+
 def _flag(v: bool | None) -> str:
     if v is None:
         return "—"
@@ -362,7 +381,7 @@ def write_html(out: Path, summary: dict[str, Any]) -> Path:
         vrows.append(
             f"<tr><td>v{v['version']}</td><td>{html.escape(str(v['family']))}</td>"
             f"<td>{v['training_cases']:,}</td><td>{v.get('ledger_cases') or '—'}</td>"
-            f"<td>{'%.4f' % v['threshold'] if v['threshold'] is not None else '—'}</td>"
+            f"<td>{_num(v['threshold'])}</td>"
             f"<td>{_pct(v['error_bound'], 2)}</td><td>{_pct(v['coverage'])}</td>"
             f"<td>{_pct(te.get('true_error'), 2) if te else '—'}</td>"
             f"<td>{'yes' if v['deployed'] else 'no'}</td></tr>"

@@ -122,12 +122,22 @@ def run_many(
             for s in pool.imap(_seed_job, args):
                 summaries.append(s)
                 _print_line(s)
+                _write_table(out, path, label, summaries, started)
     else:
         summaries = []
         for a in args:
             s = _seed_job(a)
             summaries.append(s)
             _print_line(s)
+            _write_table(out, path, label, summaries, started)
+    return (summaries, *_write_table(out, path, label, summaries, started))
+
+
+def _write_table(
+    out: Path, path: Path, label: str, summaries: list[dict[str, Any]], started: float
+) -> tuple[dict[str, Any], str]:
+    """seeds.json and seeds.md for the runs finished so far (rewritten after each run, so
+    a long backtest stopped early still leaves its table)."""
     table = aggregate(summaries)
     alpha = float(summaries[0]["target_error"])
     md = table_markdown(table, alpha)
@@ -148,7 +158,7 @@ def run_many(
         encoding="utf-8",
     )
     (out / "seeds.md").write_text(md + "\n", encoding="utf-8")
-    return summaries, table, md
+    return table, md
 
 
 def _print_line(s: dict[str, Any]) -> None:

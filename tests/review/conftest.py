@@ -84,9 +84,7 @@ def login(client: Any, email: str, password: str = PASSWORD) -> dict[str, str]:
     """Sign in through the real login form; returns headers for the JSON API."""
     page = client.get("/login")
     token = csrf_from(page.get_data(as_text=True))
-    resp = client.post(
-        "/login", data={"email": email, "password": password, "csrf_token": token}
-    )
+    resp = client.post("/login", data={"email": email, "password": password, "csrf_token": token})
     assert resp.status_code == 302, resp.get_data(as_text=True)[:500]
     home = client.get("/")
     return {"X-CSRFToken": csrf_from(home.get_data(as_text=True))}

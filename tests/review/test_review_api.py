@@ -13,7 +13,7 @@ from tests.helpers import auth
 
 def test_claim_review_roundtrip(browser_user, queued, task, db):
     (case_id,) = queued(1)
-    client, headers, user = browser_user()
+    client, headers, _user = browser_user()
     resp = client.post(f"/api/v1/tasks/{task['name']}/queue/claim", headers=headers)
     assert resp.status_code == 200
     body = resp.json
@@ -44,7 +44,9 @@ def test_second_reviewer_late_submit_gets_409(browser_user, queued, task, db):
     db.commit()
     claimed = b_client.post(f"/api/v1/tasks/{task['name']}/queue/claim", headers=b_headers)
     assert claimed.json["case_id"] == case_id
-    late = a_client.post(f"/api/v1/cases/{case_id}/review", json={"label": "bad"}, headers=a_headers)
+    late = a_client.post(
+        f"/api/v1/cases/{case_id}/review", json={"label": "bad"}, headers=a_headers
+    )
     assert late.status_code == 409
     assert late.json["error"]["details"]["reason"] == "lease_lost"
     ok = b_client.post(f"/api/v1/cases/{case_id}/review", json={"label": "good"}, headers=b_headers)
@@ -128,7 +130,7 @@ def test_queue_listing_filters_over_http(browser_user, queued, task, db):
     ids = queued(3)
     db.execute(update(Case).where(Case.id == ids[2]).values(audit=True))
     db.commit()
-    client, headers, _ = browser_user()
+    client, _headers, _ = browser_user()
     name = task["name"]
     page = client.get(f"/api/v1/tasks/{name}/queue?per_page=2").json
     assert page["total"] == 3 and len(page["items"]) == 2 and page["pages"] == 2

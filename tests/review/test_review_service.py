@@ -147,16 +147,24 @@ def test_audited_auto_answer_corrected_or_confirmed(db, task, people, queued):
     a, b = queued(2)
     for cid in (a, b):
         _set(
-            db, cid, status="auto", route="auto", reason="confident", audit=True,
-            suggestion_label="good", confidence=0.97, final_label="good", label_source="model",
+            db,
+            cid,
+            status="auto",
+            route="auto",
+            reason="confident",
+            audit=True,
+            suggestion_label="good",
+            confidence=0.97,
+            final_label="good",
+            label_source="model",
             resolved_at=utcnow(),
         )
     update_task(db(), _task(db, task["name"]), {"webhook": {"url": "http://hook.test/x"}}, SYSTEM)
     db.commit()
     actor = people()
-    review.claim(db(), task["name"], actor)
+    a = review.claim(db(), task["name"], actor).case.id
     review.submit_review(db(), a, "bad", actor)
-    review.claim(db(), task["name"], actor)
+    b = review.claim(db(), task["name"], actor).case.id
     review.submit_review(db(), b, "good", actor)
     db.commit()
     corrected, confirmed = db.get(Case, a), db.get(Case, b)
@@ -276,8 +284,7 @@ def test_disagreement_escalates_then_caps_with_plurality(db, task, people, queue
     case = db.get(Case, capped)
     assert case.final_label == "good"  # tie broken by the label chosen first
     last = db.scalar(
-        select(AuditEvent)
-        .where(AuditEvent.case_id == capped, AuditEvent.action == "case.resolved")
+        select(AuditEvent).where(AuditEvent.case_id == capped, AuditEvent.action == "case.resolved")
     )
     assert last.details["agreement"] is False and last.details["decided_by"] == "plurality"
     stats = review.agreement_stats(db(), _task(db, task["name"]))

@@ -160,7 +160,9 @@ def test_screenshots_of_every_page(page_for, live_server):
     assert page.locator("#reviews-title").is_visible()
     shot(page, "case")
     page.goto(live_server + f"/tasks/{name}/dashboard")
-    page.wait_for_function("() => document.getElementById('dash-status').textContent !== 'Loading…'")
+    page.wait_for_function(
+        "() => document.getElementById('dash-status').textContent !== 'Loading…'"
+    )
     shot(page, "dashboard")
     page.goto(live_server + f"/tasks/{name}/export")
     shot(page, "export")

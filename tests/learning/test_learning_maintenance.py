@@ -1,0 +1,77 @@
+"""Scheduled retrain trigger and the label-free drift check."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sqlalchemy import insert, select
+
+from service.models import AuditEvent, Case, Job, Task, new_id
+from service.services import automation
+from service.services.tasks import current_audit_rate
+from tests.helpers import install_model, synthetic_rows
+
+
+def _cases(session: Any, task: Task, confidences: list[float], **extra: Any) -> None:
+    rows, _ = synthetic_rows(len(confidences), seed=4)
+    session.execute(
+        insert(Case),
+        [
+            {
+                "id": new_id(),
+                "task_id": task.id,
+                "input": row,
+                "route": "review",
+                "reason": "low_confidence",
+                "status": "pending",
+                "confidence": c,
+                "suggestion_label": "good",
+                "model_version_id": task.active_model_id,
+                **extra,
+            }
+            for row, c in zip(rows, confidences, strict=True)
+        ],
+    )
+    session.flush()
+
+
+def test_drift_check_freezes_and_recovers(app: Any, db: Any, task: Any) -> None:
+    version = install_model(db, "loan-review", threshold=0.9)
+    rng = np.random.default_rng(0)
+    reference = sorted(float(x) for x in 0.5 + 0.5 * rng.random(200))
+    version.profile = {**version.profile, "reference_scores": reference}
+    row = db.scalar(select(Task).where(Task.name == "loan-review"))
+    before_rate = current_audit_rate(row)
+    # Too few scores: no verdict.
+    _cases(db, row, [0.99] * 50)
+    assert automation.drift_check(db, row)["checked"] is False
+    # The score distribution collapses onto its top: PSI far above 0.2.
+    _cases(db, row, [0.99] * 200)
+    report = automation.drift_check(db, row)
+    assert report["score_psi"] > 0.2 and row.widening_frozen
+    assert current_audit_rate(row) == min(1.0, 2 * before_rate)
+    actions = db.scalars(select(AuditEvent.action).where(AuditEvent.task_id == row.id)).all()
+    assert "drift.warning" in actions
+    # Traffic back to the reference distribution: the freeze lifts.
+    _cases(db, row, [float(x) for x in 0.5 + 0.5 * rng.random(1000)])
+    report = automation.drift_check(db, row)
+    assert not report["warnings"], report["warnings"]
+    assert not row.widening_frozen
+    actions = db.scalars(select(AuditEvent.action).where(AuditEvent.task_id == row.id)).all()
+    assert "drift.cleared" in actions
+
+
+def test_retrain_check_requests_once(app: Any, db: Any, task: Any, redis_conn: Any) -> None:
+    from workers import context
+    from workers.jobs import maintenance
+
+    context.set_app(app)
+    row = db.scalar(select(Task).where(Task.name == "loan-review"))
+    assert maintenance.retrain_check() == []  # no labels yet
+    _cases(db, row, [0.7] * 30, human_label="good", status="resolved")
+    db.commit()
+    assert maintenance.retrain_check() == ["loan-review"]
+    job = db.scalar(select(Job).where(Job.task_id == row.id))
+    assert job is not None and job.state == "queued" and job.progress["reason"] == "schedule"
+    assert maintenance.retrain_check() == []  # one job per task
