@@ -100,8 +100,16 @@ def token() -> None:
 @click.option("--role", required=True, type=click.Choice(["app", "reviewer", "analyst", "admin"]))
 @click.option("--task", "tasks", multiple=True, help="Limit the token to this task (repeatable).")
 @click.option("--name", default=None, help="A label to recognise the token by.")
+@click.option(
+    "--user",
+    "user_email",
+    default=None,
+    help="Act for this UI user (needed to claim and review cases over the API).",
+)
 @friendly_errors
-def token_create(role: str, tasks: tuple[str, ...], name: str | None) -> None:
+def token_create(
+    role: str, tasks: tuple[str, ...], name: str | None, user_email: str | None
+) -> None:
     """Create a token and print it, alone, on stdout (it is shown once, stored hashed)."""
     from service.db import transaction
     from service.services.accounts import create_token
@@ -114,6 +122,7 @@ def token_create(role: str, tasks: tuple[str, ...], name: str | None) -> None:
             name=name or f"{role}-token",
             task_scope=list(tasks) or None,
             actor=cli_actor(),
+            user_email=user_email,
         )
     click.echo(new.token)
 
@@ -328,33 +337,81 @@ def train(task_name: str, wait: bool, timeout: int) -> None:
 )
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--seeds", default=1, show_default=True, type=int, help="Shuffled runs (seed..).")
-@click.option("--order", default=None, type=click.Choice(["file", "shuffle"]),
-              help="Arrival order (default: file for one run; --seeds always shuffles).")
-@click.option("--out", default="simulation", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path))
-@click.option("--reviewer-error", default=0.0, show_default=True, type=float,
-              help="Share of the simulated reviewer's answers that are wrong.")
+@click.option(
+    "--order",
+    default=None,
+    type=click.Choice(["file", "shuffle"]),
+    help="Arrival order (default: file for one run; --seeds always shuffles).",
+)
+@click.option(
+    "--out",
+    default="simulation",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+)
+@click.option(
+    "--reviewer-error",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Share of the simulated reviewer's answers that are wrong.",
+)
 @click.option("--target-error", default=None, type=float, help="Override the policy's α.")
 @click.option("--rows", default=None, type=int, help="Use only the first N labelled rows.")
 @click.option("--chunk", default=50, show_default=True, type=int, help="Cases per arrival.")
-@click.option("--hgb-max-iter", default=None, type=int,
-              help="Boosting rounds in training (TANDEM_HGB_MAX_ITER; default 200).")
-@click.option("--families", default=None,
-              help="Model families compared (TANDEM_TRAIN_FAMILIES), e.g. logistic_regression.")
-@click.option("--jobs", default=1, show_default=True, type=int,
-              help="Seeds replayed in parallel (each its own instance).")
+@click.option(
+    "--hgb-max-iter",
+    default=None,
+    type=int,
+    help="Boosting rounds in training (TANDEM_HGB_MAX_ITER; default 200).",
+)
+@click.option(
+    "--families",
+    default=None,
+    help="Model families compared (TANDEM_TRAIN_FAMILIES), e.g. logistic_regression.",
+)
+@click.option(
+    "--jobs",
+    default=1,
+    show_default=True,
+    type=int,
+    help="Seeds replayed in parallel (each its own instance).",
+)
 @friendly_errors
-def simulate_cmd(data: Path, label: str, task_file: Path | None, seed: int, seeds: int,
-                 order: str | None, out: Path, reviewer_error: float,
-                 target_error: float | None, rows: int | None, chunk: int,
-                 hgb_max_iter: int | None, families: str | None, jobs: int) -> None:
+def simulate_cmd(
+    data: Path,
+    label: str,
+    task_file: Path | None,
+    seed: int,
+    seeds: int,
+    order: str | None,
+    out: Path,
+    reviewer_error: float,
+    target_error: float | None,
+    rows: int | None,
+    chunk: int,
+    hgb_max_iter: int | None,
+    families: str | None,
+    jobs: int,
+) -> None:
     """Replay labelled history DATA through an isolated Tandem (SPEC §11) and write a report."""
     from service.simulate.cli import simulate_command
 
     simulate_command(
-        data, label, task_file=task_file, seed=seed, seeds=seeds, order=order, out=out,
-        reviewer_error=reviewer_error, target_error=target_error, rows=rows, chunk=chunk,
-        hgb_max_iter=hgb_max_iter, families=families, jobs=jobs,
+        data,
+        label,
+        task_file=task_file,
+        seed=seed,
+        seeds=seeds,
+        order=order,
+        out=out,
+        reviewer_error=reviewer_error,
+        target_error=target_error,
+        rows=rows,
+        chunk=chunk,
+        hgb_max_iter=hgb_max_iter,
+        families=families,
+        jobs=jobs,
     )
 
 

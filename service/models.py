@@ -87,6 +87,8 @@ class ApiToken(Base):
     prefix: Mapped[str] = mapped_column(String(16))
     role: Mapped[str] = mapped_column(String(16))
     task_scope: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    # A token may act for a person (e.g. a reviewer's own tool): reviews need a user.
+    user_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("users.id"), nullable=True)
     created_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
@@ -175,7 +177,7 @@ class Case(Base):
             postgresql_where=text("audit"),
             sqlite_where=text("audit"),
         ),
-        Index("ix_cases_task_created", "task_id", "created_at"),
+        Index("ix_cases_task_created_id", "task_id", "created_at", "id"),
         Index("ix_cases_task_labelled", "task_id", "human_labelled_at"),
         Index("ix_cases_task_status", "task_id", "status"),
         Index("ix_cases_lease", "lease_expires_at"),

@@ -21,6 +21,7 @@ from service.schemas.review import (
     ReviewRequestSchema,
     ReviewResultSchema,
 )
+from service.services import cases as case_service
 from service.services import review as review_service
 from service.services.cases import case_detail
 
@@ -76,8 +77,9 @@ def claim(task: str) -> Any:
 @require_roles("reviewer")
 def review(case_id: str) -> dict[str, Any]:
     """Decide a leased case. Resolves it exactly once (a late second submit gets 409)."""
-    data = load(ReviewRequestSchema(), json_body())
     with unit_of_work() as session:
+        case_service.get_case(session, case_id, current_actor())  # scope before validation
+        data = load(ReviewRequestSchema(), json_body())
         decision = review_service.submit_review(
             session,
             case_id,

@@ -58,9 +58,23 @@ def create_token(
     name: str,
     task_scope: list[str] | None,
     actor: Actor,
+    user_email: str | None = None,
 ) -> NewToken:
+    """``user_email`` binds the token to a person: it then acts as that user (with the
+    token's role and scope), which reviewing requires."""
     _check_role(role)
     _check_scope(session, task_scope)
+    user_id = None
+    if user_email is not None:
+        user = session.scalar(select(User).where(User.email == user_email.strip().lower()))
+        if user is None:
+            raise NotFound(f"no user {user_email!r}", {"user": [user_email]})
+        if not _role_within(role, user.role):
+            raise ValidationFailed(
+                f"a token cannot have more rights than its user ({user.role})",
+                {"role": [f"at most {user.role}"]},
+            )
+        user_id = user.id
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     row = ApiToken(
         name=name,
@@ -68,6 +82,7 @@ def create_token(
         prefix=token[:10],
         role=role,
         task_scope=task_scope or None,
+        user_id=user_id,
         created_by=actor.label,
     )
     session.add(row)
@@ -76,7 +91,13 @@ def create_token(
         session,
         "token.created",
         actor,
-        details={"token_id": row.id, "name": name, "role": role, "task_scope": task_scope},
+        details={
+            "token_id": row.id,
+            "name": name,
+            "role": role,
+            "task_scope": task_scope,
+            "user_id": user_id,
+        },
     )
     return NewToken(token=token, record=row)
 
@@ -110,12 +131,29 @@ def authenticate_token(session: Session, token: str) -> Actor | None:
         role=row.role,
         task_scope=tuple(row.task_scope) if row.task_scope else None,
     )
+    if row.user_id is not None:
+        user = session.get(User, row.user_id)
+        if user is None or not user.active:
+            return None
+        scope = row.task_scope or user.task_scope
+        actor = Actor(
+            kind="user",
+            id=user.id,
+            name=user.email,
+            role=row.role,
+            task_scope=tuple(scope) if scope else None,
+        )
     last_touch = cached[2] if cached else 0.0
     if now - last_touch > LAST_USED_RESOLUTION_SECONDS:
         session.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=utcnow()))
         last_touch = now
     _token_cache[digest] = (now + TOKEN_CACHE_SECONDS, actor, last_touch)
     return actor
+
+
+def _role_within(requested: str, user_role: str) -> bool:
+    """A token acting for a person never has rights that person lacks."""
+    return user_role == "admin" or requested == user_role
 
 
 def hash_password(password: str) -> str:

@@ -126,3 +126,35 @@ def test_revoked_token_is_refused(client, db, task):
     accounts.revoke_token(db(), row.id, SYSTEM)
     db.commit()
     assert client.get("/api/v1/tasks", headers=auth(token)).status_code == 401
+
+
+def test_a_reviewer_token_bound_to_a_user_can_claim_and_review(client, tokens, task, db):
+    from service.services import accounts
+    from service.services.audit import SYSTEM
+
+    session = db()
+    accounts.create_user(session, email="rev@example.com", password="long-enough-pw",
+                         role="reviewer", task_scope=None, actor=SYSTEM)
+    bound = accounts.create_token(session, role="reviewer", name="rev-tool", task_scope=None,
+                                  actor=SYSTEM, user_email="rev@example.com").token
+    session.commit()
+    client.post("/api/v1/tasks/loan-review/predict", json={"input": good_input()},
+                headers=auth(tokens["app"]))
+    claimed = client.post("/api/v1/tasks/loan-review/queue/claim", headers=auth(bound))
+    assert claimed.status_code == 200, claimed.json
+    decided = client.post(f"/api/v1/cases/{claimed.json['case_id']}/review",
+                          json={"label": "good"}, headers=auth(bound))
+    assert decided.status_code == 200, decided.json
+    assert decided.json["status"] == "resolved"
+    assert decided.json["resolved_by"] == "reviewer"
+    # an unbound reviewer token cannot hold a lease: reviews are decisions of people
+    refused = client.post("/api/v1/tasks/loan-review/queue/claim", headers=auth(tokens["reviewer"]))
+    assert refused.status_code == 403
+    # a token never gets more rights than its person
+    import pytest
+
+    from service.errors import ValidationFailed
+
+    with pytest.raises(ValidationFailed):
+        accounts.create_token(session, role="admin", name="x", task_scope=None, actor=SYSTEM,
+                              user_email="rev@example.com")
