@@ -444,16 +444,32 @@ def _to_batch(rows: list[Any], task: Task, schema: pa.Schema) -> pa.RecordBatch:
 def iter_batches(
     session: Session, task: Task, spec: ExportSpec, *, batch_rows: int | None = None
 ) -> Iterator[pa.RecordBatch]:
-    """Stream the export as Arrow batches from a server-side cursor (constant memory)."""
+    """Stream the export as Arrow batches from a server-side cursor (constant memory).
+
+    On PostgreSQL the rows come straight from a named psycopg cursor as plain tuples: no
+    SQLAlchemy Row objects, whose creation cost as much as the query itself.
+    """
     schema = export_schema(task)
     size = batch_rows or BATCH_ROWS
+    stmt = build_query(task, spec, _dialect(session))
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        compiled = stmt.compile(dialect=connection.dialect)
+        raw = connection.connection.driver_connection
+        assert raw is not None
+        params = compiled.construct_params()
+        with raw.cursor(name=f"tandem_export_{id(stmt):x}") as cursor:
+            cursor.itersize = size
+            cursor.execute(str(compiled), params)
+            while rows := cursor.fetchmany(size):
+                yield _to_batch(rows, task, schema)
+        return
     result = session.execute(
-        build_query(task, spec, _dialect(session)),
-        execution_options={"stream_results": True, "yield_per": size},
+        stmt, execution_options={"stream_results": True, "yield_per": size}
     )
     try:
-        for rows in result.partitions(size):
-            yield _to_batch(list(rows), task, schema)
+        for partition in result.partitions(size):
+            yield _to_batch(list(partition), task, schema)
     finally:
         result.close()
 
