@@ -309,7 +309,7 @@ def train(task_name: str, wait: bool, timeout: int) -> None:
         deadline = time.monotonic() + timeout
         while True:
             with transaction() as session:
-                job_row = session.get(Job, job_id)
+                job_row = session.get(Job, job_id, populate_existing=True)
                 state = job_row.state if job_row else "missing"
                 result, error = (job_row.result, job_row.error) if job_row else (None, None)
             if state == "finished":

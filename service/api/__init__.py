@@ -8,10 +8,14 @@ from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
 from service.errors import http_exception_response
+from service.schemas.common import ApiErrorSchema
 
 
 class TandemApi(Api):
     """flask-smorest with the product's error shape for every HTTP error."""
+
+    # The documented `default` error response must be the shape we actually send.
+    ERROR_SCHEMA = ApiErrorSchema
 
     def handle_http_exception(self, error: HTTPException) -> Response:  # type: ignore[override]
         return http_exception_response(error)

@@ -436,7 +436,7 @@ def _automation_snapshot(task: Task) -> dict[str, Any]:
         "model_version": task.active_model.version if task.active_model else None,
         "threshold": task.threshold,
         "certified_error_bound": task.certified_error_bound,
-        "coverage": task.coverage,
+        "coverage": task.coverage or 0.0,
     }
 
 

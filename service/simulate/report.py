@@ -144,6 +144,9 @@ def write_cases(path: Path, rec: Recorded, runs: dict[str, pol.PolicyRun]) -> No
                 "model_version",
                 "suggestion",
                 "confidence",
+                "route",
+                "reason",
+                "audit",
                 "tandem_auto",
                 "tandem_correct",
                 "human_label",
@@ -165,6 +168,9 @@ def write_cases(path: Path, rec: Recorded, runs: dict[str, pol.PolicyRun]) -> No
                     int(s.version[i]) or "",
                     s.pred[i] if s.pred[i] is not None else "",
                     f"{s.score[i]:.6f}" if np.isfinite(s.score[i]) else "",
+                    rec.routes[i].get("route", ""),
+                    rec.routes[i].get("reason", ""),
+                    int(bool(rec.routes[i].get("audit"))),
                     int(auto),
                     int(s.pred[i] == s.truth[i]) if auto else "",
                     human if human is not None else "",
@@ -331,6 +337,14 @@ def _flag(v: bool | None) -> str:
     return '<span class="bad">yes</span>' if v else '<span class="ok">no</span>'
 
 
+def _worst_cell(name: str, p: dict[str, Any]) -> str:
+    if name == "oracle":
+        return "—"
+    if not p.get("deployed_rules"):
+        return "none deployed"
+    return f"{_pct(p.get('deployed_true_error_max'), 2)} {_flag(p['deployed_exceeded'])}"
+
+
 def policy_table_html(measures: dict[str, Any]) -> str:
     head = (
         "<tr><th>policy</th><th>automation</th><th>final quarter</th><th>share of oracle "
@@ -344,14 +358,12 @@ def policy_table_html(measures: dict[str, Any]) -> str:
         err = _pct(p["realised_error"], 2)
         if ci:
             err += f" ({_pct(ci[0], 1)}–{_pct(ci[1], 1)})"
-        worst = p.get("deployed_true_error_max")
         rows.append(
             f"<tr><td>{POLICY_TITLES[name]}</td><td>{_pct(p['automation'])}</td>"
             f"<td>{_pct(p['final_quarter_automation'])}</td>"
             f"<td>{_pct(p['final_quarter_share_of_oracle'], 0)}</td><td>{err}</td>"
             f"<td>{_flag(p['realised_exceeded'])}</td>"
-            f"<td>{_pct(worst, 2) if name != 'oracle' else '—'} "
-            f"{_flag(p['deployed_exceeded']) if name != 'oracle' else ''}</td>"
+            f"<td>{_worst_cell(name, p)}</td>"
             f"<td>{p['labels_spent']:,}</td></tr>"
         )
     return f"<table>{head}{''.join(rows)}</table>"
@@ -366,12 +378,19 @@ def write_html(out: Path, summary: dict[str, Any]) -> Path:
     m = summary["policies"]
     alpha = summary["target_error"]
     t = m["tandem"]
-    verdict = (
-        f"Tandem automated <b>{_pct(t['automation'])}</b> of {summary['rows']:,} cases "
+    opening = (
+        f"Tandem automated nothing on {summary['rows']:,} cases: no certified threshold "
+        f"was deployed "
+        f"(see the certification attempts in summary.json, versions[].tested_steps)"
+        if not t["auto_answers"]
+        else f"Tandem automated <b>{_pct(t['automation'])}</b> of {summary['rows']:,} cases "
         f"({_pct(t['final_quarter_automation'])} in the final quarter, "
         f"{_pct(t['final_quarter_share_of_oracle'], 0)} of what the hindsight oracle could "
         f"there) with a realised error of <b>{_pct(t['realised_error'], 2)}</b> against a "
-        f"target of {_pct(alpha, 1)}; the fixed 0.9 threshold automated "
+        f"target of {_pct(alpha, 1)}"
+    )
+    verdict = (
+        f"{opening}; the fixed 0.9 threshold automated "
         f"{_pct(m['fixed']['automation'])} at {_pct(m['fixed']['realised_error'], 2)} error, the "
         f"naive rule {_pct(m['naive']['automation'])} at {_pct(m['naive']['realised_error'], 2)}."
     )

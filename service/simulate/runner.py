@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import signal
+import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -16,8 +19,16 @@ from service.simulate.engine import SimOptions, simulate
 from service.simulate.report import POLICY_ORDER, POLICY_TITLES, write_outputs
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so the embedded Redis and a PostgreSQL scratch database
+    are cleaned up when a replay is stopped."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 def run_one(dataset: Dataset, options: SimOptions, out: Path) -> dict[str, Any]:
     """Replay once and write summary.json, cases.csv, the PNGs and report.html to ``out``."""
+    exit_on_sigterm()
     recorded = simulate(dataset, options)
     return write_outputs(out, recorded)
 

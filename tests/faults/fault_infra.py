@@ -6,6 +6,7 @@ instances on free ports and breaks those.
 
 from __future__ import annotations
 
+import atexit
 import glob
 import os
 import shutil
@@ -61,9 +62,21 @@ class PrivateRedis:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_for(lambda: Redis.from_url(self.url).ping())
 
@@ -85,6 +98,7 @@ class PrivatePostgres:
         self.as_postgres = os.geteuid() == 0
         if self.as_postgres:
             shutil.chown(self.dir, "postgres", "postgres")
+        atexit.register(self.destroy)  # even when the test run is interrupted
 
     @property
     def url(self) -> str:
@@ -97,19 +111,28 @@ class PrivatePostgres:
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def init(self) -> None:
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres",
-                  "--no-sync")
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
         self.start()
 
     def start(self) -> None:
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "-o",
-                  f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off",
-                  "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.dir / "log"),
+            "-w",
+            "-o",
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
+        )
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def destroy(self) -> None:
+        if not self.dir.exists():
+            return
         try:
             self.stop()
         except subprocess.CalledProcessError:
@@ -148,10 +171,12 @@ def pg_engine(private_pg: PrivatePostgres) -> Iterator[Engine]:
         from sqlalchemy import text
 
         conn.execute(text("UPDATE tasks SET active_model_id = NULL"))
-        conn.execute(text(
-            "TRUNCATE reviews, audit_events, outbox, webhook_deliveries, exports, jobs, cases, "
-            "model_versions, tasks, api_tokens, users RESTART IDENTITY CASCADE"
-        ))
+        conn.execute(
+            text(
+                "TRUNCATE reviews, audit_events, outbox, webhook_deliveries, exports, jobs, cases, "
+                "model_versions, tasks, api_tokens, users RESTART IDENTITY CASCADE"
+            )
+        )
     eng.dispose()
 
 
@@ -180,13 +205,29 @@ class Gunicorn:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [str(VENV_BIN / "gunicorn"), "-b", f"127.0.0.1:{self.port}", "-w",
-             str(self.workers), "--timeout", "30", "--graceful-timeout", "2",
-             "service:create_app()"],
-            env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                str(VENV_BIN / "gunicorn"),
+                "-b",
+                f"127.0.0.1:{self.port}",
+                "-w",
+                str(self.workers),
+                "--timeout",
+                "30",
+                "--graceful-timeout",
+                "2",
+                "service:create_app()",
+            ],
+            env=self.env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        wait_for(lambda: httpx.get(self.base + "/healthz", timeout=5).status_code == 200, 60)
+        try:
+            wait_for(lambda: httpx.get(self.base + "/healthz", timeout=5).status_code == 200, 60)
+        except BaseException:
+            self.stop()
+            raise
 
     def worker_pids(self) -> list[int]:
         import psutil
@@ -210,8 +251,9 @@ def make_token(engine: Engine, role: str) -> str:
     from service.services.audit import SYSTEM
 
     with Session(engine) as session:
-        token = create_token(session, role=role, name=f"fault-{role}", task_scope=None,
-                             actor=SYSTEM).token
+        token = create_token(
+            session, role=role, name=f"fault-{role}", task_scope=None, actor=SYSTEM
+        ).token
         session.commit()
     return token
 

@@ -23,10 +23,9 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from service import queues
-from service.models import Case, Job, OutboxEntry, Task, WebhookDelivery
-from tests.helpers import SIMPLE_TASK, good_input
-
+from service.models import Case, OutboxEntry, Task, WebhookDelivery
 from tests.faults.fault_infra import ROOT, VENV_BIN, Gunicorn, app_env, make_token, wait_for
+from tests.helpers import SIMPLE_TASK, good_input
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +35,14 @@ def bearer(token: str) -> dict[str, str]:
 
 
 def run_python(env: dict[str, str], code: str, timeout: float = 60) -> str:
-    out = subprocess.run([str(VENV_BIN / "python"), "-c", code], env=env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(
+        [str(VENV_BIN / "python"), "-c", code],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 
@@ -58,6 +63,7 @@ class Receiver:
         self.modes: list[str] = []
         self.default = "ok"
         self.seen: list[dict[str, str]] = []
+        self.client_ports: list[int] = []
         self.hit = threading.Event()
         outer = self
 
@@ -66,6 +72,7 @@ class Receiver:
                 length = int(self.headers.get("content-length", 0))
                 self.rfile.read(length)
                 outer.seen.append({k.lower(): v for k, v in self.headers.items()})
+                outer.client_ports.append(self.client_address[1])
                 mode = outer.modes.pop(0) if outer.modes else outer.default
                 outer.hit.set()
                 if mode == "hang":
@@ -104,16 +111,22 @@ def emit_webhook(engine: Any, task_id: int) -> int:
 
     with Session(engine) as session:
         task = session.get(Task, task_id)
-        delivery = webhooks.emit(session, task, "case.resolved", {"case_id": "c1"},
-                                 request_id="fault-req")
+        delivery = webhooks.emit(
+            session, task, "case.resolved", {"case_id": "c1"}, request_id="fault-req"
+        )
         assert delivery is not None
         session.commit()
         return delivery.id
 
 
 def predict(base: str, token: str, **kw: Any) -> httpx.Response:
-    return httpx.post(base + "/api/v1/tasks/loan-review/predict", json={"input": good_input()},
-                      headers=bearer(token), timeout=kw.pop("timeout", 10), **kw)
+    return httpx.post(
+        base + "/api/v1/tasks/loan-review/predict",
+        json={"input": good_input()},
+        headers=bearer(token),
+        timeout=kw.pop("timeout", 10),
+        **kw,
+    )
 
 
 # ------------------------------------------------------------------------------ Redis
@@ -136,8 +149,9 @@ def test_redis_outage_keeps_predict_up_and_loses_no_work(
         answers = [predict(web.base, app_token).status_code for _ in range(20)]
         assert answers == [202] * 20
         assert time.monotonic() - started < 15  # Redis being down costs no request its time
-        train = httpx.post(web.base + "/api/v1/tasks/loan-review/models/train",
-                           headers=bearer(admin), timeout=10)
+        train = httpx.post(
+            web.base + "/api/v1/tasks/loan-review/models/train", headers=bearer(admin), timeout=10
+        )
         assert train.status_code == 202, train.text
         job_id = train.json()["job_id"]
         delivery_id = emit_webhook(pg_engine, task_id)
@@ -156,14 +170,32 @@ def test_redis_outage_keeps_predict_up_and_loses_no_work(
         assert int(run_python(env, RELAY).strip().splitlines()[-1]) >= 2
         redis = Redis.from_url(private_redis.url)
         assert job_id in Queue(queues.TRAINING.name, connection=redis).job_ids
-        subprocess.run([str(VENV_BIN / "tandem"), "worker", "--queues", "webhooks", "--burst",
-                        "--no-scheduler"], env=env, cwd=ROOT, check=True, timeout=60,
-                       capture_output=True)
+        subprocess.run(
+            [
+                str(VENV_BIN / "tandem"),
+                "worker",
+                "--queues",
+                "webhooks",
+                "--burst",
+                "--no-scheduler",
+            ],
+            env=env,
+            cwd=ROOT,
+            check=True,
+            timeout=60,
+            capture_output=True,
+        )
         with Session(pg_engine) as session:
             delivery = session.get(WebhookDelivery, delivery_id)
             assert delivery is not None and delivery.status == "delivered"
-            assert session.scalar(select(func.count()).select_from(OutboxEntry).where(
-                OutboxEntry.enqueued_at.is_(None))) == 0
+            assert (
+                session.scalar(
+                    select(func.count())
+                    .select_from(OutboxEntry)
+                    .where(OutboxEntry.enqueued_at.is_(None))
+                )
+                == 0
+            )
         assert len(receiver.seen) == 1
         assert httpx.get(web.base + "/readyz").status_code == 200
     finally:
@@ -199,8 +231,7 @@ def test_postgres_restart_fails_fast_then_recovers(
 
         private_pg.start()
         restarted = time.monotonic()
-        wait_for(lambda: predict(web.base, app_token).status_code == 202, timeout=15,
-                 interval=0.2)
+        wait_for(lambda: predict(web.base, app_token).status_code == 202, timeout=15, interval=0.2)
         recovered_in = time.monotonic() - restarted
         assert recovered_in < 10
         ok += 1
@@ -219,6 +250,19 @@ def test_postgres_restart_fails_fast_then_recovers(
 # ------------------------------------------------------------- SIGKILL mid-request
 
 
+def waiting_inserts(engine: Any) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query ILIKE '%INSERT INTO cases%'"
+                )
+            ).scalar()
+            or 0
+        )
+
+
 def test_web_worker_killed_mid_request_then_retry_makes_one_case(
     private_pg: Any, private_redis: Any, pg_engine: Any, home: Path
 ) -> None:
@@ -235,29 +279,32 @@ def test_web_worker_killed_mid_request_then_retry_makes_one_case(
         # Hold the cases table so the request is provably in flight inside its transaction.
         blocker = pg_engine.connect()
         tx = blocker.begin()
-        blocker.execute(text("LOCK TABLE cases IN EXCLUSIVE MODE"))
-        with ThreadPoolExecutor(1) as pool:
-            future = pool.submit(httpx.post, url, json=body, headers=headers, timeout=30)
-            wait_for(lambda: blocker.execute(text(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND query ILIKE '%INSERT INTO cases%'")).scalar() >= 1, timeout=10)
-            (pid,) = web.worker_pids()
-            os.kill(pid, signal.SIGKILL)
-            with pytest.raises(httpx.HTTPError):
-                future.result()
-        tx.rollback()
-        blocker.close()
+        try:
+            blocker.execute(text("LOCK TABLE cases IN EXCLUSIVE MODE"))
+            with ThreadPoolExecutor(1) as pool:
+                future = pool.submit(httpx.post, url, json=body, headers=headers, timeout=30)
+                # Poll from another connection: pg_stat_activity is a per-transaction snapshot.
+                wait_for(lambda: waiting_inserts(pg_engine) >= 1, timeout=15, interval=0.2)
+                (pid,) = web.worker_pids()
+                os.kill(pid, signal.SIGKILL)
+                with pytest.raises(httpx.HTTPError):
+                    future.result()
+        finally:
+            tx.rollback()
+            blocker.close()
 
         # gunicorn replaces the worker; the client retries with the same key.
         wait_for(lambda: web.worker_pids() and web.worker_pids() != [pid], timeout=15)
-        first = wait_for(lambda: httpx.post(url, json=body, headers=headers, timeout=10),
-                         timeout=20)
+        first = wait_for(
+            lambda: httpx.post(url, json=body, headers=headers, timeout=10), timeout=20
+        )
         again = httpx.post(url, json=body, headers=headers, timeout=10)
         assert first.status_code == again.status_code == 202
         assert first.json()["case_id"] == again.json()["case_id"]
         with Session(pg_engine) as session:
-            n = session.scalar(select(func.count()).select_from(Case).where(
-                Case.idempotency_key == "order-42"))
+            n = session.scalar(
+                select(func.count()).select_from(Case).where(Case.idempotency_key == "order-42")
+            )
         assert n == 1
     finally:
         web.stop()
@@ -269,7 +316,10 @@ def test_web_worker_killed_mid_request_then_retry_makes_one_case(
 def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [str(VENV_BIN / "tandem"), "worker", "--queues", "webhooks", "--with-scheduler"],
-        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
 
@@ -297,24 +347,44 @@ def test_worker_killed_mid_delivery_retries_and_completes(
     worker = start_worker(env)
     try:
         with Session(pg_engine) as session:
-            task = Task(name="hooks", labels=["a", "b"], fields=[{"name": "x", "type": "text"}],
-                        policy={}, review={}, webhook_url=receiver.url)
+            task = Task(
+                name="hooks",
+                labels=["a", "b"],
+                fields=[{"name": "x", "type": "text"}],
+                policy={},
+                review={},
+                webhook_url=receiver.url,
+            )
             session.add(task)
             session.commit()
             task_id = task.id
         delivery_id = emit_webhook(pg_engine, task_id)
         relay_now(pg_engine, private_redis.url)
         assert receiver.hit.wait(30), "the worker never started the delivery"
-        # SIGKILL the work-horse in the middle of the HTTP call.
-        horses = [c for c in psutil.Process(worker.pid).children(recursive=True)]
-        assert horses, "no work-horse process"
-        for child in horses:
-            child.kill()
+        # SIGKILL the work-horse in the middle of the HTTP call: the process that owns the
+        # client side of the receiver's connection (not the worker's scheduler process).
+        port = receiver.client_ports[0]
+        horse = wait_for(
+            lambda: next(
+                (
+                    c.pid
+                    for c in psutil.net_connections("tcp")
+                    if c.laddr and c.laddr.port == port and c.pid
+                ),
+                None,
+            ),
+            10,
+        )
+        assert horse in [c.pid for c in psutil.Process(worker.pid).children(recursive=True)]
+        os.kill(horse, signal.SIGKILL)
         with Session(pg_engine) as session:
             half = session.get(WebhookDelivery, delivery_id)
             assert half is not None and half.status == "pending"  # no half state
-        wait_for(lambda: _delivery(pg_engine, delivery_id).status == "delivered", timeout=45,
-                 interval=0.5)
+        wait_for(
+            lambda: _delivery(pg_engine, delivery_id).status == "delivered",
+            timeout=45,
+            interval=0.5,
+        )
         done = _delivery(pg_engine, delivery_id)
         assert done.attempts == 1 and done.delivered_at is not None
         ids = {h["webhook-id"] for h in receiver.seen}
@@ -380,20 +450,37 @@ def test_json_logs_of_a_real_worker_carry_request_id(
     receiver = Receiver()
     try:
         with Session(pg_engine) as session:
-            task = Task(name="logs", labels=["a", "b"], fields=[{"name": "x", "type": "text"}],
-                        policy={}, review={}, webhook_url=receiver.url,
-                        webhook_secret="super-secret-value")
+            task = Task(
+                name="logs",
+                labels=["a", "b"],
+                fields=[{"name": "x", "type": "text"}],
+                policy={},
+                review={},
+                webhook_url=receiver.url,
+                webhook_secret="super-secret-value",
+            )
             session.add(task)
             session.commit()
             task_id = task.id
         emit_webhook(pg_engine, task_id)
         relay_now(pg_engine, private_redis.url)
-        out = subprocess.run([str(VENV_BIN / "tandem"), "worker", "--queues", "webhooks",
-                              "--burst", "--no-scheduler"], env=env, cwd=ROOT, timeout=60,
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                str(VENV_BIN / "tandem"),
+                "worker",
+                "--queues",
+                "webhooks",
+                "--burst",
+                "--no-scheduler",
+            ],
+            env=env,
+            cwd=ROOT,
+            timeout=60,
+            capture_output=True,
+            text=True,
+        )
         assert out.returncode == 0, out.stderr[-2000:]
-        lines = [json.loads(x) for x in (out.stdout + out.stderr).splitlines()
-                 if x.startswith("{")]
+        lines = [json.loads(x) for x in (out.stdout + out.stderr).splitlines() if x.startswith("{")]
         in_job = [x for x in lines if x.get("job_id", "").startswith("webhook-")]
         assert in_job and all(x.get("request_id") == "fault-req" for x in in_job)
         assert "super-secret-value" not in out.stdout + out.stderr

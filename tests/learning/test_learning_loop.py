@@ -206,14 +206,16 @@ def test_credit_replay_real_worker(flask_app: Any, committed_db: Any, start_work
 def test_fine_foods_replay_real_worker(
     flask_app: Any, committed_db: Any, start_worker: Any
 ) -> None:
-    """fine_foods (text) at α = 0.15, 3,000 rows: logistic regression on TF-IDF has ~5%
-    error on its most confident quarter (same reasoning as credit). Logistic regression
-    only: boosting on 100 SVD components of the TF-IDF costs ~60 s per training on 2 cores
-    and does not win here (CV log loss 0.528 vs 0.532)."""
+    """fine_foods (text) at α = 0.20, 4,000 rows: trained on 1,000-2,000 reviews, logistic
+    regression on TF-IDF is wrong on 8-10% of its most confident quarter (measured in this
+    replay), so 0.15 needs a far larger ledger and 0.10 or less is out of reach (same
+    reasoning as credit, docs/learning.md). Logistic regression only: boosting on 100 SVD
+    components of the TF-IDF costs ~60 s per training on 2 cores and does not win here (CV
+    log loss 0.528 vs 0.532)."""
     start_worker(TANDEM_TRAIN_FAMILIES="logistic_regression")
     client = flask_app.test_client()
     admin, app_token = make_token("admin"), make_token("app")
-    target = 0.15
+    target = 0.20
     _create(
         client,
         admin,
@@ -224,8 +226,22 @@ def test_fine_foods_replay_real_worker(
         min_labels=200,
         retrain_every=500,
     )
-    rows = read_rows("fine_foods.csv", "score", FOODS_FIELDS)[:3000]
+    rows = read_rows("fine_foods.csv", "score", FOODS_FIELDS)[:4000]
     result = replay(client, committed_db, app_token, "foods", rows, batch=250)
+    committed_db.remove()
+    story = [
+        (
+            v.version,
+            v.coverage,
+            {
+                k: (v.certification or {}).get(k)
+                for k in ("ledger_cases", "allowed_coverage", "decision")
+            },
+            ((v.certification or {}).get("groups") or {}).get("*", {}).get("steps", [])[:3],
+        )
+        for v in committed_db.scalars(select(ModelVersion)).all()
+    ]
+    assert result.auto_total > 0, story
     _check_promise(result, target, 200)
     print("foods", result.auto_total, result.auto_wrong, result.auto_per_batch)
 

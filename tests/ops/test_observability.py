@@ -37,44 +37,69 @@ def test_request_latency_and_case_counters(client: Any, tokens: dict[str, str], 
     before = scrape(client)
     rule = "/api/v1/tasks/<string:task>/predict"
     headers = {**auth(tokens["app"]), "Idempotency-Key": "obs-1"}
-    r = client.post("/api/v1/tasks/loan-review/predict", json={"input": good_input()},
-                    headers=headers)
+    r = client.post(
+        "/api/v1/tasks/loan-review/predict", json={"input": good_input()}, headers=headers
+    )
     assert r.status_code == 202
     # A replay of the same key is not a new case.
-    assert client.post("/api/v1/tasks/loan-review/predict", json={"input": good_input()},
-                       headers=headers).status_code == 202
+    assert (
+        client.post(
+            "/api/v1/tasks/loan-review/predict", json={"input": good_input()}, headers=headers
+        ).status_code
+        == 202
+    )
     batch = {"items": [{"input": good_input()}, {"input": {"nope": 1}}, {"input": good_input()}]}
-    assert client.post("/api/v1/tasks/loan-review/predict/batch", json=batch,
-                       headers=auth(tokens["app"])).status_code == 200
+    assert (
+        client.post(
+            "/api/v1/tasks/loan-review/predict/batch", json=batch, headers=auth(tokens["app"])
+        ).status_code
+        == 200
+    )
     after = scrape(client)
     key = {"task": "loan-review", "route": "review", "reason": "cold_start"}
-    assert value(after, "tandem_cases_total", **key) - value(before, "tandem_cases_total", **key) == 3
+    cases = "tandem_cases_total"
+    assert value(after, cases, **key) - value(before, cases, **key) == 3
     count = "tandem_http_request_duration_seconds_count"
-    assert value(after, count, endpoint=rule, method="POST") - value(
-        before, count, endpoint=rule, method="POST"
-    ) == 2
+    assert (
+        value(after, count, endpoint=rule, method="POST")
+        - value(before, count, endpoint=rule, method="POST")
+        == 2
+    )
     # Labelled by URL rule, never by the raw path (bounded cardinality).
     assert not any("loan-review/predict" in dict(k[1]).get("endpoint", "") for k in after)
-    assert value(after, "tandem_http_requests_total", endpoint=rule, method="POST",
-                 status="202") >= 2
+    assert (
+        value(after, "tandem_http_requests_total", endpoint=rule, method="POST", status="202") >= 2
+    )
 
 
 def test_unmatched_paths_share_one_label(client: Any) -> None:
     for i in range(3):
         client.get(f"/no/such/{i}")
     samples = scrape(client)
-    assert value(samples, "tandem_http_requests_total", endpoint="<unmatched>", method="GET",
-                 status="404") >= 3
+    assert (
+        value(
+            samples,
+            "tandem_http_requests_total",
+            endpoint="<unmatched>",
+            method="GET",
+            status="404",
+        )
+        >= 3
+    )
 
 
-def test_state_gauges_read_committed_state(committed_db: Any, flask_app: Any,
-                                           redis_conn: Any) -> None:
+def test_state_gauges_read_committed_state(
+    committed_db: Any, flask_app: Any, redis_conn: Any
+) -> None:
     client = flask_app.test_client()
     admin, app_token = make_token("admin"), make_token("app")
     assert client.post("/api/v1/tasks", json=SIMPLE_TASK, headers=auth(admin)).status_code == 201
     for _ in range(3):
-        client.post("/api/v1/tasks/loan-review/predict", json={"input": good_input()},
-                    headers=auth(app_token))
+        client.post(
+            "/api/v1/tasks/loan-review/predict",
+            json={"input": good_input()},
+            headers=auth(app_token),
+        )
     Queue(queues.WEBHOOKS.name, connection=redis_conn).enqueue("builtins.print", "x")
     samples = scrape(client)
     assert value(samples, "tandem_database_up") == 1
@@ -136,8 +161,13 @@ def test_job_logs_carry_the_request_id_from_the_outbox(
 
     context.set_app(flask_app)
     with transaction() as session:
-        outbox.defer(session, "tests.ops.ops_jobs.log_line", queue=queues.MAINTENANCE,
-                     request_id="req-from-api", text="hi")
+        outbox.defer(
+            session,
+            "tests.ops.ops_jobs.log_line",
+            queue=queues.MAINTENANCE,
+            request_id="req-from-api",
+            text="hi",
+        )
     with transaction() as session:
         assert outbox.relay(session, redis_conn) == 1
     handler, buf = json_capture()
@@ -145,8 +175,9 @@ def test_job_logs_carry_the_request_id_from_the_outbox(
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        worker = SimpleWorker([Queue(queues.MAINTENANCE.name, connection=redis_conn)],
-                              connection=redis_conn)
+        worker = SimpleWorker(
+            [Queue(queues.MAINTENANCE.name, connection=redis_conn)], connection=redis_conn
+        )
         assert worker.work(burst=True)
     finally:
         logger.removeHandler(handler)
@@ -156,23 +187,30 @@ def test_job_logs_carry_the_request_id_from_the_outbox(
     assert lines[0]["job_id"]
 
 
-def test_no_token_or_case_input_in_logs(client: Any, tokens: dict[str, str], task: Any,
-                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_no_token_or_case_input_in_logs(
+    client: Any, tokens: dict[str, str], task: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     secret_text = "SSN 078-05-1120 very private review text"
     handler, buf = json_capture()
     root = logging.getLogger()
     root.addHandler(handler)
     try:
         with caplog.at_level(logging.DEBUG):
-            ok = client.post("/api/v1/tasks/loan-review/predict",
-                             json={"input": good_input(review=secret_text)},
-                             headers=auth(tokens["app"]))
-            bad = client.post("/api/v1/tasks/loan-review/predict",
-                              json={"input": good_input(review=secret_text, amount="x")},
-                              headers=auth(tokens["app"]))
-            denied = client.post("/api/v1/tasks/loan-review/predict",
-                                 json={"input": good_input(review=secret_text)},
-                                 headers=auth(tokens["app"] + "tampered"))
+            ok = client.post(
+                "/api/v1/tasks/loan-review/predict",
+                json={"input": good_input(review=secret_text)},
+                headers=auth(tokens["app"]),
+            )
+            bad = client.post(
+                "/api/v1/tasks/loan-review/predict",
+                json={"input": good_input(review=secret_text, amount="x")},
+                headers=auth(tokens["app"]),
+            )
+            denied = client.post(
+                "/api/v1/tasks/loan-review/predict",
+                json={"input": good_input(review=secret_text)},
+                headers=auth(tokens["app"] + "tampered"),
+            )
     finally:
         root.removeHandler(handler)
     assert (ok.status_code, bad.status_code, denied.status_code) == (202, 422, 401)

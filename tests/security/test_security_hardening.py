@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 import skops.io as sio
-from skops.io.exceptions import UntrustedTypesFoundException
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
+from skops.io.exceptions import UntrustedTypesFoundException
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import DBAPIError
 
@@ -34,8 +34,9 @@ def make_user(email: str, role: str = "reviewer", scope: list[str] | None = None
     from service.services.accounts import create_user
 
     with transaction() as session:
-        create_user(session, email=email, password=PASSWORD, role=role, task_scope=scope,
-                    actor=SYSTEM)
+        create_user(
+            session, email=email, password=PASSWORD, role=role, task_scope=scope, actor=SYSTEM
+        )
 
 
 def login(client: Any, email: str, password: str = PASSWORD) -> Any:
@@ -63,8 +64,11 @@ def test_login_is_rate_limited_per_address_and_email(
     assert blocked.headers["Retry-After"]
     # Another account from the same address and the same account from elsewhere still work.
     assert login(client, "other@example.com", "nope-nope").status_code == 401
-    elsewhere = client.post("/login", data={"email": "victim@example.com", "password": PASSWORD},
-                            environ_base={"REMOTE_ADDR": "10.9.8.7"})
+    elsewhere = client.post(
+        "/login",
+        data={"email": "victim@example.com", "password": PASSWORD},
+        environ_base={"REMOTE_ADDR": "10.9.8.7"},
+    )
     assert elsewhere.status_code == 302
     # Showing the form is never limited.
     assert client.get("/login").status_code in (200, 302)
@@ -80,16 +84,18 @@ def test_limiter_tolerates_missing_login_endpoint(settings: Any, flask_app: Any)
     from service import redis_conn
 
     redis_conn.init_app(bare)
-    assert security._apply_login_limit(bare, security.Limiter(key_func=lambda: "x", app=bare)) \
-        is False
+    assert (
+        security._apply_login_limit(bare, security.Limiter(key_func=lambda: "x", app=bare)) is False
+    )
     assert security._apply_login_limit(flask_app, flask_app.extensions["tandem_limiter"]) is True
 
 
 # -------------------------------------------------------------------------- sessions
 
 
-def test_session_cookie_is_permanent_httponly_samesite(settings: Any, db: Any,
-                                                       redis_conn: Any) -> None:
+def test_session_cookie_is_permanent_httponly_samesite(
+    settings: Any, db: Any, redis_conn: Any
+) -> None:
     from dataclasses import replace
 
     from service import create_app
@@ -121,14 +127,15 @@ def test_security_headers_on_ui_api_and_errors(client: Any) -> None:
     for directive in STRICT_CSP.split("; "):
         assert directive in csp
     assert "unsafe-inline" not in csp
-    for resp in (page, client.get("/api/v1/tasks"), client.get("/healthz"),
-                 client.get("/nowhere")):
+    for resp in (page, client.get("/api/v1/tasks"), client.get("/healthz"), client.get("/nowhere")):
         assert resp.headers["X-Content-Type-Options"] == "nosniff"
         assert resp.headers["X-Frame-Options"] == "DENY"
         assert resp.headers["Referrer-Policy"]
         assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
-    assert client.get("/api/v1/tasks").headers["Content-Security-Policy"].startswith(
-        "default-src 'none'"
+    assert (
+        client.get("/api/v1/tasks")
+        .headers["Content-Security-Policy"]
+        .startswith("default-src 'none'")
     )
 
 
@@ -189,17 +196,20 @@ def test_audit_events_cannot_be_changed_through_the_orm(db: Any) -> None:
     with pytest.raises(AuditLogIsAppendOnly):
         session.execute(delete(AuditEvent).where(AuditEvent.id == event.id))
     session.rollback()
-    assert session.scalar(select(AuditEvent.action).where(AuditEvent.id == event.id)) == \
-        "test.event"
+    assert (
+        session.scalar(select(AuditEvent.action).where(AuditEvent.id == event.id)) == "test.event"
+    )
 
 
 def test_database_trigger_rejects_update_and_delete(engine: Any) -> None:
     with engine.connect() as conn:
         outer = conn.begin()
-        conn.execute(text(
-            "INSERT INTO audit_events (action, actor_type, actor, details, created_at) "
-            "VALUES ('t', 'system', 'tandem', '{}', now())"
-        ))
+        conn.execute(
+            text(
+                "INSERT INTO audit_events (action, actor_type, actor, details, created_at) "
+                "VALUES ('t', 'system', 'tandem', '{}', now())"
+            )
+        )
         for sql in ("UPDATE audit_events SET action = 'x'", "DELETE FROM audit_events"):
             nested = conn.begin_nested()
             with pytest.raises(DBAPIError, match="append-only"):
@@ -219,10 +229,12 @@ def test_sqlite_trigger_rejects_update_and_delete(tmp_path: Any) -> None:
     eng = create_engine(f"sqlite:///{tmp_path / 'audit.db'}")
     migrate.upgrade(eng)
     with eng.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO audit_events (action, actor_type, actor, details, created_at) "
-            "VALUES ('t', 'system', 'tandem', '{}', '2026-01-01')"
-        ))
+        conn.execute(
+            text(
+                "INSERT INTO audit_events (action, actor_type, actor, details, created_at) "
+                "VALUES ('t', 'system', 'tandem', '{}', '2026-01-01')"
+            )
+        )
     for sql in ("UPDATE audit_events SET action = 'x'", "DELETE FROM audit_events"):
         with pytest.raises(DBAPIError, match="append-only"), eng.begin() as conn:
             conn.execute(text(sql))
@@ -232,8 +244,9 @@ def test_sqlite_trigger_rejects_update_and_delete(tmp_path: Any) -> None:
 # --------------------------------------------------------------------------- tokens
 
 
-def test_tokens_are_hashed_record_last_use_and_revoke(client: Any, tokens: dict[str, str],
-                                                      db: Any) -> None:
+def test_tokens_are_hashed_record_last_use_and_revoke(
+    client: Any, tokens: dict[str, str], db: Any
+) -> None:
     from service.models import ApiToken
     from service.services import accounts
 

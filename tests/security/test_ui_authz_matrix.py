@@ -60,16 +60,32 @@ def setup(client: Any, tokens: dict[str, str], task: Any, flask_app: Any) -> dic
     from service.services.accounts import create_user
 
     other = dict(SIMPLE_TASK, name="other-task")
-    assert client.post("/api/v1/tasks", json=other, headers=auth(tokens["admin"])).status_code \
-        == 201
+    assert (
+        client.post("/api/v1/tasks", json=other, headers=auth(tokens["admin"])).status_code == 201
+    )
     with transaction() as session:
         for role in ROLES:
-            create_user(session, email=f"{role}@ui.example", password=PASSWORD, role=role,
-                        task_scope=None, actor=SYSTEM)
-            create_user(session, email=f"{role}-scoped@ui.example", password=PASSWORD,
-                        role=role, task_scope=["other-task"], actor=SYSTEM)
-    case = client.post("/api/v1/tasks/loan-review/predict", json={"input": {
-        "review": "ok", "state": "CA"}}, headers=auth(tokens["app"]))
+            create_user(
+                session,
+                email=f"{role}@ui.example",
+                password=PASSWORD,
+                role=role,
+                task_scope=None,
+                actor=SYSTEM,
+            )
+            create_user(
+                session,
+                email=f"{role}-scoped@ui.example",
+                password=PASSWORD,
+                role=role,
+                task_scope=["other-task"],
+                actor=SYSTEM,
+            )
+    case = client.post(
+        "/api/v1/tasks/loan-review/predict",
+        json={"input": {"review": "ok", "state": "CA"}},
+        headers=auth(tokens["app"]),
+    )
     flask_app.config["WTF_CSRF_ENABLED"] = False
     yield {"case_id": case.json["case_id"]}
     flask_app.config["WTF_CSRF_ENABLED"] = True
@@ -116,8 +132,9 @@ def test_roles_see_only_their_pages(client: Any, setup: dict[str, Any], redis_co
                 assert resp.status_code == 403, (role, endpoint, method, resp.status_code)
 
 
-def test_task_scope_hides_other_tasks_pages(client: Any, setup: dict[str, Any],
-                                            redis_conn: Any) -> None:
+def test_task_scope_hides_other_tasks_pages(
+    client: Any, setup: dict[str, Any], redis_conn: Any
+) -> None:
     app = client.application
     for role in ("reviewer", "analyst"):
         c = signed_in(app, f"{role}-scoped@ui.example")
