@@ -10,7 +10,8 @@ from flask import Flask, jsonify, request
 
 from service.ml.artifacts import load_model
 
-pipeline = load_model(open(os.environ["PEER_MODEL"], "rb").read())  # noqa: SIM115
+with open(os.environ["PEER_MODEL"], "rb") as fh:
+    pipeline = load_model(fh.read())
 labels = [str(c) for c in pipeline.classes_]
 app = Flask(__name__)
 

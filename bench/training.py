@@ -164,22 +164,27 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--hgb-max-iter", type=int, default=200)
     parser.add_argument("--requests", type=int, default=600)
+    parser.add_argument(
+        "--busy-size", type=int, default=100_000, help="cases trained beside the predicts"
+    )
+    parser.add_argument("--skip-training-time", action="store_true")
     parser.add_argument("--train-child", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.train_child:
         print(json.dumps(train_once(args.train_child, args.hgb_max_iter)), flush=True)
         return
 
-    print("## training time (train_model, both families, 3-fold CV + refit)")
-    for n in [int(x) for x in args.sizes.split(",")]:
-        print(json.dumps(train_once(n, args.hgb_max_iter)), flush=True)
+    if not args.skip_training_time:
+        print("## training time (train_model, both families, 3-fold CV + refit)")
+        for n in [int(x) for x in args.sizes.split(",")]:
+            print(json.dumps(train_once(n, args.hgb_max_iter)), flush=True)
 
     print("## predict latency, single case, in-process WSGI + PostgreSQL commit")
     app, token = setup_app()
     rows = install_letter_model(app, token)
     predict_latencies(app, token, rows, 50)  # warm-up
     idle = predict_latencies(app, token, rows, args.requests)
-    print(f"idle: p50 {pct(idle, 0.5):.2f} ms  p99 {pct(idle, 0.99):.2f} ms")
+    print(f"idle: p50 {pct(idle, 0.5):.2f} ms  p99 {pct(idle, 0.99):.2f} ms", flush=True)
     for label, extra in (("default threads", {}), ("OMP_NUM_THREADS=1", {"OMP_NUM_THREADS": "1"})):
         child = subprocess.Popen(
             [
@@ -201,9 +206,10 @@ def main() -> None:
         print(
             f"training beside ({label}): p50 {pct(busy, 0.5):.2f} ms  "
             f"p99 {pct(busy, 0.99):.2f} ms  ratio p99 {pct(busy, 0.99) / pct(idle, 0.99):.2f}x"
-            f"  (training still running at the end: {still_running})"
+            f"  (training still running at the end: {still_running})",
+            flush=True,
         )
-    print(f"median idle {statistics.median(idle) * 1000:.2f} ms")
+    print(f"median idle {statistics.median(idle) * 1000:.2f} ms", flush=True)
 
 
 if __name__ == "__main__":

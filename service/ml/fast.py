@@ -12,6 +12,7 @@ Pipeline on probe rows) returns a predictor that simply calls the Pipeline.
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -36,7 +37,7 @@ SELF_CHECK_TOL = 1e-9
 _UNSEEN_PROBE = "\x00tandem-unseen-probe\x00"
 
 
-class Predictor:
+class Predictor(abc.ABC):
     """Probabilities in ``label_set`` order for a list of JSON-like rows.
 
     ``compiled`` is False when the Pipeline itself is used (``reason`` says why).
@@ -48,8 +49,9 @@ class Predictor:
     def __init__(self, label_set: Sequence[str]) -> None:
         self.label_set = [str(x) for x in label_set]
 
+    @abc.abstractmethod
     def predict_proba_rows(self, rows: Sequence[Row]) -> np.ndarray:
-        raise NotImplementedError
+        """Probabilities, one row per input row, columns in ``label_set`` order."""
 
 
 class PipelinePredictor(Predictor):

@@ -12,6 +12,7 @@ asks for real reviewer identities).
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import os
@@ -512,13 +513,14 @@ class _Spool:
         return data
 
 
-class _Writer:
+class _Writer(abc.ABC):
     def __init__(self, schema: pa.Schema, sink: _Spool) -> None:
         self.schema = schema
         self.sink = sink
 
+    @abc.abstractmethod
     def write(self, batch: pa.RecordBatch) -> None:
-        raise NotImplementedError
+        """Encode one batch into the sink."""
 
     def close(self) -> None:
         return None

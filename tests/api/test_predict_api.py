@@ -248,7 +248,7 @@ def test_batch_of_1000_is_accepted_and_1001_refused(client, tokens, task, db):
     assert ok.status_code == 200 and len(ok.json["results"]) == 1000
     too_many = client.post(
         "/api/v1/tasks/loan-review/predict/batch",
-        json={"items": items + [{"input": good_input()}]},
+        json={"items": [*items, {"input": good_input()}]},
         headers=auth(tokens["app"]),
     )
     assert too_many.status_code == 422
