@@ -192,7 +192,10 @@ def claim(
     cutoff = now - timedelta(seconds=sla_seconds)
     case = (
         _lock_first(session, base.where(Case.created_at < cutoff))
-        or _lock_first(session, base.where(Case.audit.is_(True)))
+        # Audited *automatic answers* first: their verdicts feed the live watch that keeps
+        # the promise. Flagged cases that were queued anyway wait their turn by age, so a
+        # backlog never starves training of non-ledger labels.
+        or _lock_first(session, base.where(Case.audit.is_(True), Case.status == "auto"))
         or _lock_first(session, base)
     )
     if case is None:

@@ -25,22 +25,26 @@ def _task(db: Any, name: str) -> Task:
     return db.scalar(select(Task).where(Task.name == name))
 
 
-def test_claim_order_sla_then_audit_then_oldest(db, task, people, queued):
-    ids = queued(4)
-    old, mid, audited, newest = ids
+def test_claim_order_sla_then_audited_automatic_answers_then_oldest(db, task, people, queued):
+    ids = queued(5)
+    old, mid, audited_auto, flagged_pending, newest = ids
     now = utcnow()
     _set(db, old, created_at=now - timedelta(days=3))  # past the default 1-day SLA
     _set(db, mid, created_at=now - timedelta(hours=2))
-    _set(db, audited, audit=True)
+    _set(db, flagged_pending, created_at=now - timedelta(hours=1), audit=True)
+    _set(db, audited_auto, audit=True, status="auto", route="auto", reason="confident",
+         suggestion_label="good", confidence=0.99, final_label="good", label_source="model")
     actor = people()
     order = []
-    for _ in range(4):
+    for _ in range(5):
         claimed = review.claim(db(), task["name"], actor)
         assert claimed is not None
         order.append(claimed.case.id)
         review.submit_review(db(), claimed.case.id, "good", actor)
         db.commit()
-    assert order == [old, audited, mid, newest]
+    # A flagged case that was queued anyway waits its turn by age (it would otherwise starve
+    # training of non-ledger labels); audited automatic answers jump the queue.
+    assert order == [old, audited_auto, mid, flagged_pending, newest]
     assert review.claim(db(), task["name"], actor) is None
 
 
@@ -304,11 +308,12 @@ def test_tokens_and_wrong_roles_cannot_review(db, task, people, queued):
 
 def test_queue_filters(db, task, people, queued):
     ids = queued(5)
-    _set(db, ids[0], audit=True)
+    _set(db, ids[0], audit=True, status="auto", route="auto", reason="confident",
+         suggestion_label="good", confidence=0.99, final_label="good", label_source="model")
     _set(db, ids[1], created_at=utcnow() - timedelta(hours=5))
     forced = queued(1, force_review=True)[0]
     actor = people()
-    review.claim(db(), task["name"], actor)  # audit first: ids[0]
+    review.claim(db(), task["name"], actor)  # audited automatic answer first: ids[0]
     db.commit()
     page = review.queue_page(db(), task["name"], actor, review.QueueFilter())
     assert page["total"] == 6 and page["items"][0]["case_id"] == ids[1]
