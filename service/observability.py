@@ -309,7 +309,6 @@ class StateCollector(Collector):
         ]
 
     def _redis(self) -> list[GaugeMetricFamily]:
-        from rq import Queue
         from rq.registry import FailedJobRegistry, StartedJobRegistry
 
         from service.redis_conn import get_redis
@@ -327,7 +326,7 @@ class StateCollector(Collector):
         try:
             redis = get_redis(self.app)
             for name in queues.ALL:
-                queue = Queue(name, connection=redis)
+                queue = queues.rq_queue(name, redis)
                 length.add_metric([name], float(queue.count))
                 started.add_metric([name], float(StartedJobRegistry(queue=queue).count))
                 failed.add_metric([name], float(FailedJobRegistry(queue=queue).count))

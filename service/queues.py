@@ -5,6 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from redis import Redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+SERIALIZER = JSONSerializer
+
 
 @dataclass(frozen=True)
 class QueueSpec:
@@ -26,3 +32,9 @@ MAINTENANCE = QueueSpec("maintenance", job_timeout=300, max_retries=2, retry_int
 
 ALL = {q.name: q for q in (TRAINING, WEBHOOKS, EXPORTS, MAINTENANCE)}
 DEFAULT_WORKER_QUEUES = ("training", "webhooks", "exports", "maintenance")
+
+
+def rq_queue(name: str, connection: Redis) -> Queue:
+    """Every queue speaks JSON: job payloads in Redis are ids and plain values, never
+    pickles, so nothing read back from Redis can execute code."""
+    return Queue(name, connection=connection, serializer=JSONSerializer)

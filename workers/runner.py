@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask
-from rq import Queue, Worker
+from rq import Worker
 
 from service import queues as queue_specs
 from service.redis_conn import get_redis
@@ -28,8 +28,8 @@ def run_worker(
     context.set_app(app)
     redis = get_redis(app)
     with app.app_context():
-        queues = [Queue(n, connection=redis) for n in names]
+        queues = [queue_specs.rq_queue(n, redis) for n in names]
         if with_scheduler and not burst:
             schedule.start_cron_in_background(app)
-        worker = Worker(queues, connection=redis)
+        worker = Worker(queues, connection=redis, serializer=queue_specs.SERIALIZER)
         return bool(worker.work(burst=burst, with_scheduler=True, logging_level="INFO"))

@@ -19,6 +19,7 @@ from flask import Flask
 from redis import Redis
 from redis.exceptions import LockError, RedisError
 from rq.cron import CronScheduler
+from rq.utils import now as now_utc
 
 from service import queues
 from service.redis_conn import redis_url_for
@@ -58,6 +59,21 @@ def build_scheduler(redis: Redis) -> CronScheduler:
     return scheduler
 
 
+def enqueue_due(scheduler: CronScheduler, redis: Redis) -> list[Any]:
+    """RQ's own ``enqueue_jobs`` uses the pickle serializer; ours enqueues the due jobs with
+    the JSON one every queue and worker of Tandem uses, keeping RQ's timing logic."""
+    due = []
+    for cron_job in scheduler.get_jobs():
+        if cron_job.func is not None and cron_job.should_run():
+            queue = queues.rq_queue(cron_job.queue_name, redis)
+            queue.enqueue(
+                cron_job.func, args=cron_job.args, kwargs=cron_job.kwargs, **cron_job.job_options
+            )
+            cron_job.set_enqueue_time(now_utc())
+            due.append(cron_job)
+    return due
+
+
 def run_leader_loop(redis: Redis, stop_after: float | None = None) -> None:
     """Hold the leader lock and enqueue due jobs; step down and retry if the lock is lost."""
     stopping = False
@@ -83,7 +99,7 @@ def run_leader_loop(redis: Redis, stop_after: float | None = None) -> None:
                 while not stopping:
                     if stop_after is not None and time.monotonic() - started > stop_after:
                         return
-                    if scheduler.enqueue_jobs():
+                    if enqueue_due(scheduler, redis):
                         scheduler.save()
                     scheduler.heartbeat()
                     lock.extend(LEADER_TTL_SECONDS, replace_ttl=True)

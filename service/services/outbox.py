@@ -53,7 +53,7 @@ def relay(session: Session, redis: Redis, *, limit: int = 500) -> int:
     sent = 0
     for entry in entries:
         spec = queues.ALL[entry.queue]
-        queue = Queue(spec.name, connection=redis)
+        queue = queues.rq_queue(spec.name, redis)
         meta = {"request_id": entry.request_id} if entry.request_id else {}
         try:
             if entry.job_id and _already_queued(queue, entry.job_id):
@@ -85,7 +85,7 @@ def _already_queued(queue: Queue, job_id: str) -> bool:
     from rq.job import Job, JobStatus
 
     try:
-        job = Job.fetch(job_id, connection=queue.connection)
+        job = Job.fetch(job_id, connection=queue.connection, serializer=queues.SERIALIZER)
     except Exception:  # NoSuchJobError and deserialisation problems alike: not live
         return False
     status = job.get_status(refresh=False)

@@ -11,9 +11,10 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from rq import Queue, SimpleWorker
+from rq import SimpleWorker
 
 from service.models import AuditEvent, Export, Job
+from service.queues import SERIALIZER, rq_queue
 from tests.helpers import auth
 
 
@@ -26,7 +27,8 @@ def worker_app(flask_app: Any) -> Any:
 
 
 def run_worker(redis_conn: Any) -> None:
-    SimpleWorker([Queue("exports", connection=redis_conn)], connection=redis_conn).work(burst=True)
+    SimpleWorker([rq_queue("exports", redis_conn)], connection=redis_conn,
+                 serializer=SERIALIZER).work(burst=True)
 
 
 def request(client: Any, token: str, body: dict[str, Any]) -> Any:
@@ -40,7 +42,7 @@ def test_snapshot_end_to_end_with_manifest(client, tokens, seed, db, redis_conn,
     export_id, job_id = resp.json["export_id"], resp.json["job_id"]
     queued = client.get(f"/api/v1/exports/{export_id}", headers=auth(tokens["analyst"])).json
     assert queued["state"] == "queued" and queued["download_url"] is None
-    assert Queue("exports", connection=redis_conn).job_ids == [job_id]
+    assert rq_queue("exports", redis_conn).job_ids == [job_id]
 
     run_worker(redis_conn)
 

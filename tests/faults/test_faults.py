@@ -18,7 +18,6 @@ import httpx
 import psutil
 import pytest
 from redis import Redis
-from rq import Queue
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
@@ -169,7 +168,7 @@ def test_redis_outage_keeps_predict_up_and_loses_no_work(
         private_redis.start()  # an empty Redis: everything it held is gone
         assert int(run_python(env, RELAY).strip().splitlines()[-1]) >= 2
         redis = Redis.from_url(private_redis.url)
-        assert job_id in Queue(queues.TRAINING.name, connection=redis).job_ids
+        assert job_id in queues.rq_queue(queues.TRAINING.name, redis).job_ids
         subprocess.run(
             [
                 str(VENV_BIN / "tandem"),

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from rq import Queue, SimpleWorker
+from rq import SimpleWorker
 
 from service import queues
 from service.observability import ContextFilter, JsonFormatter, redact
@@ -100,7 +100,7 @@ def test_state_gauges_read_committed_state(
             json={"input": good_input()},
             headers=auth(app_token),
         )
-    Queue(queues.WEBHOOKS.name, connection=redis_conn).enqueue("builtins.print", "x")
+    queues.rq_queue(queues.WEBHOOKS.name, redis_conn).enqueue("builtins.print", "x")
     samples = scrape(client)
     assert value(samples, "tandem_database_up") == 1
     assert value(samples, "tandem_redis_up") == 1
@@ -176,7 +176,8 @@ def test_job_logs_carry_the_request_id_from_the_outbox(
     logger.setLevel(logging.INFO)
     try:
         worker = SimpleWorker(
-            [Queue(queues.MAINTENANCE.name, connection=redis_conn)], connection=redis_conn
+            [queues.rq_queue(queues.MAINTENANCE.name, redis_conn)], connection=redis_conn,
+            serializer=queues.SERIALIZER
         )
         assert worker.work(burst=True)
     finally:

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from rq import Queue, SimpleWorker
+from rq import SimpleWorker
 from rq.job import Job
 from sqlalchemy import select
 from standardwebhooks import Webhook
@@ -179,7 +179,7 @@ def test_failing_receiver_retries_fails_and_replay_delivers(
     # Deferred through the outbox and relayed to the webhooks queue after the commit.
     entry = db.scalar(select(OutboxEntry).where(OutboxEntry.job_id == resp.json["job_id"]))
     assert entry is not None and entry.enqueued_at is not None
-    job = Job.fetch(resp.json["job_id"], connection=redis_conn)
+    job = Job.fetch(resp.json["job_id"], connection=redis_conn, serializer=queues.SERIALIZER)
     assert job.origin == "webhooks" and job.kwargs == {"delivery_id": delivery_id}
     event = db.scalar(select(AuditEvent).where(AuditEvent.action == "webhook.replayed"))
     assert event.details["before"]["status"] == "failed"
@@ -246,9 +246,9 @@ def test_real_rq_worker_delivers_from_the_outbox(
     admin, app_token = make_token("admin"), make_token("app")
     _create_task(client, admin, receiver.url)
     _resolve_one(client, app_token)
-    queue = Queue(queues.WEBHOOKS.name, connection=redis_conn)
+    queue = queues.rq_queue(queues.WEBHOOKS.name, redis_conn)
     assert queue.count == 1  # relayed to Redis right after the request's commit
-    SimpleWorker([queue], connection=redis_conn).work(burst=True)
+    SimpleWorker([queue], connection=redis_conn, serializer=queues.SERIALIZER).work(burst=True)
     assert len(receiver.requests) == 1
     headers, body = receiver.requests[0]
     assert json.loads(body)["type"] == "case.resolved"

@@ -102,7 +102,7 @@ def _rq_job_live(job_id: str) -> bool:
     from rq.job import JobStatus
 
     try:
-        found = RQJob.fetch(job_id, connection=get_redis())
+        found = RQJob.fetch(job_id, connection=get_redis(), serializer=queues.SERIALIZER)
     except Exception:  # missing or unreadable: not live
         return False
     return found.get_status(refresh=False) in (
