@@ -8,6 +8,7 @@ which the task's ``revision`` column tells us.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from service.ml.artifacts import load_model
 from service.ml.fast import Predictor, compile_predictor
-from service.ml.profile import DataProfile
+from service.ml.profile import DataProfile, range_checker
 from service.models import ModelVersion
 
 
@@ -30,6 +31,8 @@ class LoadedModel:
     profile: DataProfile | None
     label_thresholds: dict[str, float]
     labels: list[str]
+    # Fields of a row far outside the training data (None when no profile was stored).
+    out_of_range: Callable[[dict[str, Any]], list[str]] | None = None
 
 
 _lock = threading.Lock()
@@ -76,6 +79,7 @@ def load(
         profile=profile,
         label_thresholds=dict((row.certification or {}).get("label_thresholds") or {}),
         labels=list(train_labels),
+        out_of_range=range_checker(profile) if profile is not None else None,
     )
     with _lock:
         if len(_models) >= MAX_MODELS:

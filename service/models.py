@@ -163,12 +163,42 @@ class ModelVersion(Base):
 class Case(Base):
     __tablename__ = "cases"
     __table_args__ = (
-        UniqueConstraint("task_id", "idempotency_key"),
+        # Partial indexes: most cases at high automation are answered, never queued, carry
+        # no key or external id and get no label; they cost no entry in these indexes.
+        Index(
+            "uq_cases_task_idempotency",
+            "task_id",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+            sqlite_where=text("idempotency_key IS NOT NULL"),
+        ),
         # Review queue: waiting cases of a task, oldest first (claim and queue listing).
-        Index("ix_cases_queue", "task_id", "queue_state", "created_at"),
+        Index(
+            "ix_cases_queue",
+            "task_id",
+            "queue_state",
+            "created_at",
+            postgresql_where=text("queue_state IS NOT NULL"),
+            sqlite_where=text("queue_state IS NOT NULL"),
+        ),
         # Audit-first ordering within the queue.
-        Index("ix_cases_queue_audit", "task_id", "queue_state", "audit", "created_at"),
-        Index("ix_cases_task_external", "task_id", "external_id"),
+        Index(
+            "ix_cases_queue_audit",
+            "task_id",
+            "queue_state",
+            "audit",
+            "created_at",
+            postgresql_where=text("queue_state IS NOT NULL"),
+            sqlite_where=text("queue_state IS NOT NULL"),
+        ),
+        Index(
+            "ix_cases_task_external",
+            "task_id",
+            "external_id",
+            postgresql_where=text("external_id IS NOT NULL"),
+            sqlite_where=text("external_id IS NOT NULL"),
+        ),
         # The audit ledger of a task (certification and live watch).
         Index(
             "ix_cases_ledger",
@@ -178,9 +208,19 @@ class Case(Base):
             sqlite_where=text("audit"),
         ),
         Index("ix_cases_task_created_id", "task_id", "created_at", "id"),
-        Index("ix_cases_task_labelled", "task_id", "human_labelled_at"),
-        Index("ix_cases_task_status", "task_id", "status"),
-        Index("ix_cases_lease", "lease_expires_at"),
+        Index(
+            "ix_cases_task_labelled",
+            "task_id",
+            "human_labelled_at",
+            postgresql_where=text("human_labelled_at IS NOT NULL"),
+            sqlite_where=text("human_labelled_at IS NOT NULL"),
+        ),
+        Index(
+            "ix_cases_lease",
+            "lease_expires_at",
+            postgresql_where=text("lease_expires_at IS NOT NULL"),
+            sqlite_where=text("lease_expires_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)

@@ -26,7 +26,6 @@ from service import model_cache, routing
 from service.db import utcnow
 from service.errors import Conflict, Forbidden, NotFound, Unavailable, ValidationFailed
 from service.input_schema import validate_input
-from service.ml.profile import out_of_range
 from service.models import Case, Task, new_id
 from service.policy import Policy, audit_draw
 from service.services.audit import Actor
@@ -179,18 +178,27 @@ def _build_rows(
     probs, model_labels = _score(rt, inputs)
     now = utcnow()
     rows: list[dict[str, Any]] = []
+    model = rt.model
+    check_range = model.out_of_range if model is not None else None
+    # Vectorised once per request: per-row numpy scalar work dominated large batches.
+    tops: list[int] = []
+    confidences: list[float] = []
+    rounded: list[list[float]] = []
+    if probs is not None and len(inputs):
+        top_index = probs.argmax(axis=1)
+        tops = top_index.tolist()
+        confidences = probs[np.arange(len(inputs)), top_index].tolist()
+        rounded = np.round(probs, 6).tolist()
     for i, (item, values) in enumerate(zip(items, inputs, strict=True)):
         case_id = new_id()
         suggestion = confidence = scores = None
         flagged_fields: list[str] = []
-        if probs is not None and rt.model is not None:
-            p = probs[i]
-            top = int(np.argmax(p))
-            suggestion = model_labels[top]
-            confidence = float(p[top])
-            scores = {label: round(float(v), 6) for label, v in zip(model_labels, p, strict=True)}
-            if rt.model.profile is not None:
-                flagged_fields = out_of_range(rt.model.profile, values)
+        if tops:
+            suggestion = model_labels[tops[i]]
+            confidence = confidences[i]
+            scores = dict(zip(model_labels, rounded[i], strict=True))
+            if check_range is not None:
+                flagged_fields = check_range(values)
         threshold = rt.threshold
         if rt.model is not None and suggestion in rt.model.label_thresholds:
             threshold = rt.model.label_thresholds[suggestion]
@@ -322,7 +330,10 @@ def _guarded_insert(columns: tuple[str, ...], dialect: str, on_conflict: bool) -
     base = postgresql.insert(CASES) if dialect == "postgresql" else sqlite.insert(CASES)
     stmt = base.from_select(list(columns), values)
     if on_conflict:
-        stmt = stmt.on_conflict_do_nothing(index_elements=["task_id", "idempotency_key"])
+        stmt = stmt.on_conflict_do_nothing(
+            index_elements=["task_id", "idempotency_key"],
+            index_where=CASES.c.idempotency_key.is_not(None),
+        )
     return stmt.returning(CASES.c.id)
 
 

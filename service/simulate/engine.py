@@ -363,7 +363,7 @@ class Replay:
 
     def _work(self, drift_due: bool) -> None:
         """Run queued jobs on a real RQ worker (burst), then check no training job failed."""
-        from rq import Queue, SimpleWorker
+        from rq import SimpleWorker
 
         from service import queues
         from service.db import transaction
@@ -371,8 +371,8 @@ class Replay:
         from service.redis_conn import get_redis
 
         redis = get_redis(self.app)
-        training_q = Queue(queues.TRAINING.name, connection=redis)
-        maintenance_q = Queue(queues.MAINTENANCE.name, connection=redis)
+        training_q = queues.rq_queue(queues.TRAINING.name, redis)
+        maintenance_q = queues.rq_queue(queues.MAINTENANCE.name, redis)
         if drift_due:
             maintenance_q.enqueue(
                 "workers.jobs.maintenance.drift_check",
@@ -382,7 +382,9 @@ class Replay:
         pending = training_q.count
         if pending == 0 and not drift_due:
             return
-        worker = SimpleWorker([training_q, maintenance_q], connection=redis)
+        worker = SimpleWorker(
+            [training_q, maintenance_q], connection=redis, serializer=queues.SERIALIZER
+        )
         # RQ installs its own SIGINT/SIGTERM handlers (warm shutdown); put ours back after
         # the burst so Ctrl-C still stops the whole replay.
         handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -28,6 +28,9 @@ from service.policy import clopper_pearson_lower
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
 from tests.helpers import auth, make_token
 
+# Real worker processes and several trainings per replay: minutes, more on a loaded machine.
+pytestmark = pytest.mark.timeout(1800)
+
 FOODS_FIELDS = [
     {"name": "review", "type": "text"},
     {"name": "product", "type": "category"},
@@ -76,7 +79,7 @@ def _job_row(session: Any, task_name: str) -> Job | None:
     return session.scalar(select(Job).where(Job.task_id == task_id, Job.kind == "train"))
 
 
-def wait_training(session: Any, task_name: str, timeout: float = 240) -> Job | None:
+def wait_training(session: Any, task_name: str, timeout: float = 900) -> Job | None:
     """Block while the task's training job is queued or running; fail on a failed job."""
     deadline = time.monotonic() + timeout
     while True:
@@ -328,7 +331,7 @@ def test_sigkill_mid_training_is_retried(
     resp = client.post("/api/v1/tasks/kill/models/train", headers=auth(admin))
     assert resp.status_code == 202
     job_id = resp.json["job_id"]
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 600  # worker start-up and data reading
     pid = None
     while time.monotonic() < deadline:
         job = _job_row(committed_db, "kill")
@@ -342,7 +345,7 @@ def test_sigkill_mid_training_is_retried(
     assert committed_db.scalar(select(func.count()).select_from(ModelVersion)) == 0
     # RQ's Retry re-runs the job (first interval 10 s); nothing half-done was ever stored.
     seen_versions: set[tuple[int, str]] = set()
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 900
     while True:
         job = _job_row(committed_db, "kill")
         for v in committed_db.scalars(select(ModelVersion)).all():

@@ -48,3 +48,19 @@ def test_drift_report(datasets):
     assert rep["Home"]["unseen_rate"] == 1.0
     assert rep["Job"]["missing_rate_change"] > 0.9
     json.dumps(rep)
+
+
+def test_range_checker_agrees_with_out_of_range_on_every_dataset_row():
+    from service.ml.datasets import load_dataset
+    from service.ml.profile import build_profile, out_of_range, range_checker
+
+    for name in ("credit_data", "fine_foods", "letter"):
+        rows, _labels, fields, _label_set = load_dataset(name)
+        profile = build_profile(rows[:500], fields)
+        check = range_checker(profile)
+        extremes = [{**rows[0], f["name"]: 1e12} for f in fields if f["type"] == "number"]
+        extremes += [{**rows[0], f["name"]: "never-seen"} for f in fields
+                     if f["type"] == "category"]
+        extremes += [{**rows[0], f["name"]: "x" * 100_000} for f in fields if f["type"] == "text"]
+        for row in rows + extremes:
+            assert check(row) == out_of_range(profile, row)
