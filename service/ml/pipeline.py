@@ -94,6 +94,7 @@ def build_pipeline(
     random_state: int = 0,
     hgb_max_iter: int = 200,
     n_rows: int | None = None,
+    text_vocab: dict[str, int] | None = None,
 ) -> Pipeline:
     """Unfitted pipeline for ``classifier`` in ``FAMILIES``.
 
@@ -163,6 +164,10 @@ def build_pipeline(
                 n_comp = TEXT_SVD_COMPONENTS
                 if n_rows is not None:
                     n_comp = max(1, min(n_comp, n_rows // 4))
+                if text_vocab and name in text_vocab:
+                    # SVD needs fewer components than terms; a cross-validation fold sees a
+                    # smaller vocabulary than all rows, hence the margin.
+                    n_comp = max(1, min(n_comp, text_vocab[name] // 3))
                 steps.append(("svd", TruncatedSVD(n_components=n_comp, random_state=random_state)))
             transformers.append((f"text{i}", Pipeline(steps), [name]))
     features = ColumnTransformer(
@@ -264,6 +269,18 @@ def _oof_proba(
     return out
 
 
+def _text_vocabulary_sizes(frame: Any, fields: Sequence[Field]) -> dict[str, int]:
+    """Terms each text field's vectorizer would keep on these rows (bounds the SVD size)."""
+    sizes: dict[str, int] = {}
+    for name, typ in field_types(fields):
+        if typ == "text":
+            try:
+                sizes[name] = len(_text_vectorizer().fit(fill_text(frame[[name]])).vocabulary_)
+            except ValueError:  # empty vocabulary: every text missing or stop words only
+                sizes[name] = 0
+    return sizes
+
+
 def train_model(
     rows: Sequence[Row],
     labels_y: Sequence[str],
@@ -308,8 +325,10 @@ def train_model(
     cv_frame, cv_y, cv_y_idx = frame.iloc[cv_idx], y[cv_idx], y_idx[cv_idx]
     k = _n_splits(cv_y_idx, n_splits)
 
+    vocab = _text_vocabulary_sizes(frame, fields)
     cv_loss: dict[str, float] = {}
     oof: dict[str, np.ndarray] = {}
+    failed: dict[str, str] = {}
     for family in families:
         t0 = time.perf_counter()
         template = build_pipeline(
@@ -318,15 +337,25 @@ def train_model(
             random_state=random_state,
             hgb_max_iter=hgb_max_iter,
             n_rows=int(len(cv_y) * (k - 1) / k),
+            text_vocab=vocab,
         )
-        oof[family] = _oof_proba(template, cv_frame, cv_y, cv_y_idx, label_list, k, random_state)
+        try:
+            oof[family] = _oof_proba(
+                template, cv_frame, cv_y, cv_y_idx, label_list, k, random_state
+            )
+        except ValueError as exc:  # a family that cannot fit this data is not a candidate
+            failed[family] = str(exc)[:300]
+            continue
         cv_loss[family] = log_loss_labels(cv_y_idx, oof[family])
         timings[f"cv_{family}"] = time.perf_counter() - t0
+    if not cv_loss:
+        raise ValueError(f"no model family could be trained: {failed}")
     chosen = min(cv_loss, key=lambda fam: cv_loss[fam])
 
     t0 = time.perf_counter()
     pipeline = build_pipeline(
-        fields, chosen, random_state=random_state, hgb_max_iter=hgb_max_iter, n_rows=len(y)
+        fields, chosen, random_state=random_state, hgb_max_iter=hgb_max_iter, n_rows=len(y),
+        text_vocab=vocab,
     )
     pipeline.fit(frame, y)
     timings["refit"] = time.perf_counter() - t0
@@ -337,6 +366,7 @@ def train_model(
         {
             "family": chosen,
             "cv_log_loss": cv_loss,
+            "failed_families": failed,
             "n_splits": k,
             "n_rows": len(y),
             "n_cv_rows": len(cv_y),

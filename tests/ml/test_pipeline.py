@@ -64,3 +64,25 @@ def test_rare_class_reduces_folds(datasets):
     )
     assert model.metrics["n_splits"] == 2
     assert model.pipeline.predict_proba(rows_to_frame(d.rows[:3], d.fields)).shape == (3, 2)
+
+
+def test_gradient_boosting_trains_on_a_tiny_text_vocabulary():
+    """SVD components are bounded by the vocabulary (it once asked for 71 of 19 terms)."""
+    import random
+
+    from service.ml.pipeline import train_model
+
+    rng = random.Random(1)
+    fields = [{"name": "note", "type": "text"}, {"name": "x", "type": "number"}]
+    rows, labels = [], []
+    for _ in range(400):
+        good = rng.random() < 0.5
+        rows.append({"note": rng.choice(["paid on time", "stable job"] if good
+                                        else ["missed payment", "default"]),
+                     "x": rng.gauss(1.0 if good else -1.0, 1.0)})
+        labels.append("good" if good else "bad")
+    trained = train_model(rows, labels, fields, ["good", "bad"],
+                          families=("hist_gradient_boosting",), hgb_max_iter=10)
+    assert trained.family == "hist_gradient_boosting"
+    assert trained.metrics["failed_families"] == {}
+    assert trained.metrics["accuracy"] > 0.9
