@@ -142,6 +142,6 @@ def record_outcome(
     )
     if first_human_label:
         labels.label_recorded(session, task, case, request_id=request_id)
-    if event is not None:
+    if event is not None and task.webhook_url:  # the payload costs a case read; skip it unused
         webhooks.emit(session, task, event, case_detail(session, case), request_id=request_id)
     return case
