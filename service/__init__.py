@@ -12,6 +12,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 from flask_wtf.csrf import CSRFProtect
+from werkzeug.routing import IntegerConverter, Map
 
 from service import errors, login, observability, redis_conn, security
 from service.config import Settings
@@ -37,6 +38,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.extensions["tandem_engine"] = engine
     configure(engine)
 
+    # Ids in URLs are 64-bit: a larger number does not match the route (404) instead of
+    # reaching the database as an out-of-range value.
+    app.url_map.converters["int"] = BoundedIntConverter
     errors.init_app(app)
     redis_conn.init_app(app)
     login.init_app(app, secure_cookies=settings.session_cookie_secure)
@@ -78,6 +82,12 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     logging.getLogger("service").setLevel(logging.INFO)
     return app
+
+
+class BoundedIntConverter(IntegerConverter):
+    def __init__(self, url_map: Map, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("max", 2**63 - 1)
+        super().__init__(url_map, *args, **kwargs)
 
 
 def _register_ui(app: Flask) -> None:

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,15 @@ def init_app(app: Flask) -> None:
         if _wants_json():
             return error_response(503, "unavailable", "The database is unavailable; retry shortly.")
         return "The database is unavailable; retry shortly.", 503
+
+    @app.errorhandler(DataError)
+    def _value_out_of_range(exc: DataError) -> Response | tuple[str, int]:
+        # A value the database refuses (out of range, too long): the client's input, not an
+        # outage. Validation should have caught it; answer 422 rather than 5xx regardless.
+        log.warning("database refused a value: %s", type(exc.orig).__name__)
+        if _wants_json():
+            return error_response(422, "validation_error", "A value is out of the accepted range.")
+        return "A value is out of the accepted range.", 422
 
 
 def http_exception_response(exc: HTTPException) -> Response:

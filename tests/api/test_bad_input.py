@@ -154,3 +154,12 @@ def test_unknown_routes_and_methods_use_the_error_shape(client, tokens):
     assert_error(client.get("/api/v1/nowhere", headers=auth(tokens["app"])), 404, "not_found")
     resp = client.delete("/api/v1/tasks", headers=auth(tokens["admin"]))
     assert_error(resp, 405, "method_not_allowed")
+
+
+def test_ids_beyond_64_bits_are_404_not_a_database_error(client, tokens, task):
+    huge = "1238612817609851928576"
+    resp = client.post(f"/api/v1/webhooks/deliveries/{huge}/replay", headers=auth(tokens["admin"]))
+    assert_error(resp, 404, "not_found")
+    resp = client.post(f"/api/v1/tasks/loan-review/models/{huge}/activate",
+                       headers=auth(tokens["admin"]))
+    assert_error(resp, 404, "not_found")
