@@ -186,7 +186,11 @@ def new_token() -> str:
     from service.services.accounts import create_token
     from service.services.audit import SYSTEM
 
-    configure(make_engine(f"{PG}/{DB_NAME}"))
+    from service import migrate
+
+    engine = make_engine(f"{PG}/{DB_NAME}")
+    migrate.upgrade(engine)  # data loaded by an older checkout: bring the schema to head
+    configure(engine)
     with transaction() as session:
         return create_token(
             session, role="analyst", name="bench", task_scope=None, actor=SYSTEM
