@@ -182,11 +182,10 @@ def setup_database(n_rows: int) -> str:
 
 def new_token() -> str:
     """An analyst token on the already loaded database (``--keep-data``)."""
+    from service import migrate
     from service.db import configure, make_engine, transaction
     from service.services.accounts import create_token
     from service.services.audit import SYSTEM
-
-    from service import migrate
 
     engine = make_engine(f"{PG}/{DB_NAME}")
     migrate.upgrade(engine)  # data loaded by an older checkout: bring the schema to head
