@@ -108,6 +108,11 @@ class StateCollector(Collector):
         self._cached: list[GaugeMetricFamily] = []
         self._at = 0.0
 
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        # Without this, registering the collector would run a full collection at app start
+        # (before an embedded database is even migrated).
+        return iter(())
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with self._lock:
             if time.monotonic() - self._at > self.ttl or not self._cached:
