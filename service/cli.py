@@ -378,41 +378,11 @@ def train(task_name: str, wait: bool, timeout: int) -> None:
     help="Seeds replayed in parallel (each its own instance).",
 )
 @friendly_errors
-def simulate_cmd(
-    data: Path,
-    label: str,
-    task_file: Path | None,
-    seed: int,
-    seeds: int,
-    order: str | None,
-    out: Path,
-    reviewer_error: float,
-    target_error: float | None,
-    rows: int | None,
-    chunk: int,
-    hgb_max_iter: int | None,
-    families: str | None,
-    jobs: int,
-) -> None:
+def simulate_cmd(**options: Any) -> None:
     """Replay labelled history DATA through an isolated Tandem (SPEC §11) and write a report."""
     from service.simulate.cli import simulate_command
 
-    simulate_command(
-        data,
-        label,
-        task_file=task_file,
-        seed=seed,
-        seeds=seeds,
-        order=order,
-        out=out,
-        reviewer_error=reviewer_error,
-        target_error=target_error,
-        rows=rows,
-        chunk=chunk,
-        hgb_max_iter=hgb_max_iter,
-        families=families,
-        jobs=jobs,
-    )
+    simulate_command(**options)
 
 
 if __name__ == "__main__":

@@ -142,6 +142,14 @@ def record_outcome(
     )
     if first_human_label:
         labels.label_recorded(session, task, case, request_id=request_id)
-    if event is not None and task.webhook_url:  # the payload costs a case read; skip it unused
-        webhooks.emit(session, task, event, case_detail(session, case), request_id=request_id)
+    notify(session, task, case, event, request_id=request_id)
     return case
+
+
+def notify(
+    session: Session, task: Task, case: Case, event: str | None, *, request_id: str | None = None
+) -> None:
+    """Fire a case webhook, only when the task has one (building the payload reads the case
+    and its reviews). Every resolution path (review, outcome) announces itself here."""
+    if event is not None and task.webhook_url:
+        webhooks.emit(session, task, event, case_detail(session, case), request_id=request_id)

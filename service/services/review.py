@@ -30,9 +30,9 @@ from sqlalchemy.orm import Session
 from service.db import is_postgres, utcnow
 from service.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from service.models import AuditEvent, Case, Review, Task, User
-from service.services import audit, labels, webhooks
+from service.services import audit, labels
 from service.services.audit import Actor
-from service.services.cases import case_detail, get_case
+from service.services.cases import case_detail, get_case, notify
 from service.services.tasks import get_task
 
 #: Extra reviewers asked after disagreements, beyond ``reviewers_per_case``.
@@ -410,8 +410,7 @@ def submit_review(
     )
     if count_label:
         labels.label_recorded(session, task, case, request_id=request_id)
-    if event is not None and task.webhook_url:  # the payload costs a case read; skip it unused
-        webhooks.emit(session, task, event, case_detail(session, case), request_id=request_id)
+    notify(session, task, case, event, request_id=request_id)
     return Decision(case=case, review=review, resolved=True, event=event or "case.resolved")
 
 
