@@ -5,8 +5,9 @@
    resampled with replacement from letter.csv (26 classes, 16 numbers).
 2. Predict p99 of single-case requests through the real app (PostgreSQL, in-process WSGI
    client, every case validated, routed and committed) while idle and while a training
-   process runs beside it on the same machine (as a worker would), with the default BLAS /
-   OpenMP threads and with ``OMP_NUM_THREADS=1``.
+   process runs beside it on the same machine, set up as the training job runs it
+   (``service.resources.training_resources``: every core, nice 10), with one training
+   thread, and without the lower priority.
 
 Usage:  .venv/bin/python bench/training.py [--sizes 10000,100000] [--hgb-max-iter 200]
 Needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379 (db 12).
@@ -43,17 +44,22 @@ def resample(n: int, seed: int = 0) -> tuple[list[dict[str, Any]], list[str], An
 
 
 def train_once(n: int, hgb_max_iter: int) -> dict[str, Any]:
+    """Train as the training job does: its thread count, background priority."""
     from service.ml.pipeline import train_model
+    from service.resources import training_niceness, training_resources, training_threads
 
     rows, labels, fields, label_set = resample(n)
     t0 = time.perf_counter()
-    trained = train_model(rows, labels, fields, label_set, hgb_max_iter=hgb_max_iter)
+    with training_resources():
+        trained = train_model(rows, labels, fields, label_set, hgb_max_iter=hgb_max_iter)
     return {
         "cases": n,
         "seconds": round(time.perf_counter() - t0, 2),
         "family": trained.family,
         "timings": {k: round(v, 2) for k, v in trained.timings.items()},
         "accuracy": round(trained.metrics["accuracy"], 4),
+        "threads": training_threads(),
+        "nice": training_niceness(),
     }
 
 
@@ -185,13 +191,18 @@ def main() -> None:
     predict_latencies(app, token, rows, 50)  # warm-up
     idle = predict_latencies(app, token, rows, args.requests)
     print(f"idle: p50 {pct(idle, 0.5):.2f} ms  p99 {pct(idle, 0.99):.2f} ms", flush=True)
-    for label, extra in (("default threads", {}), ("OMP_NUM_THREADS=1", {"OMP_NUM_THREADS": "1"})):
+    variants = (
+        ("job defaults: every core, nice 10", {}),
+        ("TANDEM_TRAINING_THREADS=1, nice 10", {"TANDEM_TRAINING_THREADS": "1"}),
+        ("every core, no lower priority", {"TANDEM_TRAINING_NICE": "0"}),
+    )
+    for label, extra in variants:
         child = subprocess.Popen(
             [
                 sys.executable,
                 __file__,
                 "--train-child",
-                "100000",
+                str(args.busy_size),
                 "--hgb-max-iter",
                 str(args.hgb_max_iter),
             ],

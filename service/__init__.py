@@ -6,6 +6,10 @@ build the app through it, so every process is configured the same way.
 
 from __future__ import annotations
 
+from service.resources import inference_thread_defaults
+
+inference_thread_defaults()  # before NumPy / OpenMP load (service/resources.py says why)
+
 import logging
 import secrets
 from typing import Any

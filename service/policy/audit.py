@@ -39,10 +39,13 @@ def effective_audit_rate(
 
     * not automating (cold start, manual, or automation pulled back): ``cold_start_audit_rate``
       — every case goes to a human anyway, so flags cost no extra labels;
-    * automating at coverage c: ``clip(audit_rate / c, audit_rate, cold_start_audit_rate)``.
-      Flags below τ are free (those cases are reviewed anyway); only the automatic share c
-      costs extra labels, so the extra review load is c·π ≈ audit_rate of all traffic while
-      evidence keeps arriving fast when automation is small (SPEC §4, "keep the audit rate up");
+    * automating at coverage c: ``clip(audit_rate / c², audit_rate, cold_start_audit_rate)``.
+      Flags below τ cost no extra review (those cases are reviewed anyway); only the automatic
+      share c costs extra labels, c·π_t = audit_rate / c of all traffic (10% at c = 0.5, 6% at
+      c = 0.8, audit_rate at full automation). The ledger then keeps growing fast while
+      automation is partial, so the next declared checkpoint — and a wider, newer version —
+      arrives within a few thousand cases instead of never (SPEC §4, "keep the audit rate up
+      after automation starts"; measured in docs/backtest.md);
     * ×4 on fallback (capped at 1), ×2 on a label-free drift warning (SPEC §4.5).
 
     The rate must be stored with each case: it is that case's inclusion probability for the
@@ -52,7 +55,8 @@ def effective_audit_rate(
     if not automating or coverage <= 0.0:
         rate = base_high
     else:
-        rate = min(max(policy.audit_rate / min(coverage, 1.0), policy.audit_rate), base_high)
+        c = min(coverage, 1.0)
+        rate = min(max(policy.audit_rate / max(c * c, 1e-12), policy.audit_rate), base_high)
     if fallback:
         rate *= FALLBACK_AUDIT_MULTIPLIER
     if drift_warning:

@@ -147,8 +147,8 @@ def test_allowed_coverage_grows_with_traffic() -> None:
     p = Policy()
     assert allowed_coverage(0.0, 10_000, p, human_labels=199) == 0.0
     assert allowed_coverage(0.2, 0, p, human_labels=500) == pytest.approx(0.3)
-    assert allowed_coverage(0.2, 500, p, human_labels=500) == pytest.approx(0.3)
-    assert allowed_coverage(0.2, 1500, p, human_labels=500) == pytest.approx(0.5)
+    assert allowed_coverage(0.2, 250, p, human_labels=500) == pytest.approx(0.3)
+    assert allowed_coverage(0.2, 750, p, human_labels=500) == pytest.approx(0.5)
     assert allowed_coverage(0.9, 10_000, p, human_labels=500) == 1.0
     assert allowed_coverage(0.2, 5000, p, human_labels=500, frozen=True) == 0.2
 
@@ -159,23 +159,23 @@ def test_delta_schedule_sums_to_at_most_delta(alpha: float, delta: float) -> Non
     assert sum(cp.delta for cp in sched) <= delta
     sizes = [cp.ledger_size for cp in sched]
     assert sizes == sorted(set(sizes))
-    # the first checkpoint is the smallest ledger on which a pass is possible at δ₁
-    assert sizes[0] == min_cases_to_pass(alpha, sched[0].delta)
-    assert sched[0].delta == pytest.approx(delta * 0.2)
+    # the first checkpoint is where a region holding half the ledger can pass at δ₁ (≥ 300)
+    assert sizes[0] == max(300, 2 * min_cases_to_pass(alpha, sched[0].delta))
+    assert sched[0].delta == pytest.approx(delta / 2)
+    assert all(b.ledger_size == 2 * a.ledger_size for a, b in zip(sched, sched[1:]))
 
 
 def test_checkpoint_schedule_values_and_due_logic() -> None:
     sched = checkpoint_schedule(0.02, 0.05)
-    assert [cp.ledger_size for cp in sched[:4]] == [228, 285, 357, 446]
-    # per doubling of the ledger, zero-error evidence needed grows by only ~35 cases
-    j = next(i for i, cp in enumerate(sched) if cp.ledger_size >= 2 * sched[10].ledger_size)
-    extra = min_cases_to_pass(0.02, sched[j].delta) - min_cases_to_pass(0.02, sched[10].delta)
-    assert 25 <= extra <= 45
-    assert checkpoint_for_ledger_size(100, alpha=0.02, delta=0.05) is None
-    assert checkpoint_for_ledger_size(300, alpha=0.02, delta=0.05) == (2, pytest.approx(0.008))
-    assert checkpoint_for_ledger_size(300, alpha=0.02, delta=0.05, last_attempted=2) is None
-    due = checkpoint_for_ledger_size(450, alpha=0.02, delta=0.05, last_attempted=2)
-    assert due is not None and due[0] == 4
+    assert [cp.ledger_size for cp in sched[:4]] == [366, 732, 1464, 2928]
+    assert [cp.delta for cp in sched[:3]] == pytest.approx([0.025, 0.0125, 0.00625])
+    assert [cp.ledger_size for cp in checkpoint_schedule(0.05, 0.05)[:3]] == [300, 600, 1200]
+    assert checkpoint_for_ledger_size(365, alpha=0.02, delta=0.05) is None
+    assert checkpoint_for_ledger_size(366, alpha=0.02, delta=0.05) == (1, pytest.approx(0.025))
+    assert checkpoint_for_ledger_size(700, alpha=0.02, delta=0.05, last_attempted=1) is None
+    # a jumped-over checkpoint is skipped for good (its δ stays unspent)
+    due = checkpoint_for_ledger_size(1500, alpha=0.02, delta=0.05, last_attempted=1)
+    assert due is not None and due[0] == 3
 
 
 def test_champion_challenger() -> None:

@@ -68,9 +68,10 @@ def test_audit_draw_is_uniform() -> None:
 def test_effective_audit_rate_rule() -> None:
     p = Policy()
     assert effective_audit_rate(p, automating=False, coverage=0.0) == 0.3
-    # small automation keeps the rate up; extra labels cost ~ audit_rate of traffic
+    # partial automation keeps the rate up; extra labels cost audit_rate / c of traffic
     assert effective_audit_rate(p, automating=True, coverage=0.1) == pytest.approx(0.3)
-    assert effective_audit_rate(p, automating=True, coverage=0.25) == pytest.approx(0.2)
+    assert effective_audit_rate(p, automating=True, coverage=0.5) == pytest.approx(0.2)
+    assert effective_audit_rate(p, automating=True, coverage=0.8) == pytest.approx(0.078125)
     assert effective_audit_rate(p, automating=True, coverage=1.0) == pytest.approx(0.05)
     assert effective_audit_rate(p, automating=True, coverage=1.0, drift_warning=True) == 0.1
     assert effective_audit_rate(p, automating=True, coverage=1.0, fallback=True) == 0.2
@@ -83,6 +84,6 @@ def test_effective_audit_rate_bounds(cov: float, fb: bool, dw: bool, auto: bool)
     r = effective_audit_rate(p, automating=auto, coverage=cov, fallback=fb, drift_warning=dw)
     assert p.audit_rate <= r <= 1.0
     if auto and cov > 0:
-        # the automatic share costs at most max(audit_rate, cov·cold_start) of traffic
+        # the automatic share costs at most min(audit_rate / c, c·cold_start) of traffic
         base = effective_audit_rate(p, automating=auto, coverage=cov)
-        assert cov * base <= max(p.audit_rate, cov * p.cold_start_audit_rate) + 1e-12
+        assert cov * base <= min(p.audit_rate / cov, cov * p.cold_start_audit_rate) + 1e-12

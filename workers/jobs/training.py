@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.resources import training_resources
 from service.services import learning
 from workers.context import current_job_id, job
 
@@ -23,5 +24,10 @@ def _retries_left() -> int | None:
 
 @job
 def train_task(task_id: int) -> dict[str, Any]:
-    """Train on the task's human labels, certify at the due checkpoint, maybe promote."""
-    return learning.run_training(task_id, current_job_id(), retries_left=_retries_left())
+    """Train on the task's human labels, certify at the due checkpoint, maybe promote.
+
+    Runs at background CPU priority with its own thread count (service/resources.py), so a
+    worker sharing cores with the web process does not stall predict requests.
+    """
+    with training_resources():
+        return learning.run_training(task_id, current_job_id(), retries_left=_retries_left())
