@@ -144,7 +144,7 @@ def test_more_errors_never_widen(app: Any, db: Any, client: Any, tokens: Any) ->
 
 def test_widening_cap_limits_coverage(app: Any, db: Any, client: Any, tokens: Any) -> None:
     task = _make_task(client, tokens["admin"], max_coverage_step=0.1)
-    _labelled_cases(db, task, 300)  # 300 cases since the last change → one step (10%)
+    _labelled_cases(db, task, 200)  # 200 cases since the last change → one step (10%)
     v = _version(db, task)
     small = automation.certify_version(db, task, v, _evidence(600, 0.0))
     # 10% of a 600-case ledger is too few cases to test the capped threshold, and the first

@@ -174,9 +174,10 @@ def _check_promise(result: Replay, target: float, min_labels: int) -> None:
 def test_credit_replay_real_worker(flask_app: Any, committed_db: Any, start_worker: Any) -> None:
     """credit_data at α = 0.15 (why not 0.05-0.10: docs/learning.md, "Choosing the target").
 
-    The walk starts where a quarter of the ledger lies above τ, and a checkpoint's δ_j is
-    ~0.001, so the model needs well under α on its most confident quarter; on credit it has
-    ~4.5% there, which passes 0.10 only on a ledger of >1,000 cases and 0.05 never. Logistic
+    The walk starts where a quarter of the ledger lies above τ, and the checkpoints this
+    2,400-case replay reaches (300 and 600 ledger cases) spend δ/2 and δ/4, so the model needs
+    well under α on its most confident quarter; on credit it has ~4.5% there, which passes
+    0.10 only on a ledger of ~600+ cases and 0.05 never (docs/backtest.md). Logistic
     regression only: it wins the CV comparison on credit (log loss 0.44 vs 0.53), and the
     family choice itself is tested in tests/ml.
     """
@@ -272,6 +273,7 @@ def test_label_flip_falls_back_within_bound(
         min_labels=100,
         retrain_every=300,
         max_coverage_step=0.5,
+        cold_start_audit_rate=0.5,  # the first checkpoint (300 ledger cases) by case ~600
     )
     xs, ys = synthetic_rows(2400, seed=11)
     rows = list(zip(xs, ys, strict=True))

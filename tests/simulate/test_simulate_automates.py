@@ -34,15 +34,17 @@ def _easy_csv(path: Path, n: int, seed: int = 0) -> None:
 def test_replay_automates_and_keeps_the_promise(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("DATABASE_URL", raising=False)
     data = tmp_path / "easy.csv"
-    _easy_csv(data, 420)
-    # max_coverage_step 1.0: no widening cap, so a few hundred cases can show automation (with
-    # the default 10 points per 500 cases the first certified step could not be deployed yet)
+    _easy_csv(data, 800)
+    # max_coverage_step 1.0: no widening cap, so a few hundred cases can show automation; a
+    # cold-start audit rate of 0.5 brings the first checkpoint (300 ledger cases at α = 0.1)
+    # at ~600 cases instead of ~1,000
     task = {
         "policy": {
             "min_labels": 50,
             "retrain_every": 50,
             "target_error": 0.1,
             "max_coverage_step": 1.0,
+            "cold_start_audit_rate": 0.5,
         }
     }
     dataset = load_dataset(data, "label", task=task)
