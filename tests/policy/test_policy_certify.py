@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -162,7 +163,7 @@ def test_delta_schedule_sums_to_at_most_delta(alpha: float, delta: float) -> Non
     # the first checkpoint is where a region holding half the ledger can pass at δ₁ (≥ 300)
     assert sizes[0] == max(300, 2 * min_cases_to_pass(alpha, sched[0].delta))
     assert sched[0].delta == pytest.approx(delta / 2)
-    assert all(b.ledger_size == 2 * a.ledger_size for a, b in zip(sched, sched[1:]))
+    assert all(b.ledger_size == 2 * a.ledger_size for a, b in itertools.pairwise(sched))
 
 
 def test_checkpoint_schedule_values_and_due_logic() -> None:
