@@ -210,12 +210,15 @@ def test_credit_replay_real_worker(flask_app: Any, committed_db: Any, start_work
 def test_fine_foods_replay_real_worker(
     flask_app: Any, committed_db: Any, start_worker: Any
 ) -> None:
-    """fine_foods (text) at α = 0.20, 4,000 rows: trained on 1,000-2,000 reviews, logistic
-    regression on TF-IDF is wrong on 8-10% of its most confident quarter (measured in this
-    replay), so 0.15 needs a far larger ledger and 0.10 or less is out of reach (same
-    reasoning as credit, docs/learning.md). Logistic regression only: boosting on 100 SVD
-    components of the TF-IDF costs ~60 s per training on 2 cores and does not win here (CV
-    log loss 0.528 vs 0.532)."""
+    """fine_foods (text) at α = 0.20, 4,000 shuffled rows: trained on 1,000-2,000 reviews,
+    logistic regression on TF-IDF is wrong on 7-10% of its most confident quarter (measured
+    in this replay and the backtest, docs/backtest.md). The promise bounds the deployed
+    rule's true error; the realised error of a few hundred automatic answers scatters around
+    it (±1.6 points at 600 answers and 20%). This test asserts the realised error itself, so
+    it certifies with the margin SPEC §4 offers for exactly that (`certification_margin`
+    0.05: certify at 15%), which keeps the realised error under 20% with room for noise.
+    Logistic regression only: boosting on 100 SVD components of the TF-IDF costs ~60 s per
+    training on 2 cores and does not win here (CV log loss 0.528 vs 0.532)."""
     start_worker(TANDEM_TRAIN_FAMILIES="logistic_regression")
     client = flask_app.test_client()
     admin, app_token = make_token("admin"), make_token("app")
@@ -227,10 +230,13 @@ def test_fine_foods_replay_real_worker(
         ["great", "other"],
         FOODS_FIELDS,
         target_error=target,
+        certification_margin=0.05,
         min_labels=200,
         retrain_every=500,
     )
-    rows = read_rows("fine_foods.csv", "score", FOODS_FIELDS)[:4000]
+    rows = read_rows("fine_foods.csv", "score", FOODS_FIELDS)
+    random.Random(11).shuffle(rows)
+    rows = rows[:4000]
     result = replay(client, committed_db, app_token, "foods", rows, batch=250)
     committed_db.remove()
     story = [
