@@ -36,7 +36,9 @@ class FieldSpecSchema(StrictSchema):
 class PolicySchema(StrictSchema):
     target_error = mf.Float(load_default=0.02, validate=validate.Range(0.0001, 0.5))
     confidence = mf.Float(load_default=0.95, validate=validate.Range(0.5, 0.9999))
-    audit_rate = mf.Float(load_default=0.05, validate=validate.Range(0.0, 1.0))
+    audit_rate = mf.Float(
+        load_default=0.05, validate=validate.Range(0.0, 1.0, min_inclusive=False)
+    )
     cold_start_audit_rate = mf.Float(
         load_default=0.3,
         validate=validate.Range(0.0, 1.0, min_inclusive=False),
@@ -137,7 +139,7 @@ class PolicyPatchSchema(PolicySchema):
 
     target_error = mf.Float(validate=validate.Range(0.0001, 0.5))
     confidence = mf.Float(validate=validate.Range(0.5, 0.9999))
-    audit_rate = mf.Float(validate=validate.Range(0.0, 1.0))
+    audit_rate = mf.Float(validate=validate.Range(0.0, 1.0, min_inclusive=False))
     cold_start_audit_rate = mf.Float(validate=validate.Range(0.0, 1.0, min_inclusive=False))
     min_labels = mf.Integer(validate=validate.Range(10, 10_000_000))
     max_coverage_step = mf.Float(validate=validate.Range(0.001, 1.0))

@@ -115,6 +115,18 @@ BAD_DEFINITIONS: list[tuple[dict[str, Any], str]] = [
         },
         "policy",
     ),
+    *[
+        (
+            {
+                "name": "t",
+                "labels": ["a", "b"],
+                "fields": [{"name": "x", "type": "text"}],
+                "policy": {key: 0},
+            },
+            "policy",
+        )
+        for key in ("audit_rate", "cold_start_audit_rate")
+    ],
     (
         {
             "name": "t",
