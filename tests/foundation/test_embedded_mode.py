@@ -141,5 +141,36 @@ def test_two_embedded_instances_serve_predict_and_run_a_worker(tmp_path: Path):
             stop(proc)
     for proc in procs:
         assert proc.returncode is not None
-    # the embedded Redis shut down with the server
+    # the embedded Redis shut down with the server: URL file gone, no server process left
     assert not (homes[0] / "redis.url").exists()
+    strays = _redis_servers_under(tmp_path)
+    for stray in strays:  # never leave one behind, even when the assertion below fails
+        stray.kill()
+    assert not strays, "an embedded Redis outlived `tandem serve`"
+
+
+def _redis_servers_under(root: Path) -> list[Any]:
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["name", "cwd"]):
+        cwd = proc.info.get("cwd") or ""
+        if "redis-server" in (proc.info.get("name") or "") and cwd.startswith(str(root)):
+            found.append(proc)
+    return found
+
+
+def test_embedded_redis_close_stops_the_server_only_in_its_owner(tmp_path: Path) -> None:
+    from service.runner import EmbeddedRedis, _alive
+
+    embedded = EmbeddedRedis(tmp_path)
+    pid = embedded.server.pid
+    embedded.server.set("kept", "yes")
+    embedded.owner_pid = -1  # as seen from a forked gunicorn worker: not ours to stop
+    embedded.close()
+    assert _alive(pid) and (tmp_path / "redis.url").exists()
+    embedded.owner_pid = os.getpid()
+    embedded.close()
+    assert not _alive(pid)
+    assert not (tmp_path / "redis.url").exists()
+    assert (tmp_path / "redis.db").stat().st_size > 0  # saved on the way out
