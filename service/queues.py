@@ -37,4 +37,4 @@ DEFAULT_WORKER_QUEUES = ("training", "webhooks", "exports", "maintenance")
 def rq_queue(name: str, connection: Redis) -> Queue:
     """Every queue speaks JSON: job payloads in Redis are ids and plain values, never
     pickles, so nothing read back from Redis can execute code."""
-    return Queue(name, connection=connection, serializer=JSONSerializer)
+    return Queue(name, connection=connection, serializer=SERIALIZER)

