@@ -22,6 +22,6 @@ RUN pip install .
 USER tandem
 EXPOSE 8000
 # Production mode needs DATABASE_URL, REDIS_URL and SECRET_KEY (see docker-compose.yml).
-CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "4", \
-     "--worker-class", "gthread", "--timeout", "120", "--access-logfile", "-", \
-     "service:create_app()"]
+# `tandem serve` runs granian (WEB_CONCURRENCY processes × TANDEM_WEB_THREADS threads, JSON
+# access log on stdout): docs/operations.md.
+CMD ["tandem", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -2,7 +2,8 @@
 
 Loads a separate database (``tandem_bench_export``) with COPY: one task with the credit_data
 fields, 1M cases whose inputs are credit_data rows, a third of them reviewed. Then starts
-gunicorn (1 worker, the production worker class) and downloads CSV, JSON Lines and Parquet at
+the production web server (`tandem serve`, 1 worker process) and downloads CSV, JSON Lines
+and Parquet at
 100k and 1M rows, measuring rows per second and the peak RSS of the serving process (psutil,
 sampled every 20 ms). Results go to stdout as a Markdown table.
 
@@ -269,15 +270,13 @@ def main() -> None:
         "SECRET_KEY": secrets.token_hex(16),
         "TANDEM_HOME": str(home),
     }
-    # The production worker class (see service/runner.py): gthread, 4 threads, one process.
+    # The production web server (service/runner.py): one process, 4 request threads.
     server = subprocess.Popen(
         [
-            str(ROOT / ".venv" / "bin" / "gunicorn"),
-            "--workers", "1", "--worker-class", "gthread", "--threads", "4",
-            "--timeout", "120", "--bind", f"127.0.0.1:{port}", "--log-level", "warning",
-            "service:create_app()",
+            str(ROOT / ".venv" / "bin" / "tandem"), "serve", "--host", "127.0.0.1",
+            "--port", str(port), "--workers", "1",
         ],
-        env=env,
+        env={**env, "TANDEM_ACCESS_LOG": "0"},
         cwd=ROOT,
     )  # fmt: skip
     try:

@@ -3,8 +3,9 @@
 Runs, in one sitting, on PostgreSQL:
   * the peer: a minimal Flask app calling the same Pipeline per request (gunicorn, 2 sync
     workers), persisting nothing;
-  * Tandem: gunicorn (2 workers) serving the real app with an active logistic-regression
-    model on credit_data (every case validated, routed, audit-flagged and committed);
+  * Tandem: `tandem serve` as in production (granian, 2 processes × 4 request threads) with
+    an active logistic-regression model on credit_data (every case validated, routed,
+    audit-flagged and committed);
 both loaded with `wrk` at 8 and 32 connections; then batch throughput (1,000 cases per
 request) and the raw in-process `predict_proba` rate of the same Pipeline.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import signal
@@ -70,31 +72,52 @@ def setup(db_url: str, workdir: Path) -> dict[str, Any]:
     from service.services import accounts, tasks
     from service.services.audit import SYSTEM
 
-    settings = Settings(database_url=db_url, redis_url=REDIS_URL, home=workdir,
-                        secret_key="bench", embedded=False)
+    settings = Settings(
+        database_url=db_url, redis_url=REDIS_URL, home=workdir, secret_key="bench", embedded=False
+    )
     app = create_app(settings)
     migrate.upgrade(app.extensions["tandem_engine"])
     rows = read_rows("credit_data.csv", "Status", CREDIT_FIELDS)
     inputs = [r for r, _ in rows]
     labels = [y for _, y in rows]
-    trained = train_model(inputs, labels, CREDIT_FIELDS, ["good", "bad"],
-                          families=("logistic_regression",))
+    trained = train_model(
+        inputs, labels, CREDIT_FIELDS, ["good", "bad"], families=("logistic_regression",)
+    )
     artefact = dump_model(trained.pipeline)
     (workdir / "model.skops").write_bytes(artefact)
     with app.app_context(), transaction() as session:
         from service.api.tasks import load
         from service.schemas.tasks import TaskCreateSchema
 
-        task = tasks.create_task(session, load(TaskCreateSchema(), {
-            "name": TASK, "labels": ["good", "bad"], "fields": CREDIT_FIELDS,
-            "policy": {"target_error": 0.05}}), SYSTEM)
+        task = tasks.create_task(
+            session,
+            load(
+                TaskCreateSchema(),
+                {
+                    "name": TASK,
+                    "labels": ["good", "bad"],
+                    "fields": CREDIT_FIELDS,
+                    "policy": {"target_error": 0.05},
+                },
+            ),
+            SYSTEM,
+        )
         version = ModelVersion(
-            task_id=task.id, version=1, status="active", family=trained.family,
-            artefact=artefact, artefact_sha256=hashlib.sha256(artefact).hexdigest(),
+            task_id=task.id,
+            version=1,
+            status="active",
+            family=trained.family,
+            artefact=artefact,
+            artefact_sha256=hashlib.sha256(artefact).hexdigest(),
             metrics=trained.metrics,
-            profile={"fields_spec": CREDIT_FIELDS, "labels": ["good", "bad"],
-                     "data": build_profile(inputs, CREDIT_FIELDS).to_dict()},
-            certification={}, threshold=0.9, coverage=0.5,
+            profile={
+                "fields_spec": CREDIT_FIELDS,
+                "labels": ["good", "bad"],
+                "data": build_profile(inputs, CREDIT_FIELDS).to_dict(),
+            },
+            certification={},
+            threshold=0.9,
+            coverage=0.5,
         )
         session.add(version)
         session.flush()
@@ -104,14 +127,21 @@ def setup(db_url: str, workdir: Path) -> dict[str, Any]:
         task.coverage = 0.5
         task.automation_state = "automating"
         task.revision += 1
-        token = accounts.create_token(session, role="app", name="bench", task_scope=None,
-                                      actor=SYSTEM).token
+        token = accounts.create_token(
+            session, role="app", name="bench", task_scope=None, actor=SYSTEM
+        ).token
     return {"token": token, "inputs": inputs, "pipeline": trained.pipeline}
 
 
 def start_server(argv: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -141,15 +171,32 @@ end
 """
 
 
-def run_wrk(port: int, path: str, bodies: Path, token: str | None, connections: int,
-            duration: int, workdir: Path) -> dict[str, float]:
+def run_wrk(
+    port: int,
+    path: str,
+    bodies: Path,
+    token: str | None,
+    connections: int,
+    duration: int,
+    workdir: Path,
+) -> dict[str, float]:
     script = workdir / f"wrk-{port}-{connections}.lua"
     auth = f'wrk.headers["Authorization"] = "Bearer {token}"' if token else ""
     script.write_text(LUA % {"bodies": bodies, "auth": auth, "path": path})
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script),
-         f"http://127.0.0.1:{port}"],
-        capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
 
@@ -161,24 +208,42 @@ def run_wrk(port: int, path: str, bodies: Path, token: str | None, connections: 
 
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
-    return {"rps": rps, "p50_ms": pct("50"), "p99_ms": pct("99"),
-            "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-            "socket_errors": errors.group(1) if errors else ""}
+    return {
+        "rps": rps,
+        "p50_ms": pct("50"),
+        "p99_ms": pct("99"),
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": errors.group(1) if errors else "",
+    }
 
 
-def batch_throughput(port: int, token: str, inputs: list[dict[str, Any]], seconds: float) -> float:
+def batch_throughput(
+    port: int, token: str, inputs: list[dict[str, Any]], seconds: float, clients: int
+) -> float:
+    """1,000-case batches sent back to back by `clients` concurrent clients."""
+    from concurrent.futures import ThreadPoolExecutor
+
     items = [{"input": inputs[i % len(inputs)]} for i in range(1000)]
     body = json.dumps({"items": items})
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    done = 0
     start = time.perf_counter()
-    with httpx.Client(timeout=60) as client:
-        while time.perf_counter() - start < seconds:
-            resp = client.post(f"http://127.0.0.1:{port}/api/v1/tasks/{TASK}/predict/batch",
-                               content=body, headers=headers)
-            resp.raise_for_status()
-            done += 1000
-    return done / (time.perf_counter() - start)
+
+    def one_client() -> int:
+        done = 0
+        with httpx.Client(timeout=60) as client:
+            while time.perf_counter() - start < seconds:
+                resp = client.post(
+                    f"http://127.0.0.1:{port}/api/v1/tasks/{TASK}/predict/batch",
+                    content=body,
+                    headers=headers,
+                )
+                resp.raise_for_status()
+                done += 1000
+        return done
+
+    with ThreadPoolExecutor(clients) as pool:
+        total = sum(pool.map(lambda _: one_client(), range(clients)))
+    return total / (time.perf_counter() - start)
 
 
 def raw_model_rate(pipeline: Any, inputs: list[dict[str, Any]]) -> float:
@@ -199,7 +264,17 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=20)
     parser.add_argument("--connections", default="8,32")
     parser.add_argument("--batch-seconds", type=float, default=15)
+    parser.add_argument(
+        "--batch-clients", type=int, default=2, help="concurrent clients sending 1,000-case batches"
+    )
+    parser.add_argument(
+        "--tandem-workers",
+        type=int,
+        default=None,
+        help="web worker processes for Tandem (default: production's, 2)",
+    )
     args = parser.parse_args()
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     connections = [int(c) for c in args.connections.split(",")]
     workdir = Path(tempfile.mkdtemp(prefix="tandem-bench-"))
     db_url = reset_database()
@@ -207,35 +282,66 @@ def main() -> None:
     bodies = workdir / "bodies.jsonl"
     bodies.write_text("\n".join(json.dumps({"input": r}) for r in ctx["inputs"][:500]) + "\n")
 
-    env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": REDIS_URL, "SECRET_KEY": "bench",
-           "PEER_MODEL": str(workdir / "model.skops"), "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "REDIS_URL": REDIS_URL,
+        "SECRET_KEY": "bench",
+        "PEER_MODEL": str(workdir / "model.skops"),
+        "PYTHONPATH": str(ROOT),
+    }
     gunicorn = str(Path(sys.executable).parent / "gunicorn")
     results: dict[str, Any] = {}
 
     peer_port = free_port()
-    peer = start_server([gunicorn, "-w", "2", "-b", f"127.0.0.1:{peer_port}",
-                         "bench.peer_app:app"], env, peer_port)
+    peer = start_server(
+        [gunicorn, "-w", "2", "-b", f"127.0.0.1:{peer_port}", "bench.peer_app:app"], env, peer_port
+    )
     try:
+        run_wrk(peer_port, "/predict", bodies, None, 8, 3, workdir)
         for c in connections:
-            results[f"peer_c{c}"] = run_wrk(peer_port, "/predict", bodies, None, c,
-                                            args.duration, workdir)
+            results[f"peer_c{c}"] = run_wrk(
+                peer_port, "/predict", bodies, None, c, args.duration, workdir
+            )
     finally:
         stop_server(peer)
 
     port = free_port()
-    tandem = start_server([gunicorn, "-w", "2", "-b", f"127.0.0.1:{port}",
-                           "service:create_app()"], env, port)
+    # Tandem as production runs it: `tandem serve` (granian, production defaults, JSON access
+    # log on; it goes to /dev/null here but is formatted and written all the same).
+    tandem_argv = [
+        str(Path(sys.executable).parent / "tandem"),
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    if args.tandem_workers:
+        tandem_argv += ["--workers", str(args.tandem_workers)]
+    tandem = start_server(tandem_argv, env, port)
+    # Both servers get the same warm-up (first request per process loads the model).
+    run_wrk(port, f"/api/v1/tasks/{TASK}/predict", bodies, ctx["token"], 8, 3, workdir)
     try:
         for c in connections:
-            results[f"tandem_c{c}"] = run_wrk(port, f"/api/v1/tasks/{TASK}/predict", bodies,
-                                              ctx["token"], c, args.duration, workdir)
-        results["tandem_batch_cases_per_s"] = batch_throughput(port, ctx["token"],
-                                                               ctx["inputs"], args.batch_seconds)
+            results[f"tandem_c{c}"] = run_wrk(
+                port,
+                f"/api/v1/tasks/{TASK}/predict",
+                bodies,
+                ctx["token"],
+                c,
+                args.duration,
+                workdir,
+            )
+        results["tandem_batch_cases_per_s"] = batch_throughput(
+            port, ctx["token"], ctx["inputs"], args.batch_seconds, args.batch_clients
+        )
     finally:
         stop_server(tandem)
     results["raw_model_cases_per_s"] = raw_model_rate(ctx["pipeline"], ctx["inputs"])
-    results["batch_cost_ratio"] = (results["raw_model_cases_per_s"]
-                                   / results["tandem_batch_cases_per_s"])
+    results["batch_cost_ratio"] = (
+        results["raw_model_cases_per_s"] / results["tandem_batch_cases_per_s"]
+    )
     engine = create_engine(db_url)
     with engine.connect() as conn:
         results["cases_persisted"] = conn.execute(text("SELECT count(*) FROM cases")).scalar()
@@ -246,13 +352,17 @@ def main() -> None:
     for c in connections:
         for name in ("peer", "tandem"):
             r = results[f"{name}_c{c}"]
-            print(f"{name:<10}{c:>6}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
-                  f"{r['non_2xx']:>9}")
+            print(
+                f"{name:<10}{c:>6}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+                f"{r['non_2xx']:>9}"
+            )
         ratio = results[f"tandem_c{c}"]["rps"] / results[f"peer_c{c}"]["rps"]
         print(f"{'ratio':<10}{c:>6}{ratio:>10.2f}  (Tandem / peer)")
     print(f"batch (1,000 per request): {results['tandem_batch_cases_per_s']:,.0f} cases/s")
-    print(f"raw Pipeline.predict_proba: {results['raw_model_cases_per_s']:,.0f} cases/s "
-          f"-> Tandem batch costs {results['batch_cost_ratio']:.2f}x the raw model per case")
+    print(
+        f"raw Pipeline.predict_proba: {results['raw_model_cases_per_s']:,.0f} cases/s "
+        f"-> Tandem batch costs {results['batch_cost_ratio']:.2f}x the raw model per case"
+    )
     print(f"cases persisted: {results['cases_persisted']:,}")
     (workdir / "results.json").write_text(json.dumps(results, indent=2))
     print(f"raw results: {workdir / 'results.json'}")

@@ -1,6 +1,6 @@
-"""Mixed-load soak test against gunicorn + PostgreSQL + Redis + a worker.
+"""Mixed-load soak test against the web app (`tandem serve`) + PostgreSQL + Redis + a worker.
 
-Starts gunicorn (``--web-workers``) and one ``tandem worker`` against DATABASE_URL/REDIS_URL
+Starts `tandem serve` (``--web-workers``) and one ``tandem worker`` against DATABASE_URL/REDIS_URL
 (a DEDICATED database: it creates a task, users and tokens), then for ``--duration`` seconds
 runs concurrently: applications predicting (single and batches of 50), reviewers claiming
 and deciding through the review API (browser sessions with CSRF, as the UI does), a retrain
@@ -234,18 +234,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     logs = open(args.log, "w")
     web = subprocess.Popen(
         [
-            str(BIN / "gunicorn"),
-            "-c",
-            "python:service.gunicorn_conf",
-            "-b",
-            f"127.0.0.1:{port}",
-            "-w",
+            str(BIN / "tandem"),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
             str(args.web_workers),
-            "--threads",
-            "4",
-            "--worker-class",
-            "gthread",
-            "service:create_app()",
         ],
         env=env,
         cwd=ROOT,

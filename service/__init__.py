@@ -1,6 +1,6 @@
 """Tandem: a human-in-the-loop augmentation service.
 
-``create_app`` is the only entry point: the CLI, gunicorn, the workers and the tests all
+``create_app`` is the only entry point: the CLI, the web server, the workers and the tests all
 build the app through it, so every process is configured the same way.
 """
 

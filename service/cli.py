@@ -243,7 +243,7 @@ def export_cmd(task_name: str, fmt: str, out: Path, identity: str, **filters: st
     "web_workers",
     default=None,
     type=int,
-    help="Web worker processes (default: 1 embedded, 2 otherwise).",
+    help="Web worker processes (default: WEB_CONCURRENCY, else 1 embedded, 2 otherwise).",
 )
 @friendly_errors
 def serve(host: str, port: int, web_workers: int | None) -> None:

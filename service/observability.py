@@ -7,10 +7,10 @@ Why this shape:
   training and webhook outcomes, RQ queue lengths) is read at scrape time by
   :class:`StateCollector` from PostgreSQL and Redis, with a short cache: every web process
   reports the same truth, whichever machine the workers run on, and a restart loses nothing.
-* Under gunicorn several processes serve ``/metrics``; set ``PROMETHEUS_MULTIPROC_DIR`` (an
-  empty, writable folder, wiped at deploy) before the processes start and the in-process
-  counters of all of them are merged (prometheus_client multiprocess mode). Use
-  ``gunicorn -c python:service.gunicorn_conf`` so dead workers' files are marked.
+* Several web processes serve ``/metrics``; set ``PROMETHEUS_MULTIPROC_DIR`` (an empty,
+  writable folder, wiped at deploy) before ``tandem serve`` starts and the in-process
+  counters of all of them are merged (prometheus_client multiprocess mode). Only counters
+  and histograms are used, so a dead worker's files stay correct without clean-up hooks.
 * Logs are one JSON object per line with ``request_id`` (from the request, or from the RQ job
   meta the outbox stored, so a job's lines join the request that caused it). Bearer tokens
   are masked as a last line of defence; case inputs are never logged by the service.

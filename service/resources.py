@@ -7,7 +7,7 @@ rules:
 * Inference runs one OpenMP/BLAS thread per process. A one-row prediction gains nothing
   from a thread team, and a team that spins at its barrier while another process holds a
   core turns microseconds into scheduler time slices. Web concurrency comes from processes
-  (gunicorn workers), not from threads inside a prediction. :func:`inference_thread_defaults`
+  (web worker processes), not from threads inside a prediction. :func:`inference_thread_defaults`
   sets the environment before NumPy/OpenMP load; an operator's explicit setting wins.
 * Training raises its own thread count (``TANDEM_TRAINING_THREADS``, default: every core)
   and runs at a lower CPU priority (``TANDEM_TRAINING_NICE``, default 10), so the kernel

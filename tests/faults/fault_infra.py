@@ -1,4 +1,4 @@
-"""Private PostgreSQL and Redis servers, and a gunicorn app, for fault-injection tests.
+"""Private PostgreSQL and Redis servers and the web app (`tandem serve`) for fault tests.
 
 The machine's shared servers are never touched: every fault test starts its own throwaway
 instances on free ports and breaks those.
@@ -195,7 +195,9 @@ def app_env(pg: PrivatePostgres, redis: PrivateRedis, home: Path) -> dict[str, s
     return env
 
 
-class Gunicorn:
+class WebServer:
+    """`tandem serve` in production mode (granian, as deployed), on a free port."""
+
     def __init__(self, env: dict[str, str], workers: int = 2) -> None:
         self.port = free_port()
         self.env = env
@@ -206,18 +208,16 @@ class Gunicorn:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [
-                str(VENV_BIN / "gunicorn"),
-                "-b",
-                f"127.0.0.1:{self.port}",
-                "-w",
+                str(VENV_BIN / "tandem"),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
                 str(self.workers),
-                "--timeout",
-                "30",
-                "--graceful-timeout",
-                "2",
-                "service:create_app()",
             ],
-            env=self.env,
+            env={**self.env, "TANDEM_WEB_GRACEFUL_TIMEOUT": "2", "TANDEM_ACCESS_LOG": "0"},
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

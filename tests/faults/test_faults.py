@@ -1,5 +1,5 @@
 """Fault injection against real, private PostgreSQL / Redis servers and real processes
-(gunicorn, RQ workers): outages, restarts and SIGKILLs must lose nothing and corrupt nothing."""
+(web server, RQ workers): outages, restarts and SIGKILLs must lose nothing and corrupt nothing."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from service import queues
 from service.models import Case, OutboxEntry, Task, WebhookDelivery
-from tests.faults.fault_infra import ROOT, VENV_BIN, Gunicorn, app_env, make_token, wait_for
+from tests.faults.fault_infra import ROOT, VENV_BIN, WebServer, app_env, make_token, wait_for
 from tests.helpers import SIMPLE_TASK, good_input
 
 pytestmark = pytest.mark.slow
@@ -135,7 +135,7 @@ def test_redis_outage_keeps_predict_up_and_loses_no_work(
     private_pg: Any, private_redis: Any, pg_engine: Any, home: Path
 ) -> None:
     env = app_env(private_pg, private_redis, home)
-    web = Gunicorn(env)
+    web = WebServer(env)
     web.start()
     receiver = Receiver()
     try:
@@ -195,7 +195,7 @@ def test_redis_outage_keeps_predict_up_and_loses_no_work(
 def test_postgres_restart_fails_fast_then_recovers(
     private_pg: Any, private_redis: Any, pg_engine: Any, home: Path
 ) -> None:
-    web = Gunicorn(app_env(private_pg, private_redis, home))
+    web = WebServer(app_env(private_pg, private_redis, home))
     web.start()
     try:
         admin, app_token = make_token(pg_engine, "admin"), make_token(pg_engine, "app")
@@ -252,7 +252,7 @@ def waiting_inserts(engine: Any) -> int:
 def test_web_worker_killed_mid_request_then_retry_makes_one_case(
     private_pg: Any, private_redis: Any, pg_engine: Any, home: Path
 ) -> None:
-    web = Gunicorn(app_env(private_pg, private_redis, home), workers=1)
+    web = WebServer(app_env(private_pg, private_redis, home), workers=1)
     web.start()
     try:
         admin, app_token = make_token(pg_engine, "admin"), make_token(pg_engine, "app")
@@ -279,7 +279,7 @@ def test_web_worker_killed_mid_request_then_retry_makes_one_case(
             tx.rollback()
             blocker.close()
 
-        # gunicorn replaces the worker; the client retries with the same key.
+        # the web server replaces the worker; the client retries with the same key.
         wait_for(lambda: web.worker_pids() and web.worker_pids() != [pid], timeout=15)
         first = wait_for(
             lambda: httpx.post(url, json=body, headers=headers, timeout=10), timeout=20
@@ -403,7 +403,7 @@ def test_receiver_down_backs_off_and_never_blocks_predict(
     private_pg: Any, private_redis: Any, pg_engine: Any, home: Path
 ) -> None:
     env = app_env(private_pg, private_redis, home)
-    web = Gunicorn(env)
+    web = WebServer(env)
     web.start()
     receiver = Receiver()
     receiver.default = "hang"  # slow receiver: every call hangs past the worker's timeout

@@ -1,0 +1,75 @@
+"""How `tandem serve` configures its web server (service/runner.py): production and embedded
+defaults, the operator's environment, and an access log that is JSON without query strings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from service.runner import ACCESS_LOG_FORMAT, web_server_options
+
+KNOBS = (
+    "WEB_CONCURRENCY",
+    "TANDEM_WEB_THREADS",
+    "TANDEM_ACCESS_LOG",
+    "TANDEM_WEB_GRACEFUL_TIMEOUT",
+)
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in KNOBS:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_production_defaults_use_processes_and_threads_and_log_access():
+    options = web_server_options(embedded=False, workers=None)
+    assert options["workers"] == 2
+    assert options["blocking_threads"] == 4
+    assert options["log_access"] is True
+    assert options["respawn_failed_workers"] is True
+    assert options["workers_kill_timeout"] == 30
+
+
+def test_embedded_defaults_one_process_and_a_quiet_terminal():
+    options = web_server_options(embedded=True, workers=None)
+    assert (options["workers"], options["blocking_threads"], options["log_access"]) == (1, 8, False)
+
+
+def test_operator_environment_wins_and_the_command_line_beats_it(monkeypatch):
+    monkeypatch.setenv("WEB_CONCURRENCY", "5")
+    monkeypatch.setenv("TANDEM_WEB_THREADS", "2")
+    monkeypatch.setenv("TANDEM_ACCESS_LOG", "0")
+    monkeypatch.setenv("TANDEM_WEB_GRACEFUL_TIMEOUT", "7")
+    options = web_server_options(embedded=False, workers=None)
+    assert (options["workers"], options["blocking_threads"]) == (5, 2)
+    assert options["log_access"] is False
+    assert options["workers_kill_timeout"] == 7
+    assert web_server_options(embedded=False, workers=3)["workers"] == 3
+
+
+def test_access_log_line_is_json_and_has_no_query_string():
+    # The atoms granian fills in (granian.log.log_request_builder); the query string is a
+    # separate atom the format never uses.
+    atoms = {
+        "addr": "10.0.0.7",
+        "time": "2026-11-26 18:00:00 +0000",
+        "dt_ms": 3.14159,
+        "status": 202,
+        "path": "/api/v1/tasks/credit/predict",
+        "query_string": "token=x",
+        "method": "POST",
+        "scheme": "http",
+        "protocol": "HTTP/1.1",
+    }
+    line = json.loads(ACCESS_LOG_FORMAT % atoms)
+    assert line == {
+        "remote": "10.0.0.7",
+        "method": "POST",
+        "path": "/api/v1/tasks/credit/predict",
+        "status": 202,
+        "duration_ms": 3.1,
+        "time": "2026-11-26 18:00:00 +0000",
+    }
+    assert "query_string" not in ACCESS_LOG_FORMAT
