@@ -385,5 +385,36 @@ def simulate_cmd(**options: Any) -> None:
     simulate_command(**options)
 
 
+@main.command("simulate-table")
+@click.argument(
+    "folders",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where seeds.json and seeds.md go.",
+)
+@friendly_errors
+def simulate_table_cmd(folders: tuple[Path, ...], out: Path) -> None:
+    """One table across the seeds of several `simulate --seeds` folders (runs split across
+    machines or sessions); refuses runs that differ in anything but the seed."""
+    from service.simulate.runner import combine
+
+    try:
+        summaries, _, md = combine(list(folders), out)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(md)
+    click.echo(
+        f"{len(summaries)} runs (seeds {', '.join(str(s['seed']) for s in summaries)}); "
+        f"table in {out / 'seeds.md'}",
+        err=True,
+    )
+
+
 if __name__ == "__main__":
     main()

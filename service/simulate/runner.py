@@ -133,22 +133,59 @@ def run_many(
             for s in pool.imap(_seed_job, args):
                 summaries.append(s)
                 _print_line(s)
-                _write_table(out, path, label, summaries, started)
+                _write_table(out, path, label, summaries, time.perf_counter() - started)
     else:
         summaries = []
         for a in args:
             s = _seed_job(a)
             summaries.append(s)
             _print_line(s)
-            _write_table(out, path, label, summaries, started)
-    return (summaries, *_write_table(out, path, label, summaries, started))
+            _write_table(out, path, label, summaries, time.perf_counter() - started)
+    return (summaries, *_write_table(out, path, label, summaries, time.perf_counter() - started))
+
+
+#: What must agree between runs before their table means anything.
+COMPARABLE_KEYS = (
+    "label_column", "rows", "target_error", "confidence", "reviewer_error", "chunk", "knobs",
+    "task",
+)  # fmt: skip
+
+
+def combine(dirs: list[Path], out: Path) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
+    """One table from the ``seed-N/summary.json`` runs in several ``--seeds`` folders, e.g. a
+    long backtest split across machines (``--seed 0 --seeds 10`` here, ``--seed 10 --seeds
+    10`` there). Refuses runs that differ in anything but the seed, and a seed seen twice."""
+    files = sorted(f for d in dirs for f in d.glob("seed-*/summary.json"))
+    if not files:
+        raise ValueError("no seed-*/summary.json under " + ", ".join(map(str, dirs)))
+    summaries = [json.loads(f.read_text(encoding="utf-8")) for f in files]
+    first = summaries[0]
+    for f, s in zip(files, summaries, strict=True):
+        different = [k for k in COMPARABLE_KEYS if s.get(k) != first.get(k)]
+        if Path(s["dataset"]).name != Path(first["dataset"]).name:
+            different.insert(0, "dataset")
+        if different:
+            raise ValueError(
+                f"{f} is not comparable with {files[0]}: {', '.join(different)} differ"
+            )
+    seeds = [s["seed"] for s in summaries]
+    repeated = sorted({x for x in seeds if seeds.count(x) > 1})
+    if repeated:
+        raise ValueError(f"seed(s) {repeated} appear more than once")
+    summaries.sort(key=lambda s: s["seed"])
+    elapsed = sum(float(s.get("elapsed_seconds") or 0.0) for s in summaries)
+    return (
+        summaries,
+        *_write_table(out, Path(first["dataset"]), first["label_column"], summaries, elapsed),
+    )
 
 
 def _write_table(
-    out: Path, path: Path, label: str, summaries: list[dict[str, Any]], started: float
+    out: Path, path: Path, label: str, summaries: list[dict[str, Any]], elapsed: float
 ) -> tuple[dict[str, Any], str]:
     """seeds.json and seeds.md for the runs finished so far (rewritten after each run, so
     a long backtest stopped early still leaves its table)."""
+    out.mkdir(parents=True, exist_ok=True)
     table = aggregate(summaries)
     alpha = float(summaries[0]["target_error"])
     md = table_markdown(table, alpha)
@@ -161,7 +198,7 @@ def _write_table(
                 "target_error": alpha,
                 "confidence": summaries[0]["confidence"],
                 "rows": summaries[0]["rows"],
-                "elapsed_seconds": round(time.perf_counter() - started, 1),
+                "elapsed_seconds": round(elapsed, 1),
                 "table": table,
             },
             indent=2,

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
-from service.simulate.runner import aggregate, table_markdown
+import pytest
+
+from service.simulate.runner import aggregate, combine, table_markdown
 
 
 def _policy(exceeded: bool, deployed: bool | None, auto: float, fq: float, share: float | None):
@@ -43,3 +47,81 @@ def test_aggregate_counts_runs_and_averages() -> None:
     md = table_markdown(table, 0.02)
     assert md.count("\n| ") == 4  # one row per policy under the header
     assert "| Tandem (certified) | 25% | 0% (0/8 rules) |" in md
+
+
+def _write_run(folder: Path, seed: int, *, tandem_bad: bool = False, **overrides: Any) -> None:
+    summary = {
+        **_summary(tandem_bad),
+        "dataset": "/somewhere/credit_data.csv",
+        "label_column": "Status",
+        "rows": 4454,
+        "seed": seed,
+        "target_error": 0.1,
+        "confidence": 0.95,
+        "reviewer_error": 0.0,
+        "chunk": 50,
+        "knobs": {"hgb_max_iter": 50, "families": None},
+        "task": {"policy": {"target_error": 0.1}},
+        "elapsed_seconds": 100.0,
+        **overrides,
+    }
+    (folder / f"seed-{seed}").mkdir(parents=True)
+    (folder / f"seed-{seed}" / "summary.json").write_text(json.dumps(summary))
+
+
+def test_combine_merges_seed_folders_split_across_machines(tmp_path: Path) -> None:
+    here, there = tmp_path / "here", tmp_path / "there"
+    _write_run(here, 0)
+    _write_run(here, 1, tandem_bad=True)
+    _write_run(there, 10, dataset="/elsewhere/credit_data.csv")  # same file, other machine
+    summaries, table, md = combine([there, here], tmp_path / "all")
+    assert [s["seed"] for s in summaries] == [0, 1, 10]
+    assert table["tandem"]["runs"] == 3
+    assert abs(table["tandem"]["realised_exceeded_share"] - 1 / 3) < 1e-12
+    written = json.loads((tmp_path / "all" / "seeds.json").read_text())
+    assert written["seeds"] == [0, 1, 10]
+    assert written["elapsed_seconds"] == 300.0
+    assert (tmp_path / "all" / "seeds.md").read_text().strip() == md.strip()
+
+
+def test_combine_refuses_runs_that_differ_in_more_than_the_seed(tmp_path: Path) -> None:
+    _write_run(tmp_path / "a", 0)
+    _write_run(tmp_path / "b", 1, target_error=0.05)
+    with pytest.raises(ValueError, match="target_error"):
+        combine([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+    assert not (tmp_path / "out" / "seeds.json").exists()
+
+
+def test_combine_refuses_a_seed_counted_twice(tmp_path: Path) -> None:
+    _write_run(tmp_path / "a", 3)
+    _write_run(tmp_path / "b", 3)
+    with pytest.raises(ValueError, match=r"seed\(s\) \[3\]"):
+        combine([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+
+
+def test_simulate_table_command(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from service.cli import main
+
+    _write_run(tmp_path / "a", 0)
+    _write_run(tmp_path / "b", 1)
+    ok = CliRunner().invoke(
+        main,
+        [
+            "simulate-table",
+            str(tmp_path / "a"),
+            str(tmp_path / "b"),
+            "--out",
+            str(tmp_path / "all"),
+        ],
+    )
+    assert ok.exit_code == 0, ok.output
+    assert "| Tandem (certified) |" in ok.output
+    _write_run(tmp_path / "c", 2, label_column="Other")
+    bad = CliRunner().invoke(
+        main,
+        ["simulate-table", str(tmp_path / "a"), str(tmp_path / "c"), "--out", str(tmp_path / "x")],
+    )
+    assert bad.exit_code == 1
+    assert "label_column" in bad.output
