@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import multiprocessing
 import signal
@@ -151,14 +152,28 @@ COMPARABLE_KEYS = (
 )  # fmt: skip
 
 
+#: An archived run may be gzipped (docs/backtest-runs keeps them that way).
+SUMMARY_FILES = ("summary.json", "summary.json.gz")
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        raw = gzip.decompress(raw)
+    summary: dict[str, Any] = json.loads(raw)
+    return summary
+
+
 def combine(dirs: list[Path], out: Path) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
     """One table from the ``seed-N/summary.json`` runs in several ``--seeds`` folders, e.g. a
     long backtest split across machines (``--seed 0 --seeds 10`` here, ``--seed 10 --seeds
     10`` there). Refuses runs that differ in anything but the seed, and a seed seen twice."""
-    files = sorted(f for d in dirs for f in d.glob("seed-*/summary.json"))
+    files = sorted(
+        f for d in dirs for pattern in SUMMARY_FILES for f in d.glob(f"seed-*/{pattern}")
+    )
     if not files:
         raise ValueError("no seed-*/summary.json under " + ", ".join(map(str, dirs)))
-    summaries = [json.loads(f.read_text(encoding="utf-8")) for f in files]
+    summaries = [_read_summary(f) for f in files]
     first = summaries[0]
     for f, s in zip(files, summaries, strict=True):
         different = [k for k in COMPARABLE_KEYS if s.get(k) != first.get(k)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from typing import Any
@@ -74,13 +75,17 @@ def test_combine_merges_seed_folders_split_across_machines(tmp_path: Path) -> No
     _write_run(here, 0)
     _write_run(here, 1, tandem_bad=True)
     _write_run(there, 10, dataset="/elsewhere/credit_data.csv")  # same file, other machine
+    _write_run(there, 11)
+    archived = there / "seed-11" / "summary.json"  # an archived run is gzipped
+    archived.with_suffix(".json.gz").write_bytes(gzip.compress(archived.read_bytes()))
+    archived.unlink()
     summaries, table, md = combine([there, here], tmp_path / "all")
-    assert [s["seed"] for s in summaries] == [0, 1, 10]
-    assert table["tandem"]["runs"] == 3
-    assert abs(table["tandem"]["realised_exceeded_share"] - 1 / 3) < 1e-12
+    assert [s["seed"] for s in summaries] == [0, 1, 10, 11]
+    assert table["tandem"]["runs"] == 4
+    assert table["tandem"]["realised_exceeded_share"] == 0.25
     written = json.loads((tmp_path / "all" / "seeds.json").read_text())
-    assert written["seeds"] == [0, 1, 10]
-    assert written["elapsed_seconds"] == 300.0
+    assert written["seeds"] == [0, 1, 10, 11]
+    assert written["elapsed_seconds"] == 400.0
     assert (tmp_path / "all" / "seeds.md").read_text().strip() == md.strip()
 
 
