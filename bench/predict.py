@@ -217,6 +217,39 @@ def run_wrk(
     }
 
 
+def cpu_seconds(server_pid: int) -> dict[str, float]:
+    """CPU time used so far by the web server's process tree, by PostgreSQL's processes, and
+    by finished child processes of this script (wrk), to split a request's cost."""
+    import resource
+
+    import psutil
+
+    def tree_cpu(proc: psutil.Process) -> float:
+        total = 0.0
+        for p in [proc, *proc.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+        return total
+
+    postgres = 0.0
+    for p in psutil.process_iter(["name"]):
+        if (p.info["name"] or "").startswith("postgres"):
+            try:
+                t = p.cpu_times()
+                postgres += t.user + t.system
+            except psutil.Error:
+                pass
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "web": tree_cpu(psutil.Process(server_pid)),
+        "postgres": postgres,
+        "wrk": children.ru_utime + children.ru_stime,
+    }
+
+
 def batch_throughput(
     port: int, token: str, inputs: list[dict[str, Any]], seconds: float, clients: int
 ) -> float:
@@ -324,6 +357,7 @@ def main() -> None:
     run_wrk(port, f"/api/v1/tasks/{TASK}/predict", bodies, ctx["token"], 8, 3, workdir)
     try:
         for c in connections:
+            before = cpu_seconds(tandem.pid)
             results[f"tandem_c{c}"] = run_wrk(
                 port,
                 f"/api/v1/tasks/{TASK}/predict",
@@ -333,6 +367,11 @@ def main() -> None:
                 args.duration,
                 workdir,
             )
+            after = cpu_seconds(tandem.pid)
+            served = results[f"tandem_c{c}"]["rps"] * args.duration
+            results[f"tandem_c{c}"]["cpu_ms_per_request"] = {
+                group: round(1000 * (after[group] - before[group]) / served, 3) for group in after
+            }
         results["tandem_batch_cases_per_s"] = batch_throughput(
             port, ctx["token"], ctx["inputs"], args.batch_seconds, args.batch_clients
         )
@@ -358,6 +397,11 @@ def main() -> None:
             )
         ratio = results[f"tandem_c{c}"]["rps"] / results[f"peer_c{c}"]["rps"]
         print(f"{'ratio':<10}{c:>6}{ratio:>10.2f}  (Tandem / peer)")
+        cpu = results[f"tandem_c{c}"]["cpu_ms_per_request"]
+        print(
+            f"{'':<16}Tandem CPU per request: "
+            + ", ".join(f"{k} {v:.3f} ms" for k, v in cpu.items())
+        )
     print(f"batch (1,000 per request): {results['tandem_batch_cases_per_s']:,.0f} cases/s")
     print(
         f"raw Pipeline.predict_proba: {results['raw_model_cases_per_s']:,.0f} cases/s "
