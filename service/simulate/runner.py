@@ -6,7 +6,6 @@ import gzip
 import json
 import multiprocessing
 import signal
-import sys
 import threading
 import time
 from dataclasses import replace
@@ -16,15 +15,15 @@ from typing import Any
 import numpy as np
 
 from service.simulate.data import Dataset, load_dataset
-from service.simulate.engine import SimOptions, simulate
+from service.simulate.engine import SimOptions, simulate, stop_replay
 from service.simulate.report import POLICY_ORDER, POLICY_TITLES, write_outputs
 
 
 def exit_on_sigterm() -> None:
-    """SIGTERM unwinds like Ctrl-C, so the embedded Redis and a PostgreSQL scratch database
-    are cleaned up when a replay is stopped."""
+    """SIGTERM unwinds like Ctrl-C (``stop_replay``), so the embedded Redis and a PostgreSQL
+    scratch database are cleaned up when a replay is stopped."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        signal.signal(signal.SIGTERM, lambda *_: stop_replay())
 
 
 def run_one(dataset: Dataset, options: SimOptions, out: Path) -> dict[str, Any]:
@@ -112,6 +111,7 @@ def run_many(
 ) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
     """K shuffled replays (seeds ``seed``..``seed+K-1``), each in ``out/seed-N``; then the
     table across them (``out/seeds.json``, ``out/seeds.md``)."""
+    exit_on_sigterm()  # with --jobs, unwinding here terminates the pool's replays in turn
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     args = [

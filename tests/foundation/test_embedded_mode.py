@@ -17,6 +17,8 @@ import pytest
 from redis import Redis
 from rq import Worker
 
+from tests.helpers import redis_servers_under
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -143,21 +145,10 @@ def test_two_embedded_instances_serve_predict_and_run_a_worker(tmp_path: Path):
         assert proc.returncode is not None
     # the embedded Redis shut down with the server: URL file gone, no server process left
     assert not (homes[0] / "redis.url").exists()
-    strays = _redis_servers_under(tmp_path)
+    strays = redis_servers_under(tmp_path)
     for stray in strays:  # never leave one behind, even when the assertion below fails
         stray.kill()
     assert not strays, "an embedded Redis outlived `tandem serve`"
-
-
-def _redis_servers_under(root: Path) -> list[Any]:
-    import psutil
-
-    found = []
-    for proc in psutil.process_iter(["name", "cwd"]):
-        cwd = proc.info.get("cwd") or ""
-        if "redis-server" in (proc.info.get("name") or "") and cwd.startswith(str(root)):
-            found.append(proc)
-    return found
 
 
 def test_embedded_redis_close_stops_the_server_only_in_its_owner(tmp_path: Path) -> None:
