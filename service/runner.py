@@ -93,17 +93,26 @@ def web_server_options(*, embedded: bool, workers: int | None) -> dict[str, Any]
     else:
         default_workers, default_threads, default_log = 2, 4, "1"
     return {
-        "workers": workers or int(env.get("WEB_CONCURRENCY", default_workers)),
+        "workers": workers or _env_count("WEB_CONCURRENCY", default_workers),
         # WSGI requests run on these threads; a slow request (an export download) holds one
         # thread, not a whole process.
-        "blocking_threads": int(env.get("TANDEM_WEB_THREADS", default_threads)),
+        "blocking_threads": _env_count("TANDEM_WEB_THREADS", default_threads),
         "log_access": env.get("TANDEM_ACCESS_LOG", default_log) == "1",
         "log_access_format": ACCESS_LOG_FORMAT,
         # A worker that dies (OOM kill, segfault in a native library) is replaced.
         "respawn_failed_workers": True,
-        "workers_kill_timeout": int(env.get("TANDEM_WEB_GRACEFUL_TIMEOUT", 30)),
+        "workers_kill_timeout": _env_count("TANDEM_WEB_GRACEFUL_TIMEOUT", 30),
         "backlog": 2048,
     }
+
+
+def _env_count(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1, not {raw!r}")
+    return int(raw)
 
 
 def _granian(app: Any, host: str, port: int, options: dict[str, Any]) -> None:
@@ -126,6 +135,8 @@ def _granian(app: Any, host: str, port: int, options: dict[str, Any]) -> None:
 
 def serve(*, host: str, port: int, web_workers: int | None, demo: bool = False) -> None:
     settings = Settings.from_env()
+    # Settle the web server's settings first: a bad value fails before anything starts.
+    server_options = web_server_options(embedded=settings.embedded, workers=web_workers)
     embedded_redis: EmbeddedRedis | None = None
     worker: subprocess.Popen[bytes] | None = None
     if settings.embedded:
@@ -164,7 +175,7 @@ def serve(*, host: str, port: int, web_workers: int | None, demo: bool = False) 
         print(f"Tandem serving on {url} in {mode} mode", file=sys.stderr, flush=True)
     app.extensions["tandem_engine"].dispose()
     time.sleep(0.1)
-    _granian(app, host, port, web_server_options(embedded=settings.embedded, workers=web_workers))
+    _granian(app, host, port, server_options)
 
 
 def _print_demo(url: str, info: dict[str, Any]) -> None:

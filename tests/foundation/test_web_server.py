@@ -4,6 +4,7 @@ defaults, the operator's environment, and an access log that is JSON without que
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -73,3 +74,32 @@ def test_access_log_line_is_json_and_has_no_query_string():
         "time": "2026-11-26 18:00:00 +0000",
     }
     assert "query_string" not in ACCESS_LOG_FORMAT
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-2", "1.5"])
+def test_a_bad_setting_is_refused_by_name(monkeypatch, value):
+    monkeypatch.setenv("TANDEM_WEB_THREADS", value)
+    with pytest.raises(ValueError, match="TANDEM_WEB_THREADS must be a whole number"):
+        web_server_options(embedded=False, workers=None)
+
+
+def test_serve_refuses_a_bad_setting_before_starting_anything(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(TANDEM_HOME=str(tmp_path / "home"), WEB_CONCURRENCY="many")
+    done = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "WEB_CONCURRENCY must be a whole number of at least 1, not 'many'" in done.stderr
+    # Settings made the home folder (and its secret key); nothing was started in it.
+    started = {"redis.db", "redis.url", "tandem.db"} & {
+        p.name for p in (tmp_path / "home").iterdir()
+    }
+    assert not started
