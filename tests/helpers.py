@@ -132,3 +132,18 @@ def redis_servers_under(root: Path) -> list[Any]:
         if "redis-server" in (proc.info.get("name") or "") and cwd.startswith(str(root)):
             found.append(proc)
     return found
+
+
+def json_schema_of(node: Any) -> Any:
+    """An OpenAPI 3.0 schema as plain JSON Schema: ``nullable: true`` becomes null allowed
+    (the one 3.0 keyword a JSON Schema validator would silently ignore)."""
+    if isinstance(node, list):
+        return [json_schema_of(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    converted = {key: json_schema_of(value) for key, value in node.items() if key != "nullable"}
+    if not node.get("nullable"):
+        return converted
+    if isinstance(converted.get("type"), str):
+        return {**converted, "type": [converted["type"], "null"]}
+    return {"anyOf": [converted, {"type": "null"}]}

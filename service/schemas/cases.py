@@ -9,6 +9,7 @@ from __future__ import annotations
 from marshmallow import Schema, fields, validate
 
 from service.models import CASE_STATUSES, REASONS, ROUTES
+from service.schemas.common import ErrorDetailSchema
 
 
 class PredictRequestSchema(Schema):
@@ -60,11 +61,18 @@ class CaseResultSchema(Schema):
 
 
 class BatchItemSchema(CaseResultSchema):
-    error = fields.Dict(
+    """One result per item, in order: the case fields, or only ``error`` when the item was
+    invalid (SPEC §6: the bad item gets its error object in place, the rest are stored)."""
+
+    case_id = fields.String(
+        metadata={"description": "present when the item was stored; absent with error"}
+    )
+    error = fields.Nested(
+        ErrorDetailSchema,
         metadata={
             "description": "present instead of the case fields when this "
             "item was invalid (nothing stored for it)"
-        }
+        },
     )
 
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import jsonschema_rs
 import pytest
 from sqlalchemy import func, select
 
 from service.models import AuditEvent, Case
 from service.policy import audit_draw
-from tests.helpers import auth, good_input, install_model, make_token
+from tests.helpers import auth, good_input, install_model, json_schema_of, make_token
 
 
 def predict(client: Any, token: str, body: dict[str, Any], **headers: str) -> Any:
@@ -236,6 +237,12 @@ def test_batch_keeps_order_answers_bad_items_in_place_and_stores_the_rest(client
     assert "input" in results[1]["error"]["details"]
     assert "nope" in results[3]["error"]["details"]
     assert db.scalar(select(func.count()).select_from(Case)) == 2
+    # The OpenAPI document describes both kinds of item (a fuzzer once found it required
+    # case_id on the error items).
+    spec = client.get("/api/v1/openapi.json").json
+    response_schema = spec["paths"]["/api/v1/tasks/{task}/predict/batch"]["post"]["responses"]
+    schema = response_schema["200"]["content"]["application/json"]["schema"]
+    jsonschema_rs.validate(json_schema_of({**schema, "components": spec["components"]}), resp.json)
 
 
 def test_batch_of_1000_is_accepted_and_1001_refused(client, tokens, task, db):
@@ -333,8 +340,11 @@ def test_stale_task_cache_is_caught_by_the_insert_guard(committed_db, flask_app)
 
 def test_audit_mode_hold_routes_audited_confident_cases_to_people(client, tokens, task, db):
     install_model(db, "loan-review", threshold=0.5)
-    client.patch("/api/v1/tasks/loan-review", json={"policy": {"audit_mode": "hold"}},
-                 headers=auth(tokens["admin"]))
+    client.patch(
+        "/api/v1/tasks/loan-review",
+        json={"policy": {"audit_mode": "hold"}},
+        headers=auth(tokens["admin"]),
+    )
     results = [predict(client, tokens["app"], {"input": good_input()}).json for _ in range(40)]
     held = [r for r in results if r["audit"]]
     assert held, "expected some audited cases at the audit rate"
