@@ -59,16 +59,13 @@ def reset_database() -> str:
 
 def setup(db_url: str, workdir: Path) -> dict[str, Any]:
     """Migrate, create the task, train LR on credit_data, activate it, make tokens."""
-    import hashlib
-
+    from bench.common import activate_model
     from service import create_app, migrate
     from service.config import Settings
     from service.db import transaction
     from service.demo import CREDIT_FIELDS, read_rows
     from service.ml.artifacts import dump_model
     from service.ml.pipeline import train_model
-    from service.ml.profile import build_profile
-    from service.models import ModelVersion, Task
     from service.services import accounts, tasks
     from service.services.audit import SYSTEM
 
@@ -102,31 +99,7 @@ def setup(db_url: str, workdir: Path) -> dict[str, Any]:
             ),
             SYSTEM,
         )
-        version = ModelVersion(
-            task_id=task.id,
-            version=1,
-            status="active",
-            family=trained.family,
-            artefact=artefact,
-            artefact_sha256=hashlib.sha256(artefact).hexdigest(),
-            metrics=trained.metrics,
-            profile={
-                "fields_spec": CREDIT_FIELDS,
-                "labels": ["good", "bad"],
-                "data": build_profile(inputs, CREDIT_FIELDS).to_dict(),
-            },
-            certification={},
-            threshold=0.9,
-            coverage=0.5,
-        )
-        session.add(version)
-        session.flush()
-        task = session.get(Task, task.id)
-        task.active_model_id = version.id
-        task.threshold = 0.9
-        task.coverage = 0.5
-        task.automation_state = "automating"
-        task.revision += 1
+        activate_model(session, task, trained, artefact, inputs)
         token = accounts.create_token(
             session, role="app", name="bench", task_scope=None, actor=SYSTEM
         ).token
@@ -224,28 +197,24 @@ def cpu_seconds(server_pid: int) -> dict[str, float]:
 
     import psutil
 
-    def tree_cpu(proc: psutil.Process) -> float:
+    def cpu(processes: list[psutil.Process]) -> float:
         total = 0.0
-        for p in [proc, *proc.children(recursive=True)]:
+        for p in processes:
             try:
                 t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.Error:
-                pass
+            except psutil.Error:  # exited between listing and reading
+                continue
+            total += t.user + t.system
         return total
 
-    postgres = 0.0
-    for p in psutil.process_iter(["name"]):
-        if (p.info["name"] or "").startswith("postgres"):
-            try:
-                t = p.cpu_times()
-                postgres += t.user + t.system
-            except psutil.Error:
-                pass
+    server = psutil.Process(server_pid)
+    postgres = [
+        p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("postgres")
+    ]
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {
-        "web": tree_cpu(psutil.Process(server_pid)),
-        "postgres": postgres,
+        "web": cpu([server, *server.children(recursive=True)]),
+        "postgres": cpu(postgres),
         "wrk": children.ru_utime + children.ru_stime,
     }
 

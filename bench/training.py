@@ -99,15 +99,13 @@ def setup_app() -> tuple[Any, str]:
 
 def install_letter_model(app: Any, token: str) -> list[dict[str, Any]]:
     """Task `letter` with an active HGB+LR-selected model trained on 5,000 cases."""
-    import hashlib
-
     from sqlalchemy import select
 
+    from bench.common import activate_model
     from service.db import transaction
     from service.ml.artifacts import dump_model
     from service.ml.pipeline import train_model
-    from service.ml.profile import build_profile
-    from service.models import ModelVersion, Task
+    from service.models import Task
 
     rows, labels, fields, label_set = resample(5000, seed=1)
     client = app.test_client()
@@ -121,28 +119,7 @@ def install_letter_model(app: Any, token: str) -> list[dict[str, Any]]:
     art = dump_model(trained.pipeline)
     with app.app_context(), transaction() as session:
         task = session.scalar(select(Task).where(Task.name == "letter"))
-        v = ModelVersion(
-            task_id=task.id,
-            version=1,
-            status="active",
-            family=trained.family,
-            artefact=art,
-            artefact_sha256=hashlib.sha256(art).hexdigest(),
-            metrics={},
-            profile={
-                "fields_spec": fields,
-                "labels": label_set,
-                "data": build_profile(rows, fields).to_dict(),
-            },
-            certification={},
-        )
-        session.add(v)
-        session.flush()
-        task.active_model_id = v.id
-        task.threshold = 0.9
-        task.automation_state = "automating"
-        task.coverage = 0.5
-        task.revision += 1
+        activate_model(session, task, trained, art, rows)
     return rows
 
 

@@ -242,7 +242,7 @@ def export_cmd(task_name: str, fmt: str, out: Path, identity: str, **filters: st
     "--workers",
     "web_workers",
     default=None,
-    type=int,
+    type=click.IntRange(min=1),
     help="Web worker processes (default: WEB_CONCURRENCY, else 1 embedded, 2 otherwise).",
 )
 @friendly_errors

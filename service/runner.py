@@ -86,24 +86,32 @@ def web_server_options(*, embedded: bool, workers: int | None) -> dict[str, Any]
     predict hot path: the same app serves ~40% more requests per core (bench/README.md,
     "Predict"), because HTTP parsing and response writing leave Python.
     """
-    env = os.environ
     if embedded:
         # One process: the SQLite file has one writer at a time anyway.
-        default_workers, default_threads, default_log = 1, 8, "0"
+        default_workers, default_threads, default_log = 1, 8, False
     else:
-        default_workers, default_threads, default_log = 2, 4, "1"
+        default_workers, default_threads, default_log = 2, 4, True
     return {
         "workers": workers or _env_count("WEB_CONCURRENCY", default_workers),
         # WSGI requests run on these threads; a slow request (an export download) holds one
         # thread, not a whole process.
         "blocking_threads": _env_count("TANDEM_WEB_THREADS", default_threads),
-        "log_access": env.get("TANDEM_ACCESS_LOG", default_log) == "1",
+        "log_access": _env_switch("TANDEM_ACCESS_LOG", default_log),
         "log_access_format": ACCESS_LOG_FORMAT,
         # A worker that dies (OOM kill, segfault in a native library) is replaced.
         "respawn_failed_workers": True,
         "workers_kill_timeout": _env_count("TANDEM_WEB_GRACEFUL_TIMEOUT", 30),
         "backlog": 2048,
     }
+
+
+def _env_switch(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if raw not in ("0", "1"):
+        raise ValueError(f"{name} must be 0 or 1, not {raw!r}")
+    return raw == "1"
 
 
 def _env_count(name: str, default: int) -> int:

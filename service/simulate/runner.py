@@ -112,7 +112,6 @@ def run_many(
     """K shuffled replays (seeds ``seed``..``seed+K-1``), each in ``out/seed-N``; then the
     table across them (``out/seeds.json``, ``out/seeds.md``)."""
     exit_on_sigterm()  # with --jobs, unwinding here terminates the pool's replays in turn
-    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     args = [
         (

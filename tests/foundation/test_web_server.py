@@ -83,6 +83,15 @@ def test_a_bad_setting_is_refused_by_name(monkeypatch, value):
         web_server_options(embedded=False, workers=None)
 
 
+@pytest.mark.parametrize("value", ["yes", "true", "2"])
+def test_access_log_switch_is_0_or_1(monkeypatch, value):
+    monkeypatch.setenv("TANDEM_ACCESS_LOG", value)
+    with pytest.raises(ValueError, match="TANDEM_ACCESS_LOG must be 0 or 1"):
+        web_server_options(embedded=False, workers=None)
+    monkeypatch.setenv("TANDEM_ACCESS_LOG", "1")
+    assert web_server_options(embedded=True, workers=None)["log_access"] is True
+
+
 def test_serve_refuses_a_bad_setting_before_starting_anything(tmp_path, monkeypatch):
     import subprocess
     import sys
@@ -103,3 +112,13 @@ def test_serve_refuses_a_bad_setting_before_starting_anything(tmp_path, monkeypa
         p.name for p in (tmp_path / "home").iterdir()
     }
     assert not started
+
+
+def test_serve_refuses_zero_workers_on_the_command_line():
+    from click.testing import CliRunner
+
+    from service.cli import main
+
+    result = CliRunner().invoke(main, ["serve", "--workers", "0"])
+    assert result.exit_code == 2
+    assert "--workers" in result.output

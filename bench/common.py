@@ -1,0 +1,48 @@
+"""Set-up shared by the benchmark scripts (they never import the test package)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+
+def activate_model(
+    session: Any,
+    task: Any,
+    trained: Any,
+    artefact: bytes,
+    rows: list[dict[str, Any]],
+    *,
+    threshold: float = 0.9,
+    coverage: float = 0.5,
+) -> Any:
+    """Make a trained model the task's active, automating version without the training job
+    or certification: a benchmark measures serving, not learning."""
+    from service.ml.profile import build_profile
+    from service.models import ModelVersion
+
+    version = ModelVersion(
+        task_id=task.id,
+        version=1,
+        status="active",
+        family=trained.family,
+        artefact=artefact,
+        artefact_sha256=hashlib.sha256(artefact).hexdigest(),
+        metrics=trained.metrics,
+        profile={
+            "fields_spec": task.fields,
+            "labels": task.labels,
+            "data": build_profile(rows, task.fields).to_dict(),
+        },
+        certification={},
+        threshold=threshold,
+        coverage=coverage,
+    )
+    session.add(version)
+    session.flush()
+    task.active_model_id = version.id
+    task.threshold = threshold
+    task.coverage = coverage
+    task.automation_state = "automating"
+    task.revision += 1
+    return version
