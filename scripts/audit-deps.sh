@@ -8,6 +8,6 @@ if ! "$PY" -m pip_audit --version >/dev/null 2>&1; then
   echo "pip-audit is not installed: $PY -m pip install pip-audit" >&2
   exit 2
 fi
-# --skip-editable: tandem itself is installed editable and is not on PyPI.
+# --skip-editable: Tandem itself (tandem-hitl) is installed editable, not from the index.
 # --strict: a dependency that could not be checked is a failure, not a silent pass.
 exec "$PY" -m pip_audit --strict --skip-editable --progress-spinner off --desc on "$@"

@@ -13,18 +13,41 @@ fi
 .venv/bin/python -m pip install -q -e '.[test]'
 
 # --- services -------------------------------------------------------------------------
+# A bare Debian/Ubuntu machine gets PostgreSQL and Redis from its own packages, as the
+# browser below; a machine that already runs them is left as it is.
+if [ "$(id -u)" = "0" ]; then SUDO=""; else SUDO="sudo"; fi
+APT_UPDATED=""
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 || { echo "cannot install $* here (no apt-get): install it and re-run" >&2; exit 1; }
+  if [ -z "$APT_UPDATED" ]; then $SUDO apt-get update -qq; APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
 pg_up() { pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; }
-if ! pg_up; then
-  if command -v pg_ctlcluster >/dev/null 2>&1; then
-    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+if ! command -v pg_isready >/dev/null 2>&1 || ! pg_up; then
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    echo "PostgreSQL is not installed: installing Debian's postgresql for the tests" >&2
+    apt_install postgresql
+    # A server installed just now for the tests: let the local test user in without a
+    # password on the loopback address only (what this machine's CI image does too).
+    HBA=$(ls /etc/postgresql/*/main/pg_hba.conf | head -n1)
+    $SUDO sed -i '1i host all postgres 127.0.0.1/32 trust' "$HBA"
+  fi
+  if ! pg_up; then
+    $SUDO pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
   fi
   for _ in $(seq 1 30); do pg_up && break; sleep 1; done
   pg_up || { echo "PostgreSQL is not running on 127.0.0.1:5432 and could not be started" >&2; exit 1; }
 fi
 redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; }
-if ! redis_up; then
-  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
-    --dir /tmp --logfile /tmp/tandem-test-redis.log
+if ! command -v redis-cli >/dev/null 2>&1 || ! redis_up; then
+  if ! command -v redis-server >/dev/null 2>&1; then
+    echo "Redis is not installed: installing Debian's redis-server for the tests" >&2
+    apt_install redis-server
+  fi
+  if ! redis_up; then
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+      --dir /tmp --logfile /tmp/tandem-test-redis.log
+  fi
   for _ in $(seq 1 30); do redis_up && break; sleep 0.5; done
   redis_up || { echo "Redis is not running on 127.0.0.1:6379 and could not be started" >&2; exit 1; }
 fi
@@ -35,8 +58,7 @@ fi
 
 # --- browser for the UI tests (Debian's Chromium; Playwright never downloads one) -----------
 if [ ! -x /usr/bin/chromium ]; then
-  if [ "$(id -u)" = "0" ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+  apt_install chromium
 fi
 
 # --- checks ------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from service.resources import inference_thread_defaults
 
 inference_thread_defaults()  # before NumPy / OpenMP load (service/resources.py says why)
 
+import dataclasses
 import logging
 import secrets
 from typing import Any
@@ -27,8 +28,8 @@ csrf = CSRFProtect()
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     settings = settings or Settings.from_env()
-    for key, value in overrides.items():
-        setattr(settings, key, value)
+    if overrides:  # on a copy: the caller's Settings (shared by other apps) stay as they are
+        settings = dataclasses.replace(settings, **overrides)
     app = Flask(__name__, instance_path=str(settings.home))
     app.config.update(
         TANDEM=settings,

@@ -235,6 +235,14 @@ def export_cmd(task_name: str, fmt: str, out: Path, identity: str, **filters: st
 # --- processes -----------------------------------------------------------------------------
 
 
+VERBOSE = click.option(
+    "--verbose",
+    is_flag=True,
+    help="Embedded mode: print the full JSON logs here too (they are always written to "
+    "TANDEM_HOME/logs/tandem.log). TANDEM_LOG_LEVEL=DEBUG|INFO|... does the same.",
+)
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
@@ -245,23 +253,33 @@ def export_cmd(task_name: str, fmt: str, out: Path, identity: str, **filters: st
     type=click.IntRange(min=1),
     help="Web worker processes (default: WEB_CONCURRENCY, else 1 embedded, 2 otherwise).",
 )
+@VERBOSE
 @friendly_errors
-def serve(host: str, port: int, web_workers: int | None) -> None:
+def serve(host: str, port: int, web_workers: int | None, verbose: bool) -> None:
     """Run the web app; in embedded mode also the embedded Redis and one RQ worker."""
     from service.runner import serve as run_serve
 
+    _set_verbose(verbose)
     run_serve(host=host, port=port, web_workers=web_workers)
 
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
+@VERBOSE
 @friendly_errors
-def demo(host: str, port: int) -> None:
+def demo(host: str, port: int, verbose: bool) -> None:
     """`serve` plus a demo task, demo users and seeded history; prints URL and logins."""
     from service.runner import serve as run_serve
 
+    _set_verbose(verbose)
     run_serve(host=host, port=port, web_workers=None, demo=True)
+
+
+def _set_verbose(verbose: bool) -> None:
+    # Through the environment, so the worker process that serve starts inherits it.
+    if verbose:
+        os.environ["TANDEM_VERBOSE"] = "1"
 
 
 @main.command()

@@ -67,6 +67,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         if url in ("sqlite://", "sqlite:///:memory:"):
             options["poolclass"] = StaticPool
         options.update(kwargs)
+        engine_level = options.get("isolation_level")
         engine = create_engine(url, **options)
 
         @event.listens_for(engine, "connect")
@@ -82,6 +83,16 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
+            # An AUTOCOMMIT connection must stay in autocommit: SQLAlchemy never sends COMMIT
+            # on it, so a BEGIN here would leave every statement in a transaction that the
+            # pool's reset rolls back (acknowledged cases vanished this way: issue #13).
+            options = conn.get_execution_options()
+            if options.get("isolation_level", engine_level) == "AUTOCOMMIT":
+                return
+            if options.get(READ_ONLY_OPTION):
+                # A read takes no lock up front (see read_only below).
+                conn.exec_driver_sql("BEGIN")
+                return
             # IMMEDIATE takes the write lock up front, so two writers queue on busy_timeout
             # instead of one failing with "database is locked" on lock upgrade.
             conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -99,6 +110,21 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     }
     options.update(kwargs)
     return create_engine(url, **options)
+
+
+READ_ONLY_OPTION = "tandem_read_only"
+
+
+def read_only(session: Session) -> Session:
+    """Begin ``session``'s unit of work as a read that will write nothing.
+
+    On SQLite every other transaction starts with ``BEGIN IMMEDIATE`` and so holds the write
+    lock until it ends; a long read (an export streamed to a slow client) would hold back
+    every predict meanwhile. A deferred ``BEGIN`` reads a consistent WAL snapshot and takes
+    no write lock. PostgreSQL needs nothing: readers never block writers there.
+    """
+    session.connection(execution_options={READ_ONLY_OPTION: True})
+    return session
 
 
 def is_postgres(session: Session) -> bool:

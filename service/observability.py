@@ -21,12 +21,14 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import logging.handlers
 import os
 import re
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, g, has_request_context, request
@@ -45,6 +47,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from service import queues
+from service.db import read_only
 from service.models import Case, Job, OutboxEntry, Task, WebhookDelivery
 
 log = logging.getLogger(__name__)
@@ -203,7 +206,9 @@ class StateCollector(Collector):
         outbox_age = GaugeMetricFamily(
             "tandem_outbox_oldest_pending_seconds", "Age of the oldest unrelayed outbox entry."
         )
+        # A read: on SQLite it must not queue for (or hold) the write lock while it scrapes.
         with Session(engine) as session:
+            read_only(session)
             tasks = session.execute(
                 select(
                     Task.id,
@@ -420,19 +425,69 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, ensure_ascii=False, default=str)
 
 
-def configure_logging(level: int = logging.INFO, stream: Any = None) -> logging.Handler:
-    """Route every logger through one JSON handler on the root logger (idempotent)."""
+def configure_logging(
+    level: int = logging.INFO, stream: Any = None, *, path: Path | None = None
+) -> logging.Handler:
+    """Route every logger through one JSON handler on the root logger (idempotent): to
+    ``stream`` (standard error by default), or appended to the file at ``path``."""
     root = logging.getLogger()
     for existing in root.handlers:
         if getattr(existing, "_tandem_json", False):
             return existing
-    handler = logging.StreamHandler(stream)
+    handler: logging.Handler
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Watched: a log rotated by logrotate is reopened; every process appends whole lines.
+        handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(ContextFilter())
-    handler._tandem_json = True  # type: ignore[attr-defined]
+    setattr(handler, "_tandem_json", True)  # noqa: B010 (a marker only this module reads)
     root.addHandler(handler)
     root.setLevel(level)
     return handler
+
+
+class TerminalFormatter(logging.Formatter):
+    """One short readable line for a person at the terminal (embedded mode)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"tandem {record.levelname.lower()}: {redact(record.getMessage())}"
+        if record.exc_info:
+            line += f" ({record.exc_info[0].__name__ if record.exc_info[0] else 'error'})"
+        return line
+
+
+def log_level_from_env() -> tuple[int, bool]:
+    """(level, explicit): ``TANDEM_LOG_LEVEL`` (a level name) or INFO."""
+    raw = os.environ.get("TANDEM_LOG_LEVEL", "").strip().upper()
+    if not raw:
+        return logging.INFO, False
+    level = logging.getLevelName(raw)
+    if not isinstance(level, int):
+        raise ValueError(f"TANDEM_LOG_LEVEL must be a level name such as INFO, not {raw!r}")
+    return level, True
+
+
+def log_file(home: Path) -> Path:
+    return home / "logs" / "tandem.log"
+
+
+def configure_embedded_logging(home: Path, level: int) -> None:
+    """Embedded mode keeps the terminal readable: the full JSON logs of every process (web,
+    worker, scheduler) go to ``TANDEM_HOME/logs/tandem.log``; warnings and errors are also
+    printed as one short line each. ``--verbose`` or ``TANDEM_LOG_LEVEL`` bring the JSON
+    lines back to the terminal."""
+    configure_logging(level, path=log_file(home))
+    root = logging.getLogger()
+    if any(getattr(h, "_tandem_terminal", False) for h in root.handlers):
+        return
+    terminal = logging.StreamHandler()
+    terminal.setLevel(logging.WARNING)
+    terminal.setFormatter(TerminalFormatter())
+    setattr(terminal, "_tandem_terminal", True)  # noqa: B010
+    root.addHandler(terminal)
 
 
 # ----------------------------------------------------------------------------- wiring
@@ -447,8 +502,12 @@ def init_app(app: Flask) -> None:
 
     settings = app.config["TANDEM"]
     fmt = os.environ.get("TANDEM_LOG_FORMAT", "text" if settings.testing else "json")
-    if fmt == "json":
-        configure_logging()
+    level, explicit = log_level_from_env()
+    verbose = explicit or os.environ.get("TANDEM_VERBOSE", "") == "1"
+    if fmt == "json" and settings.embedded and not verbose:
+        configure_embedded_logging(settings.home, level)
+    elif fmt == "json":
+        configure_logging(level)
 
     @app.before_request
     def _start_timer() -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from service.config import Settings
+from service.observability import log_file
 from service.redis_conn import EMBEDDED_URL_FILE
 
 
@@ -87,8 +88,10 @@ def web_server_options(*, embedded: bool, workers: int | None) -> dict[str, Any]
     "Predict"), because HTTP parsing and response writing leave Python.
     """
     if embedded:
-        # One process: the SQLite file has one writer at a time anyway.
-        default_workers, default_threads, default_log = 1, 8, False
+        # One process: the SQLite file has one writer at a time anyway. Threads up to
+        # granian's own guidance (2 per core + 1; it warns on the terminal above that).
+        threads = min(8, 2 * (os.cpu_count() or 1) + 1)
+        default_workers, default_threads, default_log = 1, threads, False
     else:
         default_workers, default_threads, default_log = 2, 4, True
     return {
@@ -162,7 +165,7 @@ def serve(*, host: str, port: int, web_workers: int | None, demo: bool = False) 
 
         with app.app_context():
             info = seed_demo(app)
-        _print_demo(url, info)
+        _print_demo(url, info, None if _verbose() else log_file(settings.home))
     if settings.embedded:
         worker = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "worker"],
@@ -181,12 +184,18 @@ def serve(*, host: str, port: int, web_workers: int | None, demo: bool = False) 
     if not demo:
         mode = "embedded (SQLite + embedded Redis)" if settings.embedded else "production"
         print(f"Tandem serving on {url} in {mode} mode", file=sys.stderr, flush=True)
+        if settings.embedded and not _verbose():
+            print(f"  Logs: {log_file(settings.home)}", file=sys.stderr, flush=True)
     app.extensions["tandem_engine"].dispose()
     time.sleep(0.1)
     _granian(app, host, port, server_options)
 
 
-def _print_demo(url: str, info: dict[str, Any]) -> None:
+def _verbose() -> bool:
+    return os.environ.get("TANDEM_VERBOSE") == "1" or bool(os.environ.get("TANDEM_LOG_LEVEL"))
+
+
+def _print_demo(url: str, info: dict[str, Any], logs: Path | None) -> None:
     lines = [
         "",
         "Tandem demo is starting.",
@@ -207,4 +216,7 @@ def _print_demo(url: str, info: dict[str, Any]) -> None:
         f"      -d '{info['example']}'",
         "",
     ]
+    if logs is not None:
+        lines += [f"  Logs:        {logs}  (--verbose prints them here)", ""]
+    lines += ["  Press Ctrl-C to stop.", ""]
     print("\n".join(lines), file=sys.stderr, flush=True)

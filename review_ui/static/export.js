@@ -45,6 +45,11 @@
         T.el("td", { class: "mono" }, e.sha256 ? e.sha256.slice(0, 12) + "…" : "—"));
       const cell = T.el("td");
       if (e.state === "done") cell.append(T.el("a", { href: cfg.api.export + id + "/download", class: "button small" }, "Download"));
+      else if (e.state === "failed" && e.error) {
+        // Say why, in one line (the full text is in the export's API view and the audit log).
+        const reason = String(e.error).split("\n")[0];
+        cell.append(T.el("span", { class: "flash-error export-error", title: String(e.error) }, "Failed: " + (reason.length > 160 ? reason.slice(0, 160) + "…" : reason)));
+      }
       tr.append(cell);
       body.append(tr);
     }

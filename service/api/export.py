@@ -10,7 +10,7 @@ from flask_smorest import Blueprint
 
 from service.api.auth import current_actor, require_roles, roles_doc
 from service.api.common import json_body, request_id, unit_of_work
-from service.db import db_session, utcnow
+from service.db import db_session, read_only, utcnow
 from service.errors import ValidationFailed
 from service.models import Task
 from service.schemas.common import ApiErrorSchema
@@ -98,7 +98,7 @@ def stream_export(task: str) -> Response:
     db_session.remove()
 
     def generate() -> Iterator[bytes]:
-        session = db_session()
+        session = read_only(db_session())
         try:
             task_row = session.get(Task, task_id)
             assert task_row is not None
@@ -108,7 +108,7 @@ def stream_export(task: str) -> Response:
             db_session.remove()
 
     response = Response(
-        stream_with_context(generate()), mimetype=export_service.CONTENT_TYPES[spec.format]
+        stream_with_context(generate()), content_type=export_service.CONTENT_TYPES[spec.format]
     )
     response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
     response.headers["Cache-Control"] = "no-store"
@@ -204,12 +204,13 @@ def download_snapshot(export_id: str) -> Response:
         sha, fmt = export.sha256, export.format
     response = send_file(
         path,
-        mimetype=export_service.CONTENT_TYPES[fmt],
+        mimetype=export_service.CONTENT_TYPES[fmt].split(";")[0],
         as_attachment=True,
         download_name=name,
         etag=sha or True,
         conditional=True,
         max_age=0,
     )
+    response.headers["Content-Type"] = export_service.CONTENT_TYPES[fmt]
     response.headers["X-Content-SHA256"] = sha or ""
     return response

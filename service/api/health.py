@@ -9,6 +9,7 @@ from flask import Blueprint, Response, current_app, jsonify
 from sqlalchemy import text
 
 from service import migrate
+from service.db import READ_ONLY_OPTION
 from service.redis_conn import get_redis
 
 blp = Blueprint("health", __name__)
@@ -26,7 +27,9 @@ def readyz() -> tuple[Response, int]:
     checks: dict[str, Any] = {}
     ok = True
     try:
-        with current_app.extensions["tandem_engine"].connect() as conn:
+        # A read: on SQLite a probe must not wait behind a writer for the write lock.
+        engine = current_app.extensions["tandem_engine"]
+        with engine.connect().execution_options(**{READ_ONLY_OPTION: True}) as conn:
             conn.execute(text("SELECT 1"))
             at_head = MigrationContext.configure(conn).get_current_revision() in migrate.heads()
         checks["database"] = "ok" if at_head else "migrations pending"

@@ -286,23 +286,22 @@ def build_query(task: Task, spec: ExportSpec, dialect: str = "postgresql") -> Se
 
     The deciding review is the resolver's latest live review, else the latest live review
     (e.g. an audit that confirmed the model). On PostgreSQL it is a ``LEFT JOIN LATERAL``
-    (one index probe per exported case, order preserved); elsewhere a correlated subquery.
+    (one index probe per exported case, order preserved); on SQLite two correlated
+    subqueries (the resolver's latest review, else the latest).
     The JSON columns come back as text and are parsed once per row in Python, which is
     cheaper than extracting each field in SQL (PostgreSQL re-parses ``json`` per field).
     """
     r2 = aliased(Review)
-    ranking = (
-        sql_case((r2.reviewer_id == Case.resolved_by_user_id, 0), else_=1),
-        r2.decided_at.desc(),
-        r2.id.desc(),
-    )
-    live = (r2.case_id == Case.id, r2.retracted_at.is_(None))
     who = User.email if spec.identity == "real" else User.pseudonym
     if dialect == "postgresql":
         deciding: Any = (
             select(r2.reviewer_id, r2.decided_at, r2.duration_ms)
-            .where(*live)
-            .order_by(*ranking)
+            .where(r2.case_id == Case.id, r2.retracted_at.is_(None))
+            .order_by(
+                sql_case((r2.reviewer_id == Case.resolved_by_user_id, 0), else_=1),
+                r2.decided_at.desc(),
+                r2.id.desc(),
+            )
             .limit(1)
             .lateral("deciding")
         )
@@ -314,7 +313,19 @@ def build_query(task: Task, spec: ExportSpec, dialect: str = "postgresql") -> Se
         )
         decided_at, duration = deciding.c.decided_at, deciding.c.duration_ms
     else:
-        chosen = select(r2.id).where(*live).order_by(*ranking).limit(1).scalar_subquery()
+        # SQLite (3.40.1, Debian 12's) refuses an outer column in a correlated subquery's
+        # ORDER BY ("no such column: cases.resolved_by_user_id"), so the same choice is
+        # written with outer columns in WHERE only: the resolver's latest, else the latest.
+        def latest(*extra: Any) -> Any:
+            return (
+                select(r2.id)
+                .where(r2.case_id == Case.id, r2.retracted_at.is_(None), *extra)
+                .order_by(r2.decided_at.desc(), r2.id.desc())
+                .limit(1)
+                .scalar_subquery()
+            )
+
+        chosen = func.coalesce(latest(r2.reviewer_id == Case.resolved_by_user_id), latest())
         source = (
             select()
             .select_from(Case)

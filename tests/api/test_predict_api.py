@@ -312,6 +312,44 @@ def test_idempotency_race_two_threads_one_key_one_case(committed_db, flask_app):
     assert count == 10
 
 
+def test_every_acknowledged_case_is_stored_with_real_commits(committed_db, flask_app):
+    """Issue #13: in embedded mode only the first of six predicts survived. With real
+    commits the hot path stores each case on an autocommitted connection; every case it
+    acknowledged must be there afterwards, read back through the API and in the table."""
+    from tests.helpers import SIMPLE_TASK
+
+    client = flask_app.test_client()
+    admin, app_token = make_token("admin"), make_token("app")
+    assert client.post("/api/v1/tasks", json=SIMPLE_TASK, headers=auth(admin)).status_code == 201
+    ids = []
+    for i in range(6):
+        resp = predict(client, app_token, {"input": good_input(), "external_id": f"n-{i}"})
+        assert resp.status_code == 202, resp.json
+        ids.append(resp.json["case_id"])
+    committed_db.remove()
+    for case_id in ids:
+        assert client.get(f"/api/v1/cases/{case_id}", headers=auth(app_token)).status_code == 200
+    assert committed_db().scalar(select(func.count()).select_from(Case)) == 6
+
+
+def test_autocommit_connections_keep_their_writes(engine):
+    """The root cause of the lost cases: SQLite's BEGIN IMMEDIATE listener opened a
+    transaction on AUTOCOMMIT connections too, which the pool's reset then rolled back."""
+    from sqlalchemy import text
+
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE autocommit_probe (id INTEGER PRIMARY KEY)"))
+    try:
+        for i in range(4):
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(text("INSERT INTO autocommit_probe (id) VALUES (:i)"), {"i": i})
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM autocommit_probe")).scalar() == 4
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DROP TABLE autocommit_probe"))
+
+
 def test_stale_task_cache_is_caught_by_the_insert_guard(committed_db, flask_app):
     """A change made by another process (here: a raw UPDATE) is seen by the very next
     predict, although the runtime cache is trusted without a query."""

@@ -125,6 +125,7 @@ def test_csv_round_trip(client, tokens, seed) -> None:
     resp = get(client, tokens["analyst"], format="csv")
     assert resp.status_code == 200
     assert resp.mimetype == "text/csv"
+    assert resp.headers["Content-Type"] == "text/csv; charset=utf-8"
     text = resp.get_data().decode("utf-8")
     assert text.startswith('"case_id","external_id","input.review"')
     rows = list(csv.reader(io.StringIO(text, newline="")))
@@ -140,6 +141,7 @@ def test_jsonl_round_trip(client, tokens, seed) -> None:
     resp = get(client, tokens["analyst"], format="jsonl")
     assert resp.status_code == 200
     assert resp.mimetype == "application/x-ndjson"
+    assert resp.headers["Content-Type"] == "application/x-ndjson; charset=utf-8"
     lines = resp.get_data().decode("utf-8").splitlines()
     got = [json.loads(line) for line in lines]
     expected = [
@@ -338,3 +340,41 @@ def test_exports_contain_no_secrets(client, tokens, seed, db) -> None:
                     assert needle not in data, (task_name, fmt, needle[:12])
                 if identity == "pseudonym":
                     assert not any(e in data for e in emails)
+
+
+def test_a_streaming_export_never_holds_back_writers(committed_db, flask_app, backend) -> None:
+    """Embedded mode: an export being downloaded reads a snapshot and takes no write lock,
+    so predicts and decisions go on meanwhile (before, its BEGIN IMMEDIATE held the lock for
+    the whole download)."""
+    if backend != "sqlite":
+        pytest.skip("SQLite only: PostgreSQL readers never block writers")
+    import sqlite3
+
+    from service.db import transaction
+    from service.schemas.tasks import TaskCreateSchema
+    from service.services.audit import SYSTEM
+    from service.services.tasks import create_task
+    from tests.export.conftest import _case
+    from tests.helpers import SIMPLE_TASK, make_token
+
+    with transaction() as session:
+        task = create_task(session, TaskCreateSchema().load(SIMPLE_TASK), SYSTEM)
+        session.add_all([_case(task, n) for n in range(3)])
+    token = make_token("analyst")
+    committed_db.remove()
+    resp = flask_app.test_client().get(
+        URL, query_string={"format": "csv"}, headers=auth(token), buffered=False
+    )
+    chunks = iter(resp.response)
+    first = next(chunks)  # the export's read transaction is open now
+    assert first.startswith(b'"case_id",')
+    path = flask_app.config["TANDEM"].database_url.removeprefix("sqlite:///")
+    writer = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # "database is locked" if the export held it
+        writer.execute("ROLLBACK")
+    finally:
+        writer.close()
+        rest = b"".join(chunks)
+        resp.close()
+    assert (first + rest).count(b"\n") == 4

@@ -160,7 +160,7 @@ def test_snapshot_validation_and_roles(client, tokens, seed, db) -> None:
 
 
 def test_cli_export_writes_the_same_bytes_as_the_api(
-    committed_db, flask_app, tmp_path, monkeypatch
+    committed_db, flask_app, settings, tmp_path, monkeypatch
 ) -> None:
     from click.testing import CliRunner
 
@@ -169,7 +169,6 @@ def test_cli_export_writes_the_same_bytes_as_the_api(
     from service.schemas.tasks import TaskCreateSchema
     from service.services.audit import SYSTEM
     from service.services.tasks import create_task
-    from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
     from tests.helpers import SIMPLE_TASK, make_token
 
     with transaction() as session:
@@ -180,8 +179,8 @@ def test_cli_export_writes_the_same_bytes_as_the_api(
             [_case(task, n, input={"review": f"r{n}", "state": "CA"}) for n in range(5)]
         )
     token = make_token("analyst")
-    monkeypatch.setenv("DATABASE_URL", TEST_DATABASE_URL)
-    monkeypatch.setenv("REDIS_URL", TEST_REDIS_URL)
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("REDIS_URL", str(settings.redis_url))
     monkeypatch.setenv("SECRET_KEY", "cli-test")
     monkeypatch.setenv("TANDEM_HOME", str(tmp_path / "home"))
     out = tmp_path / "out" / "cases.parquet"

@@ -6,38 +6,46 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
+from service.db import db_session
 from service.models import ApiToken, AuditEvent, Task, User
 from service.services.accounts import hash_token
-from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
+from tests.conftest import backend_env
 
 
-def tandem(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> Any:
-    base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    base.update(
-        {
-            "DATABASE_URL": TEST_DATABASE_URL,
-            "REDIS_URL": TEST_REDIS_URL,
-            "SECRET_KEY": "cli-test-secret",
-        }
-    )
-    if env is not None:
-        base.update(env)
+@pytest.fixture
+def tandem(settings: Any) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Runs `tandem ARGS` as a real process against this test's database and Redis."""
+
+    def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        # End this test's own read first: on SQLite an open transaction holds the write
+        # lock (BEGIN IMMEDIATE), and the command would wait for it.
+        db_session.remove()
+        return run_cli(args, {**backend_env(settings), "SECRET_KEY": "cli-test-secret"}, stdin)
+
+    return run
+
+
+def run_cli(
+    args: tuple[str, ...], env: dict[str, str], stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "service.cli", *args],
         input=stdin,
         capture_output=True,
         text=True,
-        env=base,
+        env=env,
         timeout=120,
     )
 
 
-def test_token_create_prints_only_the_token_and_stores_its_hash(committed_db):
+def test_token_create_prints_only_the_token_and_stores_its_hash(tandem, committed_db):
     result = tandem("token", "create", "--role", "app", "--name", "billing")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -54,7 +62,7 @@ def test_token_create_prints_only_the_token_and_stores_its_hash(committed_db):
     )
 
 
-def test_user_and_task_create(committed_db, tmp_path: Path):
+def test_user_and_task_create(tandem, committed_db, tmp_path: Path):
     result = tandem(
         "user",
         "create",
@@ -86,7 +94,7 @@ def test_user_and_task_create(committed_db, tmp_path: Path):
     assert scoped.returncode == 0, scoped.stderr
 
 
-def test_failures_exit_non_zero_with_one_line_on_stderr(committed_db, tmp_path: Path):
+def test_failures_exit_non_zero_with_one_line_on_stderr(tandem, committed_db, tmp_path: Path):
     bad_json = tmp_path / "bad.json"
     bad_json.write_text("{nope")
     invalid = tmp_path / "invalid.json"
@@ -118,12 +126,13 @@ def test_failures_exit_non_zero_with_one_line_on_stderr(committed_db, tmp_path: 
 
 def test_db_upgrade_creates_the_embedded_database(tmp_path: Path):
     env = {
+        **os.environ,
         "TANDEM_HOME": str(tmp_path / "home"),
         "DATABASE_URL": "",
         "REDIS_URL": "",
         "SECRET_KEY": "",
     }
-    result = tandem("db", "upgrade", env=env)
+    result = run_cli(("db", "upgrade"), env)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "home" / "tandem.db").exists()
     assert (tmp_path / "home" / "secret_key").exists()

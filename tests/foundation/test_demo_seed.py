@@ -12,7 +12,8 @@ from service import create_app, migrate
 from service.config import Settings
 from service.db import db_session
 from service.demo import DEMO_TASK, HISTORY_ROWS, LIVE_ROWS, seed_demo
-from service.models import Case, ModelVersion, Task
+from service.models import AuditEvent, Case, ModelVersion, Task
+from service.services.automation import drift_check
 from service.services.stats import task_stats
 
 
@@ -35,6 +36,16 @@ def test_demo_seed_certifies_and_automates(tmp_path: Path) -> None:
         assert task is not None
         assert task.automation_state == "automating", task.automation_state
         assert task.coverage > 0.2 and task.threshold is not None
+        # A new user's first dashboard has no false alarm: the seeded stream is steady
+        # (issue #13: the file's own order made it look drifted, and the worker's first
+        # drift check froze widening). Run that check now, as the worker will.
+        report = drift_check(db_session, task)
+        assert report["checked"] and report["warnings"] == [], report["warnings"]
+        assert task.widening_frozen is False
+        warnings = db_session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "drift.warning")
+        ).all()
+        assert [w.details for w in warnings] == []
         active = db_session.get(ModelVersion, task.active_model_id)
         assert active is not None and (active.certification or {}).get("certified")
         assert active.certification["error_bound"] <= task.policy["target_error"]

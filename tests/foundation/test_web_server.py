@@ -35,7 +35,12 @@ def test_production_defaults_use_processes_and_threads_and_log_access():
 
 def test_embedded_defaults_one_process_and_a_quiet_terminal():
     options = web_server_options(embedded=True, workers=None)
-    assert (options["workers"], options["blocking_threads"], options["log_access"]) == (1, 8, False)
+    threads = min(8, 2 * (os.cpu_count() or 1) + 1)  # granian warns above 2 per core + 1
+    assert (options["workers"], options["blocking_threads"], options["log_access"]) == (
+        1,
+        threads,
+        False,
+    )
 
 
 def test_operator_environment_wins_and_the_command_line_beats_it(monkeypatch):

@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 from service.demo import CREDIT_FIELDS, read_rows
 from service.models import Job, ModelVersion, Task
 from service.policy import clopper_pearson_lower
-from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
+from tests.conftest import backend_env
 from tests.helpers import auth, make_token
 
 # Real worker processes and several trainings per replay: minutes, more on a loaded machine.
@@ -38,7 +38,7 @@ FOODS_FIELDS = [
 
 
 @pytest.fixture
-def start_worker(committed_db: Any, redis_conn: Any) -> Iterator[Any]:
+def start_worker(committed_db: Any, redis_conn: Any, settings: Any) -> Iterator[Any]:
     """Start ``tandem worker`` in its own process (not burst: RQ's scheduler must re-queue a
     retried job), with a small boosting budget so a replay stays within minutes on 2 cores.
     """
@@ -46,10 +46,7 @@ def start_worker(committed_db: Any, redis_conn: Any) -> Iterator[Any]:
 
     def start(**extra_env: str) -> subprocess.Popen[bytes]:
         env = {
-            **os.environ,
-            "DATABASE_URL": TEST_DATABASE_URL,
-            "REDIS_URL": TEST_REDIS_URL,
-            "SECRET_KEY": "test-secret-key-not-for-production",
+            **backend_env(settings),
             "TANDEM_HGB_MAX_ITER": "40",
             **extra_env,
         }
@@ -76,7 +73,11 @@ def start_worker(committed_db: Any, redis_conn: Any) -> Iterator[Any]:
 def _job_row(session: Any, task_name: str) -> Job | None:
     session.remove()
     task_id = session.scalar(select(Task.id).where(Task.name == task_name))
-    return session.scalar(select(Job).where(Job.task_id == task_id, Job.kind == "train"))
+    job = session.scalar(select(Job).where(Job.task_id == task_id, Job.kind == "train"))
+    # End the read before the caller sleeps: on SQLite an open transaction holds the write
+    # lock (BEGIN IMMEDIATE), and a poll that never lets go starves the worker's writes.
+    session.remove()
+    return job
 
 
 def wait_training(session: Any, task_name: str, timeout: float = 900) -> Job | None:
@@ -361,6 +362,7 @@ def test_sigkill_mid_training_is_retried(
         for v in committed_db.scalars(select(ModelVersion)).all():
             assert v.artefact_sha256 is not None and v.status in ("candidate", "active")
             seen_versions.add((v.version, v.status))
+        committed_db.remove()  # SQLite: release the write lock while the worker runs
         if job is not None and job.state == "finished":
             break
         assert job is None or job.state != "failed", job.error

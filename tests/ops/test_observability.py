@@ -241,6 +241,7 @@ def test_readyz_reports_redis_down(settings: Any, db: Any) -> None:
     from service import create_app
 
     broken = create_app(settings, redis_url="redis://127.0.0.1:1/0")
+    assert settings.redis_url != "redis://127.0.0.1:1/0"  # overrides apply to a copy
     resp = broken.test_client().get("/readyz")
     assert resp.status_code == 503
     assert resp.json["status"] == "degraded"

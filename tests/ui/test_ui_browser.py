@@ -188,3 +188,26 @@ def test_screenshots_of_every_page(page_for, live_server):
     page.click("text=Sign out")
     page.wait_for_url(live_server + "/login")
     shot(page, "login")
+
+
+def test_a_failed_snapshot_says_why(page_for, live_server):
+    """Issue #13: a snapshot that failed showed only "failed"; the analyst sees the reason."""
+    from service.models import Export, Task
+
+    users = _setup(0, roles=("analyst",))
+    with transaction() as session:
+        task_id = session.scalar(select(Task.id).where(Task.name == SIMPLE_TASK["name"]))
+        session.add(
+            Export(
+                task_id=task_id,
+                format="csv",
+                state="failed",
+                error="OperationalError: disk I/O error\n[SQL: SELECT …]",
+            )
+        )
+    page = page_for(users["analyst0"], PASSWORD)
+    page.goto(live_server + f"/tasks/{SIMPLE_TASK['name']}/export")
+    reason = page.locator(".export-error")
+    reason.wait_for()
+    assert reason.inner_text() == "Failed: OperationalError: disk I/O error"
+    assert "[SQL" in (reason.get_attribute("title") or "")
