@@ -35,7 +35,7 @@ from service.api.review import parse_queue_args
 from service.db import db_session, transaction, utcnow
 from service.errors import ServiceError, http_exception_response
 from service.login import LoginUser
-from service.models import REASONS, ROLES, ApiToken, AuditEvent, Case, User
+from service.models import REASONS, ROLES, AuditEvent, Case, User
 from service.schemas.tasks import TaskPatchSchema
 from service.services import accounts, audit
 from service.services import cases as case_service
@@ -324,7 +324,7 @@ def admin_users() -> Any:
             db_session.remove()
             g.pop("_login_user", None)  # the signed-in user was on the removed session
             flash(exc.message, "error")
-    users = db_session().scalars(select(User).order_by(User.email)).all()
+    users = accounts.visible_users(db_session(), actor())
     return render_template("admin_users.html", users=users, roles=ROLES)
 
 
@@ -346,7 +346,7 @@ def admin_tokens() -> Any:
             db_session.remove()
             g.pop("_login_user", None)  # the signed-in user was on the removed session
             flash(exc.message, "error")
-    tokens = db_session().scalars(select(ApiToken).order_by(ApiToken.id.desc())).all()
+    tokens = accounts.visible_tokens(db_session(), actor())
     return render_template("admin_tokens.html", tokens=tokens, roles=ROLES, created=created)
 
 

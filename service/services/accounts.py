@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
@@ -13,7 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service.db import utcnow
-from service.errors import Conflict, NotFound, ValidationFailed
+from service.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from service.models import ROLES, ApiToken, Task, User
 from service.services import audit
 from service.services.audit import Actor
@@ -45,6 +46,50 @@ def _check_scope(session: Session, scope: list[str] | None) -> None:
         raise NotFound(f"unknown task(s): {', '.join(missing)}", {"task": missing})
 
 
+def covers(actor: Actor, scope: Sequence[str] | None) -> bool:
+    """Whether everything ``scope`` reaches (None: every task) is within the actor's tasks."""
+    if actor.task_scope is None:
+        return True
+    return bool(scope) and set(scope or ()) <= set(actor.task_scope)
+
+
+def check_grant(actor: Actor, role: str, task_scope: Sequence[str] | None) -> None:
+    """Nobody grants more than they hold, from any entry point (UI, API, CLI): the role at
+    most the actor's own, the tasks within the actor's scope (a scoped admin cannot create
+    an unscoped account or token, which would reach every task)."""
+    if not _role_within(role, actor.role):
+        raise Forbidden(
+            f"you cannot grant the {role} role (you hold {actor.role})",
+            {"role": [f"at most {actor.role}"]},
+        )
+    if not covers(actor, task_scope):
+        allowed = ", ".join(actor.task_scope or ())
+        raise Forbidden(
+            f"you can only grant access to your own tasks ({allowed}): name them",
+            {"task_scope": [f"a subset of: {allowed}"]},
+        )
+
+
+def effective_scope(token: ApiToken, user: User | None) -> list[str] | None:
+    """The tasks a token reaches: its own scope, else its user's."""
+    return token.task_scope or (user.task_scope if user is not None else None)
+
+
+def visible_users(session: Session, actor: Actor) -> list[User]:
+    """The accounts an admin may see and manage: those within the admin's scope."""
+    users = session.scalars(select(User).order_by(User.email)).all()
+    return [u for u in users if covers(actor, u.task_scope)]
+
+
+def visible_tokens(session: Session, actor: Actor) -> list[ApiToken]:
+    """The tokens an admin may see and revoke: those within the admin's scope."""
+    tokens = session.scalars(select(ApiToken).order_by(ApiToken.id.desc())).all()
+    users = {u.id: u for u in session.scalars(select(User)).all()}
+    return [
+        t for t in tokens if covers(actor, effective_scope(t, users.get(t.user_id or -1)))
+    ]
+
+
 @dataclass
 class NewToken:
     token: str
@@ -63,11 +108,12 @@ def create_token(
     """``user_email`` binds the token to a person: it then acts as that user (with the
     token's role and scope), which reviewing requires."""
     _check_role(role)
+    check_grant(actor, role, task_scope)  # first: a refusal names no task outside the scope
     _check_scope(session, task_scope)
     user_id = None
     if user_email is not None:
         user = session.scalar(select(User).where(User.email == user_email.strip().lower()))
-        if user is None:
+        if user is None or not covers(actor, user.task_scope):
             raise NotFound(f"no user {user_email!r}", {"user": [user_email]})
         if not _role_within(role, user.role):
             raise ValidationFailed(
@@ -104,8 +150,9 @@ def create_token(
 
 def revoke_token(session: Session, token_id: int, actor: Actor) -> ApiToken:
     row = session.get(ApiToken, token_id)
-    if row is None:
-        raise NotFound("token not found")
+    owner = session.get(User, row.user_id) if row is not None and row.user_id else None
+    if row is None or not covers(actor, effective_scope(row, owner)):
+        raise NotFound("token not found")  # a token outside the actor's scope is not shown
     if row.revoked_at is None:
         row.revoked_at = utcnow()
         audit.record(session, "token.revoked", actor, details={"token_id": token_id})
@@ -177,6 +224,7 @@ def create_user(
     actor: Actor,
 ) -> User:
     _check_role(role)
+    check_grant(actor, role, task_scope)
     email = email.strip().lower()
     if "@" not in email or len(email) > 320:
         raise ValidationFailed("invalid e-mail address", {"email": ["Not a valid e-mail."]})

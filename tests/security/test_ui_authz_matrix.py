@@ -143,3 +143,84 @@ def test_task_scope_hides_other_tasks_pages(
                 continue
             resp = call(c, method, fill(rule, setup["case_id"]))
             assert resp.status_code in (403, 404), (role, endpoint, resp.status_code)
+
+
+def test_a_scoped_admin_grants_nothing_beyond_its_scope(
+    client: Any, setup: dict[str, Any], tokens: dict[str, str], redis_conn: Any
+) -> None:
+    """Issue #16: an admin limited to other-task made itself an unscoped admin (a token, a
+    user), revoked a global admin's token and saw every account. Nobody grants more than
+    they hold, and admin pages show only what the admin's scope covers."""
+    from sqlalchemy import func, select
+
+    from service.db import db_session
+    from service.models import ApiToken, User
+
+    def count(model: Any) -> int:
+        db_session.remove()
+        return int(db_session().scalar(select(func.count()).select_from(model)) or 0)
+
+    c = signed_in(client.application, "admin-scoped@ui.example")
+    tokens_before, users_before = count(ApiToken), count(User)
+    refused = [
+        ("/admin/tokens", {"name": "x", "role": "admin", "task_scope": ""}),
+        ("/admin/tokens", {"name": "x", "role": "app", "task_scope": "loan-review"}),
+        ("/admin/tokens", {"name": "x", "role": "app", "task_scope": "other-task,loan-review"}),
+        ("/admin/tokens", {"name": "x", "role": "app", "task_scope": "no-such-task"}),
+        ("/admin/users", {"email": "a@x.example", "password": PASSWORD, "role": "admin",
+                          "task_scope": ""}),
+        ("/admin/users", {"email": "b@x.example", "password": PASSWORD, "role": "analyst",
+                          "task_scope": "loan-review"}),
+    ]  # fmt: skip
+    for path, form in refused:
+        resp = c.post(path, data=form, follow_redirects=True)
+        assert resp.status_code == 200, (path, form)
+        assert "only grant access to your own tasks" in resp.get_data(as_text=True), (path, form)
+    assert (count(ApiToken), count(User)) == (tokens_before, users_before)
+    # Within its scope it works.
+    ok = c.post("/admin/tokens", data={"name": "mine", "role": "app", "task_scope": "other-task"})
+    assert ok.status_code == 200 and count(ApiToken) == tokens_before + 1
+    made = c.post(
+        "/admin/users",
+        data={"email": "c@x.example", "password": PASSWORD, "role": "reviewer",
+              "task_scope": "other-task"},
+    )  # fmt: skip
+    assert made.status_code == 302 and count(User) == users_before + 1
+    # A global admin's token is neither listed nor revocable.
+    db_session.remove()
+    global_admin = db_session().scalar(select(ApiToken.id).where(ApiToken.name == "test-admin"))
+    assert c.post(f"/admin/tokens/{global_admin}/revoke").status_code == 302
+    db_session.remove()
+    assert db_session().get(ApiToken, global_admin).revoked_at is None
+    tokens_page = c.get("/admin/tokens").get_data(as_text=True)
+    assert "test-admin" not in tokens_page and "mine" in tokens_page
+    users_page = c.get("/admin/users").get_data(as_text=True)
+    assert "admin@ui.example" not in users_page and "reviewer@ui.example" not in users_page
+    assert "c@x.example" in users_page and "admin-scoped@ui.example" in users_page
+    # The global admin still sees and manages everything.
+    g = signed_in(client.application, "admin@ui.example")
+    assert "admin-scoped@ui.example" in g.get("/admin/users").get_data(as_text=True)
+    assert "test-admin" in g.get("/admin/tokens").get_data(as_text=True)
+
+
+def test_grants_are_checked_in_the_service_for_every_entry_point(db: Any, task: Any) -> None:
+    from service.errors import Forbidden, NotFound
+    from service.services.accounts import create_token, create_user
+    from service.services.audit import Actor
+
+    scoped = Actor(kind="user", id=None, name="s", role="admin", task_scope=("loan-review",))
+    reviewer = Actor(kind="user", id=None, name="r", role="reviewer", task_scope=None)
+    with pytest.raises(Forbidden):
+        create_token(db, role="admin", name="t", task_scope=None, actor=scoped)
+    with pytest.raises(Forbidden):
+        create_token(db, role="admin", name="t", task_scope=["loan-review"], actor=reviewer)
+    with pytest.raises(Forbidden):
+        create_user(db, email="u@x.example", password=PASSWORD, role="analyst",
+                    task_scope=None, actor=scoped)  # fmt: skip
+    create_user(db, email="global@x.example", password=PASSWORD, role="analyst",
+                task_scope=None, actor=SYSTEM)  # fmt: skip
+    with pytest.raises(NotFound):  # binding to an account outside the scope
+        create_token(db, role="analyst", name="t", task_scope=["loan-review"], actor=scoped,
+                     user_email="global@x.example")  # fmt: skip
+    made = create_token(db, role="app", name="ok", task_scope=["loan-review"], actor=scoped)
+    assert made.token.startswith("tdm_")
