@@ -177,11 +177,13 @@ def task_create(file: Path) -> None:
     from service.db import transaction
     from service.schemas.tasks import TaskCreateSchema
     from service.services.tasks import create_task
+    from service.text_check import ensure_valid_text
 
     try:
         definition = json.loads(file.read_text())
     except json.JSONDecodeError as exc:
         fail(f"{file} is not valid JSON: {exc}", 2)
+    ensure_valid_text(definition)
     data = load(TaskCreateSchema(), definition)
     app = make_app()
     with app.app_context(), transaction() as session:

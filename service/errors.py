@@ -74,6 +74,13 @@ class BadRequest(ServiceError):
     code = "bad_request"
 
 
+class ExportFailed(ServiceError):
+    """The export could not be written (recorded as ``export.failed``; see docs/export.md)."""
+
+    status = 500
+    code = "export_failed"
+
+
 class UnsupportedMediaType(ServiceError):
     status = 415
     code = "unsupported_media_type"

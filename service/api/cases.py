@@ -9,7 +9,7 @@ from flask_smorest import Blueprint
 from service.api.auth import current_actor, require_roles, roles_doc
 from service.api.common import json_body, request_id, unit_of_work
 from service.api.tasks import load
-from service.schemas.cases import CaseDetailSchema, OutcomeRequestSchema
+from service.schemas.cases import CaseDetailSchema, CaseRepairSchema, OutcomeRequestSchema
 from service.schemas.common import ApiErrorSchema
 from service.services import cases as case_service
 
@@ -50,5 +50,30 @@ def post_outcome(case_id: str) -> dict[str, Any]:
         data = load(OutcomeRequestSchema(), json_body())
         case = case_service.record_outcome(
             session, case_id, data["label"], current_actor(), request_id=request_id()
+        )
+        return case_service.case_detail(session, case)
+
+
+@blp.route("/cases/<string:case_id>/repair", methods=["POST"])
+@blp.doc(
+    **roles_doc(),
+    requestBody={"required": True, "content": {"application/json": {"schema": CaseRepairSchema}}},
+)
+@blp.response(200, CaseDetailSchema)
+@blp.alt_response(404, schema=ApiErrorSchema)
+@blp.alt_response(422, schema=ApiErrorSchema)
+@require_roles()
+def repair_case(case_id: str) -> dict[str, Any]:
+    """Admins: replace or redact input fields of a stored case (audited as case.repaired)."""
+    with unit_of_work() as session:
+        case_service.get_case(session, case_id, current_actor())  # scope before validation
+        data = load(CaseRepairSchema(), json_body())
+        case = case_service.repair_case(
+            session,
+            case_id,
+            values=data["input"],
+            redact=data["redact"],
+            actor=current_actor(),
+            request_id=request_id(),
         )
         return case_service.case_detail(session, case)

@@ -13,6 +13,7 @@ from service.db import db_session, transaction
 from service.errors import BadRequest, UnsupportedMediaType
 from service.redis_conn import get_redis
 from service.services import outbox
+from service.text_check import ensure_valid_text, may_hold_surrogates
 
 ERROR_RESPONSES = {
     400: "Malformed JSON",
@@ -25,16 +26,22 @@ ERROR_RESPONSES = {
 }
 
 
-def json_body() -> Any:
-    """The request body as JSON: 415 unless it is JSON, 400 when it does not parse."""
+def json_body(*, check_text: bool = True) -> Any:
+    """The request body as JSON: 415 unless it is JSON, 400 when it does not parse, 422 when
+    a string in it is not valid Unicode (``check_text=False``: the caller checks per item)."""
     if not request.is_json:
         raise UnsupportedMediaType("Content-Type must be application/json")
-    data = request.get_json(silent=True, cache=True)
+    try:
+        data = request.get_json(silent=True, cache=True)
+    except RecursionError:
+        raise BadRequest("The body is nested too deeply") from None
     if data is None:
         raw = request.get_data(cache=True)
         if raw.strip() == b"null":
             return None
         raise BadRequest("The body is not valid JSON")
+    if check_text and may_hold_surrogates(request.get_data(cache=True)):
+        ensure_valid_text(data)
     return data
 
 

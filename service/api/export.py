@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,7 +12,7 @@ from flask_smorest import Blueprint
 from service.api.auth import current_actor, require_roles, roles_doc
 from service.api.common import json_body, request_id, unit_of_work
 from service.db import db_session, read_only, utcnow
-from service.errors import ValidationFailed
+from service.errors import ExportFailed, ValidationFailed
 from service.models import Task
 from service.schemas.common import ApiErrorSchema
 from service.services import audit
@@ -23,6 +24,7 @@ blp = Blueprint(
 )
 
 ROLES = ("analyst",)
+log = logging.getLogger(__name__)
 
 _FILTER_PARAMS: list[dict[str, Any]] = [
     {"name": "format", "in": "query", "required": True,
@@ -103,17 +105,57 @@ def stream_export(task: str) -> Response:
             task_row = session.get(Task, task_id)
             assert task_row is not None
             yield from export_service.stream_export(session, task_row, spec)
+        except Exception as exc:
+            # Never a silent truncated 200: logged, audited, and (before the first byte) an
+            # error status; after it the transfer is cut short and the client sees it so.
+            session.rollback()
+            db_session.remove()
+            _record_failure(task_id, actor, spec.format, exc)
+            raise
         finally:
             session.rollback()
             db_session.remove()
 
+    chunks = generate()
+    try:
+        first = next(chunks)  # the first batch is written before any header is sent
+    except StopIteration:
+        first = b""
+    except Exception as exc:
+        raise ExportFailed(
+            "The export could not be written; the failure is recorded in the audit log "
+            "(export.failed). See docs/export.md, 'When an export fails'.",
+            {"error": type(exc).__name__},
+        ) from exc
+
+    def rest() -> Iterator[bytes]:
+        yield first
+        yield from chunks
+
     response = Response(
-        stream_with_context(generate()), content_type=export_service.CONTENT_TYPES[spec.format]
+        stream_with_context(rest()), content_type=export_service.CONTENT_TYPES[spec.format]
     )
     response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Accel-Buffering"] = "no"  # let proxies pass chunks through at once
     return response
+
+
+def _record_failure(task_id: int, actor: Any, fmt: str, exc: Exception) -> None:
+    log.error("export of task %s (%s) failed: %s", task_id, fmt, type(exc).__name__, exc_info=exc)
+    try:
+        with unit_of_work() as session:
+            audit.record(
+                session,
+                "export.failed",
+                actor,
+                task_id=task_id,
+                details={"channel": "api", "format": fmt, "error": type(exc).__name__},
+                request_id=request_id(),
+            )
+    except Exception:  # the database itself may be what failed: the log line stands
+        log.warning("export.failed could not be recorded", exc_info=False)
+        db_session.remove()
 
 
 @blp.route("/tasks/<string:task>/exports", methods=["POST"])

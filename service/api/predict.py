@@ -19,6 +19,7 @@ from service.schemas.cases import (
 )
 from service.schemas.common import ApiErrorSchema
 from service.services import predict as predict_service
+from service.text_check import ensure_valid_text
 
 blp = Blueprint("predict", __name__, url_prefix="/api/v1", description="Send cases")
 
@@ -112,6 +113,7 @@ def _batch_items(body: Any, limit: int) -> list[predict_service.PredictRequest |
     items: list[predict_service.PredictRequest | dict[str, Any]] = []
     for i, raw in enumerate(raw_items):
         try:
+            ensure_valid_text(raw, f"items.{i}")
             items.append(_item(raw, where=f"items.{i}"))
         except ValidationFailed as exc:
             items.append(
@@ -133,7 +135,8 @@ def predict_batch(task: str) -> Response:
     settings = current_app.config["TANDEM"]
     with unit_of_work() as session:
         runtime = predict_service.authorize(session, task, current_actor())
-        items = _batch_items(json_body(), settings.max_batch_items)
+        # Text is checked per item: a bad item gets its error in place, the rest are stored.
+        items = _batch_items(json_body(check_text=False), settings.max_batch_items)
         good = [x for x in items if isinstance(x, predict_service.PredictRequest)]
         results = iter(
             predict_service.predict_batch(

@@ -107,3 +107,18 @@ class CaseDetailSchema(CaseResultSchema):
 
 class OutcomeRequestSchema(Schema):
     label = fields.String(required=True, validate=validate.Length(1, 200))
+
+
+class CaseRepairSchema(Schema):
+    """An admin's correction of a stored case's inputs (docs/api.md, "Repairing a case")."""
+
+    input = fields.Dict(
+        keys=fields.String(),
+        load_default=dict,
+        metadata={"description": "new values for some input fields"},
+    )
+    redact = fields.List(
+        fields.String(),
+        load_default=list,
+        metadata={"description": "input fields to set to null"},
+    )

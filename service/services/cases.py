@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from marshmallow import ValidationError as MarshmallowValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.db import utcnow
 from service.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from service.input_schema import validate_input
 from service.models import Case, Task, User
 from service.services import audit, labels, webhooks
 from service.services.audit import Actor
 from service.services.predict import case_view
+from service.text_check import ensure_valid_text
 
 
 def get_case(session: Session, case_id: str, actor: Actor, *, for_update: bool = False) -> Case:
@@ -153,3 +156,57 @@ def notify(
     and its reviews). Every resolution path (review, outcome) announces itself here."""
     if event is not None and task.webhook_url:
         webhooks.emit(session, task, event, case_detail(session, case), request_id=request_id)
+
+
+def repair_case(
+    session: Session,
+    case_id: str,
+    *,
+    values: dict[str, Any],
+    redact: list[str],
+    actor: Actor,
+    request_id: str | None = None,
+) -> Case:
+    """An admin's correction of a stored case's inputs: new values for some fields, or
+    fields redacted (set to null) — text that cannot be exported, or personal data that must
+    go. The model's answer, the labels and the reviews stay as they were. The audit event
+    names the fields, never their old or new values."""
+    case = get_case(session, case_id, actor, for_update=True)
+    task = session.get(Task, case.task_id)
+    assert task is not None
+    specs = {spec["name"]: spec for spec in task.fields}
+    unknown = sorted((set(values) | set(redact)) - set(specs))
+    if unknown:
+        raise ValidationFailed(
+            f"unknown field(s): {', '.join(unknown)}",
+            {name: ["Not a field of this task."] for name in unknown},
+        )
+    twice = sorted(set(values) & set(redact))
+    if twice:
+        raise ValidationFailed(
+            f"a field is both given a value and redacted: {', '.join(twice)}",
+            {name: ["Either a new value or redact, not both."] for name in twice},
+        )
+    if not values and not redact:
+        raise ValidationFailed("nothing to repair", {"input": ["Give values or fields to redact."]})
+    ensure_valid_text(values, "input")
+    checked = [dict(specs[name], required=True) for name in values]
+    try:
+        clean = validate_input(checked, values) if values else {}
+    except MarshmallowValidationError as exc:
+        raise ValidationFailed("invalid values", {"input": exc.messages}) from exc
+    new_input = dict(case.input or {})
+    new_input.update({name: clean[name] for name in values})
+    new_input.update({name: None for name in redact})
+    case.input = new_input
+    case.updated_at = utcnow()
+    audit.record(
+        session,
+        "case.repaired",
+        actor,
+        task_id=task.id,
+        case_id=case.id,
+        details={"changed": sorted(values), "redacted": sorted(redact)},
+        request_id=request_id,
+    )
+    return case

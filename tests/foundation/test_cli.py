@@ -136,3 +136,14 @@ def test_db_upgrade_creates_the_embedded_database(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "home" / "tandem.db").exists()
     assert (tmp_path / "home" / "secret_key").exists()
+
+
+def test_task_create_refuses_text_that_is_not_unicode(tandem, committed_db, tmp_path: Path):
+    definition = tmp_path / "task.json"
+    definition.write_text(
+        '{"name": "t", "labels": ["good", "b\\ud800"], "fields": [{"name": "x", "type": "text"}]}'
+    )
+    result = tandem("task", "create", str(definition))
+    assert result.returncode != 0 and "labels.1" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert committed_db().scalar(select(Task)) is None
