@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
+from urllib.parse import urlsplit
 
 import markdown
 import nh3
@@ -162,12 +163,27 @@ def login() -> Any:
                 user.last_login_at = utcnow()
                 audit.record(session, "user.login", user_actor(user))
                 login_user(LoginUser(user))
-                target = request.args.get("next") or ""
-                if not target.startswith("/") or target.startswith("//"):
-                    target = url_for("review_ui.index")
-                return redirect(target)
+                target = same_origin_path(request.args.get("next") or "")
+                return redirect(target or url_for("review_ui.index"))
         error = "Wrong e-mail or password."
     return render_template("login.html", error=error), (401 if error else 200)
+
+
+def same_origin_path(target: str) -> str | None:
+    """``target`` if it is a path on this site, else None (no open redirect after login).
+
+    Browsers drop tabs and newlines from URLs and read a backslash as a slash, so
+    ``/%09/evil.example`` or ``/%5C/evil.example`` would become ``//evil.example``, another
+    host: any whitespace, control character or backslash disqualifies a target, as do a
+    scheme or a host."""
+    if not target.startswith("/") or target.startswith("//"):
+        return None
+    if "\\" in target or any(ch.isspace() or not ch.isprintable() for ch in target):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return None
+    return target
 
 
 @bp.post("/logout")

@@ -118,6 +118,43 @@ def test_session_cookie_is_permanent_httponly_samesite(
     assert resp.headers["Strict-Transport-Security"].startswith("max-age=")
 
 
+@pytest.mark.parametrize(
+    "target",
+    ["/%09/evil.example", "/%0a/evil.example", "/%0d%0a/x", "/%5C/evil.example",
+     "/%5C%5Cevil.example", "//evil.example", "https://evil.example/", "/ /evil.example",
+     "javascript:alert(1)", "/%e2%80%a8/evil.example"],
+)  # fmt: skip
+def test_login_never_redirects_off_site(
+    flask_app: Any, db: Any, redis_conn: Any, target: str
+) -> None:
+    """Issue #16: ``next=/%09/evil.example`` answered ``Location: //evil.example`` (browsers
+    drop the tab), and ``next=/%0a/x`` was a 500. Only same-site paths are followed."""
+    make_user("next@example.com")
+    flask_app.config["WTF_CSRF_ENABLED"] = False
+    try:
+        c = flask_app.test_client()
+        resp = c.post(
+            f"/login?next={target}", data={"email": "next@example.com", "password": PASSWORD}
+        )
+    finally:
+        flask_app.config["WTF_CSRF_ENABLED"] = True
+    assert resp.status_code == 302, resp.status_code
+    assert resp.headers["Location"] == "/", resp.headers["Location"]
+
+
+def test_login_follows_a_same_site_next(flask_app: Any, db: Any, redis_conn: Any) -> None:
+    make_user("next2@example.com")
+    flask_app.config["WTF_CSRF_ENABLED"] = False
+    try:
+        resp = flask_app.test_client().post(
+            "/login?next=/tasks/loan-review/review%3Fx%3D1",
+            data={"email": "next2@example.com", "password": PASSWORD},
+        )
+    finally:
+        flask_app.config["WTF_CSRF_ENABLED"] = True
+    assert resp.headers["Location"] == "/tasks/loan-review/review?x=1"
+
+
 # --------------------------------------------------------------------------- headers
 
 
