@@ -36,13 +36,13 @@ from service.api.review import parse_queue_args
 from service.db import db_session, transaction, utcnow
 from service.errors import ServiceError, http_exception_response
 from service.login import LoginUser
-from service.models import REASONS, ROLES, AuditEvent, Case, User
+from service.models import REASONS, ROLES, AuditEvent, Case
 from service.schemas.tasks import TaskPatchSchema
 from service.services import accounts, audit
 from service.services import cases as case_service
 from service.services import review as review_service
 from service.services import tasks as task_service
-from service.services.accounts import check_password, user_actor
+from service.services.accounts import user_actor
 from service.services.audit import Actor
 
 bp = Blueprint(
@@ -158,8 +158,8 @@ def login() -> Any:
         email = (request.form.get("email") or "").strip().lower()
         password = request.form.get("password") or ""
         with transaction() as session:
-            user = session.scalar(select(User).where(User.email == email))
-            if user is not None and user.active and check_password(user, password):
+            user = accounts.authenticate_password(session, email, password)
+            if user is not None:
                 user.last_login_at = utcnow()
                 audit.record(session, "user.login", user_actor(user))
                 login_user(LoginUser(user))

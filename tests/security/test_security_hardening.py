@@ -107,7 +107,9 @@ def test_session_cookie_is_permanent_httponly_samesite(
     secure_app.config["WTF_CSRF_ENABLED"] = False
     make_user("cookie@example.com")
     resp = secure_app.test_client().post(
-        "/login", data={"email": "cookie@example.com", "password": PASSWORD}
+        "/login",
+        data={"email": "cookie@example.com", "password": PASSWORD},
+        base_url="https://tandem.example",
     )
     assert resp.status_code == 302
     cookie = next(c for c in resp.headers.getlist("Set-Cookie") if c.startswith("tandem_session="))
@@ -116,6 +118,79 @@ def test_session_cookie_is_permanent_httponly_samesite(
     assert "expires=" in flags  # permanent: it expires after PERMANENT_SESSION_LIFETIME
     assert secure_app.permanent_session_lifetime.total_seconds() == 8 * 3600
     assert resp.headers["Strict-Transport-Security"].startswith("max-age=")
+    # Over plain HTTP the header means nothing and is not sent (issue #16).
+    plain = secure_app.test_client().get("/login")
+    assert "Strict-Transport-Security" not in plain.headers
+
+
+def test_password_spraying_from_one_address_is_throttled(
+    client: Any, redis_conn: Any, no_csrf: Any
+) -> None:
+    """Issue #16: 12 different e-mails from one address all got 401; the per-address limit
+    now counts failed attempts across e-mails."""
+    make_user("real@example.com")
+    for i in range(20):
+        assert login(client, f"user{i}@example.com", "guess-guess").status_code == 401
+    assert login(client, "user99@example.com", "guess-guess").status_code == 429
+    assert login(client, "real@example.com", PASSWORD).status_code == 429
+    elsewhere = client.post(
+        "/login",
+        data={"email": "real@example.com", "password": PASSWORD},
+        environ_base={"REMOTE_ADDR": "10.9.8.7"},
+    )
+    assert elsewhere.status_code == 302
+
+
+def test_successful_logins_do_not_count_against_the_address(
+    flask_app: Any, redis_conn: Any, no_csrf: Any
+) -> None:
+    make_user("office@example.com")
+    for _ in range(25):  # a shared office address signing in all day is never throttled
+        c = flask_app.test_client()
+        assert login(c, "office@example.com").status_code == 302
+
+
+def test_a_failed_login_costs_the_same_whether_or_not_the_email_exists(
+    client: Any, redis_conn: Any, no_csrf: Any, monkeypatch: Any
+) -> None:
+    from service.services import accounts
+
+    calls: list[str] = []
+    real = accounts._hasher
+
+    class CountingHasher:
+        def hash(self, password: str) -> str:
+            return real.hash(password)
+
+        def verify(self, hash_: str, password: str) -> bool:
+            calls.append(hash_)
+            return real.verify(hash_, password)
+
+    monkeypatch.setattr(accounts, "_hasher", CountingHasher())
+    make_user("known@example.com")
+    assert login(client, "nobody@example.com", "wrong-password").status_code == 401
+    assert login(client, "known@example.com", "wrong-password").status_code == 401
+    assert len(calls) == 2  # one argon2 verification each: no shortcut for unknown e-mails
+    assert calls[0] != calls[1]
+
+
+def test_rate_limit_keys_hold_no_address_or_email(flask_app: Any) -> None:
+    from service.security import login_address_key, login_rate_key
+
+    with flask_app.test_request_context(
+        "/login",
+        method="POST",
+        data={"email": "person@example.com"},
+        environ_base={"REMOTE_ADDR": "192.0.2.7"},
+    ):
+        keys = login_rate_key() + login_address_key()
+    assert "person" not in keys and "example" not in keys and "192.0.2" not in keys
+
+
+def test_method_not_allowed_says_which_methods_are(client: Any) -> None:
+    resp = client.open("/api/v1/tasks", method="TRACE")
+    assert resp.status_code == 405
+    assert "GET" in resp.headers["Allow"] and "POST" in resp.headers["Allow"]
 
 
 @pytest.mark.parametrize(

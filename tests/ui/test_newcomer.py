@@ -17,6 +17,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,15 @@ def test_a_newcomer_runs_the_demo_loses_nothing_and_stops_it_cleanly(
     for stray in strays:
         stray.kill()
     assert left == [] and strays == [], f"left running after SIGTERM: {left} {strays}"
+    terminal_text = read_output(out_path)
+    assert "Ready: " in terminal_text and "Tandem stopped." in terminal_text, terminal_text
+    # Nothing of the embedded Redis is left in the temporary folder either.
+    leftovers = [
+        str(conf.parent)
+        for conf in Path(tempfile.gettempdir()).glob("tmp*/redis.config")
+        if str(home) in conf.read_text(errors="replace")
+    ]
+    assert leftovers == [], leftovers
 
 
 def banner_password(banner: str, email: str) -> str:
