@@ -139,7 +139,7 @@ def activate(task: str, version: int) -> dict[str, Any]:
         assert locked is not None
         automation.activate(session, row, version, actor, request_id=request_id())
         session.flush()
-        return task_service.task_status(session, row)
+        return task_service.task_status(session, row, actor)
 
 
 @blp.route("/jobs/<string:job_id>", methods=["GET"])

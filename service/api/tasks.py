@@ -41,7 +41,7 @@ class TasksView(MethodView):
             actor = current_actor()
             return {
                 "tasks": [
-                    task_service.task_status(session, t)
+                    task_service.task_status(session, t, actor)
                     for t in task_service.list_tasks(session, actor)
                 ]
             }
@@ -63,7 +63,7 @@ class TasksView(MethodView):
         with unit_of_work() as session:
             task = task_service.create_task(session, data, current_actor())
             session.flush()
-            return task_service.task_status(session, task)
+            return task_service.task_status(session, task, current_actor())
 
 
 @blp.route("/tasks/<string:task>")
@@ -76,7 +76,7 @@ class TaskView(MethodView):
         """A task with its live automation, training and counts."""
         with unit_of_work() as session:
             row = task_service.get_task(session, task, current_actor())
-            return task_service.task_status(session, row)
+            return task_service.task_status(session, row, current_actor())
 
     @blp.doc(
         **roles_doc("admin"),
@@ -97,4 +97,4 @@ class TaskView(MethodView):
             task_service.update_task(session, row, data, current_actor())
             session.flush()
             session.refresh(row)
-            return task_service.task_status(session, row)
+            return task_service.task_status(session, row, current_actor())

@@ -12,6 +12,7 @@ from service.models import Case, Job, Task
 from service.policy import Policy, effective_audit_rate
 from service.services import audit
 from service.services.audit import Actor
+from service.services.webhooks import redact_url
 
 
 def get_task(session: Session, name: str, actor: Actor | None = None) -> Task:
@@ -115,13 +116,13 @@ def update_task(session: Session, task: Task, changes: dict[str, Any], actor: Ac
         task.review = review
     if "webhook" in changes:
         webhook = changes["webhook"]
-        before["webhook"] = task.webhook_url
+        before["webhook"] = redact_url(task.webhook_url) if task.webhook_url else None
         task.webhook_url = webhook["url"] if webhook else None
         if webhook is None:
             task.webhook_secret = None
         elif webhook.get("secret"):
             task.webhook_secret = webhook["secret"]
-        after["webhook"] = task.webhook_url
+        after["webhook"] = redact_url(task.webhook_url) if task.webhook_url else None
     if not after:
         return task
     task.revision += 1
@@ -144,7 +145,7 @@ def current_audit_rate(task: Task) -> float:
     )
 
 
-def task_status(session: Session, task: Task) -> dict[str, Any]:
+def task_status(session: Session, task: Task, actor: Actor | None = None) -> dict[str, Any]:
     """The task as the API shows it: definition plus live automation, training and counts."""
     counts_row = session.execute(
         select(
@@ -170,7 +171,10 @@ def task_status(session: Session, task: Task) -> dict[str, Any]:
         "fields": task.fields,
         "policy": task.policy,
         "review": task.review,
-        "webhook": {"url": task.webhook_url} if task.webhook_url else None,
+        # Webhook settings are an admin's business; credentials in the URL are never shown.
+        "webhook": {"url": redact_url(task.webhook_url)}
+        if task.webhook_url and (actor is None or actor.role == "admin")
+        else None,
         "automation": {
             "state": task.automation_state,
             "threshold": task.threshold,

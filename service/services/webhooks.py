@@ -185,6 +185,8 @@ def delivery_view(delivery: WebhookDelivery) -> dict[str, Any]:
 
 
 def redact_url(url: str) -> str:
+    """The URL with any password in it masked: for every place a webhook URL is shown or
+    recorded (task views, audit events, deliveries)."""
     parts = urlsplit(url)
     if parts.password is None:
         return url

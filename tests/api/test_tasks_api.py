@@ -145,3 +145,35 @@ def test_bad_task_definitions_are_422_naming_the_field_and_store_nothing(client,
         assert resp.status_code == 422, (definition, resp.json)
         assert field in resp.json["error"]["details"], (definition, resp.json)
     assert db.scalars(select(Task)).all() == []
+
+
+def test_webhook_credentials_are_never_shown_and_only_admins_see_webhooks(
+    client, tokens, db
+) -> None:
+    """Issue #16: a webhook URL with user:password was returned to app, reviewer and analyst
+    tokens and stored in clear in the audit log."""
+    from sqlalchemy import select
+
+    from service.models import AuditEvent
+    from tests.helpers import SIMPLE_TASK, auth
+
+    secret_url = "http://hooks:s3cret-pw@127.0.0.1:9/in"
+    body = dict(SIMPLE_TASK, webhook={"url": secret_url, "secret": "whsec_" + "a" * 32})
+    created = client.post("/api/v1/tasks", json=body, headers=auth(tokens["admin"]))
+    assert created.status_code == 201, created.json
+    assert created.json["webhook"] == {"url": "http://hooks:***@127.0.0.1:9/in"}
+    other = "http://ops:an0ther-pw@127.0.0.1:9/v2"
+    patched = client.patch(
+        "/api/v1/tasks/loan-review", json={"webhook": {"url": other}}, headers=auth(tokens["admin"])
+    )
+    assert patched.status_code == 200 and patched.json["webhook"]["url"].count("***") == 1
+    for role in ("app", "reviewer", "analyst"):
+        seen = client.get("/api/v1/tasks/loan-review", headers=auth(tokens[role]))
+        assert seen.status_code == 200 and seen.json["webhook"] is None, role
+        listed = client.get("/api/v1/tasks", headers=auth(tokens[role])).get_data(as_text=True)
+        assert "127.0.0.1:9" not in listed, role
+    admin_view = client.get("/api/v1/tasks/loan-review", headers=auth(tokens["admin"])).json
+    assert admin_view["webhook"] == {"url": "http://ops:***@127.0.0.1:9/v2"}
+    events = db.scalars(select(AuditEvent)).all()
+    recorded = " ".join(str(e.details) for e in events)
+    assert "s3cret-pw" not in recorded and "an0ther-pw" not in recorded

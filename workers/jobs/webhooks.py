@@ -18,6 +18,7 @@ from standardwebhooks.webhooks import Webhook
 from service import queues
 from service.db import transaction, utcnow
 from service.models import Task, WebhookDelivery
+from service.services.webhooks import redact_url
 from workers.context import job
 
 TIMEOUT_SECONDS = 10.0
@@ -69,7 +70,8 @@ def deliver(delivery_id: int) -> str:
         if not 200 <= response.status_code < 300:
             error = f"HTTP {response.status_code}"
     except httpx.HTTPError as exc:
-        error = f"{type(exc).__name__}: {exc}"[:500]
+        # httpx may quote the URL: never store or log the credentials it may hold.
+        error = f"{type(exc).__name__}: {exc}".replace(url, redact_url(url))[:500]
     with transaction() as session:
         delivery = session.get(WebhookDelivery, delivery_id)
         assert delivery is not None
