@@ -36,7 +36,7 @@ from service.api.review import parse_queue_args
 from service.db import db_session, transaction, utcnow
 from service.errors import ServiceError, http_exception_response
 from service.login import LoginUser
-from service.models import REASONS, ROLES, AuditEvent, Case
+from service.models import REASONS, ROLES, AuditEvent, Case, User
 from service.schemas.tasks import TaskPatchSchema
 from service.services import accounts, audit
 from service.services import cases as case_service
@@ -189,6 +189,10 @@ def same_origin_path(target: str) -> str | None:
 @bp.post("/logout")
 @login_required
 def logout() -> Response:
+    with transaction() as session:
+        user = session.get(User, current_user.user.id)
+        if user is not None:
+            accounts.log_out_everywhere(session, user)
     logout_user()
     return redirect(url_for("review_ui.login"))
 

@@ -160,6 +160,51 @@ def user_create(email: str, role: str, tasks: tuple[str, ...], password_stdin: b
         click.echo(f"created user {created.email} ({created.role})", err=True)
 
 
+@user.command("deactivate")
+@click.argument("email")
+@friendly_errors
+def user_deactivate(email: str) -> None:
+    """Stop EMAIL signing in; their sessions and tokens end at once."""
+    _user_change(email, "deactivate")
+
+
+@user.command("reactivate")
+@click.argument("email")
+@friendly_errors
+def user_reactivate(email: str) -> None:
+    """Let a deactivated user sign in again (revoked tokens stay revoked)."""
+    _user_change(email, "reactivate")
+
+
+@user.command("reset-password")
+@click.argument("email")
+@click.option("--password-stdin", is_flag=True, help="Read the new password from stdin.")
+@friendly_errors
+def user_reset_password(email: str, password_stdin: bool) -> None:
+    """Set a new password for EMAIL; every session and token of that user ends."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = click.prompt("New password", hide_input=True, confirmation_prompt=True)
+    _user_change(email, "reset", password)
+
+
+def _user_change(email: str, change: str, password: str = "") -> None:
+    from service.db import transaction
+    from service.services import accounts
+
+    app = make_app()
+    with app.app_context(), transaction() as session:
+        target = accounts.find_user(session, email, cli_actor())
+        if change == "deactivate":
+            accounts.deactivate_user(session, target, cli_actor())
+        elif change == "reactivate":
+            accounts.reactivate_user(session, target, cli_actor())
+        else:
+            accounts.reset_password(session, target, password, cli_actor())
+        click.echo(f"{change}: {target.email}", err=True)
+
+
 # --- tasks -------------------------------------------------------------------------------
 
 

@@ -22,7 +22,9 @@ class LoginUser(UserMixin):
         self.user = user
 
     def get_id(self) -> str:
-        return str(self.user.id)
+        # The epoch rides in the session (Flask-Login's "alternative tokens"): when the
+        # user's epoch moves on, every session holding the old one stops loading.
+        return f"{self.user.id}:{self.user.session_epoch}"
 
     @property
     def is_active(self) -> bool:
@@ -34,12 +36,14 @@ class LoginUser(UserMixin):
 
 
 @login_manager.user_loader
-def _load_user(user_id: str) -> LoginUser | None:
+def _load_user(session_id: str) -> LoginUser | None:
+    user_id, _, epoch = str(session_id).partition(":")
     try:
         user = db_session().get(User, int(user_id))
+        current = user is not None and int(epoch) == user.session_epoch
     except (TypeError, ValueError):
         return None
-    return LoginUser(user) if user is not None and user.active else None
+    return LoginUser(user) if user is not None and current and user.active else None
 
 
 def init_app(app: Flask, *, secure_cookies: bool) -> None:

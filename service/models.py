@@ -74,6 +74,9 @@ class User(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    # Part of every login session; moving it on (logout, password reset, deactivation) ends
+    # all of the user's sessions at once, wherever their cookies are.
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ApiToken(Base):

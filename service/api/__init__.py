@@ -46,9 +46,20 @@ def init_app(app: Flask) -> None:
     api.init_app(app)
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
 
-    from service.api import cases, export, health, models, predict, review, stats, tasks, webhooks
+    from service.api import (
+        cases,
+        export,
+        health,
+        models,
+        predict,
+        review,
+        stats,
+        tasks,
+        users,
+        webhooks,
+    )
 
-    for module in (tasks, predict, cases, review, stats, webhooks, export, models):
+    for module in (tasks, predict, cases, review, stats, webhooks, export, models, users):
         api.register_blueprint(module.blp)
     app.register_blueprint(health.blp)
     _document_auth_errors()

@@ -279,3 +279,82 @@ def user_actor(user: User) -> Actor:
         role=user.role,
         task_scope=tuple(user.task_scope) if user.task_scope else None,
     )
+
+
+# ---------------------------------------------------------------- account lifecycle
+
+
+def find_user(session: Session, email: str, actor: Actor) -> User:
+    """A user the actor may manage (within its scope), by e-mail; others are not found."""
+    user = session.scalar(select(User).where(User.email == email.strip().lower()))
+    if user is None or not covers(actor, user.task_scope):
+        raise NotFound(f"no user {email!r}", {"email": [email]})
+    return user
+
+
+def end_sessions(user: User) -> None:
+    """Every login session of the user stops working at its next request (login.py)."""
+    user.session_epoch = (user.session_epoch or 0) + 1
+
+
+def _revoke_user_tokens(session: Session, user: User) -> int:
+    """Tokens that act for this person stop working too (other processes within
+    TOKEN_CACHE_SECONDS, this one at once)."""
+    rows = session.scalars(
+        select(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
+    ).all()
+    now = utcnow()
+    for row in rows:
+        row.revoked_at = now
+    _token_cache.clear()
+    return len(rows)
+
+
+def log_out_everywhere(session: Session, user: User) -> None:
+    """Logging out ends this session and every other session of the user (a cookie copied
+    before logout no longer works anywhere)."""
+    end_sessions(user)
+    audit.record(session, "user.logout", user_actor(user), details={"user_id": user.id})
+
+
+def deactivate_user(session: Session, user: User, actor: Actor) -> User:
+    """The person can no longer sign in; their sessions and tokens stop working now."""
+    check_grant(actor, user.role, user.task_scope)
+    if user.id == actor.id and actor.kind == "user":
+        raise Conflict("you cannot deactivate yourself", {"email": [user.email]})
+    user.active = False
+    end_sessions(user)
+    revoked = _revoke_user_tokens(session, user)
+    audit.record(
+        session,
+        "user.deactivated",
+        actor,
+        details={"user_id": user.id, "tokens_revoked": revoked},
+    )
+    return user
+
+
+def reactivate_user(session: Session, user: User, actor: Actor) -> User:
+    """Signing in works again (with the same password); revoked tokens stay revoked."""
+    check_grant(actor, user.role, user.task_scope)
+    user.active = True
+    audit.record(session, "user.reactivated", actor, details={"user_id": user.id})
+    return user
+
+
+def reset_password(session: Session, user: User, password: str, actor: Actor) -> User:
+    """A new password; every session and token of the user ends (whoever knew the old one
+    is out)."""
+    check_grant(actor, user.role, user.task_scope)
+    if len(password) < 8:
+        raise ValidationFailed("password too short", {"password": ["At least 8 characters."]})
+    user.password_hash = hash_password(password)
+    end_sessions(user)
+    revoked = _revoke_user_tokens(session, user)
+    audit.record(
+        session,
+        "user.password_reset",
+        actor,
+        details={"user_id": user.id, "tokens_revoked": revoked},
+    )
+    return user
