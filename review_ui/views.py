@@ -398,6 +398,15 @@ REVIEW_FIELDS = (
 )
 
 
+def _form_number(value: str, *, whole: bool) -> Any:
+    """A form's text as the JSON number the API would receive; anything else is passed on
+    as text, so the schema names the field (whole numbers are strict: 10.5 is refused)."""
+    try:
+        return int(value) if whole else float(value)
+    except ValueError:
+        return value
+
+
 @bp.route("/admin/tasks/<string:task>/policy", methods=["GET", "POST"])
 @roles("admin")
 def admin_policy(task: str) -> Any:
@@ -406,10 +415,10 @@ def admin_policy(task: str) -> Any:
         form = request.form
         patch: dict[str, Any] = {"policy": {}, "review": {}}
         for section, fields in (("policy", POLICY_FIELDS), ("review", REVIEW_FIELDS)):
-            for name, _step, _label in fields:
+            for name, step, _label in fields:
                 value = form.get(name, "").strip()
                 if value != "":
-                    patch[section][name] = value
+                    patch[section][name] = _form_number(value, whole=step == "1")
         patch["review"]["instructions"] = form.get("instructions", "")
         try:
             data = TaskPatchSchema().load(patch)

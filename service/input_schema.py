@@ -22,13 +22,16 @@ class StrictNumber(fields.Field):
 
     default_error_messages = {
         "invalid": "Not a number.",
-        "non_finite": "NaN and Infinity are not allowed.",
+        "non_finite": "NaN, Infinity and numbers beyond ±1.8e308 are not allowed.",
     }
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.make_error("invalid")
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond a double's range (1 followed by 400 zeros)
+            raise self.make_error("non_finite") from None
         if not math.isfinite(number):
             raise self.make_error("non_finite")
         return number
@@ -136,7 +139,10 @@ def _fast_validator(key: tuple[Any, ...], max_text: int) -> FastValidator:
                 out[name] = None
             elif kind == "number":
                 if type(item) is int or type(item) is float:
-                    number = float(item)
+                    try:
+                        number = float(item)
+                    except OverflowError:
+                        return None  # marshmallow's check says why
                     if not math.isfinite(number):
                         return None
                     out[name] = number

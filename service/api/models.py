@@ -19,6 +19,8 @@ from service.schemas.tasks import TaskSchema
 from service.services import automation, learning, training
 from service.services import tasks as task_service
 
+MAX_VERSION = 2**31 - 1
+
 blp = Blueprint(
     "models", __name__, url_prefix="/api/v1", description="Model versions, training and jobs"
 )
@@ -135,6 +137,8 @@ def activate(task: str, version: int) -> dict[str, Any]:
     with unit_of_work() as session:
         actor = current_actor()
         row = task_service.get_task(session, task, actor)
+        if version > MAX_VERSION:  # 32-bit in the database: simply no such version
+            raise NotFound(f"no model version {version}", {"version": version})
         locked = learning.lock_task(session, row.id)
         assert locked is not None
         automation.activate(session, row, version, actor, request_id=request_id())

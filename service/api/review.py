@@ -51,6 +51,7 @@ def _optional_body(schema: Any) -> dict[str, Any]:
 @require_roles("reviewer")
 def claim(task: str) -> Any:
     """Lease the next case: past-SLA first, then audit-flagged, then oldest."""
+    review_service.require_person(current_actor())  # before the body: refuse first
     data = _optional_body(ClaimRequestSchema())
     with unit_of_work() as session:
         claimed = review_service.claim(
@@ -77,6 +78,7 @@ def claim(task: str) -> Any:
 @require_roles("reviewer")
 def review(case_id: str) -> dict[str, Any]:
     """Decide a leased case. Resolves it exactly once (a late second submit gets 409)."""
+    review_service.require_person(current_actor())  # before the body: refuse first
     with unit_of_work() as session:
         case_service.get_case(session, case_id, current_actor())  # scope before validation
         data = load(ReviewRequestSchema(), json_body())

@@ -19,6 +19,11 @@ FIELD_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\- ]{0,99}$")
 FIELD_TYPES = ("text", "category", "number", "boolean")
 
 
+#: Labels are shown, exported and compared as text: a NUL (which PostgreSQL cannot store in
+#: text and which no person can type) is refused with the field named.
+NO_NUL = validate.Regexp(r"^[^\x00]*$", error="Must not contain NUL characters.")
+
+
 class StrictSchema(Schema):
     class Meta:
         unknown = RAISE
@@ -29,16 +34,14 @@ class FieldSpecSchema(StrictSchema):
     type = mf.String(required=True, validate=validate.OneOf(FIELD_TYPES))
     required = mf.Boolean(load_default=True)
     max_length = mf.Integer(
-        load_default=None, allow_none=True, validate=validate.Range(1, 1_000_000)
+        strict=True, load_default=None, allow_none=True, validate=validate.Range(1, 1_000_000)
     )
 
 
 class PolicySchema(StrictSchema):
     target_error = mf.Float(load_default=0.02, validate=validate.Range(0.0001, 0.5))
     confidence = mf.Float(load_default=0.95, validate=validate.Range(0.5, 0.9999))
-    audit_rate = mf.Float(
-        load_default=0.05, validate=validate.Range(0.0, 1.0, min_inclusive=False)
-    )
+    audit_rate = mf.Float(load_default=0.05, validate=validate.Range(0.0, 1.0, min_inclusive=False))
     cold_start_audit_rate = mf.Float(
         load_default=0.3,
         validate=validate.Range(0.0, 1.0, min_inclusive=False),
@@ -47,9 +50,11 @@ class PolicySchema(StrictSchema):
             "automated; a larger sample certifies sooner, at the price of training data"
         },
     )
-    min_labels = mf.Integer(load_default=200, validate=validate.Range(10, 10_000_000))
+    min_labels = mf.Integer(strict=True, load_default=200, validate=validate.Range(10, 10_000_000))
     max_coverage_step = mf.Float(load_default=0.10, validate=validate.Range(0.001, 1.0))
-    retrain_every = mf.Integer(load_default=100, validate=validate.Range(10, 10_000_000))
+    retrain_every = mf.Integer(
+        strict=True, load_default=100, validate=validate.Range(10, 10_000_000)
+    )
     never_automate = mf.List(mf.String(), load_default=list)
     label_targets = mf.Dict(
         keys=mf.String(),
@@ -76,9 +81,11 @@ class PolicySchema(StrictSchema):
 
 class ReviewSettingsSchema(StrictSchema):
     instructions = mf.String(load_default="", validate=validate.Length(max=50_000))
-    lease_seconds = mf.Integer(load_default=300, validate=validate.Range(10, 86_400))
-    reviewers_per_case = mf.Integer(load_default=1, validate=validate.Range(1, 5))
-    sla_seconds = mf.Integer(load_default=86_400, validate=validate.Range(60, 31_536_000))
+    lease_seconds = mf.Integer(strict=True, load_default=300, validate=validate.Range(10, 86_400))
+    reviewers_per_case = mf.Integer(strict=True, load_default=1, validate=validate.Range(1, 5))
+    sla_seconds = mf.Integer(
+        strict=True, load_default=86_400, validate=validate.Range(60, 31_536_000)
+    )
 
 
 class WebhookSchema(StrictSchema):
@@ -97,7 +104,7 @@ class TaskCreateSchema(StrictSchema):
         ),
     )
     labels = mf.List(
-        mf.String(validate=validate.Length(1, 200)),
+        mf.String(validate=[validate.Length(1, 200), NO_NUL]),
         required=True,
         validate=validate.Length(min=2, max=1000),
     )
@@ -141,9 +148,9 @@ class PolicyPatchSchema(PolicySchema):
     confidence = mf.Float(validate=validate.Range(0.5, 0.9999))
     audit_rate = mf.Float(validate=validate.Range(0.0, 1.0, min_inclusive=False))
     cold_start_audit_rate = mf.Float(validate=validate.Range(0.0, 1.0, min_inclusive=False))
-    min_labels = mf.Integer(validate=validate.Range(10, 10_000_000))
+    min_labels = mf.Integer(strict=True, validate=validate.Range(10, 10_000_000))
     max_coverage_step = mf.Float(validate=validate.Range(0.001, 1.0))
-    retrain_every = mf.Integer(validate=validate.Range(10, 10_000_000))
+    retrain_every = mf.Integer(strict=True, validate=validate.Range(10, 10_000_000))
     never_automate = mf.List(mf.String())
     label_targets = mf.Dict(keys=mf.String(), values=mf.Float(validate=validate.Range(0.0001, 0.5)))
     certification_margin = mf.Float(validate=validate.Range(0.0, 0.5))
@@ -152,9 +159,9 @@ class PolicyPatchSchema(PolicySchema):
 
 class ReviewPatchSchema(ReviewSettingsSchema):
     instructions = mf.String(validate=validate.Length(max=50_000))
-    lease_seconds = mf.Integer(validate=validate.Range(10, 86_400))
-    reviewers_per_case = mf.Integer(validate=validate.Range(1, 5))
-    sla_seconds = mf.Integer(validate=validate.Range(60, 31_536_000))
+    lease_seconds = mf.Integer(strict=True, validate=validate.Range(10, 86_400))
+    reviewers_per_case = mf.Integer(strict=True, validate=validate.Range(1, 5))
+    sla_seconds = mf.Integer(strict=True, validate=validate.Range(60, 31_536_000))
 
 
 class OptionalFieldSpecSchema(FieldSpecSchema):
@@ -170,7 +177,7 @@ class TaskPatchSchema(StrictSchema):
     policy = mf.Nested(PolicyPatchSchema)
     review = mf.Nested(ReviewPatchSchema)
     webhook = mf.Nested(WebhookSchema, allow_none=True)
-    add_labels = mf.List(mf.String(validate=validate.Length(1, 200)))
+    add_labels = mf.List(mf.String(validate=[validate.Length(1, 200), NO_NUL]))
     add_fields = mf.List(mf.Nested(OptionalFieldSpecSchema))
 
 

@@ -132,9 +132,11 @@ def request_hash(body: Any) -> str:
 def _check_item(rt: TaskRuntime, item: PredictRequest, max_text: int) -> dict[str, Any]:
     errors: dict[str, Any] = {}
     if item.external_id is not None and (
-        not isinstance(item.external_id, str) or not 1 <= len(item.external_id) <= 200
+        not isinstance(item.external_id, str)
+        or not 1 <= len(item.external_id) <= 200
+        or "\x00" in item.external_id
     ):
-        errors["external_id"] = ["Must be a string of 1 to 200 characters."]
+        errors["external_id"] = ["Must be a string of 1 to 200 characters, without NUL."]
     if not isinstance(item.force_review, bool):
         errors["force_review"] = ["Not a boolean (use true or false)."]
     try:

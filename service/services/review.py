@@ -57,11 +57,13 @@ def _review_settings(task: Task) -> tuple[int, int, int]:
     )
 
 
-def _require_person(actor: Actor) -> int:
-    """Reviews are decisions of people: only a logged-in user can hold a lease."""
+def require_person(actor: Actor) -> int:
+    """Reviews are decisions of people: only a signed-in user, or a token bound to a user's
+    account, can hold a lease. Checked before a request body is even read."""
     if actor.kind != "user" or actor.id is None:
         raise Forbidden(
-            "reviews are made by people: sign in to the review UI (API tokens cannot review)",
+            "reviews are made by people: sign in to the review UI, or use a token bound to "
+            "your account (tandem token create --role reviewer --user EMAIL)",
             {"actor": actor.kind},
         )
     if actor.role not in ("reviewer", "admin"):
@@ -153,7 +155,7 @@ def claim(
     A reviewer holds at most one lease per task: claiming again returns (and renews) the
     case they already hold, so a reload or a second tab never strands a case.
     """
-    user_id = _require_person(actor)
+    user_id = require_person(actor)
     task = get_task(session, task_name, actor)
     lease_seconds, _, sla_seconds = _review_settings(task)
     exclude = list(dict.fromkeys(exclude or []))[:MAX_EXCLUDE]
@@ -324,7 +326,7 @@ def submit_review(
     request_id: str | None = None,
 ) -> Decision:
     """Record one reviewer's decision; resolve the case when the decision completes it."""
-    user_id = _require_person(actor)
+    user_id = require_person(actor)
     case = get_case(session, case_id, actor, for_update=True)
     task = session.get(Task, case.task_id)
     assert task is not None
@@ -419,7 +421,7 @@ def submit_review(
 
 def release(session: Session, case_id: str, actor: Actor, *, request_id: str | None = None) -> Case:
     """Give a leased case back to the queue (skip). Only its lease holder may."""
-    user_id = _require_person(actor)
+    user_id = require_person(actor)
     case = get_case(session, case_id, actor, for_update=True)
     if case.queue_state != "leased" or case.lease_owner_id != user_id:
         raise _conflict_for(case, user_id)
@@ -442,7 +444,7 @@ def undo(session: Session, case_id: str, actor: Actor, *, request_id: str | None
     case since and the application has not resolved it. The review row stays (marked
     retracted); the case goes back to the reviewer, leased, as it was before the decision.
     """
-    user_id = _require_person(actor)
+    user_id = require_person(actor)
     case = get_case(session, case_id, actor, for_update=True)
     task = session.get(Task, case.task_id)
     assert task is not None

@@ -160,6 +160,65 @@ def test_ids_beyond_64_bits_are_404_not_a_database_error(client, tokens, task):
     huge = "1238612817609851928576"
     resp = client.post(f"/api/v1/webhooks/deliveries/{huge}/replay", headers=auth(tokens["admin"]))
     assert_error(resp, 404, "not_found")
-    resp = client.post(f"/api/v1/tasks/loan-review/models/{huge}/activate",
-                       headers=auth(tokens["admin"]))
+    resp = client.post(
+        f"/api/v1/tasks/loan-review/models/{huge}/activate", headers=auth(tokens["admin"])
+    )
     assert_error(resp, 404, "not_found")
+
+
+# ----------------------------------------------- issue #16: hostile input and named fields
+
+
+def raw(client: Any, url: str, body: str, token: str) -> Any:
+    return client.post(url, data=body, content_type="application/json", headers=auth(token))
+
+
+def test_hostile_values_are_422s_that_name_their_field(client, tokens, task, db) -> None:
+    huge = "1" + "0" * 400  # parses as a Python int no double can hold
+    cases = [
+        ('{"input": {"review": "x", "state": "CA", "amount": ' + huge + "}}", "input"),
+        ('{"input": {"review": "x", "state": "CA"}, "external_id": "a\\u0000b"}', "external_id"),
+    ]
+    for body, field in cases:
+        error = assert_error(raw(client, PREDICT, body, tokens["app"]), 422, "validation_error")
+        assert field in error["details"], (body[:60], error)
+    assert count_cases(db) == 0
+
+
+def test_task_settings_are_refused_rather_than_truncated(client, tokens, task) -> None:
+    before = client.get("/api/v1/tasks/loan-review", headers=auth(tokens["admin"])).json
+    for policy in ({"min_labels": 10.5}, {"retrain_every": "100"}):
+        resp = client.patch(
+            "/api/v1/tasks/loan-review", json={"policy": policy}, headers=auth(tokens["admin"])
+        )
+        error = assert_error(resp, 422, "validation_error")
+        assert "policy" in error["details"], error
+    after = client.get("/api/v1/tasks/loan-review", headers=auth(tokens["admin"])).json
+    assert after["policy"] == before["policy"]
+    resp = client.post(
+        "/api/v1/tasks",
+        json={
+            "name": "nul",
+            "labels": ["ok", "b\u0000d"],
+            "fields": [{"name": "t", "type": "text"}],
+        },
+        headers=auth(tokens["admin"]),
+    )
+    assert "labels" in assert_error(resp, 422, "validation_error")["details"]
+
+
+def test_a_model_version_beyond_the_database_range_is_not_found(client, tokens, task) -> None:
+    resp = client.post(
+        "/api/v1/tasks/loan-review/models/3000000000/activate", headers=auth(tokens["admin"])
+    )
+    assert_error(resp, 404, "not_found")
+
+
+def test_who_may_call_is_settled_before_the_body_is_read(client, tokens, task) -> None:
+    # A reviewer token not bound to a person is refused whatever it sends.
+    for url in ("/api/v1/tasks/loan-review/queue/claim", "/api/v1/cases/abc/review"):
+        resp = raw(client, url, '{"nonsense": true', tokens["reviewer"])
+        error = assert_error(resp, 403, "forbidden")
+        assert "--user" in error["message"]
+    # No token at all: 401, not a complaint about the query.
+    assert_error(client.get("/api/v1/tasks/loan-review/queue?limit=abc"), 401, "unauthorized")
