@@ -45,16 +45,29 @@ def operations(app: Any) -> list[Any]:
     return [result.ok() for result in schema.get_all_operations()]
 
 
-def make_runner(operation: Any, headers: dict[str, str]) -> Any:
+LOOPBACK_HOOK = "http://127.0.0.1:9/fuzz-hook"
+
+
+def loopback_webhooks(case: Any) -> Any:
+    """Task bodies may carry a webhook: whatever URL was generated, point it at a closed
+    loopback port, so a fuzzed task can never make anything send traffic off this machine."""
+    body = case.body
+    if isinstance(body, dict) and isinstance(body.get("webhook"), dict):
+        body["webhook"]["url"] = LOOPBACK_HOOK
+    return case
+
+
+def make_runner(operation: Any, headers: dict[str, str], statuses: list[int]) -> Any:
     @settings(
         max_examples=MAX_EXAMPLES,
         deadline=None,
         database=None,
         suppress_health_check=list(HealthCheck),
     )
-    @given(case=operation.as_strategy())
+    @given(case=operation.as_strategy().map(loopback_webhooks))
     def run(case: Any) -> None:
-        case.call_and_validate(headers=headers, checks=CHECKS)
+        response = case.call_and_validate(headers=headers, checks=CHECKS)
+        statuses.append(response.status_code)
 
     return run
 
@@ -63,11 +76,16 @@ def test_openapi_fuzz_every_operation_and_role(client: Any, fuzz_setup: dict[str
     app = client.application
     ops = operations(app)
     assert len(ops) >= 15
+    covered = {(op.method.upper(), op.path) for op in ops}
+    # Task creation and changes (webhooks included) are fuzzed too, their URLs on loopback.
+    assert {("POST", "/api/v1/tasks"), ("PATCH", "/api/v1/tasks/{task}")} <= covered
     failures: list[str] = []
+    statuses: dict[tuple[str, str, str], list[int]] = {}
     for operation in ops:
         for role in ROLES:
             headers = auth(fuzz_setup["tokens"][role])
-            run = make_runner(operation, headers)
+            seen = statuses.setdefault((role, operation.method.upper(), operation.path), [])
+            run = make_runner(operation, headers, seen)
             try:
                 run()
             except (Exception, BaseExceptionGroup) as exc:  # collect all, report together
@@ -75,3 +93,7 @@ def test_openapi_fuzz_every_operation_and_role(client: Any, fuzz_setup: dict[str
                     f"{role} {operation.method.upper()} {operation.path}: {str(exc)[:1500]}"
                 )
     assert not failures, "\n\n".join(failures)
+    # Not only refusals: the fuzzer really created tasks with generated definitions.
+    assert 201 in statuses[("admin", "POST", "/api/v1/tasks")], statuses[
+        ("admin", "POST", "/api/v1/tasks")
+    ]
