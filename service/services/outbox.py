@@ -4,6 +4,7 @@ Redis only after that change committed. A Redis outage delays work; it never los
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
@@ -56,8 +57,15 @@ def relay(session: Session, redis: Redis, *, limit: int = 500) -> int:
         queue = queues.rq_queue(spec.name, redis)
         meta = {"request_id": entry.request_id} if entry.request_id else {}
         try:
-            if entry.job_id and _already_queued(queue, entry.job_id):
-                pass
+            live = _live_job_created_at(queue, entry.job_id) if entry.job_id else None
+            if live is not None and live < entry.created_at:
+                # An earlier run with this id is still queued or running (a training job
+                # that has just finished its work but not yet returned): enqueueing now would
+                # be refused as a duplicate and this request would be lost ("queued" with
+                # nothing queued). Leave the entry pending: the next relay sends it.
+                continue
+            if live is not None:
+                pass  # this entry's own job, sent by a relay whose commit was lost
             else:
                 queue.enqueue(
                     entry.func,
@@ -80,21 +88,25 @@ def relay(session: Session, redis: Redis, *, limit: int = 500) -> int:
     return sent
 
 
-def _already_queued(queue: Queue, job_id: str) -> bool:
-    """True when a job with this id is waiting or running (so we must not start another)."""
+def _live_job_created_at(queue: Queue, job_id: str) -> datetime | None:
+    """When the job with this id that is waiting or running was created; None if none is
+    (so one may be enqueued now)."""
     from rq.job import Job, JobStatus
 
     try:
         job = Job.fetch(job_id, connection=queue.connection, serializer=queues.SERIALIZER)
     except Exception:  # NoSuchJobError and deserialisation problems alike: not live
-        return False
+        return None
     status = job.get_status(refresh=False)
-    return status in (
+    if status not in (
         JobStatus.QUEUED,
         JobStatus.STARTED,
         JobStatus.DEFERRED,
         JobStatus.SCHEDULED,
-    )
+    ):
+        return None
+    created = job.created_at or datetime.now(UTC)
+    return created if created.tzinfo else created.replace(tzinfo=UTC)
 
 
 def pending_count(session: Session) -> int:

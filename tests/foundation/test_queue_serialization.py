@@ -6,6 +6,7 @@ import json
 import zlib
 
 from service.db import transaction
+from service.models import OutboxEntry
 from service.queues import TRAINING
 from service.redis_conn import get_redis
 from service.services import outbox
@@ -21,10 +22,39 @@ def test_outbox_relays_json_payloads(app, redis_conn):
     payload = json.loads(zlib.decompress(raw))
     assert payload[0] == "workers.jobs.training.train_task"
     assert payload[3] == {"task_id": 424242}
-    # a second relay of the same deterministic id does not start a second job
+    # A second request with the same deterministic id never runs beside the first: it waits
+    # while the first is live, and is sent once it is done (before, it was marked sent and
+    # dropped: a training request answered 202 and never ran — issue #16).
     with transaction() as session:
-        outbox.defer(session, "workers.jobs.training.train_task", queue=TRAINING,
-                     job_id="train-task-424242", task_id=424242)
+        second = outbox.defer(session, "workers.jobs.training.train_task", queue=TRAINING,
+                              job_id="train-task-424242", task_id=424242)
+        session.flush()
+        second_id = second.id
     with transaction() as session:
-        outbox.relay(session, get_redis())
+        assert outbox.relay(session, get_redis()) == 0
     assert redis_conn.lrange("rq:queue:training", 0, -1) == [b"train-task-424242"]
+    with transaction() as session:
+        assert session.get(OutboxEntry, second_id).enqueued_at is None
+    from rq.job import Job
+
+    from service.queues import SERIALIZER
+
+    first = Job.fetch("train-task-424242", connection=redis_conn, serializer=SERIALIZER)
+    redis_conn.lrem("rq:queue:training", 0, "train-task-424242")
+    first.set_status("finished")  # the first run is over
+    with transaction() as session:
+        assert outbox.relay(session, get_redis()) == 1
+        assert session.get(OutboxEntry, second_id).enqueued_at is not None
+    assert redis_conn.lrange("rq:queue:training", 0, -1) == [b"train-task-424242"]
+
+
+def test_a_relay_whose_commit_was_lost_does_not_enqueue_twice(app, redis_conn):
+    with transaction() as session:
+        entry = outbox.defer(session, "workers.jobs.training.train_task", queue=TRAINING,
+                             job_id="train-task-515151", task_id=515151)
+    with transaction() as session:
+        assert outbox.relay(session, get_redis()) == 1
+        session.get(OutboxEntry, entry.id).enqueued_at = None  # as if that commit was lost
+    with transaction() as session:
+        assert outbox.relay(session, get_redis()) == 1  # marked sent, not sent again
+    assert redis_conn.lrange("rq:queue:training", 0, -1) == [b"train-task-515151"]

@@ -65,3 +65,49 @@ def test_no_child_of_a_worker_outlives_it(settings: Any, redis_conn: Any, how: i
         for child in psutil.Process().children(recursive=True):
             if "service.cli" in " ".join(child.cmdline()):
                 child.kill()
+
+
+def test_a_job_whose_worker_was_killed_runs_again_within_a_minute_or_two(
+    settings: Any, redis_conn: Any, tmp_path: Any
+) -> None:
+    """Issue #16: after `kill -9` of the worker mid-training the job stayed "started" with a
+    dead process for 10.5 minutes (RQ's 90 s heartbeat slack, then a sweep every 10
+    minutes). Now its heartbeat lapses after 30 s and live workers sweep every 30 s."""
+    from rq import Retry
+    from rq.job import Job
+
+    from service import queues
+
+    marker = tmp_path / "first-run"
+    queue = queues.rq_queue("maintenance", redis_conn)
+    queue.enqueue(
+        "tests.ops.ops_jobs.stall_once",
+        kwargs={"marker": str(marker)},
+        job_id="stall-once",
+        retry=Retry(max=2, interval=[1]),
+        job_timeout=900,
+    )
+    first = start_worker(settings)
+    second = None
+    try:
+        wait_for(marker.exists, 90, "the job never started")
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+        killed_at = time.monotonic()
+        second = start_worker(settings)
+
+        def finished() -> bool:
+            job = Job.fetch("stall-once", connection=redis_conn, serializer=queues.SERIALIZER)
+            return job.get_status() == "finished"
+
+        wait_for(finished, 150, "the abandoned job was not run again")
+        assert time.monotonic() - killed_at < 150
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()

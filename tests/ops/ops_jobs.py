@@ -13,3 +13,17 @@ log = logging.getLogger("tandem.test.job")
 def log_line(text: str) -> str:
     log.info("job says %s", text)
     return text
+
+
+@job
+def stall_once(marker: str) -> str:
+    """The first run leaves a marker and then hangs (to be killed with its worker); a retry
+    sees the marker and finishes at once."""
+    import os
+    import time
+
+    if not os.path.exists(marker):
+        with open(marker, "w") as fh:
+            fh.write(str(os.getpid()))
+        time.sleep(600)
+    return "done"
