@@ -176,8 +176,8 @@ def same_origin_path(target: str) -> str | None:
     ``/%09/evil.example`` or ``/%5C/evil.example`` would become ``//evil.example``, another
     host: any whitespace, control character or backslash disqualifies a target, as do a
     scheme or a host."""
-    if not target.startswith("/") or target.startswith("//"):
-        return None
+    if not target.startswith("/") or "//" in target or "/." in target:
+        return None  # no host, and no dot segments that a browser would fold into one
     if "\\" in target or any(ch.isspace() or not ch.isprintable() for ch in target):
         return None
     parts = urlsplit(target)

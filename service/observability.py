@@ -453,7 +453,10 @@ class TerminalFormatter(logging.Formatter):
     """One short readable line for a person at the terminal (embedded mode)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"tandem {record.levelname.lower()}: {redact(record.getMessage())}"
+        # One line: the first of the message (RQ puts whole tracebacks into its messages);
+        # the full record is in the log file.
+        first = redact(record.getMessage()).strip().splitlines() or [""]
+        line = f"tandem {record.levelname.lower()}: {first[0][:300]}"
         if record.exc_info:
             line += f" ({record.exc_info[0].__name__ if record.exc_info[0] else 'error'})"
         return line

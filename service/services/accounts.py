@@ -195,7 +195,11 @@ def authenticate_token(session: Session, token: str) -> Actor | None:
     if now - last_touch > LAST_USED_RESOLUTION_SECONDS:
         session.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=utcnow()))
         last_touch = now
-    _token_cache[digest] = (now + TOKEN_CACHE_SECONDS, actor, last_touch)
+    # A token that acts for a person is never cached: deactivating the person or resetting
+    # their password (from any process, the command line included) stops it at its very
+    # next request. Such tokens serve people's decisions, not the predict hot path.
+    expires = now + (0.0 if row.user_id is not None else TOKEN_CACHE_SECONDS)
+    _token_cache[digest] = (expires, actor, last_touch)
     return actor
 
 

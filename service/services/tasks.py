@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.errors import Conflict, NotFound, ValidationFailed
+from service.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from service.models import Case, Job, Task
 from service.policy import Policy, effective_audit_rate
 from service.services import audit
@@ -33,6 +33,12 @@ def list_tasks(session: Session, actor: Actor) -> list[Task]:
 
 def create_task(session: Session, data: dict[str, Any], actor: Actor) -> Task:
     """``data`` is already validated by ``TaskCreateSchema``."""
+    if actor.task_scope is not None:
+        # A new task lies outside any scope: creating one is for admins of every task (a
+        # scoped admin could otherwise squat names it can then not even see).
+        raise Forbidden(
+            "only an admin for every task can create tasks", {"task_scope": list(actor.task_scope)}
+        )
     if session.scalar(select(Task.id).where(Task.name == data["name"])) is not None:
         raise Conflict(f"task {data['name']!r} already exists", {"name": [data["name"]]})
     webhook = data.get("webhook") or {}

@@ -197,7 +197,7 @@ def test_method_not_allowed_says_which_methods_are(client: Any) -> None:
     "target",
     ["/%09/evil.example", "/%0a/evil.example", "/%0d%0a/x", "/%5C/evil.example",
      "/%5C%5Cevil.example", "//evil.example", "https://evil.example/", "/ /evil.example",
-     "javascript:alert(1)", "/%e2%80%a8/evil.example"],
+     "javascript:alert(1)", "/%e2%80%a8/evil.example", "/..//evil.example", "/a//b"],
 )  # fmt: skip
 def test_login_never_redirects_off_site(
     flask_app: Any, db: Any, redis_conn: Any, target: str

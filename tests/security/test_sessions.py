@@ -177,3 +177,32 @@ def test_the_cli_deactivates_reactivates_and_resets(
     assert state() == (True, 2)
     missing = tandem("deactivate", "nobody@example.com")
     assert missing.returncode != 0 and "nobody@example.com" in missing.stderr
+
+
+def test_a_bound_token_stops_at_once_when_another_process_deactivates_its_person(
+    flask_app: Any, people: Any, engine: Any, db: Any
+) -> None:
+    """The command line runs in its own process and cannot clear a web process's token
+    cache: a token acting for a person is therefore never cached."""
+    from sqlalchemy import update
+
+    client = flask_app.test_client()
+    token = people["ann_token"]
+    assert client.get("/api/v1/tasks", headers=auth(token)).status_code == 200  # seen now
+    db.execute(update(User).where(User.email == "ann@example.com").values(active=False))
+    db.flush()  # as `tandem user deactivate` would commit from another process
+    assert client.get("/api/v1/tasks", headers=auth(token)).status_code == 401
+
+
+def test_only_an_admin_of_every_task_creates_tasks(flask_app: Any, people: Any) -> None:
+    from service.db import transaction
+    from service.services.accounts import create_token
+
+    with transaction() as session:
+        local = create_token(
+            session, role="admin", name="local", task_scope=["loan-review"], actor=SYSTEM
+        ).token
+    body = {"name": "squatted", "labels": ["a", "b"], "fields": [{"name": "t", "type": "text"}]}
+    client = flask_app.test_client()
+    assert client.post("/api/v1/tasks", json=body, headers=auth(local)).status_code == 403
+    assert client.post("/api/v1/tasks", json=body, headers=auth(people["admin"])).status_code == 201
