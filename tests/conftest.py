@@ -62,34 +62,24 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def settings(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from service.config import Settings
-
-    home = tmp_path_factory.mktemp(f"tandem-home-{backend}")
-    if backend == "postgresql":
-        yield Settings(
-            database_url=TEST_DATABASE_URL,
-            redis_url=TEST_REDIS_URL,
-            home=home,
-            secret_key=SECRET_KEY,
-            embedded=False,
-            testing=True,
-            session_cookie_secure=False,
-        )
-        return
     from service.runner import EmbeddedRedis
 
-    redis = EmbeddedRedis(home)  # the product's own: the URL file under home, as `serve` does
+    home = tmp_path_factory.mktemp(f"tandem-home-{backend}")
+    # SQLite gets the product's own embedded Redis: the URL file under home, as `serve` does.
+    redis = EmbeddedRedis(home) if backend == "sqlite" else None
     try:
         yield Settings(
-            database_url=f"sqlite:///{home / 'tandem.db'}",
-            redis_url=redis.url,
+            database_url=f"sqlite:///{home / 'tandem.db'}" if redis else TEST_DATABASE_URL,
+            redis_url=redis.url if redis else TEST_REDIS_URL,
             home=home,
             secret_key=SECRET_KEY,
-            embedded=True,
+            embedded=redis is not None,
             testing=True,
             session_cookie_secure=False,
         )
     finally:
-        redis.close()
+        if redis is not None:
+            redis.close()
 
 
 def backend_env(settings: Any) -> dict[str, str]:

@@ -147,3 +147,18 @@ def json_schema_of(node: Any) -> Any:
     if isinstance(converted.get("type"), str):
         return {**converted, "type": [converted["type"], "null"]}
     return {"anyOf": [converted, {"type": "null"}]}
+
+
+def stop_process(proc: Any, timeout: float = 30) -> None:
+    """SIGTERM a process a test started, then SIGKILL it if it does not stop in time."""
+    import signal
+    import subprocess
+
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

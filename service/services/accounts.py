@@ -86,9 +86,7 @@ def visible_tokens(session: Session, actor: Actor) -> list[ApiToken]:
     """The tokens an admin may see and revoke: those within the admin's scope."""
     tokens = session.scalars(select(ApiToken).order_by(ApiToken.id.desc())).all()
     users = {u.id: u for u in session.scalars(select(User)).all()}
-    return [
-        t for t in tokens if covers(actor, effective_scope(t, users.get(t.user_id or -1)))
-    ]
+    return [t for t in tokens if covers(actor, effective_scope(t, users.get(t.user_id or -1)))]
 
 
 @dataclass
@@ -327,14 +325,7 @@ def deactivate_user(session: Session, user: User, actor: Actor) -> User:
     if user.id == actor.id and actor.kind == "user":
         raise Conflict("you cannot deactivate yourself", {"email": [user.email]})
     user.active = False
-    end_sessions(user)
-    revoked = _revoke_user_tokens(session, user)
-    audit.record(
-        session,
-        "user.deactivated",
-        actor,
-        details={"user_id": user.id, "tokens_revoked": revoked},
-    )
+    _cut_off(session, user, actor, "user.deactivated")
     return user
 
 
@@ -353,12 +344,12 @@ def reset_password(session: Session, user: User, password: str, actor: Actor) ->
     if len(password) < 8:
         raise ValidationFailed("password too short", {"password": ["At least 8 characters."]})
     user.password_hash = hash_password(password)
+    _cut_off(session, user, actor, "user.password_reset")
+    return user
+
+
+def _cut_off(session: Session, user: User, actor: Actor, action: str) -> None:
+    """End every session and every bound token of the user, and record why."""
     end_sessions(user)
     revoked = _revoke_user_tokens(session, user)
-    audit.record(
-        session,
-        "user.password_reset",
-        actor,
-        details={"user_id": user.id, "tokens_revoked": revoked},
-    )
-    return user
+    audit.record(session, action, actor, details={"user_id": user.id, "tokens_revoked": revoked})

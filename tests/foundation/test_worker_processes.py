@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from tests.conftest import backend_env
+from tests.helpers import stop_process
 from workers.schedule import LEADER_LOCK
 
 pytestmark = pytest.mark.timeout(180)
@@ -104,10 +105,4 @@ def test_a_job_whose_worker_was_killed_runs_again_within_a_minute_or_two(
         assert time.monotonic() - killed_at < 150
     finally:
         for proc in (first, second):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)

@@ -26,7 +26,7 @@ from service.demo import CREDIT_FIELDS, read_rows
 from service.models import Job, ModelVersion, Task
 from service.policy import clopper_pearson_lower
 from tests.conftest import backend_env
-from tests.helpers import auth, make_token
+from tests.helpers import auth, make_token, stop_process
 
 # Real worker processes and several trainings per replay: minutes, more on a loaded machine.
 pytestmark = pytest.mark.timeout(1800)
@@ -62,12 +62,7 @@ def start_worker(committed_db: Any, redis_conn: Any, settings: Any) -> Iterator[
 
     yield start
     for proc in procs:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=20)
 
 
 def _job_row(session: Any, task_name: str) -> Job | None:

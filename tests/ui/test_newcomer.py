@@ -14,7 +14,6 @@ import io
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import pytest
 
 from service.demo import CREDIT_FIELDS, read_rows
 from tests.foundation.test_embedded_mode import free_port, wait_ready
-from tests.helpers import redis_servers_under
+from tests.helpers import redis_servers_under, stop_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.timeout(600)]
 
@@ -176,13 +175,7 @@ def test_a_newcomer_runs_the_demo_loses_nothing_and_stops_it_cleanly(
         family = [demo.pid, *(p.pid for p in psutil.Process(demo.pid).children(recursive=True))]
         assert len(family) >= 3, family  # web server, its worker(s), the RQ worker, Redis
     finally:
-        if demo.poll() is None:
-            demo.send_signal(signal.SIGTERM)
-        try:
-            demo.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            demo.kill()
-            demo.wait()
+        stop_process(demo, timeout=60)  # SIGTERM to the demo's own process only
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and any(alive(pid) for pid in family):
         time.sleep(0.5)
