@@ -195,7 +195,7 @@ def _user_change(email: str, change: str, password: str = "") -> None:
 
     app = make_app()
     with app.app_context(), transaction() as session:
-        target = accounts.find_user(session, email, cli_actor())
+        target = accounts.find_user(session, cli_actor(), email=email)
         if change == "deactivate":
             accounts.deactivate_user(session, target, cli_actor())
         elif change == "reactivate":

@@ -101,20 +101,21 @@ def stream_export(task: str) -> Response:
 
     def generate() -> Iterator[bytes]:
         session = read_only(db_session())
+        failure: Exception | None = None
         try:
             task_row = session.get(Task, task_id)
             assert task_row is not None
             yield from export_service.stream_export(session, task_row, spec)
         except Exception as exc:
-            # Never a silent truncated 200: logged, audited, and (before the first byte) an
-            # error status; after it the transfer is cut short and the client sees it so.
-            session.rollback()
-            db_session.remove()
-            _record_failure(task_id, actor, spec.format, exc)
+            failure = exc
             raise
         finally:
             session.rollback()
             db_session.remove()
+            if failure is not None:
+                # Never a silent truncated 200: logged, audited, and (before the first byte)
+                # an error status; after it the transfer is cut short and the client sees so.
+                _record_failure(task_id, actor, spec.format, failure)
 
     chunks = generate()
     try:
@@ -145,13 +146,8 @@ def _record_failure(task_id: int, actor: Any, fmt: str, exc: Exception) -> None:
     log.error("export of task %s (%s) failed: %s", task_id, fmt, type(exc).__name__, exc_info=exc)
     try:
         with unit_of_work() as session:
-            audit.record(
-                session,
-                "export.failed",
-                actor,
-                task_id=task_id,
-                details={"channel": "api", "format": fmt, "error": type(exc).__name__},
-                request_id=request_id(),
+            export_service.record_stream_failed(
+                session, task_id, fmt, exc, actor, request_id=request_id()
             )
     except Exception:  # the database itself may be what failed: the log line stands
         log.warning("export.failed could not be recorded", exc_info=False)

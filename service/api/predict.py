@@ -19,7 +19,7 @@ from service.schemas.cases import (
 )
 from service.schemas.common import ApiErrorSchema
 from service.services import predict as predict_service
-from service.text_check import ensure_valid_text
+from service.text_check import ensure_valid_text, may_hold_surrogates
 
 blp = Blueprint("predict", __name__, url_prefix="/api/v1", description="Send cases")
 
@@ -97,7 +97,9 @@ def predict(task: str) -> Response:
     return resp
 
 
-def _batch_items(body: Any, limit: int) -> list[predict_service.PredictRequest | dict[str, Any]]:
+def _batch_items(
+    body: Any, limit: int, *, check_text: bool
+) -> list[predict_service.PredictRequest | dict[str, Any]]:
     if (
         not isinstance(body, dict)
         or set(body) - {"items"}
@@ -113,7 +115,8 @@ def _batch_items(body: Any, limit: int) -> list[predict_service.PredictRequest |
     items: list[predict_service.PredictRequest | dict[str, Any]] = []
     for i, raw in enumerate(raw_items):
         try:
-            ensure_valid_text(raw, f"items.{i}")
+            if check_text:
+                ensure_valid_text(raw, f"items.{i}")
             items.append(_item(raw, where=f"items.{i}"))
         except ValidationFailed as exc:
             items.append(
@@ -136,7 +139,11 @@ def predict_batch(task: str) -> Response:
     with unit_of_work() as session:
         runtime = predict_service.authorize(session, task, current_actor())
         # Text is checked per item: a bad item gets its error in place, the rest are stored.
-        items = _batch_items(json_body(check_text=False), settings.max_batch_items)
+        items = _batch_items(
+            json_body(check_text=False),
+            settings.max_batch_items,
+            check_text=may_hold_surrogates(request.get_data(cache=True)),
+        )
         good = [x for x in items if isinstance(x, predict_service.PredictRequest)]
         results = iter(
             predict_service.predict_batch(

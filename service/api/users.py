@@ -5,26 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from flask_smorest import Blueprint
-from sqlalchemy import select
 
 from service.api.auth import current_actor, require_roles, roles_doc
 from service.api.common import json_body, unit_of_work
 from service.api.tasks import load
-from service.errors import NotFound
 from service.models import User
 from service.schemas.common import ApiErrorSchema
 from service.schemas.users import PasswordResetSchema, UserListSchema, UserViewSchema
 from service.services import accounts
-from service.services.audit import Actor
 
 blp = Blueprint("users", __name__, url_prefix="/api/v1", description="People's accounts")
-
-
-def _user(session: Any, user_id: int, actor: Actor) -> User:
-    user = session.scalar(select(User).where(User.id == user_id))
-    if user is None or not accounts.covers(actor, user.task_scope):
-        raise NotFound("user not found", {"user_id": user_id})
-    return user
 
 
 @blp.route("/users", methods=["GET"])
@@ -47,7 +37,9 @@ def deactivate(user_id: int) -> User:
     """Stop the person signing in; their sessions and tokens end at once."""
     with unit_of_work() as session:
         actor = current_actor()
-        return accounts.deactivate_user(session, _user(session, user_id, actor), actor)
+        return accounts.deactivate_user(
+            session, accounts.find_user(session, actor, user_id=user_id), actor
+        )
 
 
 @blp.route("/users/<int:user_id>/reactivate", methods=["POST"])
@@ -59,7 +51,9 @@ def reactivate(user_id: int) -> User:
     """Let a deactivated person sign in again (revoked tokens stay revoked)."""
     with unit_of_work() as session:
         actor = current_actor()
-        return accounts.reactivate_user(session, _user(session, user_id, actor), actor)
+        return accounts.reactivate_user(
+            session, accounts.find_user(session, actor, user_id=user_id), actor
+        )
 
 
 @blp.route("/users/<int:user_id>/password", methods=["POST"])
@@ -78,6 +72,6 @@ def reset_password(user_id: int) -> User:
     """Set a new password; every session and token of that person ends."""
     with unit_of_work() as session:
         actor = current_actor()
-        user = _user(session, user_id, actor)
+        user = accounts.find_user(session, actor, user_id=user_id)
         data = load(PasswordResetSchema(), json_body())
         return accounts.reset_password(session, user, data["password"], actor)

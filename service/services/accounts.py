@@ -286,11 +286,15 @@ def user_actor(user: User) -> Actor:
 # ---------------------------------------------------------------- account lifecycle
 
 
-def find_user(session: Session, email: str, actor: Actor) -> User:
-    """A user the actor may manage (within its scope), by e-mail; others are not found."""
-    user = session.scalar(select(User).where(User.email == email.strip().lower()))
+def find_user(session: Session, actor: Actor, *, email: str = "", user_id: int = 0) -> User:
+    """A user the actor may manage (within its scope), by e-mail or id; others are not
+    found (a scoped admin learns nothing of accounts outside its scope)."""
+    if user_id:
+        user = session.get(User, user_id)
+    else:
+        user = session.scalar(select(User).where(User.email == email.strip().lower()))
     if user is None or not covers(actor, user.task_scope):
-        raise NotFound(f"no user {email!r}", {"email": [email]})
+        raise NotFound(f"user {email or user_id} not found", {"user": [email or user_id]})
     return user
 
 

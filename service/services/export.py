@@ -476,9 +476,7 @@ def iter_batches(
             while rows := cursor.fetchmany(size):
                 yield _to_batch(rows, task, schema)
         return
-    result = session.execute(
-        stmt, execution_options={"stream_results": True, "yield_per": size}
-    )
+    result = session.execute(stmt, execution_options={"stream_results": True, "yield_per": size})
     try:
         for partition in result.partitions(size):
             yield _to_batch(list(partition), task, schema)
@@ -716,6 +714,26 @@ def build_manifest(
 def download_name(task: Task, fmt: str, stamp: datetime | None = None) -> str:
     when = (stamp or utcnow()).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     return _FILENAME_SAFE.sub("_", f"{task.name}-export-{when}.{fmt}")
+
+
+def record_stream_failed(
+    session: Session,
+    task_id: int,
+    fmt: str,
+    error: BaseException,
+    actor: Actor,
+    *,
+    request_id: str | None = None,
+) -> None:
+    """The ``export.failed`` audit event of a direct export that could not be written."""
+    audit.record(
+        session,
+        "export.failed",
+        actor,
+        task_id=task_id,
+        details={"channel": "api", "format": fmt, "error": type(error).__name__},
+        request_id=request_id,
+    )
 
 
 def record_streamed(
