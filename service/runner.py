@@ -202,25 +202,45 @@ def serve(*, host: str, port: int, web_workers: int | None, demo: bool = False) 
     _granian(app, host, port, server_options)
 
 
-def _announce_when_ready(url: str, timeout: float = 120.0) -> None:
+def _announce_when_ready(url: str, timeout: float = 120.0) -> subprocess.Popen[bytes]:
     """Say "Ready" on the terminal once the web server answers, so a person knows when to
-    open the page (the banner is printed while it is still starting)."""
-    import threading
+    open the page (the banner is printed while it is still starting).
 
+    It waits in a child process, never in a thread: granian forks its workers from this
+    process right after, and a fork while another thread holds a lock (here an import lock
+    inside ``encodings``, taken by httpx) leaves the forked worker waiting on it for ever —
+    the web server then accepted connections and answered none (found as a test that
+    timed out on /readyz once in a few runs on a busy machine).
+    """
+    code = (
+        "import sys; from service.runner import wait_and_announce; "
+        "wait_and_announce(sys.argv[1], float(sys.argv[2]))"
+    )
+    announcer = subprocess.Popen([sys.executable, "-c", code, url, str(timeout)])
+
+    def _stop() -> None:
+        if announcer.poll() is None:
+            announcer.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                announcer.wait(timeout=5)
+
+    atexit.register(_stop)
+    return announcer
+
+
+def wait_and_announce(url: str, timeout: float) -> None:
+    """Poll ``/healthz`` until it answers, then print the "Ready" line (run by the child above)."""
     import httpx
 
-    def wait() -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    print(f"Ready: {url}/", file=sys.stderr, flush=True)
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-
-    threading.Thread(target=wait, name="tandem-ready", daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                print(f"Ready: {url}/", file=sys.stderr, flush=True)
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
 
 
 def _verbose() -> bool:

@@ -127,3 +127,32 @@ def test_serve_refuses_zero_workers_on_the_command_line():
     result = CliRunner().invoke(main, ["serve", "--workers", "0"])
     assert result.exit_code == 2
     assert "--workers" in result.output
+
+
+@pytest.mark.slow
+def test_embedded_serve_runs_no_other_thread_when_the_web_server_forks(tmp_path):
+    """granian forks its workers from the serving process: a thread alive at that moment may
+    hold a lock the forked worker then waits on for ever (an import lock held by the "Ready"
+    announcer hung every request of a worker, once in a few starts on a busy machine)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, threading\n"
+        "import service.runner as runner\n"
+        "def fake_granian(app, host, port, options):\n"
+        "    print('threads at fork:', sorted(t.name for t in threading.enumerate()))\n"
+        "runner._granian = fake_granian\n"
+        "runner.serve(host='127.0.0.1', port=int(sys.argv[1]), web_workers=None)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(TANDEM_HOME=str(tmp_path / "home"))
+    done = subprocess.run(
+        [sys.executable, "-c", probe, "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "threads at fork: ['MainThread']" in done.stdout, done.stdout + done.stderr
