@@ -121,6 +121,9 @@ class Task(Base):
     audit_multiplier: Mapped[float] = mapped_column(Float, default=1.0)
     widening_frozen: Mapped[bool] = mapped_column(Boolean, default=False)
     automation_changed_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    # Start of the current ledger epoch (None: since the task began). A fallback starts a new
+    # one: recovery is certified on audits drawn after the alarm only (docs/policy.md).
+    ledger_since: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     # Human labels recorded since the last training was triggered (retrain_every trigger).
     labels_since_training: Mapped[int] = mapped_column(Integer, default=0)
     # Bumped on every change so per-process caches can check freshness with one cheap query.

@@ -1,4 +1,4 @@
-"""Tandem's automation policy (SPEC §4): pure functions, no Flask, no database.
+"""Tandem's automation policy (docs/policy.md): pure functions, no Flask, no database.
 
 The promise: among cases answered automatically, the error rate is at most α with probability
 at least 1 − δ, and automation grows only as evidence allows. See docs/policy.md.
@@ -25,6 +25,7 @@ from .certify import (
     split_delta,
     threshold_grid,
 )
+from .exchangeability import ShiftCheck, traffic_matches_ledger
 from .monitor import (
     DEFAULT_WINDOW,
     PSI_WARNING,
@@ -37,12 +38,14 @@ from .monitor import (
 from .multiplicity import (
     CHECKPOINT_GROWTH,
     DELTA_DECAY,
+    Attempt,
     Checkpoint,
     PromotionDecision,
     checkpoint_delta,
     checkpoint_for_ledger_size,
     checkpoint_schedule,
     decide_promotion,
+    due_attempt,
 )
 from .params import Policy, label_is_automatable
 from .stats import (
@@ -66,6 +69,7 @@ __all__ = [
     "PSI_WARNING",
     "REST",
     "START_LEDGER_SHARE",
+    "Attempt",
     "CertStep",
     "Certification",
     "Checkpoint",
@@ -74,6 +78,7 @@ __all__ = [
     "LiveWatch",
     "Policy",
     "PromotionDecision",
+    "ShiftCheck",
     "WeightedRate",
     "allowed_coverage",
     "audit_draw",
@@ -89,6 +94,7 @@ __all__ = [
     "clopper_pearson_upper",
     "decide_promotion",
     "drift_warning",
+    "due_attempt",
     "effective_audit_rate",
     "is_audited",
     "label_groups",
@@ -98,5 +104,6 @@ __all__ = [
     "psi",
     "split_delta",
     "threshold_grid",
+    "traffic_matches_ledger",
     "weighted_rate",
 ]

@@ -1,4 +1,4 @@
-"""The audit ledger: which cases get a human label regardless of their score (SPEC §4.1)."""
+"""The audit ledger: which cases get a human label regardless of their score (docs/policy.md)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import hashlib
 from .params import Policy
 
 FALLBACK_AUDIT_MULTIPLIER = 4.0
+#: After a fallback at most half of the new labels go to the ledger: the other half trains the
+#: model that has to recover (at a flag rate of 1 nothing was left to train on, and recovery
+#: waited for an old model to pass on a ledger mixing the old and the new traffic).
+FALLBACK_AUDIT_CAP = 0.5
 DRIFT_AUDIT_MULTIPLIER = 2.0
 
 
@@ -46,7 +50,8 @@ def effective_audit_rate(
       automation is partial, so the next declared checkpoint — and a wider, newer version —
       arrives within a few thousand cases instead of never (SPEC §4, "keep the audit rate up
       after automation starts"; measured in docs/backtest.md);
-    * ×4 on fallback (capped at 1), ×2 on a label-free drift warning (SPEC §4.5).
+    * on fallback ×4 (×8 with a drift warning), at most ``FALLBACK_AUDIT_CAP`` (0.5) unless
+      the rate was higher already; ×2 on a label-free drift warning otherwise.
 
     The rate must be stored with each case: it is that case's inclusion probability for the
     weighted estimates.
@@ -58,7 +63,10 @@ def effective_audit_rate(
         c = min(coverage, 1.0)
         rate = min(max(policy.audit_rate / max(c * c, 1e-12), policy.audit_rate), base_high)
     if fallback:
-        rate *= FALLBACK_AUDIT_MULTIPLIER
+        raised = rate * FALLBACK_AUDIT_MULTIPLIER
+        if drift_warning:
+            raised *= DRIFT_AUDIT_MULTIPLIER
+        return min(max(rate, min(raised, FALLBACK_AUDIT_CAP)), 1.0)
     if drift_warning:
         rate *= DRIFT_AUDIT_MULTIPLIER
     return min(rate, 1.0)

@@ -129,3 +129,44 @@ def decide_promotion(
     if cand >= act:
         return PromotionDecision(True, f"candidate coverage {cand:.3f} >= active {act:.3f}")
     return PromotionDecision(False, f"candidate coverage {cand:.3f} < active {act:.3f}")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """The certification attempt due now: δ index, step within the ledger epoch, δ_j, and the
+    ledger size it tests (exactly that many flagged cases, the first ones of the epoch)."""
+
+    index: int
+    epoch_step: int
+    delta: float
+    ledger_size: int
+
+
+def due_attempt(
+    n_flagged: int,
+    *,
+    alpha: float,
+    delta: float,
+    last_index: int | None,
+    last_epoch_step: int | None,
+) -> Attempt | None:
+    """The attempt due for a ledger epoch holding ``n_flagged`` flagged cases, or None.
+
+    Ledger sizes follow the declared schedule from the start of the epoch (the first epoch
+    starts with the task; a fallback starts a new one, so recovery is certified on evidence
+    drawn after the alarm), while δ indices keep counting across epochs: step m of an epoch
+    uses δ index ``last_index + (m − last_epoch_step)``. In the first epoch the two coincide
+    (step m is checkpoint m, as :func:`checkpoint_for_ledger_size`); a step jumped over leaves
+    its δ unspent. Σ δ_j over every attempt ever made stays ≤ δ.
+    """
+    last_step = last_epoch_step or 0
+    due: Checkpoint | None = None
+    for cp in checkpoint_schedule(alpha, delta):
+        if cp.ledger_size > n_flagged:
+            break
+        if cp.index > last_step:
+            due = cp
+    if due is None:
+        return None
+    index = (last_index or 0) + (due.index - last_step)
+    return Attempt(index, due.index, checkpoint_delta(index, delta), due.ledger_size)

@@ -1,4 +1,6 @@
-"""Automation state changes: the live watch that pulls automation back (SPEC §4.5).
+"""Automation state changes: certification, promotion, the live watch that pulls automation
+back, and the rules that keep a stored certification from outliving its evidence
+(docs/policy.md).
 
 Every change of a task's automation is made here, in the caller's transaction, together
 with its audit event and webhooks, and bumps ``task.revision`` so predict processes pick it
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from service.db import utcnow
@@ -30,30 +32,38 @@ from service.policy import (
     allowed_coverage,
     cap_threshold,
     certify,
-    checkpoint_for_ledger_size,
-    checkpoint_schedule,
     decide_promotion,
     drift_warning,
+    due_attempt,
     label_groups,
     live_error_alarm,
     psi,
     split_delta,
     threshold_grid,
+    traffic_matches_ledger,
 )
+from service.policy.exchangeability import CURRENT_WINDOW
 from service.policy.monitor import MIN_DRIFT_SAMPLE
 from service.services import audit, webhooks
 from service.services.audit import SYSTEM, Actor
 
 
+def in_automatic_region() -> Any:
+    """Cases the running rule answered automatically, or would have but held for their audit
+    verdict (``audit_mode: hold`` routes them ``review`` with reason ``audit``)."""
+    return or_(Case.route == "auto", Case.reason == "audit")
+
+
 def audited_auto_errors(session: Session, task: Task, window: int = DEFAULT_WINDOW) -> list[int]:
     """0/1 errors of the latest audited automatic answers of the active model that a human
-    has labelled, oldest first (the live watch's evidence)."""
+    has labelled, oldest first (the live watch's evidence). Held audits count: they are the
+    same uniform sample of the automatic region, only answered later."""
     rows = session.execute(
         select(Case.suggestion_label, Case.human_label)
         .where(
             Case.task_id == task.id,
             Case.audit.is_(True),
-            Case.route == "auto",
+            in_automatic_region(),
             Case.model_version_id == task.active_model_id,
             Case.human_label.is_not(None),
         )
@@ -101,21 +111,28 @@ def fall_back(
     request_id: str | None = None,
 ) -> None:
     """Send every case to people at once and raise the audit rate; keep the model for
-    suggestions. Automation resumes only through a new certification."""
+    suggestions. Automation resumes only through a new certification on a ledger drawn after
+    the alarm: every stored certification is revoked (an admin cannot re-activate one) and a
+    new ledger epoch starts now."""
     before = {
         "state": task.automation_state,
         "threshold": task.threshold,
         "coverage": task.coverage,
     }
+    now = utcnow()
     task.automation_state = "fallback"
     task.coverage = 0.0
-    task.automation_changed_at = utcnow()
+    task.automation_changed_at = now
+    task.ledger_since = now
     task.revision += 1
+    revoked = revoke_certifications(session, task, "fallback", at=now)
     details = {
         "before": before,
         "after": {"state": "fallback"},
         "evidence": evidence,
         "reason": "live error shown to exceed the target",
+        "revoked_versions": revoked,
+        "ledger_since": _iso(now),
     }
     audit.record(
         session,
@@ -137,7 +154,123 @@ def fall_back(
     )
 
 
-# ------------------------------------------------------------------ certification (SPEC §4.2-4.4)
+def _iso(moment: Any) -> str | None:
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
+def certification_usable(certification: dict[str, Any] | None) -> bool:
+    """A stored certification may put its threshold live: it certified something and was
+    not revoked since (by a fallback or a policy edit it does not satisfy)."""
+    cert = certification or {}
+    return cert.get("threshold") is not None and not cert.get("revoked")
+
+
+def revoke_certifications(
+    session: Session, task: Task, reason: str, *, at: Any = None
+) -> list[int]:
+    """Mark every usable certification of the task's versions revoked (kept for the record;
+    never deployed again). Returns the version numbers revoked."""
+    stamp = {"reason": reason, "at": _iso(at or utcnow())}
+    revoked: list[int] = []
+    for version in session.scalars(select(ModelVersion).where(ModelVersion.task_id == task.id)):
+        if certification_usable(version.certification):
+            version.certification = {**(version.certification or {}), "revoked": stamp}
+            revoked.append(version.version)
+    return sorted(revoked)
+
+
+def _group_alphas(policy: Policy, labels: Sequence[str]) -> dict[str, float]:
+    return {
+        g: (policy.label_alpha(g) if g != REST else policy.certification_alpha)
+        for g in label_groups(policy, labels)
+    }
+
+
+def edit_invalidates(
+    task: Task, old: Policy, new: Policy, certification: dict[str, Any] | None = None
+) -> str | None:
+    """Why a policy edit voids the task's certifications, or None when they still hold.
+
+    A certification at level δ for error α is also one for any α' ≥ α and δ' ≥ δ, so a
+    loosening edit keeps it. Anything else voids it: a tighter α (or margin, or per-label
+    target), a higher confidence (the δ already spent could exceed the new δ), and any change
+    to ``never_automate`` or to which labels have their own target (removing labels from a
+    certified group can raise the error of what remains).
+    """
+    if new.delta < old.delta - 1e-12:
+        return f"confidence raised from {old.confidence:g} to {new.confidence:g}"
+    if set(new.never_automate) != set(old.never_automate):
+        return "never_automate changed"
+    if set(new.label_targets) != set(old.label_targets):
+        return "labels with their own target changed"
+    recorded = {
+        g: float(r["alpha"]) for g, r in ((certification or {}).get("groups") or {}).items()
+    }
+    before = recorded or _group_alphas(old, task.labels)
+    after = _group_alphas(new, task.labels)
+    tighter = sorted(g for g, a in after.items() if g in before and a < before[g] - 1e-12)
+    if tighter:
+        names = ", ".join("all other labels" if g == REST else g for g in tighter)
+        return f"target error tightened ({names})"
+    return None
+
+
+def policy_changed(
+    session: Session, task: Task, old: Policy, new: Policy, actor: Actor
+) -> str | None:
+    """Apply a policy edit to the running automation at once (in the edit's transaction).
+
+    When the edit voids the certifications, every one is revoked and automation stops: the
+    model keeps suggesting, and the next certification attempt (at the next checkpoint, at
+    the new numbers) decides what may be automated again. δ indices keep counting, so the
+    attempts made after the edit spend at most the new δ (docs/policy.md, "Editing the
+    policy"). Returns the reason, or None when nothing had to change.
+    """
+    active = task.active_model.certification if task.active_model is not None else None
+    reason = edit_invalidates(task, old, new, active)
+    if reason is None:
+        return None
+    now = utcnow()
+    revoked = revoke_certifications(session, task, f"policy edit: {reason}", at=now)
+    if task.automation_state == "automating":
+        before = _automation_snapshot(task)
+        task.automation_state = "manual"
+        task.threshold = None
+        task.certified_error_bound = None
+        task.coverage = 0.0
+        task.automation_changed_at = now
+        task.revision += 1
+        after = _automation_snapshot(task)
+        audit.record(
+            session,
+            "automation.changed",
+            actor,
+            task_id=task.id,
+            details={
+                "before": before,
+                "after": after,
+                "reason": f"policy edit: {reason}",
+                "revoked_versions": revoked,
+            },
+        )
+        webhooks.emit(
+            session,
+            task,
+            "automation.changed",
+            {**after, "previous": before, "reason": f"policy edit: {reason}"},
+        )
+    elif revoked:
+        audit.record(
+            session,
+            "certification.revoked",
+            actor,
+            task_id=task.id,
+            details={"reason": f"policy edit: {reason}", "revoked_versions": revoked},
+        )
+    return reason
+
+
+# ------------------------------------------------------------------ certification (docs/policy.md)
 
 #: Router threshold for a label whose group is not certified: no confidence reaches it.
 NEVER = 2.0
@@ -152,15 +285,27 @@ class Evidence:
     ``*_scores`` are top-class probabilities, ``*_pred`` the suggested labels. Computed by the
     training job outside any transaction (scoring may take seconds); certification itself only
     reads these arrays.
+
+    The ledger is every audit-flagged case of the current ledger epoch **in arrival order**,
+    labelled or not (``ledger_true`` is None where the audit label is still missing): an
+    attempt tests exactly the first n_j of them and waits until all n_j are labelled, so
+    slow, skipped or hard audits cannot drop out of the evidence. ``*_blocked`` marks cases
+    the router never answers automatically whatever their score (forced review, input out of
+    the version's training range): they are left out of the certified set as the router
+    leaves them out of the automated one. Recent traffic is newest first and excludes the
+    cases the version was trained on; its first ``CURRENT_WINDOW`` cases are "now" for the
+    exchangeability check.
     """
 
     ledger_scores: np.ndarray
     ledger_pred: list[str]
-    ledger_true: list[str]
+    ledger_true: Sequence[str | None]
     recent_scores: np.ndarray
     recent_pred: list[str]
     active_recent_scores: np.ndarray | None = None
     active_recent_pred: list[str] | None = None
+    ledger_blocked: np.ndarray | None = None
+    recent_blocked: np.ndarray | None = None
 
 
 @dataclass
@@ -183,15 +328,45 @@ def human_label_count(session: Session, task: Task) -> int:
     )
 
 
-def last_checkpoint(session: Session, task: Task) -> int | None:
-    """Highest checkpoint index any version of the task was ever certified at (each
-    declared checkpoint spends its δ_j once, whichever version used it)."""
-    used: list[int] = []
+def _attempts(session: Session, task: Task) -> list[dict[str, Any]]:
+    """Every certification attempt ever made for the task (δ index, epoch step, epoch), read
+    from the versions' records; records written before epochs existed count as the first
+    epoch, where the step is the index."""
+    out: list[dict[str, Any]] = []
     for cert in session.scalars(
         select(ModelVersion.certification).where(ModelVersion.task_id == task.id)
     ):
-        used.extend(int(j) for j in (cert or {}).get("checkpoints", []))
+        cert = cert or {}
+        entries = [cert.get("checkpoint")] + [h.get("checkpoint") for h in cert.get("history", [])]
+        seen: set[int] = set()
+        for entry in entries:
+            if isinstance(entry, dict) and entry.get("index") is not None:
+                index = int(entry["index"])
+                seen.add(index)
+                out.append(
+                    {
+                        "index": index,
+                        "epoch_step": int(entry.get("epoch_step") or index),
+                        "ledger_since": entry.get("ledger_since"),
+                    }
+                )
+        for index in cert.get("checkpoints", []):
+            if int(index) not in seen:
+                out.append({"index": int(index), "epoch_step": int(index), "ledger_since": None})
+    return out
+
+
+def last_checkpoint(session: Session, task: Task) -> int | None:
+    """Highest δ index any version of the task was ever certified at (each index spends its
+    δ_j once, whichever version used it)."""
+    used = [a["index"] for a in _attempts(session, task)]
     return max(used) if used else None
+
+
+def _last_epoch_step(session: Session, task: Task) -> int | None:
+    epoch = _iso(task.ledger_since)
+    steps = [a["epoch_step"] for a in _attempts(session, task) if a["ledger_since"] == epoch]
+    return max(steps) if steps else None
 
 
 def _coverage_at(
@@ -248,23 +423,70 @@ def certify_version(
     not trained on: the training job guarantees it (audited cases never enter training).
     """
     policy = Policy.from_dict(task.policy)
-    n_ledger = int(evidence.ledger_scores.size)
+    n_flagged = int(evidence.ledger_scores.size)
     labels_seen = human_label_count(session, task)
     if labels_seen < policy.min_labels:
         return CertificationOutcome(
             False, False, False, f"{labels_seen} human labels < min_labels {policy.min_labels}"
         )
-    last = last_checkpoint(session, task)
-    due = checkpoint_for_ledger_size(
-        n_ledger, alpha=policy.certification_alpha, delta=policy.delta, last_attempted=last
+    due = due_attempt(
+        n_flagged,
+        alpha=policy.certification_alpha,
+        delta=policy.delta,
+        last_index=last_checkpoint(session, task),
+        last_epoch_step=_last_epoch_step(session, task),
     )
     if due is None:
         return CertificationOutcome(
-            False, False, False, f"ledger of {n_ledger} cases has reached no new checkpoint"
+            False,
+            False,
+            False,
+            f"ledger of {n_flagged} flagged cases has reached no new checkpoint",
         )
-    index, delta_j = due
+    n_ledger = due.ledger_size
+    missing = sum(1 for t in evidence.ledger_true[:n_ledger] if t is None)
+    if missing:
+        # The checkpoint's ledger is its first n_j flagged arrivals, all of them: certifying
+        # on the labelled ones only would leave out exactly the slow (hard) audits.
+        return CertificationOutcome(
+            False,
+            False,
+            False,
+            f"waiting for {missing} of the first {n_ledger} audit-flagged cases to be labelled",
+        )
+    ledger_scores = evidence.ledger_scores[:n_ledger]
+    ledger_pred_list = list(evidence.ledger_pred[:n_ledger])
+    current_n = min(CURRENT_WINDOW, int(evidence.recent_scores.size))
+    shift = traffic_matches_ledger(
+        ledger_scores,
+        ledger_pred_list,
+        evidence.recent_scores[:current_n],
+        list(evidence.recent_pred[:current_n]),
+    )
+    if not shift.exchangeable:
+        reason = (
+            "current traffic differs from the ledger (score PSI "
+            f"{shift.score_psi:.3f}, suggested-label PSI {shift.label_psi:.3f}); "
+            "no attempt until it matches again"
+        )
+        audit.record(
+            session,
+            "model.certification_deferred",
+            SYSTEM,
+            task_id=task.id,
+            details={
+                "version": version.version,
+                "reason": reason,
+                "exchangeability": shift.as_dict(),
+                "checkpoint_index": due.index,
+            },
+        )
+        return CertificationOutcome(
+            False, False, False, reason, {"exchangeability": shift.as_dict()}
+        )
+    index, delta_j = due.index, due.delta
     correct = np.array(
-        [p == t for p, t in zip(evidence.ledger_pred, evidence.ledger_true, strict=True)],
+        [p == t for p, t in zip(ledger_pred_list, evidence.ledger_true[:n_ledger], strict=True)],
         dtype=bool,
     )
     current = active_coverage(task, evidence)
@@ -278,8 +500,19 @@ def certify_version(
     groups = label_groups(policy, task.labels)
     deltas = split_delta(policy, task.labels, delta_j)
     targeted = [g for g in groups if g != REST]
-    ledger_pred = np.asarray(evidence.ledger_pred, dtype=object)
+    ledger_pred = np.asarray(ledger_pred_list, dtype=object)
     recent_pred = np.asarray(evidence.recent_pred, dtype=object)
+    # What the router never automates is never in a certified set either.
+    ledger_open = (
+        np.ones(n_ledger, dtype=bool)
+        if evidence.ledger_blocked is None
+        else ~np.asarray(evidence.ledger_blocked, dtype=bool)[:n_ledger]
+    )
+    recent_open = (
+        np.ones(recent_pred.size, dtype=bool)
+        if evidence.recent_blocked is None
+        else ~np.asarray(evidence.recent_blocked, dtype=bool)
+    )
     group_records: dict[str, Any] = {}
     chosen: dict[str, CertStep] = {}
     n_recent = max(int(evidence.recent_scores.size), 1)
@@ -292,8 +525,8 @@ def certify_version(
             lmask, rmask = ledger_pred == g, recent_pred == g
         alpha = policy.label_alpha(g) if g != REST else policy.certification_alpha
         share = float(rmask.sum()) / n_recent if len(groups) > 1 else 1.0
-        lg = np.where(lmask, evidence.ledger_scores, -np.inf)
-        rg = np.where(rmask, evidence.recent_scores, -np.inf)
+        lg = np.where(lmask & ledger_open, ledger_scores, -np.inf)
+        rg = np.where(rmask & recent_open, evidence.recent_scores, -np.inf)
         grid = threshold_grid(rg, lg, alpha=alpha, delta=deltas[g], max_coverage=allowed * share)
         cert = certify(lg, correct, grid, alpha=alpha, delta=deltas[g], coverage_scores=rg)
         step = cap_threshold(
@@ -360,10 +593,14 @@ def certify_version(
         "label_thresholds": label_thresholds,
         "checkpoint": {
             "index": index,
-            "ledger_size_due": _checkpoint_size(policy, index),
+            "epoch_step": due.epoch_step,
+            "ledger_since": _iso(task.ledger_since),
+            "ledger_size_due": n_ledger,
             "delta": delta_j,
         },
         "ledger_cases": n_ledger,
+        "flagged_cases": n_flagged,
+        "exchangeability": shift.as_dict(),
         "recent_cases": int(evidence.recent_scores.size),
         "human_labels": labels_seen,
         "allowed_coverage": allowed,
@@ -420,13 +657,6 @@ def certify_version(
     return CertificationOutcome(True, certified, decision.promote, reason, record)
 
 
-def _checkpoint_size(policy: Policy, index: int) -> int:
-    for cp in checkpoint_schedule(policy.certification_alpha, policy.delta):
-        if cp.index == index:
-            return cp.ledger_size
-    return -1
-
-
 # ------------------------------------------------------------------------------- promotion
 
 
@@ -452,9 +682,10 @@ def promote(
 ) -> None:
     """Release model AND threshold together, in the caller's transaction.
 
-    ``certification`` is the version's stored record: a certified threshold turns automation
-    on (``automating``), none leaves it ``manual`` (the model then only suggests). The old
-    active version is ``retired`` and kept for rollback.
+    ``certification`` is the version's stored record: a usable (certified, not revoked)
+    threshold turns automation on (``automating``); otherwise the model only suggests and the
+    state is ``manual`` (or stays ``fallback``). The old active version is ``retired`` and
+    kept for rollback.
     """
     cert = certification or {}
     before = _automation_snapshot(task)
@@ -468,11 +699,15 @@ def promote(
         version.activated_at = now
         task.active_model_id = version.id
         task.active_model = version
-    certified = cert.get("threshold") is not None
+    certified = certification_usable(cert)
     task.threshold = cert.get("threshold") if certified else None
     task.certified_error_bound = cert.get("error_bound") if certified else None
     task.coverage = float(cert.get("coverage") or 0.0) if certified else 0.0
-    task.automation_state = "automating" if certified else "manual"
+    if certified:
+        task.automation_state = "automating"
+    elif task.automation_state != "fallback":
+        # A fallback ends only with a certification on evidence drawn after the alarm.
+        task.automation_state = "manual"
     task.revision += 1
     after = _automation_snapshot(task)
     automation_changed = {k: v for k, v in before.items() if k != "model_version"} != {
@@ -538,10 +773,12 @@ def activate(
 ) -> ModelVersion:
     """Admin promotion or rollback to ANY trained version of the task.
 
-    The version's own stored certification is re-used: if it was certified (on ledger cases
-    it was not trained on, within the task's δ budget) its threshold goes live with it and
-    automation is ``automating``; otherwise automation is ``manual`` and the model only
-    suggests. A drift freeze stays as it is. Activating the active version is a no-op.
+    The version's stored certification goes live with it only while it is usable: certified
+    on ledger cases it was not trained on, within the task's δ budget, and not revoked since —
+    a fallback revokes every certification made before the alarm, and a policy edit revokes
+    those the new numbers void. Otherwise the version is activated for suggestions only
+    (``manual``, or still ``fallback``). A drift freeze stays as it is. Activating the active
+    version is a no-op.
     """
     version = session.scalar(
         select(ModelVersion).where(
@@ -558,7 +795,7 @@ def activate(
             f"model version {version_number} is {version.status} and cannot be activated",
             {"status": version.status},
         )
-    if task.active_model_id == version.id and task.automation_state != "fallback":
+    if task.active_model_id == version.id:
         return version
     reason = (
         "rollback"

@@ -35,5 +35,7 @@ def label_recorded(
         training.request_training(
             session, task, SYSTEM, reason="retrain_every", request_id=request_id
         )
-    if case.audit and case.route == "auto":
+    if case.audit and (case.route == "auto" or case.reason == "audit"):
+        # An audited automatic answer, or one held for its audit verdict (audit_mode "hold"):
+        # either way it is the live watch's evidence.
         automation.after_audited_label(session, task, request_id=request_id)

@@ -4,10 +4,12 @@ can run it in-process (``service`` never imports ``workers``).
 Shape of one run, chosen so a worker killed at any instant leaves nothing half-done:
 
 1. mark the ``jobs`` row started (own short transaction);
-2. read the human-labelled cases: TRAINING SET = labelled cases NOT flagged for audit
-   (reviews below threshold, cold start, application outcomes); LEDGER = flagged labelled
-   cases (never trained on, so they can certify). Automatic answers' model labels are never
-   read: only ``human_label``;
+2. read the cases: TRAINING SET = labelled cases NOT flagged for audit (reviews below
+   threshold, cold start, application outcomes); LEDGER = every flagged case of the current
+   ledger epoch in arrival order, labelled or not (never trained on, so it can certify; an
+   attempt waits until its first n_j are all labelled); RECENT = the newest cases the
+   version is not trained on. Automatic answers' model labels are never read: only
+   ``human_label``;
 3. train (minutes, no transaction or row lock held);
 4. ONE final transaction: write the version row, certify it, maybe promote it, finish the
    job row. A kill before 4 commits writes nothing; RQ's Retry runs the job again.
@@ -28,13 +30,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from service.db import db_session, transaction, utcnow
 from service.ml.artifacts import dump_model, load_model
 from service.ml.pipeline import FAMILIES, pipeline_proba, train_model
-from service.ml.profile import build_profile
+from service.ml.profile import DataProfile, build_profile, range_checker
 from service.models import Case, Job, ModelVersion, Task
 from service.services import audit, automation
 from service.services.audit import SYSTEM
@@ -64,9 +66,15 @@ class LabelledData:
     train_rows: list[dict[str, Any]]
     train_labels: list[str]
     ledger_rows: list[dict[str, Any]]
-    ledger_labels: list[str]
+    ledger_labels: list[str | None]  # None: the audit label is not in yet
+    ledger_forced: list[bool]
     recent_rows: list[dict[str, Any]]
+    recent_forced: list[bool]
     snapshot: dict[str, Any]
+
+    @property
+    def labelled_ledger(self) -> int:
+        return sum(1 for label in self.ledger_labels if label is not None)
 
 
 def snapshot_of(ids: list[str], labels: list[str]) -> dict[str, Any]:
@@ -82,18 +90,32 @@ def snapshot_of(ids: list[str], labels: list[str]) -> dict[str, Any]:
 
 
 def collect(session: Session, task: Task) -> LabelledData:
-    rows = session.execute(
-        select(Case.id, Case.input, Case.human_label, Case.audit)
-        .where(Case.task_id == task.id, Case.human_label.is_not(None))
+    valid = set(task.labels)
+    train = session.execute(
+        select(Case.id, Case.input, Case.human_label)
+        .where(
+            Case.task_id == task.id,
+            Case.human_label.is_not(None),
+            Case.audit.is_(False),
+        )
         .order_by(Case.id)
     ).all()
-    valid = set(task.labels)
-    train = [r for r in rows if not r.audit and r.human_label in valid]
-    ledger = [r for r in rows if r.audit and r.human_label in valid]
+    train = [r for r in train if r.human_label in valid]
+    ledger_stmt = select(Case.input, Case.human_label, Case.reason).where(
+        Case.task_id == task.id, Case.audit.is_(True)
+    )
+    if task.ledger_since is not None:
+        ledger_stmt = ledger_stmt.where(Case.created_at > task.ledger_since)
+    ledger = session.execute(ledger_stmt.order_by(Case.created_at, Case.id)).all()
+    # Recent traffic the version is not trained on: its own training cases would make its
+    # scores (and so the grid, the coverage and the exchangeability check) look too sure.
     recent = session.execute(
-        select(Case.input)
-        .where(Case.task_id == task.id)
-        .order_by(Case.created_at.desc())
+        select(Case.input, Case.reason)
+        .where(
+            Case.task_id == task.id,
+            or_(Case.human_label.is_(None), Case.audit.is_(True)),
+        )
+        .order_by(Case.created_at.desc(), Case.id.desc())
         .limit(automation.RECENT_CASES)
     ).all()
     ids = [r.id for r in train]
@@ -103,9 +125,26 @@ def collect(session: Session, task: Task) -> LabelledData:
         train_rows=[r.input for r in train],
         train_labels=labels,
         ledger_rows=[r.input for r in ledger],
-        ledger_labels=[r.human_label for r in ledger],
+        ledger_labels=[r.human_label if r.human_label in valid else None for r in ledger],
+        ledger_forced=[r.reason == "forced" for r in ledger],
         recent_rows=[r.input for r in recent],
+        recent_forced=[r.reason == "forced" for r in recent],
         snapshot=snapshot_of(ids, labels),
+    )
+
+
+def blocked(
+    rows: list[dict[str, Any]], forced: list[bool], profile: DataProfile | None
+) -> np.ndarray:
+    """Cases the router would never answer automatically under this version: forced review,
+    or a value out of the version's training range (reason ``invalid_input``)."""
+    check = range_checker(profile) if profile is not None else None
+    return np.array(
+        [
+            f or (check is not None and bool(check(row)))
+            for row, f in zip(rows, forced, strict=True)
+        ],
+        dtype=bool,
     )
 
 
@@ -229,6 +268,7 @@ def _train_and_release(
         return result
 
     trained = None
+    profile: DataProfile | None = None
     t_train = time.perf_counter()
     if reuse_id is None:
         _set_job(job_id, progress={"stage": "training", "cases": len(data.train_ids)})
@@ -243,6 +283,7 @@ def _train_and_release(
         pipeline = trained.pipeline
         train_fields, train_labels = fields, labels
         artefact = dump_model(pipeline)
+        profile = build_profile(data.train_rows, fields)
     else:
         with transaction() as session:
             row = session.get(ModelVersion, reuse_id)
@@ -250,6 +291,8 @@ def _train_and_release(
             artefact = row.artefact
             train_fields = (row.profile or {}).get("fields_spec") or fields
             train_labels = (row.profile or {}).get("labels") or labels
+            stored = (row.profile or {}).get("data")
+            profile = DataProfile.from_dict(stored) if stored else None
         db_session.remove()
         pipeline = load_model(artefact)
     train_seconds = time.perf_counter() - t_train
@@ -283,6 +326,8 @@ def _train_and_release(
         recent_pred=recent_pred,
         active_recent_scores=active_scores,
         active_recent_pred=active_pred,
+        ledger_blocked=blocked(data.ledger_rows, data.ledger_forced, profile),
+        recent_blocked=blocked(data.recent_rows, data.recent_forced, profile),
     )
     # Held-out reference for the label-free drift check: the ledger is a uniform sample of
     # traffic the model never saw (recent traffic would include its own training cases).
@@ -329,7 +374,7 @@ def _train_and_release(
                     profile={
                         "fields_spec": fields,
                         "labels": labels,
-                        "data": build_profile(data.train_rows, fields).to_dict(),
+                        "data": profile.to_dict() if profile is not None else None,
                         "reference_scores": reference,
                     },
                     certification={},
@@ -380,7 +425,8 @@ def _train_and_release(
             "version": version.version,
             "family": version.family,
             "training_cases": data.snapshot["cases"],
-            "ledger_cases": int(ledger_scores.size),
+            "ledger_cases": data.labelled_ledger,
+            "flagged_cases": int(ledger_scores.size),
             "certification": {
                 "attempted": outcome.attempted,
                 "certified": outcome.certified,

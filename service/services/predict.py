@@ -235,7 +235,9 @@ def _build_rows(
                 "route": decision.route,
                 "reason": decision.reason,
                 "audit": audited,
-                "label_probability": rt.audit_rate if auto else 1.0,
+                # In the automatic region a human label comes only with the audit draw (held
+                # audits included); everything else goes to people anyway.
+                "label_probability": rt.audit_rate if auto or decision.reason == "audit" else 1.0,
                 "audit_rate": rt.audit_rate,
                 "out_of_range": flagged_fields or None,
                 "status": decision.status,

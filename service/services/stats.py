@@ -31,6 +31,7 @@ from service.errors import ValidationFailed
 from service.ml.profile import DataProfile, drift_report
 from service.models import Case, ModelVersion, Review, Task, User
 from service.policy import Policy, drift_warning, psi, weighted_rate
+from service.services.automation import in_automatic_region
 
 BUCKETS = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
 DEFAULT_WINDOW = timedelta(days=7)
@@ -230,7 +231,7 @@ def task_stats(
         .where(
             in_window,
             Case.audit == True,  # noqa: E712 (plain equality matches the ledger index)
-            Case.route == "auto",
+            in_automatic_region(),
             Case.human_label.is_not(None),
             Case.suggestion_label.is_not(None),
         )

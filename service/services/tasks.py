@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from service.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from service.models import Case, Job, Task
 from service.policy import Policy, effective_audit_rate
-from service.services import audit
+from service.services import audit, automation
 from service.services.audit import Actor
 from service.services.webhooks import redact_url
 
@@ -115,7 +115,15 @@ def update_task(session: Session, task: Task, changes: dict[str, Any], actor: Ac
                 {"policy": ["certification_margin must be below target_error"]},
             )
         before["policy"], after["policy"] = task.policy, policy
+        old_policy = Policy.from_dict(task.policy)
         task.policy = policy
+        # An edit that voids the running certification takes effect now, not at the next
+        # checkpoint (docs/policy.md, "Editing the policy").
+        voided = automation.policy_changed(
+            session, task, old_policy, Policy.from_dict(policy), actor
+        )
+        if voided:
+            after["automation"] = {"stopped": voided}
     if "review" in changes:
         review = {**task.review, **changes["review"]}
         before["review"], after["review"] = task.review, review

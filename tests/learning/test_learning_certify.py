@@ -6,80 +6,19 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
-from service.models import AuditEvent, Case, ModelVersion, Task, new_id
+from service.models import AuditEvent
 from service.services import automation
 from service.services.audit import SYSTEM
-from tests.helpers import SIMPLE_TASK, auth
-
-
-def _make_task(client: Any, admin: str, **policy: Any) -> Task:
-    body = {**SIMPLE_TASK, "policy": {"target_error": 0.05, "min_labels": 50, **policy}}
-    resp = client.post("/api/v1/tasks", json=body, headers=auth(admin))
-    assert resp.status_code == 201, resp.json
-    from service.db import db_session
-
-    return db_session.scalar(select(Task).where(Task.name == body["name"]))
-
-
-def _labelled_cases(session: Any, task: Task, n: int) -> None:
-    rows = [
-        {
-            "id": new_id(),
-            "task_id": task.id,
-            "input": {"review": "x", "state": "CA"},
-            "route": "review",
-            "reason": "cold_start",
-            "status": "resolved",
-            "audit": i % 3 == 0,
-            "human_label": "good",
-            "final_label": "good",
-            "label_source": "reviewer",
-        }
-        for i in range(n)
-    ]
-    session.execute(insert(Case), rows)
-    session.flush()
-
-
-def _version(session: Any, task: Task, number: int = 1) -> ModelVersion:
-    v = ModelVersion(
-        task_id=task.id,
-        version=number,
-        status="candidate",
-        family="logistic_regression",
-        artefact=b"x",
-        artefact_sha256="0" * 64,
-        certification={},
-    )
-    session.add(v)
-    session.flush()
-    return v
-
-
-def _evidence(n: int, err_scale: float, seed: int = 0, n_recent: int = 2000) -> automation.Evidence:
-    """Scores 0.5 + 0.5·U; P(error | s) = err_scale · 2(1 − s) (lower error at high scores)."""
-    rng = np.random.default_rng(seed)
-    s = 0.5 + 0.5 * rng.random(n)
-    wrong = rng.random(n) < err_scale * 2 * (1 - s)
-    pred = ["good"] * n
-    true = ["bad" if w else "good" for w in wrong]
-    recent = 0.5 + 0.5 * rng.random(n_recent)
-    return automation.Evidence(
-        ledger_scores=s,
-        ledger_pred=pred,
-        ledger_true=true,
-        recent_scores=recent,
-        recent_pred=["good"] * n_recent,
-    )
+from tests.learning.evidence import evidence, labelled_cases, make_task, version
 
 
 def test_no_attempt_before_min_labels(app: Any, db: Any, client: Any, tokens: Any) -> None:
-    task = _make_task(client, tokens["admin"], min_labels=500)
-    _labelled_cases(db, task, 300)
-    v = _version(db, task)
-    out = automation.certify_version(db, task, v, _evidence(300, 0.02))
+    task = make_task(client, tokens["admin"], min_labels=500)
+    labelled_cases(db, task, 300)
+    v = version(db, task)
+    out = automation.certify_version(db, task, v, evidence(300, 0.02))
     assert not out.attempted and "min_labels" in out.reason
     assert automation.last_checkpoint(db, task) is None  # no δ spent
 
@@ -87,10 +26,10 @@ def test_no_attempt_before_min_labels(app: Any, db: Any, client: Any, tokens: An
 def test_certifies_good_ledger_once_per_checkpoint(
     app: Any, db: Any, client: Any, tokens: Any
 ) -> None:
-    task = _make_task(client, tokens["admin"])
-    _labelled_cases(db, task, 2000)
-    v = _version(db, task)
-    ev = _evidence(600, 0.002)
+    task = make_task(client, tokens["admin"])
+    labelled_cases(db, task, 2000)
+    v = version(db, task)
+    ev = evidence(600, 0.002)
     out = automation.certify_version(db, task, v, ev)
     assert out.attempted and out.certified and out.promote
     rec = v.certification
@@ -111,18 +50,18 @@ def test_certifies_good_ledger_once_per_checkpoint(
 
 
 def test_bad_ledger_is_not_certified(app: Any, db: Any, client: Any, tokens: Any) -> None:
-    task = _make_task(client, tokens["admin"])
-    _labelled_cases(db, task, 2000)
-    v = _version(db, task)
-    out = automation.certify_version(db, task, v, _evidence(600, 0.6))
+    task = make_task(client, tokens["admin"])
+    labelled_cases(db, task, 2000)
+    v = version(db, task)
+    out = automation.certify_version(db, task, v, evidence(600, 0.6))
     assert out.attempted and not out.certified and not out.promote
     assert v.threshold is None and v.coverage == 0.0
 
 
 def test_more_errors_never_widen(app: Any, db: Any, client: Any, tokens: Any) -> None:
-    task = _make_task(client, tokens["admin"])
-    _labelled_cases(db, task, 2000)
-    ev = _evidence(800, 0.002, seed=3)
+    task = make_task(client, tokens["admin"])
+    labelled_cases(db, task, 2000)
+    ev = evidence(800, 0.002, seed=3)
     worse_true = list(ev.ledger_true)
     flipped = 0
     for i in np.argsort(-ev.ledger_scores):  # add errors among the most confident cases
@@ -134,7 +73,7 @@ def test_more_errors_never_widen(app: Any, db: Any, client: Any, tokens: Any) ->
     worse = automation.Evidence(
         ev.ledger_scores, ev.ledger_pred, worse_true, ev.recent_scores, ev.recent_pred
     )
-    v1, v2 = _version(db, task, 1), _version(db, task, 2)
+    v1, v2 = version(db, task, 1), version(db, task, 2)
     good = automation.certify_version(db, task, v1, ev)
     # fresh checkpoint budget for the comparison: forget v1's checkpoint
     v1.certification = {}
@@ -143,14 +82,14 @@ def test_more_errors_never_widen(app: Any, db: Any, client: Any, tokens: Any) ->
 
 
 def test_widening_cap_limits_coverage(app: Any, db: Any, client: Any, tokens: Any) -> None:
-    task = _make_task(client, tokens["admin"], max_coverage_step=0.1)
-    _labelled_cases(db, task, 200)  # 200 cases since the last change → one step (10%)
-    v = _version(db, task)
-    small = automation.certify_version(db, task, v, _evidence(600, 0.0))
+    task = make_task(client, tokens["admin"], max_coverage_step=0.1)
+    labelled_cases(db, task, 200)  # 200 cases since the last change → one step (10%)
+    v = version(db, task)
+    small = automation.certify_version(db, task, v, evidence(600, 0.0))
     # 10% of a 600-case ledger is too few cases to test the capped threshold, and the first
     # grid point (25% of the ledger) exceeds the cap: nothing untested is ever deployed.
     assert small.attempted and not small.certified and small.record["threshold"] is None
-    out = automation.certify_version(db, task, v, _evidence(2000, 0.0))
+    out = automation.certify_version(db, task, v, evidence(2000, 0.0))
     assert out.certified
     assert out.record["allowed_coverage"] == pytest.approx(0.1)
     assert out.record["coverage"] <= 0.1 + 1e-9
@@ -160,10 +99,10 @@ def test_widening_cap_limits_coverage(app: Any, db: Any, client: Any, tokens: An
 
 
 def test_never_automate_and_label_targets(app: Any, db: Any, client: Any, tokens: Any) -> None:
-    task = _make_task(client, tokens["admin"], never_automate=["bad"])
-    _labelled_cases(db, task, 2000)
-    v = _version(db, task)
-    ev = _evidence(600, 0.002)
+    task = make_task(client, tokens["admin"], never_automate=["bad"])
+    labelled_cases(db, task, 2000)
+    v = version(db, task)
+    ev = evidence(600, 0.002)
     ev.ledger_pred = ["bad" if i % 2 else "good" for i in range(600)]
     ev.recent_pred = ["bad" if i % 2 else "good" for i in range(2000)]
     out = automation.certify_version(db, task, v, ev)
@@ -173,17 +112,17 @@ def test_never_automate_and_label_targets(app: Any, db: Any, client: Any, tokens
 
 
 def test_champion_challenger_and_promote(app: Any, db: Any, client: Any, tokens: Any) -> None:
-    task = _make_task(client, tokens["admin"])
-    _labelled_cases(db, task, 2000)
-    v1 = _version(db, task, 1)
-    out = automation.certify_version(db, task, v1, _evidence(500, 0.002))
+    task = make_task(client, tokens["admin"])
+    labelled_cases(db, task, 2000)
+    v1 = version(db, task, 1)
+    out = automation.certify_version(db, task, v1, evidence(500, 0.002))
     assert out.promote
     automation.promote(db, task, v1, SYSTEM, v1.certification)
     assert task.automation_state == "automating" and task.active_model_id == v1.id
     assert task.threshold == v1.threshold and v1.status == "active"
     # A weaker candidate at the next checkpoint (certifies less) does not replace it.
-    v2 = _version(db, task, 2)
-    ev = _evidence(800, 0.2, seed=5)
+    v2 = version(db, task, 2)
+    ev = evidence(800, 0.2, seed=5)
     ev.active_recent_scores = np.full(2000, 0.99)  # the champion automates everything
     ev.active_recent_pred = ["good"] * 2000
     task.threshold = 0.5
@@ -195,12 +134,12 @@ def test_champion_challenger_and_promote(app: Any, db: Any, client: Any, tokens:
 def test_activate_rollback_reuses_stored_certification(
     app: Any, db: Any, client: Any, tokens: Any
 ) -> None:
-    task = _make_task(client, tokens["admin"])
-    _labelled_cases(db, task, 2000)
-    v1 = _version(db, task, 1)
-    automation.certify_version(db, task, v1, _evidence(500, 0.002))
+    task = make_task(client, tokens["admin"])
+    labelled_cases(db, task, 2000)
+    v1 = version(db, task, 1)
+    automation.certify_version(db, task, v1, evidence(500, 0.002))
     automation.promote(db, task, v1, SYSTEM, v1.certification)
-    v2 = _version(db, task, 2)  # never certified
+    v2 = version(db, task, 2)  # never certified
     rev = task.revision
     automation.activate(db, task, 2, SYSTEM)
     assert task.active_model_id == v2.id and task.automation_state == "manual"

@@ -75,7 +75,14 @@ def test_effective_audit_rate_rule() -> None:
     assert effective_audit_rate(p, automating=True, coverage=1.0) == pytest.approx(0.05)
     assert effective_audit_rate(p, automating=True, coverage=1.0, drift_warning=True) == 0.1
     assert effective_audit_rate(p, automating=True, coverage=1.0, fallback=True) == 0.2
-    assert effective_audit_rate(p, automating=False, coverage=0, fallback=True) == 1.0
+    # fallback leaves half of the new labels to train the model that has to recover
+    assert effective_audit_rate(p, automating=False, coverage=0, fallback=True) == 0.5
+    drifting = effective_audit_rate(
+        p, automating=False, coverage=0, fallback=True, drift_warning=True
+    )
+    assert drifting == 0.5
+    high = Policy(cold_start_audit_rate=0.8)
+    assert effective_audit_rate(high, automating=False, coverage=0, fallback=True) == 0.8
 
 
 @given(cov=st.floats(0.0, 1.0), fb=st.booleans(), dw=st.booleans(), auto=st.booleans())
