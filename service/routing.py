@@ -1,4 +1,4 @@
-"""The router: one pure function deciding where a case goes and why (SPEC §3)."""
+"""The router: one pure function deciding where a case goes and why (docs/policy.md)."""
 
 from __future__ import annotations
 

@@ -48,8 +48,7 @@ def effective_audit_rate(
       share c costs extra labels, c·π_t = audit_rate / c of all traffic (10% at c = 0.5, 6% at
       c = 0.8, audit_rate at full automation). The ledger then keeps growing fast while
       automation is partial, so the next declared checkpoint — and a wider, newer version —
-      arrives within a few thousand cases instead of never (SPEC §4, "keep the audit rate up
-      after automation starts"; measured in docs/backtest.md);
+      arrives within a few thousand cases instead of never (measured in docs/backtest.md);
     * on fallback ×4 (×8 with a drift warning), at most ``FALLBACK_AUDIT_CAP`` (0.5) unless
       the rate was higher already; ×2 on a label-free drift warning otherwise.
 

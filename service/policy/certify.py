@@ -1,4 +1,4 @@
-"""Threshold grid and Learn-then-Test fixed-sequence certification (SPEC §4.2, §4.3, §4.7).
+"""Threshold grid and Learn-then-Test fixed-sequence certification (docs/policy.md, §4.3, §4.7).
 
 Score convention: a case is answered automatically when ``s >= τ``. A ledger or traffic case
 that could never be automated (e.g. its suggested label is in ``never_automate``, or it belongs
@@ -19,7 +19,7 @@ from scipy import stats
 from .params import Policy, label_is_automatable
 from .stats import min_cases_to_pass
 
-#: The walk starts where at least this share of the ledger lies above τ₁ (SPEC §4 facts:
+#: The walk starts where at least this share of the ledger lies above τ₁ (docs/policy.md:
 #: starting at the bare minimum drifts into the most extreme scores as the ledger grows).
 START_LEDGER_SHARE = 0.25
 DEFAULT_GRID_POINTS = 100
@@ -277,7 +277,7 @@ def certify_by_label(
     delta: float,
     n_points: int = DEFAULT_GRID_POINTS,
 ) -> LabelCertification:
-    """Certify each label group separately (SPEC §4.7).
+    """Certify each label group separately (docs/policy.md).
 
     ``*_labels`` are the model's suggested labels. Cases outside a group (or suggesting a
     never-automated label) get score −inf for that group, so they never enter its certified set

@@ -1,4 +1,4 @@
-"""Multiplicity control across repeated certification attempts (SPEC §4 facts).
+"""Multiplicity control across repeated certification attempts (docs/policy.md).
 
 Every attempt on a growing ledger is another chance for a lucky pass. Tandem spends δ over
 *declared* ledger sizes (checkpoints), fixed before any label is seen:
@@ -12,8 +12,9 @@ most δ — whatever happens between checkpoints (retraining, champion/challenge
 Why these numbers (measured by backtest, docs/backtest.md): the earlier dense schedule
 (ledger ×1.25 and δ ×0.8 per checkpoint, starting at the bare minimum ledger) spent most of δ
 on small ledgers where nothing could pass, and was down to δ/70 by the time ~1,300 cases
-existed. Doubling ledgers with halving δ is SPEC design (a); starting at the first ledger
-where a region holding half of it can pass keeps δ/2 for an attempt that can succeed.
+existed. Doubling ledgers with halving δ is the first of the designs compared in
+docs/backtest.md; starting at the first ledger where a region holding half of it can pass
+keeps δ/2 for an attempt that can succeed.
 
 Only the newest model is certified at a checkpoint; a checkpoint skipped (the ledger jumped
 past it) leaves its δ unspent, which is conservative. Each checkpoint is used at most once.

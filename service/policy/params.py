@@ -1,4 +1,4 @@
-"""Per-task automation policy parameters (SPEC §4)."""
+"""Per-task automation policy parameters (docs/policy.md)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from typing import Any
 class Policy:
     """The automation policy of one task.
 
-    Defaults are the contract values of SPEC §4. ``certification_margin`` lets a user who needs
-    realised error under α over short windows certify at α' = α − margin (SPEC §4, first fact).
+    Defaults are the documented values (docs/policy.md, "Technical reference").
+    ``certification_margin`` lets a user who needs realised error under α over short windows
+    certify at α' = α − margin (docs/policy.md, "What the promise is not").
     Instances are immutable; ``label_targets`` is a plain dict, so a Policy is not hashable.
     """
 
@@ -93,5 +94,5 @@ class Policy:
 
 
 def label_is_automatable(policy: Policy, label: str) -> bool:
-    """False for labels the task never decides alone (route reason ``policy``, SPEC §4.7)."""
+    """False for labels the task never decides alone (route reason ``policy``, docs/policy.md)."""
     return label not in policy.never_automate

@@ -1,4 +1,4 @@
-"""Gradual widening tied to traffic, not to versions (SPEC §4.4 and facts)."""
+"""Gradual widening tied to traffic, not to versions (docs/policy.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from .params import Policy
 
 #: Traffic cases per full ``max_coverage_step``: after 250 cases without a change the step may
 #: be used again, after 500 twice, … (a per-version cap throttled automation when versions
-#: were few; SPEC §4 facts). The step never shrinks below one ``max_coverage_step``. 500 held
+#: were few; docs/policy.md). The step never shrinks below one ``max_coverage_step``. 500 held
 #: the first release of a model certified after ~2,000 cold-start cases to ~40% coverage
 #: when 74% was proved (docs/backtest.md, letter); 250 lets it follow the evidence sooner
 #: while the live watch still sees each widening before the next.

@@ -292,9 +292,10 @@ class Evidence:
     slow, skipped or hard audits cannot drop out of the evidence. ``*_blocked`` marks cases
     the router never answers automatically whatever their score (forced review, input out of
     the version's training range): they are left out of the certified set as the router
-    leaves them out of the automated one. Recent traffic is newest first and excludes the
-    cases the version was trained on; its first ``CURRENT_WINDOW`` cases are "now" for the
-    exchangeability check.
+    leaves them out of the automated one. Recent traffic is newest first; its first
+    ``CURRENT_WINDOW`` cases are "now" for the exchangeability check of suggested labels, the
+    last ``CURRENT_WINDOW`` flagged cases for that of scores (see
+    :func:`service.policy.traffic_matches_ledger`).
     """
 
     ledger_scores: np.ndarray
@@ -456,12 +457,11 @@ def certify_version(
         )
     ledger_scores = evidence.ledger_scores[:n_ledger]
     ledger_pred_list = list(evidence.ledger_pred[:n_ledger])
-    current_n = min(CURRENT_WINDOW, int(evidence.recent_scores.size))
     shift = traffic_matches_ledger(
         ledger_scores,
         ledger_pred_list,
-        evidence.recent_scores[:current_n],
-        list(evidence.recent_pred[:current_n]),
+        current_scores=evidence.ledger_scores[-CURRENT_WINDOW:],
+        current_pred=list(evidence.recent_pred[:CURRENT_WINDOW]),
     )
     if not shift.exchangeable:
         reason = (
@@ -817,7 +817,7 @@ UNSEEN_WARNING = 0.2
 
 
 def drift_check(session: Session, task: Task) -> dict[str, Any]:
-    """Label-free early warning (SPEC §4.5): PSI of recent scores against the active
+    """Label-free early warning (docs/policy.md): PSI of recent scores against the active
     version's held-out reference scores, plus per-field drift / missing / unseen rates against
     its training profile. A warning freezes widening and doubles the audit rate; recovery
     lifts both. Returns the report (also stored in the audit event when the state flips)."""

@@ -1,5 +1,5 @@
-"""The training run behind the ``train_task`` job (SPEC §5), kept in ``service`` so the demo
-can run it in-process (``service`` never imports ``workers``).
+"""The training run behind the ``train_task`` job (docs/learning.md), kept in ``service`` so
+the demo can run it in-process (``service`` never imports ``workers``).
 
 Shape of one run, chosen so a worker killed at any instant leaves nothing half-done:
 
@@ -7,8 +7,8 @@ Shape of one run, chosen so a worker killed at any instant leaves nothing half-d
 2. read the cases: TRAINING SET = labelled cases NOT flagged for audit (reviews below
    threshold, cold start, application outcomes); LEDGER = every flagged case of the current
    ledger epoch in arrival order, labelled or not (never trained on, so it can certify; an
-   attempt waits until its first n_j are all labelled); RECENT = the newest cases the
-   version is not trained on. Automatic answers' model labels are never read: only
+   attempt waits until its first n_j are all labelled); RECENT = the newest cases of all
+   traffic. Automatic answers' model labels are never read: only
    ``human_label``;
 3. train (minutes, no transaction or row lock held);
 4. ONE final transaction: write the version row, certify it, maybe promote it, finish the
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.db import db_session, transaction, utcnow
@@ -107,14 +107,9 @@ def collect(session: Session, task: Task) -> LabelledData:
     if task.ledger_since is not None:
         ledger_stmt = ledger_stmt.where(Case.created_at > task.ledger_since)
     ledger = session.execute(ledger_stmt.order_by(Case.created_at, Case.id)).all()
-    # Recent traffic the version is not trained on: its own training cases would make its
-    # scores (and so the grid, the coverage and the exchangeability check) look too sure.
     recent = session.execute(
         select(Case.input, Case.reason)
-        .where(
-            Case.task_id == task.id,
-            or_(Case.human_label.is_(None), Case.audit.is_(True)),
-        )
+        .where(Case.task_id == task.id)
         .order_by(Case.created_at.desc(), Case.id.desc())
         .limit(automation.RECENT_CASES)
     ).all()

@@ -243,9 +243,7 @@ def test_collect_returns_every_flagged_case_in_arrival_order(app, db, client, to
     db.flush()
     data = learning.collect(db, task)
     newest_last = sorted(rows, key=lambda r: r["created_at"])
-    assert [r["review"] for r in data.ledger_rows] == [
-        r["input"]["review"] for r in newest_last
-    ]
+    assert [r["review"] for r in data.ledger_rows] == [r["input"]["review"] for r in newest_last]
     assert data.ledger_labels == [r["human_label"] for r in newest_last]
     assert data.ledger_forced == [r["reason"] == "forced" for r in newest_last]
     assert data.labelled_ledger == 4
@@ -322,3 +320,14 @@ def test_no_attempt_while_current_traffic_differs_from_the_ledger(app, db, clien
     ev.recent_pred = ["good" if i % 20 else "bad" for i in range(ev.recent_scores.size)]
     again = automation.certify_version(db, task, version(db, task, 2), ev)
     assert again.attempted and again.record["exchangeability"]["exchangeable"] is True
+
+
+def test_over_confident_scores_on_recent_traffic_do_not_block_an_attempt(app, db, client, tokens):
+    """Recent traffic holds the candidate's own training cases, scored too sure; scores are
+    compared on the latest audited cases instead, so this is no shift."""
+    task = make_task(client, tokens["admin"])
+    labelled_cases(db, task, 2000)
+    ev = evidence(600, 0.002)
+    ev.recent_scores = np.full(ev.recent_scores.size, 0.999)
+    out = automation.certify_version(db, task, version(db, task), ev)
+    assert out.attempted, out.reason

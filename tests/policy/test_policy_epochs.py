@@ -71,8 +71,8 @@ def test_exchangeable_traffic_passes_even_with_many_classes():
         check = traffic_matches_ledger(
             rng.random(600),
             list(rng.choice(labels, 600)),
-            rng.random(300),
-            list(rng.choice(labels, 300)),
+            current_scores=rng.random(300),
+            current_pred=list(rng.choice(labels, 300)),
         )
         assert check.checked
         refused += not check.exchangeable
@@ -83,15 +83,22 @@ def test_a_turning_stream_is_refused_on_labels_or_scores():
     rng = np.random.default_rng(1)
     ledger_pred = ["a"] * 570 + ["b"] * 30
     current_pred = ["a"] * 213 + ["b"] * 87  # the class turned 87 cases ago
-    turned = traffic_matches_ledger(rng.random(600), ledger_pred, rng.random(300), current_pred)
+    turned = traffic_matches_ledger(
+        rng.random(600), ledger_pred, current_scores=rng.random(300), current_pred=current_pred
+    )
     assert turned.checked and not turned.exchangeable
     assert turned.label_psi is not None and turned.label_psi > 0.2
     scores = traffic_matches_ledger(
-        rng.beta(5, 1, 600), ["a"] * 600, rng.beta(1, 5, 300), ["a"] * 300
+        rng.beta(5, 1, 600),
+        ["a"] * 600,
+        current_scores=rng.beta(1, 5, 300),
+        current_pred=["a"] * 300,
     )
     assert not scores.exchangeable and scores.score_psi is not None and scores.score_psi > 0.2
 
 
 def test_too_few_current_cases_cannot_refuse():
-    check = traffic_matches_ledger(np.ones(600), ["a"] * 600, np.zeros(50), ["b"] * 50)
+    check = traffic_matches_ledger(
+        np.ones(600), ["a"] * 600, current_scores=np.zeros(50), current_pred=["b"] * 50
+    )
     assert not check.checked and check.exchangeable
