@@ -42,7 +42,7 @@ from service.policy import (
     threshold_grid,
     traffic_matches_ledger,
 )
-from service.policy.exchangeability import CURRENT_WINDOW
+from service.policy.exchangeability import CURRENT_WINDOW, label_shift
 from service.policy.monitor import MIN_DRIFT_SAMPLE
 from service.services import audit, webhooks
 from service.services.audit import SYSTEM, Actor
@@ -411,6 +411,15 @@ def _step_dict(step: CertStep) -> dict[str, Any]:
     }
 
 
+def _latest_audits(scores: np.ndarray, n_ledger: int) -> np.ndarray:
+    """Scores on the latest audited cases: those that arrived after the ledger when there are
+    enough of them (a sample overlapping the ledger hides a change), else the latest ones."""
+    after = scores[n_ledger:]
+    if after.size >= MIN_DRIFT_SAMPLE:
+        return after[-CURRENT_WINDOW:]
+    return scores[-CURRENT_WINDOW:]
+
+
 def certify_version(
     session: Session, task: Task, version: ModelVersion, evidence: Evidence
 ) -> CertificationOutcome:
@@ -460,7 +469,7 @@ def certify_version(
     shift = traffic_matches_ledger(
         ledger_scores,
         ledger_pred_list,
-        current_scores=evidence.ledger_scores[-CURRENT_WINDOW:],
+        current_scores=_latest_audits(evidence.ledger_scores, n_ledger),
         current_pred=list(evidence.recent_pred[:CURRENT_WINDOW]),
     )
     if not shift.exchangeable:
@@ -818,7 +827,8 @@ UNSEEN_WARNING = 0.2
 
 def drift_check(session: Session, task: Task) -> dict[str, Any]:
     """Label-free early warning (docs/policy.md): PSI of recent scores against the active
-    version's held-out reference scores, plus per-field drift / missing / unseen rates against
+    version's held-out reference scores, the suggested labels against those it made on its
+    ledger (PSI > 0.1 and p < 0.001), plus per-field drift / missing / unseen rates against
     its training profile. A warning freezes widening and doubles the audit rate; recovery
     lifts both. Returns the report (also stored in the audit event when the state flips)."""
     version = task.active_model
@@ -826,7 +836,7 @@ def drift_check(session: Session, task: Task) -> dict[str, Any]:
         return {"checked": False, "reason": "no active model"}
     reference = (version.profile or {}).get("reference_scores") or []
     rows = session.execute(
-        select(Case.confidence, Case.input)
+        select(Case.confidence, Case.input, Case.suggestion_label)
         .where(Case.task_id == task.id, Case.model_version_id == version.id)
         .order_by(Case.created_at.desc())
         .limit(DRIFT_SAMPLE)
@@ -841,6 +851,13 @@ def drift_check(session: Session, task: Task) -> dict[str, Any]:
     warnings: list[str] = []
     if drift_warning(reference, scores, threshold=PSI_WARNING):
         warnings.append(f"score PSI {score_psi:.3f} > {PSI_WARNING}")
+    label_counts = (version.profile or {}).get("reference_label_counts")
+    suggested = [r.suggestion_label for r in rows if r.suggestion_label is not None]
+    if label_counts and len(suggested) >= MIN_DRIFT_SAMPLE:
+        label_psi, label_p, shifted = label_shift(label_counts, suggested)
+        report["label_psi"] = label_psi
+        if shifted:
+            warnings.append(f"suggested labels: PSI {label_psi:.3f} (p = {label_p:.1e})")
     data = (version.profile or {}).get("data")
     fields_report: dict[str, Any] = {}
     if data:

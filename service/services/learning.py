@@ -371,6 +371,9 @@ def _train_and_release(
                         "labels": labels,
                         "data": profile.to_dict() if profile is not None else None,
                         "reference_scores": reference,
+                        # The suggested labels on the same held-out cases, for the drift
+                        # check's label half (a class turning shows there before scores).
+                        "reference_label_counts": dict(Counter(ledger_pred[-REFERENCE_CASES:])),
                     },
                     certification={},
                     timings={

@@ -75,3 +75,28 @@ def test_retrain_check_requests_once(app: Any, db: Any, task: Any, redis_conn: A
     job = db.scalar(select(Job).where(Job.task_id == row.id))
     assert job is not None and job.state == "queued" and job.progress["reason"] == "schedule"
     assert maintenance.retrain_check() == []  # one job per task
+
+
+def test_drift_check_sees_suggested_labels_turn(app: Any, db: Any, task: Any) -> None:
+    """A class that turns shows in the suggested labels before it shows in the scores: the
+    scores below stay where the reference is, the suggestions go from 5% to 40% "bad"."""
+    version = install_model(db, "loan-review", threshold=0.9)
+    rng = np.random.default_rng(1)
+    reference = sorted(float(x) for x in 0.5 + 0.5 * rng.random(200))
+    version.profile = {
+        **version.profile,
+        "reference_scores": reference,
+        "reference_label_counts": {"good": 570, "bad": 30},
+    }
+    row = db.scalar(select(Task).where(Task.name == "loan-review"))
+    steady = [float(x) for x in 0.5 + 0.5 * rng.random(400)]
+    _cases(db, row, steady[:380])
+    _cases(db, row, steady[380:], suggestion_label="bad")  # 5%, as in the reference
+    report = automation.drift_check(db, row)
+    assert report["checked"] and not report["warnings"], report["warnings"]
+    turned = [float(x) for x in 0.5 + 0.5 * rng.random(600)]
+    _cases(db, row, turned[:300], suggestion_label="bad")
+    _cases(db, row, turned[300:])
+    report = automation.drift_check(db, row)
+    assert any(w.startswith("suggested labels") for w in report["warnings"]), report
+    assert report["score_psi"] < 0.2 and row.widening_frozen
