@@ -38,8 +38,13 @@ class LiveWatch:
     """Sliding-window exact test of the live error of audited automatic answers.
 
     Alarm when the one-sided Clopper–Pearson LOWER bound at 1 − δ over the last ``window``
-    audited automatic answers exceeds α. Checking after every arrival makes false alarms more
-    frequent than δ; that errs on the safe side (a false alarm only sends work to people).
+    audited automatic answers exceeds α. It is checked after every arrival, so over a long run
+    false alarms are far more frequent than δ: at a true error of 0.75α (α = 2–5%) about one
+    fresh watch in eight falls back within its first 500 audited answers (small windows are
+    noisy), and the median run to a false alarm is 7,000–13,000 audited answers
+    (docs/policy.md, "How fast the live watch reacts"; scripts/watch_power.py). That errs on
+    the side of the promise but is not free: a fallback sends all work to people until a
+    version passes the next declared checkpoint or an admin re-activates one.
 
     Why not MAPIE 1.6 ``exchangeability_testing.RiskMonitoring``: it accumulates the whole
     history (no window, so it reacts slowly to a change after a long good period), uses an
@@ -67,6 +72,59 @@ class LiveWatch:
 
     def status(self) -> LiveStatus:
         return _status(len(self._buf), self._k, self.alpha, self.delta)
+
+
+def alarm_table(alpha: float, delta: float, window: int = DEFAULT_WINDOW) -> np.ndarray:
+    """Fewest errors that raise the alarm among n audited answers, for n = 0 … ``window``.
+
+    Entry n is n + 1 when no count alarms. The alarm is monotone in the error count (the
+    Clopper–Pearson bounds grow with k), so the watch's decision after any arrival is
+    ``errors_in_window >= table[answers_in_window]``. Built from the watch's own rule, so a
+    vectorised simulation (:func:`first_alarm`) measures exactly what :class:`LiveWatch` does.
+    """
+    if window < 1:
+        raise ValueError("window must be >= 1")
+    table = np.empty(window + 1, dtype=np.int64)
+    table[0] = 1
+    for n in range(1, window + 1):
+        lo, hi = 0, n + 1  # binary search for the least alarming k in [0, n]; n + 1 = none
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if _status(n, mid, alpha, delta).alarm:
+                hi = mid
+            else:
+                lo = mid + 1
+        table[n] = lo
+    return table
+
+
+def first_alarm(
+    errors: np.ndarray,
+    *,
+    alpha: float,
+    delta: float,
+    window: int = DEFAULT_WINDOW,
+    start: int = 0,
+) -> np.ndarray:
+    """When a watch checked after every arrival first alarms, for many streams at once.
+
+    ``errors`` is a (streams × answers) 0/1 array of audited automatic answers in arrival order,
+    the watch starting empty. Returns, per stream, the number of answers after which
+    :class:`LiveWatch` first alarms, counting only alarms after the first ``start`` answers
+    (those fill the window before a change); 0 when it never does within the array.
+    """
+    e = np.atleast_2d(np.asarray(errors)).astype(np.int32)
+    if e.ndim != 2:
+        raise ValueError("errors must be a (streams × answers) array")
+    table = alarm_table(alpha, delta, window)
+    cum = np.zeros((e.shape[0], e.shape[1] + 1), dtype=np.int32)
+    np.cumsum(e, axis=1, out=cum[:, 1:])
+    t = np.arange(1, e.shape[1] + 1)
+    k = cum[:, 1:] - cum[:, np.maximum(t - window, 0)]
+    alarm = k >= table[np.minimum(t, window)]
+    alarm[:, : max(start, 0)] = False
+    hit = alarm.any(axis=1)
+    return np.where(hit, alarm.argmax(axis=1) + 1, 0)
 
 
 def live_error_alarm(
