@@ -102,6 +102,12 @@ def _status_dict(status: LiveStatus) -> dict[str, Any]:
     }
 
 
+FALLBACK_REASONS = {
+    "live_error": "live error shown to exceed the target",
+    "label_shift": "suggested labels shifted away from the certified evidence",
+}
+
+
 def fall_back(
     session: Session,
     task: Task,
@@ -109,11 +115,14 @@ def fall_back(
     *,
     evidence: dict[str, Any],
     request_id: str | None = None,
+    kind: str = "live_error",
 ) -> None:
     """Send every case to people at once and raise the audit rate; keep the model for
-    suggestions. Automation resumes only through a new certification on a ledger drawn after
-    the alarm: every stored certification is revoked (an admin cannot re-activate one) and a
-    new ledger epoch starts now."""
+    suggestions. ``kind``: ``live_error`` (the live watch) or ``label_shift`` (the traffic's
+    suggested labels no longer match the evidence the rule was certified on). Automation
+    resumes only through a new certification on a ledger drawn after the alarm: every stored
+    certification is revoked (an admin cannot re-activate one) and a new ledger epoch starts
+    now."""
     before = {
         "state": task.automation_state,
         "threshold": task.threshold,
@@ -130,7 +139,7 @@ def fall_back(
         "before": before,
         "after": {"state": "fallback"},
         "evidence": evidence,
-        "reason": "live error shown to exceed the target",
+        "reason": FALLBACK_REASONS[kind],
         "revoked_versions": revoked,
         "ledger_since": _iso(now),
     }
@@ -143,7 +152,7 @@ def fall_back(
         request_id=request_id,
     )
     webhooks.emit(
-        session, task, "drift.detected", {"kind": "live_error", **evidence}, request_id=request_id
+        session, task, "drift.detected", {"kind": kind, **evidence}, request_id=request_id
     )
     webhooks.emit(
         session,
@@ -828,9 +837,10 @@ UNSEEN_WARNING = 0.2
 def drift_check(session: Session, task: Task) -> dict[str, Any]:
     """Label-free early warning (docs/policy.md): PSI of recent scores against the active
     version's held-out reference scores, the suggested labels against those it made on its
-    ledger (PSI > 0.1 and p < 0.001), plus per-field drift / missing / unseen rates against
-    its training profile. A warning freezes widening and doubles the audit rate; recovery
-    lifts both. Returns the report (also stored in the audit event when the state flips)."""
+    ledger (PSI > 0.1 and p < 0.001; while automating this one also falls back), plus
+    per-field drift / missing / unseen rates against its training profile. A warning freezes
+    widening and doubles the audit rate; recovery lifts both. Returns the report (also stored
+    in the audit event when the state flips)."""
     version = task.active_model
     if version is None:
         return {"checked": False, "reason": "no active model"}
@@ -858,6 +868,18 @@ def drift_check(session: Session, task: Task) -> dict[str, Any]:
         report["label_psi"] = label_psi
         if shifted:
             warnings.append(f"suggested labels: PSI {label_psi:.3f} (p = {label_p:.1e})")
+            if task.automation_state == "automating":
+                # The mix of what the rule answers is no longer the mix it was proved on:
+                # pull it back now rather than wait for the live watch's window to fill
+                # with wrong answers (docs/backtest.md, "A stream that turns").
+                fall_back(
+                    session,
+                    task,
+                    SYSTEM,
+                    evidence={"label_psi": label_psi, "p_value": label_p, "n": len(suggested)},
+                    kind="label_shift",
+                )
+                report["fallback"] = True
     data = (version.profile or {}).get("data")
     fields_report: dict[str, Any] = {}
     if data:

@@ -100,3 +100,12 @@ def test_drift_check_sees_suggested_labels_turn(app: Any, db: Any, task: Any) ->
     report = automation.drift_check(db, row)
     assert any(w.startswith("suggested labels") for w in report["warnings"]), report
     assert report["score_psi"] < 0.2 and row.widening_frozen
+    # the rule was proved on a mix that no longer arrives: automation is pulled back at once
+    assert report["fallback"] and row.automation_state == "fallback"
+    assert row.ledger_since is not None
+    fallback = db.scalar(
+        select(AuditEvent).where(
+            AuditEvent.task_id == row.id, AuditEvent.action == "automation.fallback"
+        )
+    )
+    assert fallback is not None and "suggested labels shifted" in fallback.details["reason"]
