@@ -862,7 +862,9 @@ def drift_check(session: Session, task: Task) -> dict[str, Any]:
     if drift_warning(reference, scores, threshold=PSI_WARNING):
         warnings.append(f"score PSI {score_psi:.3f} > {PSI_WARNING}")
     label_counts = (version.profile or {}).get("reference_label_counts")
-    suggested = [r.suggestion_label for r in rows if r.suggestion_label is not None]
+    # The latest few hundred only: over the whole sample a turn would need hundreds more
+    # cases to move the mix past the threshold (the p-value keeps the small sample honest).
+    suggested = [r.suggestion_label for r in rows[:CURRENT_WINDOW] if r.suggestion_label]
     if label_counts and len(suggested) >= MIN_DRIFT_SAMPLE:
         label_psi, label_p, shifted = label_shift(label_counts, suggested)
         report["label_psi"] = label_psi

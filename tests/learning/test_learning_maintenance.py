@@ -94,9 +94,10 @@ def test_drift_check_sees_suggested_labels_turn(app: Any, db: Any, task: Any) ->
     _cases(db, row, steady[380:], suggestion_label="bad")  # 5%, as in the reference
     report = automation.drift_check(db, row)
     assert report["checked"] and not report["warnings"], report["warnings"]
-    turned = [float(x) for x in 0.5 + 0.5 * rng.random(600)]
-    _cases(db, row, turned[:300], suggestion_label="bad")
-    _cases(db, row, turned[300:])
+    turned = [float(x) for x in 0.5 + 0.5 * rng.random(300)]
+    for start in range(0, 300, 10):  # 40% "bad" in every stretch of the latest 300
+        _cases(db, row, turned[start : start + 4], suggestion_label="bad")
+        _cases(db, row, turned[start + 4 : start + 10])
     report = automation.drift_check(db, row)
     assert any(w.startswith("suggested labels") for w in report["warnings"]), report
     assert report["score_psi"] < 0.2 and row.widening_frozen
