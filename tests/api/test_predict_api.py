@@ -90,16 +90,18 @@ def test_threshold_is_inclusive(client, tokens, task, db):
 
 
 def test_force_review_and_never_automate_and_fallback(client, tokens, task, db):
-    install_model(db, "loan-review", threshold=0.5)
-    forced = predict(client, tokens["app"], {"input": good_input(), "force_review": True})
-    assert forced.status_code == 202 and forced.json["reason"] == "forced"
-    assert forced.json["suggestion"] is not None
-
+    # never_automate is part of what a certification proves: set before the model goes live
+    # (changing it later stops automation, tests/learning/test_promise_integrity.py)
     client.patch(
         "/api/v1/tasks/loan-review",
         json={"policy": {"never_automate": ["good"]}},
         headers=auth(tokens["admin"]),
     )
+    install_model(db, "loan-review", threshold=0.5)
+    forced = predict(client, tokens["app"], {"input": good_input(), "force_review": True})
+    assert forced.status_code == 202 and forced.json["reason"] == "forced"
+    assert forced.json["suggestion"] is not None
+
     policy = predict(client, tokens["app"], {"input": good_input()})
     assert policy.json["reason"] == "policy" and policy.json["route"] == "review"
 
