@@ -72,6 +72,16 @@ REASON_TEXT = {
     "policy": "The suggested label is one this task never automates.",
     "confident": "The model answered automatically; this case is a quality check.",
 }
+#: What the review page says about a case (docs/review.md, "Blind review"): reasons as
+#: reviewers see them (``cases.reviewer_reason``), none that would tell an audit apart or hint
+#: at the model's suggestion.
+REVIEWER_REASON_TEXT = {
+    "low_confidence": "The model cannot be trusted to decide this case on its own.",
+    "cold_start": REASON_TEXT["cold_start"],
+    "fallback": REASON_TEXT["fallback"],
+    "invalid_input": REASON_TEXT["invalid_input"],
+    "forced": REASON_TEXT["forced"],
+}
 
 
 @bp.before_app_request
@@ -232,7 +242,7 @@ def review_page(task: str) -> str:
         "task": row.name,
         "labels": row.labels,
         "fields": row.fields,
-        "reasons": REASON_TEXT,
+        "reasons": REVIEWER_REASON_TEXT,
         "api": {
             "claim": url_for("review.claim", task=row.name),
             "case": "/api/v1/cases/",
@@ -246,6 +256,10 @@ def review_page(task: str) -> str:
     )
 
 
+#: Queue filters reviewers do not get: they would pick out the audits (docs/review.md).
+BLIND_FILTERS = ("status", "reason", "audit")
+
+
 @bp.get("/tasks/<string:task>/queue")
 @roles("reviewer", "analyst")
 def queue_page(task: str) -> Any:
@@ -254,11 +268,22 @@ def queue_page(task: str) -> Any:
     except ServiceError as exc:
         flash(f"Filters ignored: {exc.message}", "error")
         args = parse_queue_args({})
+    blind = current_user.role not in case_service.FULL_VIEW_ROLES
+    hidden = [name for name in BLIND_FILTERS if name in args] if blind else []
+    if hidden:
+        flash(f"Filters ignored: reviews are blind ({', '.join(hidden)}).", "error")
+        args = {k: v for k, v in args.items() if k not in hidden}
     page = review_service.queue_page(
         db_session(), task, actor(), review_service.QueueFilter(**args)
     )
     return render_template(
-        "queue.html", task=task, page=page, args=args, reasons=REASONS, query=request.args
+        "queue.html",
+        task=task,
+        page=page,
+        args=args,
+        reasons=REASONS,
+        query=request.args,
+        blind=blind,
     )
 
 
@@ -266,9 +291,19 @@ def queue_page(task: str) -> Any:
 @roles("reviewer", "analyst")
 def case_page(case_id: str) -> str:
     session = db_session()
-    case = case_service.get_case(session, case_id, actor())
+    me = actor()
+    case = case_service.get_case(session, case_id, me)
     task = review_service.get_task_for_case(session, case)
-    detail = case_service.case_detail(session, case)
+    if me.role not in case_service.FULL_VIEW_ROLES:
+        # Reviewers see a case as the review page shows it (docs/review.md, "Blind review").
+        view = case_service.blind_view(session, case, task, me.id)
+        return render_template(
+            "case_blind.html",
+            case=view,
+            task=task,
+            reasons=REVIEWER_REASON_TEXT,
+        )
+    detail = case_service.case_detail(session, case, everything=True)
     comments = {r.id: r.comment for r in case.reviews}
     events = session.scalars(
         select(AuditEvent).where(AuditEvent.case_id == case.id).order_by(AuditEvent.id)
@@ -390,6 +425,7 @@ POLICY_FIELDS = (
     ("min_labels", "1", "Labels before the first model"),
     ("max_coverage_step", "any", "Largest coverage step"),
     ("retrain_every", "1", "Retrain every N labels"),
+    ("second_review_rate", "any", "Second blind review (share of audits)"),
 )
 REVIEW_FIELDS = (
     ("lease_seconds", "1", "Lease (seconds)"),

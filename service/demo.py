@@ -7,6 +7,11 @@ cases — so a certified model automates part of the traffic before the server s
 live tail of 300 cases, some answered automatically and the rest waiting in the review queue.
 `retrain_every` is 25 so a newcomer sees the next version trained after a few reviews.
 
+An application's outcome is never an audit verdict (docs/api.md, "Outcomes"): the history's
+audited cases also get a person's verdict, the recorded decision entered through the review
+queue by a past reviewer (``HISTORY_REVIEWER``, an account nobody signs in to), so the audit
+ledger certifies and the live watch runs as they would have.
+
 Why `target_error` 0.15 and not 0.05: on credit_data the best model is wrong on ~3% of its
 most confident tenth and ~4.5% of its most confident quarter. Certification starts its walk
 where a quarter of the audit ledger lies above the threshold, and the seeded history reaches
@@ -21,6 +26,7 @@ import csv
 import json
 import math
 import random
+import secrets
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -47,6 +53,8 @@ SEED_CHUNK = 500
 #: History sizes after which the demo trains in-process (plus once at the end).
 TRAIN_AT = (2000,)
 DEMO_ACTOR = Actor(kind="system", id=None, name="demo-seed", role="admin")
+#: The reviewer who gave the history's audit verdicts (random password, never shown).
+HISTORY_REVIEWER = "past-reviewer@example.com"
 
 CREDIT_FIELDS: list[dict[str, Any]] = [
     {"name": "Seniority", "type": "number"},
@@ -139,6 +147,15 @@ def seed_demo(app: Flask) -> dict[str, Any]:
                     task_scope=None,
                     actor=DEMO_ACTOR,
                 )
+        if fresh and session.scalar(select(User.id).where(User.email == HISTORY_REVIEWER)) is None:
+            accounts.create_user(
+                session,
+                email=HISTORY_REVIEWER,
+                password=secrets.token_urlsafe(24),
+                role="reviewer",
+                task_scope=[DEMO_TASK],
+                actor=DEMO_ACTOR,
+            )
     token_file = home / "demo_app_token"
     if not token_file.exists():
         with transaction() as session:
@@ -170,6 +187,10 @@ def _seed_history(
     from service.services.training import training_job_id
 
     app_actor = Actor(kind="system", id=None, name="demo-history", role="app", task_scope=None)
+    with transaction() as session:
+        user = session.scalar(select(User).where(User.email == HISTORY_REVIEWER))
+        assert user is not None
+        reviewer = accounts.user_actor(user)
     for start in range(0, len(history), SEED_CHUNK):
         chunk = history[start : start + SEED_CHUNK]
         with transaction() as session:
@@ -179,7 +200,13 @@ def _seed_history(
                 [predict.PredictRequest(input=values) for values, _ in chunk],
                 app_actor,
             )
-            _record_outcomes(session, results, [label for _, label in chunk], app_actor)
+            labels = [label for _, label in chunk]
+            _record_outcomes(session, results, labels, app_actor)
+            _review_audits(
+                session,
+                {r["case_id"]: label for r, label in zip(results, labels, strict=True)},
+                reviewer,
+            )
         done = start + len(chunk)
         if done in TRAIN_AT or done == len(history):
             with transaction() as session:
@@ -206,6 +233,8 @@ def _record_outcomes(
 
     task = session.scalar(select(Task).where(Task.name == DEMO_TASK))
     now = utcnow()
+    ids = [r["case_id"] for r in results]
+    audited = dict(session.execute(select(Case.id, Case.audit).where(Case.id.in_(ids))).all())
     pending = [
         (r, label) for r, label in zip(results, labels, strict=True) if r["status"] == "pending"
     ]
@@ -219,11 +248,14 @@ def _record_outcomes(
                     "final_label": label,
                     "label_source": "application",
                     "resolved_at": now,
-                    "queue_state": None,
-                    "human_label": label,
-                    "human_labelled_at": now,
                     "outcome_label": label,
                     "outcome_at": now,
+                    # An audited case keeps waiting for its audit verdict (record_outcome).
+                    **(
+                        {}
+                        if audited[r["case_id"]]
+                        else {"queue_state": None, "human_label": label, "human_labelled_at": now}
+                    ),
                 }
                 for r, label in pending
             ],
@@ -237,13 +269,28 @@ def _record_outcomes(
                     "actor": actor.name,
                     "task_id": task.id,
                     "case_id": r["case_id"],
-                    "details": {"label": label, "status_before": "pending", "seeded": True},
+                    "details": {
+                        "label": label,
+                        "status_before": "pending",
+                        "seeded": True,
+                        **({"audit_review": "pending"} if audited[r["case_id"]] else {}),
+                    },
                     "created_at": now,
                 }
                 for r, label in pending
             ],
         )
-        task.labels_since_training += len(pending)
+        task.labels_since_training += sum(1 for r, _ in pending if not audited[r["case_id"]])
     for r, label in zip(results, labels, strict=True):
         if r["status"] != "pending":
             record_outcome(session, r["case_id"], label, actor)
+
+
+def _review_audits(session: Any, truth: dict[str, str], reviewer: Actor) -> None:
+    """The audit verdicts of a history chunk: the past reviewer decides every case still
+    waiting (only audited ones are: the outcomes resolved the rest) through the real review
+    path, so the ledger, the retrain counter and the live watch see them as in production."""
+    from service.services import review
+
+    while (claimed := review.claim(session, DEMO_TASK, reviewer)) is not None:
+        review.submit_review(session, claimed.case.id, truth[claimed.case.id], reviewer)

@@ -37,13 +37,16 @@
     const q = s.queue || {};
     const ttd = s.time_to_decision || {};
     const orr = s.override_rate || {};
+    const ag = s.audit_agreement || {};
+    const agHint = ag.n ? "n = " + ag.n + (ag.lower !== null && ag.lower !== undefined ? " · " + T.pct(ag.lower, 0) + "–" + T.pct(ag.upper, 0) : "") : "no doubly reviewed audit yet";
     $("tiles").replaceChildren(
       tile("Automation", a.rate ? T.pct(a.rate.estimate) : "—", (a.state || "manual") + (a.threshold ? " · τ " + a.threshold.toFixed(3) : "")),
       tile("Live error", le.estimate !== undefined && le.estimate !== null ? T.pct(le.estimate) : "—",
         le.target !== undefined ? "target " + T.pct(le.target) + (le.upper !== null && le.upper !== undefined ? " · upper " + T.pct(le.upper) : "") : ""),
       tile("Queue", q.depth !== undefined ? String(q.depth) : "—", q.oldest_pending_seconds ? "oldest " + Math.round(q.oldest_pending_seconds / 60) + " min" : ""),
       tile("Time to decision", ttd.median_seconds ? ttd.median_seconds.toFixed(0) + " s" : "—", ttd.p90_seconds ? "p90 " + ttd.p90_seconds.toFixed(0) + " s" : ""),
-      tile("Override rate", orr.estimate !== undefined && orr.estimate !== null ? T.pct(orr.estimate) : "—", orr.n ? "n = " + orr.n : "")
+      tile("Override rate", orr.estimate !== undefined && orr.estimate !== null ? T.pct(orr.estimate) : "—", orr.n ? "n = " + orr.n : ""),
+      tile("Audit agreement", ag.n ? T.pct(ag.estimate) : "—", agHint)
     );
   }
 

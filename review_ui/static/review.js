@@ -1,4 +1,6 @@
-/* The review page: one case at a time, keyboard first, no page reloads. */
+/* The review page: one case at a time, keyboard first, no page reloads.
+   Blind (docs/review.md): the claimed case carries no model suggestion and nothing that
+   tells an audit apart, and this page shows every case the same way. */
 "use strict";
 (function () {
   const T = window.Tandem;
@@ -36,7 +38,6 @@
     const meta = [];
     if (c.external_id) meta.push("external id " + c.external_id);
     meta.push("received " + new Date(c.created_at).toLocaleString());
-    if (c.reviews_required > 1) meta.push("reviewer " + (c.reviews_done + 1) + " of " + c.reviews_required + "+");
     if (c.sla_breached) meta.push("past its SLA");
     $("case-meta").textContent = meta.join(" · ");
 
@@ -52,35 +53,8 @@
     }
 
     let why = cfg.reasons[c.reason] || c.reason;
-    if (c.audit && c.reason !== "audit") why += " " + cfg.reasons.audit;
-    if (c.reason === "low_confidence" && c.suggestion && c.threshold) {
-      why += " (confidence " + T.pct(c.suggestion.confidence) + ", needs " + T.pct(c.threshold) + ")";
-    }
     if (outOfRange.size) why += " Fields: " + Array.from(outOfRange).join(", ") + ".";
     $("why").textContent = why;
-
-    const sug = $("suggestion");
-    const scores = $("scores");
-    scores.replaceChildren();
-    if (c.suggestion) {
-      sug.replaceChildren(
-        T.el("strong", null, c.suggestion.label),
-        document.createTextNode(" with " + T.pct(c.suggestion.confidence) + " confidence · press Enter to accept")
-      );
-      const entries = Object.entries(c.suggestion.scores || {}).sort((a, b) => b[1] - a[1]);
-      for (const [label, score] of entries) {
-        const id = "score-" + label.replace(/[^a-zA-Z0-9_-]/g, "_");
-        const row = T.el("div", { class: "score" });
-        row.append(
-          T.el("label", { for: id }, label),
-          T.el("meter", { id: id, min: "0", max: "1", value: String(score) }, T.pct(score)),
-          T.el("span", { class: "mono" }, T.pct(score))
-        );
-        scores.append(row);
-      }
-    } else {
-      sug.textContent = "No model yet: your decisions train the first one.";
-    }
 
     const labels = $("labels");
     labels.replaceChildren();
@@ -88,7 +62,6 @@
       const btn = T.el("button", { type: "button", class: "label-btn", "data-label": label });
       if (i < 9) btn.append(T.el("kbd", null, String(i + 1)));
       btn.append(document.createTextNode(" " + label));
-      if (c.suggestion && c.suggestion.label === label) btn.classList.add("suggested");
       btn.addEventListener("click", () => decide(label));
       labels.append(btn);
     });
@@ -180,8 +153,7 @@
     if (ev.key === "Enter") {
       if (ev.target && ev.target.tagName === "BUTTON") return; // let buttons act normally
       ev.preventDefault();
-      if (state.current.suggestion) decide(state.current.suggestion.label);
-      else setStatus("No suggestion to accept: pick a label with 1–9.", "error");
+      setStatus("Pick a label with 1–9.", "error");
       return;
     }
     if (ev.key === "s") { ev.preventDefault(); skip(); }

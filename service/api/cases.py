@@ -22,10 +22,14 @@ blp = Blueprint("cases", __name__, url_prefix="/api/v1", description="Cases and 
 @blp.alt_response(404, schema=ApiErrorSchema)
 @require_roles("app", "reviewer", "analyst")
 def get_case(case_id: str) -> dict[str, Any]:
-    """The case, with its final label once resolved and its reviews."""
+    """The case, with its final label once resolved and its reviews. Applications are never
+    told whether a case was drawn for audit; reviewers get the blind view (their own
+    decisions, no model suggestion); analysts and admins read everything, audit flag included.
+    """
     with unit_of_work() as session:
-        case = case_service.get_case(session, case_id, current_actor())
-        return case_service.case_detail(session, case)
+        actor = current_actor()
+        case = case_service.get_case(session, case_id, actor)
+        return case_service.case_detail_for(session, case, actor)
 
 
 @blp.route("/cases/<string:case_id>/outcome", methods=["POST"])
@@ -51,7 +55,7 @@ def post_outcome(case_id: str) -> dict[str, Any]:
         case = case_service.record_outcome(
             session, case_id, data["label"], current_actor(), request_id=request_id()
         )
-        return case_service.case_detail(session, case)
+        return case_service.case_detail_for(session, case, current_actor())
 
 
 @blp.route("/cases/<string:case_id>/repair", methods=["POST"])
@@ -76,4 +80,4 @@ def repair_case(case_id: str) -> dict[str, Any]:
             actor=current_actor(),
             request_id=request_id(),
         )
-        return case_service.case_detail(session, case)
+        return case_service.case_detail_for(session, case, current_actor())

@@ -14,16 +14,15 @@ from service.api.tasks import load
 from service.errors import ValidationFailed
 from service.schemas.common import ApiErrorSchema
 from service.schemas.review import (
-    ClaimedCaseSchema,
+    BlindCaseSchema,
     ClaimRequestSchema,
+    DecisionSchema,
     QueueArgsSchema,
     QueuePageSchema,
     ReviewRequestSchema,
-    ReviewResultSchema,
 )
 from service.services import cases as case_service
 from service.services import review as review_service
-from service.services.cases import case_detail
 
 blp = Blueprint("review", __name__, url_prefix="/api/v1", description="Review queue")
 
@@ -44,13 +43,16 @@ def _optional_body(schema: Any) -> dict[str, Any]:
         "content": {"application/json": {"schema": ClaimRequestSchema}},
     },
 )
-@blp.response(200, ClaimedCaseSchema, description="The case now leased to the caller")
+@blp.response(
+    200, BlindCaseSchema, description="The case now leased to the caller, as reviewers see it"
+)
 @blp.alt_response(204, description="Nothing is waiting")
 @blp.alt_response(403, schema=ApiErrorSchema)
 @blp.alt_response(404, schema=ApiErrorSchema)
 @require_roles("reviewer")
 def claim(task: str) -> Any:
-    """Lease the next case: past-SLA first, then audit-flagged, then oldest."""
+    """Lease the next case (past its SLA first, then the oldest), shown blind: no model
+    suggestion, and nothing that tells an audited case from another."""
     review_service.require_person(current_actor())  # before the body: refuse first
     data = _optional_body(ClaimRequestSchema())
     with unit_of_work() as session:
@@ -59,7 +61,7 @@ def claim(task: str) -> Any:
         )
         if claimed is None:
             return Response(status=204)
-        view = review_service.claimed_view(session, claimed)
+        view = review_service.claimed_view(session, claimed, current_actor().id)
     return view
 
 
@@ -71,13 +73,15 @@ def claim(task: str) -> Any:
         "content": {"application/json": {"schema": ReviewRequestSchema}},
     },
 )
-@blp.response(200, ReviewResultSchema)
+@blp.response(200, DecisionSchema)
 @blp.alt_response(404, schema=ApiErrorSchema)
 @blp.alt_response(409, schema=ApiErrorSchema, description=CONFLICT_DOC)
 @blp.alt_response(422, schema=ApiErrorSchema)
 @require_roles("reviewer")
 def review(case_id: str) -> dict[str, Any]:
-    """Decide a leased case. Resolves it exactly once (a late second submit gets 409)."""
+    """Decide a leased case. Resolves it exactly once (a late second submit gets 409). The
+    answer says the decision is recorded and until when it can be undone, never how the
+    case resolved (docs/review.md, "Blind review")."""
     review_service.require_person(current_actor())  # before the body: refuse first
     with unit_of_work() as session:
         case_service.get_case(session, case_id, current_actor())  # scope before validation
@@ -90,28 +94,29 @@ def review(case_id: str) -> dict[str, Any]:
             comment=data["comment"],
             request_id=request_id(),
         )
-        view = case_detail(session, decision.case)
-        view["resolved"] = decision.resolved
-        view["review_id"] = str(decision.review.id)
+        task = review_service.get_task_for_case(session, decision.case)
+        view = review_service.decision_view(decision, task)
     return view
 
 
 @blp.route("/cases/<string:case_id>/release", methods=["POST"])
 @blp.doc(**roles_doc("reviewer"))
-@blp.response(200, ReviewResultSchema)
+@blp.response(200, BlindCaseSchema)
 @blp.alt_response(404, schema=ApiErrorSchema)
 @blp.alt_response(409, schema=ApiErrorSchema, description="The caller does not hold the lease")
 @require_roles("reviewer")
 def release(case_id: str) -> dict[str, Any]:
     """Give a leased case back to the queue (skip)."""
     with unit_of_work() as session:
-        case = review_service.release(session, case_id, current_actor(), request_id=request_id())
-        return case_detail(session, case)
+        actor = current_actor()
+        case = review_service.release(session, case_id, actor, request_id=request_id())
+        task = review_service.get_task_for_case(session, case)
+        return case_service.blind_view(session, case, task, actor.id)
 
 
 @blp.route("/cases/<string:case_id>/undo", methods=["POST"])
 @blp.doc(**roles_doc("reviewer"))
-@blp.response(200, ClaimedCaseSchema, description="The case, leased to the caller again")
+@blp.response(200, BlindCaseSchema, description="The case, leased to the caller again")
 @blp.alt_response(404, schema=ApiErrorSchema)
 @blp.alt_response(
     409, schema=ApiErrorSchema, description="Nothing of the caller's to undo, or too late"
@@ -125,7 +130,7 @@ def undo(case_id: str) -> dict[str, Any]:
         case = review_service.undo(session, case_id, actor, request_id=request_id())
         task = review_service.get_task_for_case(session, case)
         claimed = review_service.Claimed(case=case, task=task, renewed=False)
-        return review_service.claimed_view(session, claimed)
+        return review_service.claimed_view(session, claimed, actor.id)
 
 
 @blp.route("/tasks/<string:task>/queue", methods=["GET"])
@@ -137,7 +142,8 @@ def undo(case_id: str) -> dict[str, Any]:
 @require_roles("reviewer", "analyst")
 def queue(args: dict[str, Any], task: str) -> dict[str, Any]:
     """Cases waiting for or in review, oldest first; filter by state, status, reason,
-    audit flag and age."""
+    audit flag and age. Reviewers get the blind listing and filter by state and age only
+    (403 otherwise)."""
     with unit_of_work() as session:
         return review_service.queue_page(
             session, task, current_actor(), review_service.QueueFilter(**args)

@@ -28,6 +28,9 @@ class Policy:
     label_targets: dict[str, float] = field(default_factory=dict)
     cold_start_audit_rate: float = 0.3
     certification_margin: float = 0.0
+    #: Share of audited cases that need a second, independent blind reviewer (docs/review.md,
+    #: "A second blind review"): their agreement measures how reliable the ledger's labels are.
+    second_review_rate: float = 0.0
 
     def __post_init__(self) -> None:
         # Normalise containers so callers may pass lists / any mapping.
@@ -50,6 +53,8 @@ class Policy:
                 raise ValueError(f"{name} must be in (0, 1], got {v!r}")
         if self.min_labels < 0 or self.retrain_every < 1:
             raise ValueError("min_labels must be >= 0 and retrain_every >= 1")
+        if not (0.0 <= self.second_review_rate <= 1.0):  # also refuses NaN
+            raise ValueError(f"second_review_rate must be in [0, 1], got {self.second_review_rate}")
         if not (0.0 <= self.certification_margin < self.target_error):
             raise ValueError("certification_margin must be in [0, target_error)")
         for label, a in self.label_targets.items():

@@ -53,7 +53,6 @@ class CaseResultSchema(Schema):
             "human resolves the case"
         },
     )
-    audit = fields.Boolean()
     suggestion = fields.Nested(SuggestionSchema, allow_none=True)
     model_version = fields.Integer(allow_none=True)
     threshold = fields.Float(allow_none=True)
@@ -95,13 +94,27 @@ class OutcomeViewSchema(Schema):
 
 
 class CaseDetailSchema(CaseResultSchema):
+    """``GET /cases/{id}``: what each role reads (docs/api.md, "Reading a case")."""
+
+    audit = fields.Boolean(
+        metadata={
+            "description": "drawn for the audit sample; analysts and admins only (applications "
+            "and reviewers are never told which cases are audited)"
+        }
+    )
     final_label = fields.String(allow_none=True)
     resolved_by = fields.String(
         allow_none=True, validate=validate.OneOf(("model", "reviewer", "application"))
     )
     resolved_at = fields.String(allow_none=True)
     outcome = fields.Nested(OutcomeViewSchema, allow_none=True)
-    reviews = fields.List(fields.Nested(ReviewViewSchema))
+    reviews = fields.List(
+        fields.Nested(ReviewViewSchema),
+        metadata={
+            "description": "analysts and admins: every review; applications: the reviews that "
+            "decided the final label; reviewers: their own"
+        },
+    )
     input = fields.Dict()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from marshmallow import Schema, fields, validate
 
 from service.models import REASONS
-from service.schemas.cases import CaseDetailSchema
+from service.services.cases import REVIEWER_REASONS
 
 
 class StrictSchema(Schema):
@@ -23,14 +23,38 @@ class ClaimRequestSchema(StrictSchema):
     )
 
 
-class ClaimedCaseSchema(CaseDetailSchema):
+class OwnReviewSchema(Schema):
+    review_id = fields.String()
+    reviewer_id = fields.String(metadata={"description": "the caller's pseudonym"})
+    label = fields.String()
+    decided_at = fields.String(metadata={"format": "date-time"})
+    retracted = fields.Boolean()
+
+
+class BlindCaseSchema(Schema):
+    """A case as a reviewer sees it (docs/review.md, "Blind review"): the same fields for
+    every case, drawn for audit or not; no suggestion, status or other reviewer's verdict."""
+
+    case_id = fields.String()
+    external_id = fields.String(allow_none=True)
     task = fields.String()
-    lease_expires_at = fields.String(metadata={"format": "date-time"})
-    claimed_at = fields.String(metadata={"format": "date-time"})
-    reviews_required = fields.Integer()
-    reviews_done = fields.Integer()
-    sla_breached = fields.Boolean()
+    input = fields.Dict()
+    reason = fields.String(
+        validate=validate.OneOf(sorted(REVIEWER_REASONS)),
+        metadata={
+            "description": "why a person decides, in reviewer terms: cold_start, fallback, "
+            "invalid_input and forced as routed, every other reason as low_confidence"
+        },
+    )
     out_of_range = fields.List(fields.String(), allow_none=True)
+    created_at = fields.String(metadata={"format": "date-time"})
+    sla_breached = fields.Boolean()
+    queue_state = fields.String(allow_none=True)
+    lease_expires_at = fields.String(allow_none=True, metadata={"format": "date-time"})
+    claimed_at = fields.String(allow_none=True, metadata={"format": "date-time"})
+    reviews = fields.List(
+        fields.Nested(OwnReviewSchema), metadata={"description": "the caller's own decisions"}
+    )
 
 
 class ReviewRequestSchema(StrictSchema):
@@ -38,11 +62,16 @@ class ReviewRequestSchema(StrictSchema):
     comment = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=5000))
 
 
-class ReviewResultSchema(CaseDetailSchema):
-    resolved = fields.Boolean(
-        metadata={"description": "false while more reviewers must agree (reviewers_per_case > 1)"}
-    )
+class DecisionSchema(Schema):
+    """A recorded decision. Nothing about how the case resolves (docs/review.md)."""
+
+    case_id = fields.String()
     review_id = fields.String()
+    label = fields.String()
+    decided_at = fields.String(metadata={"format": "date-time"})
+    undo_until = fields.String(
+        metadata={"format": "date-time", "description": "POST /cases/{id}/undo works until then"}
+    )
 
 
 class QueueArgsSchema(Schema):
@@ -64,20 +93,25 @@ class QueueSuggestionSchema(Schema):
     confidence = fields.Float()
 
 
+ANALYSTS_ONLY = "analysts and admins only (reviewers get the blind listing)"
+
+
 class QueueItemSchema(Schema):
     case_id = fields.String()
     external_id = fields.String(allow_none=True)
-    status = fields.String()
+    status = fields.String(metadata={"description": ANALYSTS_ONLY})
     queue_state = fields.String()
-    reason = fields.String()
-    audit = fields.Boolean()
-    suggestion = fields.Nested(QueueSuggestionSchema, allow_none=True)
+    reason = fields.String(metadata={"description": ANALYSTS_ONLY})
+    audit = fields.Boolean(metadata={"description": ANALYSTS_ONLY})
+    suggestion = fields.Nested(
+        QueueSuggestionSchema, allow_none=True, metadata={"description": ANALYSTS_ONLY}
+    )
     created_at = fields.String(metadata={"format": "date-time"})
     age_seconds = fields.Integer()
     sla_breached = fields.Boolean()
     lease_owner = fields.String(allow_none=True)
     lease_expires_at = fields.String(allow_none=True)
-    reviews_required = fields.Integer()
+    reviews_required = fields.Integer(metadata={"description": ANALYSTS_ONLY})
 
 
 class QueuePageSchema(Schema):

@@ -79,6 +79,13 @@ class ReviewerStatsSchema(Schema):
     agreement_rate = fields.Float(allow_none=True)
 
 
+class AuditAgreementSchema(IntervalSchema):
+    n = fields.Integer(
+        metadata={"description": "audited cases decided by two blind reviewers (or more)"}
+    )
+    agreed = fields.Integer(metadata={"description": "of those, the first two chose one label"})
+
+
 class SeriesPointSchema(Schema):
     bucket = fields.DateTime()
     cases = fields.Integer()
@@ -108,5 +115,12 @@ class TaskStatsSchema(Schema):
     time_to_decision = fields.Nested(TimeToDecisionSchema)
     queue = fields.Nested(QueueStatsSchema)
     reviewers = fields.List(fields.Nested(ReviewerStatsSchema))
+    audit_agreement = fields.Nested(
+        AuditAgreementSchema,
+        metadata={
+            "description": "share of doubly reviewed audits whose two blind reviewers agreed, "
+            "exact interval (policy second_review_rate)"
+        },
+    )
     series = fields.List(fields.Nested(SeriesPointSchema))
     drift = fields.Nested(DriftSchema)

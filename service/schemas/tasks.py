@@ -69,6 +69,14 @@ class PolicySchema(StrictSchema):
             "need realised error under target over short windows"
         },
     )
+    second_review_rate = mf.Float(
+        load_default=0.0,
+        validate=validate.Range(0.0, 1.0),
+        metadata={
+            "description": "share of audited cases that a second reviewer also decides, "
+            "blind to the first; their agreement is reported in the task's stats"
+        },
+    )
     audit_mode = mf.String(
         load_default="answer",
         validate=validate.OneOf(("answer", "hold")),
@@ -154,6 +162,7 @@ class PolicyPatchSchema(PolicySchema):
     never_automate = mf.List(mf.String())
     label_targets = mf.Dict(keys=mf.String(), values=mf.Float(validate=validate.Range(0.0001, 0.5)))
     certification_margin = mf.Float(validate=validate.Range(0.0, 0.5))
+    second_review_rate = mf.Float(validate=validate.Range(0.0, 1.0))
     audit_mode = mf.String(validate=validate.OneOf(("answer", "hold")))
 
 

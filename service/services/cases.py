@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from marshmallow import ValidationError as MarshmallowValidationError
@@ -11,7 +12,7 @@ from sqlalchemy.orm import Session
 from service.db import utcnow
 from service.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from service.input_schema import validate_input
-from service.models import Case, Task, User
+from service.models import Case, Review, Task, User
 from service.services import audit, labels, webhooks
 from service.services.audit import Actor
 from service.services.predict import case_view
@@ -31,8 +32,38 @@ def get_case(session: Session, case_id: str, actor: Actor, *, for_update: bool =
     return case
 
 
-def case_detail(session: Session, case: Case) -> dict[str, Any]:
-    """``GET /cases/{id}``: the predict result plus the final label and its history."""
+#: Route reasons a reviewer is shown as they are. Every other one is shown as
+#: ``low_confidence``: ``confident`` and ``audit`` exist only on cases drawn for the audit
+#: sample, and ``policy`` says which label the model suggested (docs/review.md, "Blind
+#: review").
+REVIEWER_REASONS = frozenset(
+    {"low_confidence", "cold_start", "fallback", "invalid_input", "forced"}
+)
+#: Roles that read the whole record of a case, audit flag included.
+FULL_VIEW_ROLES = frozenset({"analyst", "admin"})
+
+
+def reviewer_reason(reason: str) -> str:
+    """The route reason as a reviewer sees it (the same for audited and other cases)."""
+    return reason if reason in REVIEWER_REASONS else "low_confidence"
+
+
+def _pseudonyms(session: Session, reviews: list[Review]) -> dict[int, str]:
+    ids = {r.reviewer_id for r in reviews}
+    if not ids:
+        return {}
+    return dict(session.execute(select(User.id, User.pseudonym).where(User.id.in_(ids))).all())
+
+
+def case_detail(session: Session, case: Case, *, everything: bool = False) -> dict[str, Any]:
+    """``GET /cases/{id}`` as the application reads it (and as webhooks carry it): the
+    predict result plus the final label and its history.
+
+    Nothing in it tells whether the case was drawn for audit: no flag, and the reviews are
+    listed only when reviewers decided the final label (a verdict that confirmed an automatic
+    answer, or one given after the application's own outcome, settles nothing the application
+    sees). ``everything`` adds the audit flag and every review: analysts and admins only.
+    """
     view = case_view(case)
     resolved_by = None
     if case.label_source == "reviewer":
@@ -41,14 +72,8 @@ def case_detail(session: Session, case: Case) -> dict[str, Any]:
         resolved_by = "application"
     elif case.label_source == "model":
         resolved_by = "model"
-    reviewer_ids = {r.reviewer_id for r in case.reviews}
-    pseudonyms = (
-        dict(
-            session.execute(select(User.id, User.pseudonym).where(User.id.in_(reviewer_ids))).all()
-        )
-        if reviewer_ids
-        else {}
-    )
+    shown = list(case.reviews) if everything or case.label_source == "reviewer" else []
+    pseudonyms = _pseudonyms(session, shown)
     view.update(
         {
             "input": case.input,
@@ -67,11 +92,61 @@ def case_detail(session: Session, case: Case) -> dict[str, Any]:
                     "agreed_with_model": r.agreed_with_model,
                     "retracted": r.retracted_at is not None,
                 }
-                for r in case.reviews
+                for r in shown
             ],
         }
     )
+    if everything:
+        view["audit"] = bool(case.audit)
     return view
+
+
+def blind_view(session: Session, case: Case, task: Task, user_id: int | None) -> dict[str, Any]:
+    """A case as a reviewer sees it (docs/review.md, "Blind review"): the same fields for
+    every case, audited or not. No model suggestion, confidence or threshold, no status,
+    route or final label (an automatic answer waiting for its audit would show), no audit
+    flag, no other reviewer's decision, no count of reviewers needed (a second review is
+    drawn among audits only); of the reviews, the caller's own, without ``agreed_with_model``
+    (which would tell the model's answer after the fact, and an undo would then anchor)."""
+    sla_seconds = int((task.review or {}).get("sla_seconds", 86_400))
+    own = [r for r in case.reviews if user_id is not None and r.reviewer_id == user_id]
+    pseudonyms = _pseudonyms(session, own)
+    return {
+        "case_id": case.id,
+        "external_id": case.external_id,
+        "task": task.name,
+        "input": case.input,
+        "reason": reviewer_reason(case.reason),
+        "out_of_range": case.out_of_range,
+        "created_at": _iso(case.created_at),
+        "sla_breached": case.created_at < utcnow() - timedelta(seconds=sla_seconds),
+        "queue_state": case.queue_state,
+        "lease_expires_at": _iso(case.lease_expires_at),
+        "claimed_at": _iso(case.claimed_at),
+        "reviews": [
+            {
+                "review_id": str(r.id),
+                "reviewer_id": pseudonyms.get(r.reviewer_id, str(r.reviewer_id)),
+                "label": r.label,
+                "decided_at": _iso(r.decided_at),
+                "retracted": r.retracted_at is not None,
+            }
+            for r in own
+        ],
+    }
+
+
+def case_detail_for(session: Session, case: Case, actor: Actor) -> dict[str, Any]:
+    """The case as ``actor`` may read it: analysts and admins everything, reviewers the
+    blind view (whatever the case's state: a reviewer who saw the model's answer or another
+    reviewer's verdict could undo and decide again), applications :func:`case_detail`."""
+    if actor.role in FULL_VIEW_ROLES:
+        return case_detail(session, case, everything=True)
+    if actor.role == "reviewer":
+        task = session.get(Task, case.task_id)
+        assert task is not None
+        return blind_view(session, case, task, actor.id if actor.kind == "user" else None)
+    return case_detail(session, case)
 
 
 def _iso(value: Any) -> str | None:
@@ -81,12 +156,20 @@ def _iso(value: Any) -> str | None:
 def record_outcome(
     session: Session, case_id: str, label: str, actor: Actor, *, request_id: str | None = None
 ) -> Case:
-    """Ground truth from the application.
+    """Ground truth from the application, kept in ``outcome_label``.
 
-    Resolves a case still waiting for a person (source ``application``); on an automatic
-    answer it confirms or corrects the model (``corrected`` + webhook); a case a reviewer
-    already resolved keeps the reviewer's label (never silently overwritten) and the outcome
-    is stored beside it. A second, different outcome is a conflict.
+    What the application sees follows the same rules for every case, drawn for audit or not
+    (so outcomes cannot be used to tell audited cases apart): the outcome resolves a case
+    still waiting for a person (source ``application``); on an automatic answer it confirms
+    or corrects the model (``corrected`` + webhook); a case a reviewer already resolved keeps
+    the reviewer's label and the outcome is stored beside it. A second, different outcome is
+    a conflict.
+
+    The human label is another matter (docs/api.md, "Outcomes"). On a case not drawn for
+    audit the outcome becomes its human label, as it always did. On an audited case still
+    waiting for its audit verdict it never does: the audit ledger holds people's blind
+    verdicts only, so the case stays in the review queue (its lease, if any, too) and the
+    reviewer's verdict becomes its human label.
     """
     case = get_case(session, case_id, actor, for_update=True)
     task = session.get(Task, case.task_id)
@@ -107,23 +190,24 @@ def record_outcome(
     case.outcome_at = now
     details: dict[str, Any] = {"label": label, "status_before": case.status}
     event = None
-    first_human_label = case.human_label is None
+    audit_pending = bool(case.audit) and case.human_label is None
+    first_human_label = case.human_label is None and not audit_pending
     if first_human_label:
         case.human_label = label
         case.human_labelled_at = now
+    if audit_pending:
+        details["audit_review"] = "pending"
     if case.status in ("pending", "in_review"):
         case.status = "resolved"
         case.final_label = label
         case.label_source = "application"
         case.resolved_at = now
-        case.queue_state = None
-        case.lease_owner_id = None
-        case.lease_expires_at = None
+        if not audit_pending:
+            case.queue_state = None
+            case.lease_owner_id = None
+            case.lease_expires_at = None
         event = "case.resolved"
     elif case.status == "auto" and case.label_source == "model":
-        # Ground truth is in: the audit review this case was waiting for is no longer needed.
-        if case.queue_state == "waiting":
-            case.queue_state = None
         if label != case.final_label:
             details["model_label"] = case.final_label
             case.status = "corrected"

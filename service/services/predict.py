@@ -263,7 +263,12 @@ def _build_rows(
 
 
 def case_view(row: Any) -> dict[str, Any]:
-    """The predict result shape (SPEC §6) from a case row, dict or ORM object alike."""
+    """The predict result shape (SPEC §6) from a case row, dict or ORM object alike.
+
+    What the application sees: never the audit flag (docs/api.md, "Predict"). An application
+    that knew which cases a person will check could treat them differently; analysts and
+    admins read the flag through :func:`service.services.cases.case_detail_for`.
+    """
     get: Any = row.get if isinstance(row, dict) else lambda k: getattr(row, k)
     created: datetime = get("created_at")
     suggestion = None
@@ -282,7 +287,6 @@ def case_view(row: Any) -> dict[str, Any]:
         "route": get("route"),
         "reason": get("reason"),
         "label": label,
-        "audit": bool(get("audit")),
         "suggestion": suggestion,
         "model_version": get("model_version"),
         "threshold": get("threshold"),

@@ -12,13 +12,19 @@ Exactly-once rules, enforced here for every surface (API, UI, benchmarks):
   that cap is reached the plurality label wins (ties: the label chosen first) and the
   resolution is recorded as ``agreement: false`` so it shows on the dashboard.
 
-Claim order: cases past the task's SLA, then audit-flagged cases, then the oldest. Each step
-is one simple query on ``ix_cases_queue`` / ``ix_cases_queue_audit`` (cheaper at a million
-waiting rows than one query with an OR-heavy ORDER BY).
+Reviews are blind (docs/review.md, "Blind review"): what a reviewer's client receives
+(:func:`claimed_view`, :func:`decision_view`, the queue listing for reviewers) is the same
+for audited and other cases, without the model's suggestion or another reviewer's verdict.
+
+Claim order: cases past the task's SLA, then the oldest. Audits get no place of their own in
+the order: a case that jumped the queue would tell its reviewer it is an audit. Each step is
+one simple query on ``ix_cases_queue`` (cheaper at a million waiting rows than one query with
+an OR-heavy ORDER BY).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,9 +36,10 @@ from sqlalchemy.orm import Session
 from service.db import is_postgres, utcnow
 from service.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from service.models import AuditEvent, Case, Review, Task, User
+from service.policy import Policy
 from service.services import audit, labels
 from service.services.audit import Actor
-from service.services.cases import case_detail, get_case, notify
+from service.services.cases import FULL_VIEW_ROLES, blind_view, get_case, notify
 from service.services.tasks import get_task
 
 #: Extra reviewers asked after disagreements, beyond ``reviewers_per_case``.
@@ -73,6 +80,24 @@ def require_person(actor: Actor) -> int:
 
 def active_reviews(case: Case) -> list[Review]:
     return [r for r in case.reviews if r.retracted_at is None]
+
+
+def second_review_draw(case_id: str) -> float:
+    """Deterministic uniform draw in [0, 1) for the second blind review of an audit.
+
+    SHA-256 of the case id under its own prefix: independent of the audit draw
+    (:func:`service.policy.audit_draw`, the plain id), so doubly reviewed audits are a
+    uniform sample of the audits, and the same case always gets the same answer.
+    """
+    digest = hashlib.sha256(b"second-review:" + case_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def needs_second_review(case: Case, task: Task) -> bool:
+    """An audited case drawn (at the task's ``second_review_rate``) for a second reviewer."""
+    if not case.audit:
+        return False
+    return second_review_draw(case.id) < Policy.from_dict(task.policy).second_review_rate
 
 
 # ---------------------------------------------------------------------------- claim
@@ -192,14 +217,9 @@ def claim(
 
     base = _candidates(task.id, user_id, exclude)
     cutoff = now - timedelta(seconds=sla_seconds)
-    case = (
-        _lock_first(session, base.where(Case.created_at < cutoff))
-        # Audited *automatic answers* first: their verdicts feed the live watch that keeps
-        # the promise. Flagged cases that were queued anyway wait their turn by age, so a
-        # backlog never starves training of non-ledger labels.
-        or _lock_first(session, base.where(Case.audit.is_(True), Case.status == "auto"))
-        or _lock_first(session, base)
-    )
+    # No tier for audits: an audit served ahead of older cases would stand out (received
+    # minutes ago while the queue holds day-old cases), and the review must stay blind.
+    case = _lock_first(session, base.where(Case.created_at < cutoff)) or _lock_first(session, base)
     if case is None:
         return None
     case.queue_state = "leased"
@@ -220,23 +240,27 @@ def claim(
     return Claimed(case=case, task=task, renewed=False)
 
 
-def claimed_view(session: Session, claimed: Claimed) -> dict[str, Any]:
-    """What a reviewer needs to decide: the case, its lease and its review progress."""
-    case = claimed.case
-    _, _, sla_seconds = _review_settings(claimed.task)
-    view = case_detail(session, case)
-    view.update(
-        {
-            "task": claimed.task.name,
-            "lease_expires_at": _iso(case.lease_expires_at),
-            "claimed_at": _iso(case.claimed_at),
-            "reviews_required": case.reviews_required,
-            "reviews_done": len(active_reviews(case)),
-            "sla_breached": case.created_at < utcnow() - timedelta(seconds=sla_seconds),
-            "out_of_range": case.out_of_range,
-        }
-    )
-    return view
+def claimed_view(session: Session, claimed: Claimed, user_id: int | None) -> dict[str, Any]:
+    """What a reviewer gets to decide a case: the blind view (``cases.blind_view``), the
+    same for every case, audited or not."""
+    return blind_view(session, claimed.case, claimed.task, user_id)
+
+
+def decision_view(decision: Decision, task: Task) -> dict[str, Any]:
+    """The answer to a reviewer's decision: it is recorded, and until when it can be undone.
+
+    Nothing about the case's resolution: whether it needed another reviewer, the label it
+    settled on or what the model had said would tell an audit, or another reviewer's
+    verdict, to someone who may still undo and decide again."""
+    lease_seconds, _, _ = _review_settings(task)
+    review = decision.review
+    return {
+        "case_id": decision.case.id,
+        "review_id": str(review.id),
+        "label": review.label,
+        "decided_at": _iso(review.decided_at),
+        "undo_until": _iso(review.decided_at + timedelta(seconds=lease_seconds)),
+    }
 
 
 # --------------------------------------------------------------------------- decide
@@ -354,7 +378,16 @@ def submit_review(
     case.reviews.append(review)
     session.flush()
 
+    second_review = False
+    if len(active_reviews(case)) == 1 and case.reviews_required < 2:
+        # Decided at the first verdict, under the rate in force then, and kept on the case:
+        # a later change of the rate never strands a case halfway through.
+        second_review = needs_second_review(case, task)
+        if second_review:
+            case.reviews_required = 2
     final, info = _outcome(case, active_reviews(case))
+    if second_review:
+        info["second_review"] = True
     case.lease_owner_id = None
     case.lease_expires_at = None
     case.claimed_at = None
@@ -381,7 +414,15 @@ def submit_review(
     case.queue_state = None
     event: str | None
     details: dict[str, Any] = {"label": final, "review_id": review.id, **info}
-    if case.status == "auto":
+    if case.outcome_label is not None and case.outcome_at is not None:
+        # The application reported its outcome before this verdict (an audited case keeps
+        # waiting for its audit then): the application already has its answer and the
+        # final label stays; the verdict is the case's human label (the audit ledger's).
+        details["outcome_label"] = case.outcome_label
+        details["agrees_with_outcome"] = final == case.outcome_label
+        details["final_label_kept"] = case.final_label
+        event = None
+    elif case.status == "auto":
         # An audited automatic answer: the human either confirms or overrules the model.
         if final != case.final_label:
             details["model_label"] = case.final_label
@@ -441,7 +482,7 @@ def undo(session: Session, case_id: str, actor: Actor, *, request_id: str | None
     """Retract the reviewer's last decision on a case while it is still theirs to change.
 
     Allowed within ``lease_seconds`` of the decision, when no one decided or claimed the
-    case since and the application has not resolved it. The review row stays (marked
+    case since and the application has not reported its outcome since. The review row stays (marked
     retracted); the case goes back to the reviewer, leased, as it was before the decision.
     """
     user_id = require_person(actor)
@@ -467,7 +508,7 @@ def undo(session: Session, case_id: str, actor: Actor, *, request_id: str | None
             "another reviewer is working on this case",
             {"case_id": case.id, "reason": "leased_by_other"},
         )
-    if case.label_source == "application":
+    if case.outcome_at is not None and case.outcome_at >= last.decided_at:
         raise Conflict(
             "the application reported this case's outcome since; it cannot be undone",
             {"case_id": case.id, "reason": "resolved_by_application"},
@@ -480,13 +521,15 @@ def undo(session: Session, case_id: str, actor: Actor, *, request_id: str | None
         details["final_label_before"] = case.final_label
         case.human_label = None
         case.human_labelled_at = None
-        if case.status in ("resolved",):
+        # A verdict that settled no final label (it confirmed an automatic answer, or came
+        # after the application's outcome) takes only the human label with it.
+        if case.label_source == "reviewer" and case.status == "resolved":
             case.status = "in_review"
             case.final_label = None
             case.label_source = None
             case.resolved_by_user_id = None
             case.resolved_at = None
-        elif case.status == "corrected":
+        elif case.label_source == "reviewer" and case.status == "corrected":
             # Back to the model's automatic answer, awaiting this reviewer's audit verdict.
             case.status = "auto"
             case.final_label = case.suggestion_label
@@ -527,8 +570,22 @@ class QueueFilter:
 
 
 def queue_page(session: Session, task_name: str, actor: Actor, flt: QueueFilter) -> dict[str, Any]:
-    """One page of the review queue, oldest first, with the filters applied."""
+    """One page of the review queue, oldest first, with the filters applied.
+
+    Reviewers get the blind listing (docs/review.md, "Blind review"): no status, route
+    reason, audit flag, suggestion or reviewer count, and no filter on them (any of these
+    would pick out the audits waiting in the queue). Analysts and admins see everything.
+    """
     task = get_task(session, task_name, actor)
+    blind = actor.role not in FULL_VIEW_ROLES
+    if blind:
+        chosen = {"status": flt.status, "reason": flt.reason, "audit": flt.audit}
+        hidden = [name for name, value in chosen.items() if value is not None]
+        if hidden:
+            raise Forbidden(
+                "reviews are blind: reviewers filter the queue by state and age only",
+                {name: ["Not available to reviewers."] for name in hidden},
+            )
     _, _, sla_seconds = _review_settings(task)
     now = utcnow()
     states = [flt.state] if flt.state else list(QUEUE_STATES)
@@ -561,28 +618,32 @@ def queue_page(session: Session, task_name: str, actor: Actor, flt: QueueFilter)
     cutoff = now - timedelta(seconds=sla_seconds)
     items = []
     for row in rows:
-        items.append(
-            {
-                "case_id": row.id,
-                "external_id": row.external_id,
-                "status": row.status,
-                "queue_state": row.queue_state,
-                "reason": row.reason,
-                "audit": bool(row.audit),
-                "suggestion": {
-                    "label": row.suggestion_label,
-                    "confidence": round(float(row.confidence), 6),
+        item: dict[str, Any] = {
+            "case_id": row.id,
+            "external_id": row.external_id,
+            "queue_state": row.queue_state,
+            "created_at": _iso(row.created_at),
+            "age_seconds": int((now - row.created_at).total_seconds()),
+            "sla_breached": row.created_at < cutoff,
+            "lease_owner": pseudonyms.get(row.lease_owner_id) if row.lease_owner_id else None,
+            "lease_expires_at": _iso(row.lease_expires_at),
+        }
+        if not blind:
+            item.update(
+                {
+                    "status": row.status,
+                    "reason": row.reason,
+                    "audit": bool(row.audit),
+                    "suggestion": {
+                        "label": row.suggestion_label,
+                        "confidence": round(float(row.confidence), 6),
+                    }
+                    if row.suggestion_label is not None and row.confidence is not None
+                    else None,
+                    "reviews_required": row.reviews_required,
                 }
-                if row.suggestion_label is not None and row.confidence is not None
-                else None,
-                "created_at": _iso(row.created_at),
-                "age_seconds": int((now - row.created_at).total_seconds()),
-                "sla_breached": row.created_at < cutoff,
-                "lease_owner": pseudonyms.get(row.lease_owner_id) if row.lease_owner_id else None,
-                "lease_expires_at": _iso(row.lease_expires_at),
-                "reviews_required": row.reviews_required,
-            }
-        )
+            )
+        items.append(item)
     return {
         "task": task.name,
         "items": items,

@@ -309,6 +309,7 @@ def task_stats(
         "time_to_decision": decisions,
         "queue": {"depth": depth_now, "oldest_pending_seconds": oldest},
         "reviewers": reviewer_stats(session, task, window),
+        "audit_agreement": audit_agreement(session, task, window, conf),
         "series": series,
         "drift": drift_status(session, task, window),
     }
@@ -494,6 +495,40 @@ def reviewer_stats(session: Session, task: Task, window: Window) -> list[dict[st
         )
     out.sort(key=lambda r: (-r["reviews"], r["reviewer_id"]))
     return out
+
+
+def audit_agreement(
+    session: Session, task: Task, window: Window, confidence: float
+) -> dict[str, Any]:
+    """How often two blind reviewers agree on an audited case (docs/review.md, "A second
+    blind review"): over audited cases that arrived in the window and have two or more
+    counted reviews, the share whose first two reviewers chose the same label, with its
+    exact interval. A low figure means the audit ledger's labels are noisy, and so is every
+    error bound certified on them.
+
+    Only cases needing two or more reviewers can have two counted reviews, so the query is
+    narrowed to those (a small share of a task's cases).
+    """
+    rows = session.execute(
+        select(Review.case_id, Review.label)
+        .join(Case, Case.id == Review.case_id)
+        .where(
+            Case.task_id == task.id,
+            Case.audit == True,  # noqa: E712 (plain equality matches the ledger index)
+            Case.reviews_required >= 2,
+            Case.created_at >= window.since,
+            Case.created_at < window.until,
+            Review.retracted_at.is_(None),
+        )
+        .order_by(Review.case_id, Review.id)
+    ).all()
+    first_two: dict[str, list[str]] = defaultdict(list)
+    for case_id, label in rows:
+        if len(first_two[case_id]) < 2:
+            first_two[case_id].append(label)
+    pairs = [labels for labels in first_two.values() if len(labels) == 2]
+    agreed = sum(1 for a, b in pairs if a == b)
+    return {"n": len(pairs), "agreed": agreed, **exact_rate(agreed, len(pairs), confidence)}
 
 
 def reference_scores(profile: dict[str, Any] | None) -> list[float] | None:

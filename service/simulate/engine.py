@@ -309,7 +309,10 @@ class Replay:
 
     # -- one chunk ---------------------------------------------------------------------
     def _predict(self, positions: np.ndarray, chunk_index: int) -> None:
+        from sqlalchemy import select
+
         from service.api.common import unit_of_work
+        from service.models import Case
         from service.services.predict import PredictRequest, predict_batch
 
         items = [
@@ -320,6 +323,12 @@ class Replay:
         ]
         with unit_of_work() as session:
             results = predict_batch(session, self.task_name, items, self.app_actor)
+            # The application's view carries no audit flag (docs/api.md): read it from the
+            # stored cases, as an analyst's export would.
+            ids = [r["case_id"] for r in results if "case_id" in r]
+            audited = dict(
+                session.execute(select(Case.id, Case.audit).where(Case.id.in_(ids))).all()
+            )
         for p, result in zip(positions, results, strict=True):
             if "error" in result:
                 raise RuntimeError(f"row {int(self.order[p])} was refused: {result['error']}")
@@ -336,7 +345,7 @@ class Replay:
             self.routes[p] = {
                 "route": result["route"],
                 "reason": result["reason"],
-                "audit": bool(result["audit"]),
+                "audit": bool(audited[result["case_id"]]),
                 "threshold": result["threshold"],
             }
 

@@ -145,8 +145,10 @@ def test_a_reviewer_token_bound_to_a_user_can_claim_and_review(client, tokens, t
     decided = client.post(f"/api/v1/cases/{claimed.json['case_id']}/review",
                           json={"label": "good"}, headers=auth(bound))
     assert decided.status_code == 200, decided.json
-    assert decided.json["status"] == "resolved"
-    assert decided.json["resolved_by"] == "reviewer"
+    assert decided.json["label"] == "good" and decided.json["review_id"]
+    resolved = client.get(f"/api/v1/cases/{claimed.json['case_id']}", headers=auth(tokens["app"]))
+    assert resolved.json["status"] == "resolved"
+    assert resolved.json["resolved_by"] == "reviewer"
     # an unbound reviewer token cannot hold a lease: reviews are decisions of people
     refused = client.post("/api/v1/tasks/loan-review/queue/claim", headers=auth(tokens["reviewer"]))
     assert refused.status_code == 403

@@ -1,10 +1,12 @@
 """The learning loop end to end with a REAL RQ worker process on the real Redis.
 
 Cases are replayed through the HTTP API (Flask test client on the same database the worker
-uses); a simulated reviewer answers every queued case and every audited automatic answer
-from the true label (application outcomes, a valid human label source). Training jobs are
-triggered by ``retrain_every`` and run by the worker; the replay waits for a queued job
-before sending the next batch, as a slow stream would.
+uses): the application reports the true label of every queued case as its outcome (a valid
+human label source), and a simulated reviewer answers, through the review queue, every case
+still waiting after that: the audited ones, whose label is a person's verdict and never the
+application's outcome (docs/api.md, "Outcomes"). Training jobs are triggered by
+``retrain_every`` and run by the worker; the replay waits for a queued job before sending the
+next batch, as a slow stream would.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pytest
 from sqlalchemy import func, select
 
 from service.demo import CREDIT_FIELDS, read_rows
-from service.models import Job, ModelVersion, Task
+from service.models import Case, Job, ModelVersion, Task
 from service.policy import clopper_pearson_lower
 from tests.conftest import backend_env
 from tests.helpers import auth, make_token, stop_process
@@ -97,6 +99,46 @@ class Replay:
     first_fallback_after_flip: int | None = None
 
 
+def _reviewer_token(task_name: str) -> str:
+    """A token bound to a new reviewer account (reviews are decisions of people)."""
+    import secrets
+
+    from service.db import transaction
+    from service.services import accounts
+    from service.services.audit import SYSTEM
+
+    email = f"replay-{secrets.token_hex(4)}@example.com"
+    with transaction() as session:
+        accounts.create_user(
+            session,
+            email=email,
+            password=secrets.token_urlsafe(16),
+            role="reviewer",
+            task_scope=None,
+            actor=SYSTEM,
+        )
+        return accounts.create_token(
+            session,
+            role="reviewer",
+            name=f"replay-{task_name}",
+            task_scope=None,
+            actor=SYSTEM,
+            user_email=email,
+        ).token
+
+
+def _human_labels(session: Any, task_name: str) -> int:
+    session.remove()
+    n = session.scalar(
+        select(func.count())
+        .select_from(Case)
+        .join(Task, Task.id == Case.task_id)
+        .where(Task.name == task_name, Case.human_label.is_not(None))
+    )
+    session.remove()  # SQLite: release the read before the worker writes
+    return int(n or 0)
+
+
 def replay(
     client: Any,
     session: Any,
@@ -109,7 +151,7 @@ def replay(
     flip: dict[str, str] | None = None,
 ) -> Replay:
     out = Replay()
-    labels_given = 0
+    reviewer = _reviewer_token(task_name)
     for start in range(0, len(rows), batch):
         wait_training(session, task_name)
         chunk = rows[start : start + batch]
@@ -119,31 +161,45 @@ def replay(
             headers=auth(token),
         )
         assert resp.status_code == 200, resp.json
-        out.labels_before_batch.append(labels_given)
+        out.labels_before_batch.append(_human_labels(session, task_name))
         n_auto = 0
+        truths: dict[str, tuple[str, bool, str]] = {}
         for i, (result, (_, truth)) in enumerate(zip(resp.json["results"], chunk, strict=True)):
             drifted = flip_after is not None and start + i >= flip_after
             if drifted and flip:
                 truth = flip[truth]
+            truths[result["case_id"]] = (truth, drifted, result["route"])
             if result["route"] == "auto":
                 n_auto += 1
                 if not drifted:
                     out.auto_total += 1
                     out.auto_wrong += int(result["label"] != truth)
-            if result["route"] == "review" or result["audit"]:
-                if result["route"] == "auto":
-                    out.audited_auto_labelled += 1
+            else:
                 done = client.post(
                     f"/api/v1/cases/{result['case_id']}/outcome",
                     json={"label": truth},
                     headers=auth(token),
                 )
                 assert done.status_code == 200, done.json
-                labels_given += 1
-                if drifted and out.first_fallback_after_flip is None:
-                    state = client.get(f"/api/v1/tasks/{task_name}", headers=auth(token))
-                    if state.json["automation"]["state"] == "fallback":
-                        out.first_fallback_after_flip = out.audited_auto_labelled
+        # The reviewer decides what still waits: the audited cases of this batch.
+        while True:
+            claimed = client.post(f"/api/v1/tasks/{task_name}/queue/claim", headers=auth(reviewer))
+            if claimed.status_code == 204:
+                break
+            assert claimed.status_code == 200, claimed.json
+            case_id = claimed.json["case_id"]
+            truth, drifted, route = truths[case_id]
+            done = client.post(
+                f"/api/v1/cases/{case_id}/review", json={"label": truth}, headers=auth(reviewer)
+            )
+            assert done.status_code == 200, done.json
+            if route != "auto":
+                continue
+            out.audited_auto_labelled += 1
+            if drifted and out.first_fallback_after_flip is None:
+                state = client.get(f"/api/v1/tasks/{task_name}", headers=auth(token))
+                if state.json["automation"]["state"] == "fallback":
+                    out.first_fallback_after_flip = out.audited_auto_labelled
         out.auto_per_batch.append(n_auto / len(chunk))
     wait_training(session, task_name)
     return out

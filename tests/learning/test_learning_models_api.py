@@ -11,8 +11,33 @@ from service.services import learning
 from tests.helpers import SIMPLE_TASK, auth, make_token, synthetic_rows
 
 
+def _review_audits(truth: dict[str, str]) -> None:
+    """A reviewer gives the audited cases, which keep waiting for a person's verdict after
+    the application's outcome (docs/api.md, "Outcomes"), the same true label."""
+    import secrets
+
+    from service.db import transaction
+    from service.services import accounts, review
+    from service.services.audit import SYSTEM
+
+    with transaction() as session:
+        user = accounts.create_user(
+            session,
+            email=f"feed-{secrets.token_hex(4)}@example.com",
+            password="long-enough-pw",
+            role="reviewer",
+            task_scope=None,
+            actor=SYSTEM,
+        )
+        actor = accounts.user_actor(user)
+        while (claimed := review.claim(session, "loan-review", actor)) is not None:
+            review.submit_review(session, claimed.case.id, truth[claimed.case.id], actor)
+
+
 def _feed(client: Any, app_token: str, n: int, seed: int) -> None:
+    """The application reports every outcome, then a reviewer decides the audited cases."""
     rows, labels = synthetic_rows(n, seed=seed)
+    truth: dict[str, str] = {}
     for start in range(0, n, 200):
         items = [{"input": r} for r in rows[start : start + 200]]
         resp = client.post(
@@ -22,12 +47,14 @@ def _feed(client: Any, app_token: str, n: int, seed: int) -> None:
         )
         assert resp.status_code == 200, resp.json
         for result, label in zip(resp.json["results"], labels[start : start + 200], strict=True):
+            truth[result["case_id"]] = label
             out = client.post(
                 f"/api/v1/cases/{result['case_id']}/outcome",
                 json={"label": label},
                 headers=auth(app_token),
             )
             assert out.status_code == 200, out.json
+    _review_audits(truth)
 
 
 def test_train_activate_rollback_and_roles(

@@ -17,14 +17,16 @@ def test_claim_review_roundtrip(browser_user, queued, task, db):
     resp = client.post(f"/api/v1/tasks/{task['name']}/queue/claim", headers=headers)
     assert resp.status_code == 200
     body = resp.json
-    assert body["case_id"] == case_id and body["status"] == "in_review"
+    assert body["case_id"] == case_id and body["queue_state"] == "leased"
     assert body["lease_expires_at"].endswith("Z") and body["input"]["state"] == "CA"
     resp = client.post(
         f"/api/v1/cases/{case_id}/review", json={"label": "good", "comment": "ok"}, headers=headers
     )
     assert resp.status_code == 200
-    assert resp.json["status"] == "resolved" and resp.json["final_label"] == "good"
-    assert resp.json["resolved_by"] == "reviewer" and resp.json["resolved"] is True
+    assert resp.json["case_id"] == case_id and resp.json["label"] == "good"
+    assert resp.json["review_id"] and resp.json["undo_until"] > resp.json["decided_at"]
+    case = db.get(Case, case_id)
+    assert case.status == "resolved" and case.label_source == "reviewer"
     again = client.post(f"/api/v1/cases/{case_id}/review", json={"label": "bad"}, headers=headers)
     assert again.status_code == 409
     assert again.json["error"]["details"]["reason"] == "already_resolved"
@@ -60,7 +62,7 @@ def test_release_and_undo_over_http(browser_user, queued, task):
     client, headers, _ = browser_user()
     first = client.post(f"/api/v1/tasks/{task['name']}/queue/claim", headers=headers).json
     rel = client.post(f"/api/v1/cases/{first['case_id']}/release", headers=headers)
-    assert rel.status_code == 200 and rel.json["status"] == "pending"
+    assert rel.status_code == 200 and rel.json["queue_state"] == "waiting"
     second = client.post(
         f"/api/v1/tasks/{task['name']}/queue/claim",
         json={"exclude": [first["case_id"]]},
@@ -70,7 +72,7 @@ def test_release_and_undo_over_http(browser_user, queued, task):
     client.post(f"/api/v1/cases/{second['case_id']}/review", json={"label": "bad"}, headers=headers)
     undone = client.post(f"/api/v1/cases/{second['case_id']}/undo", headers=headers)
     assert undone.status_code == 200
-    assert undone.json["status"] == "in_review" and undone.json["lease_expires_at"]
+    assert undone.json["queue_state"] == "leased" and undone.json["lease_expires_at"]
     assert undone.json["reviews"][0]["retracted"] is True
     twice = client.post(f"/api/v1/cases/{second['case_id']}/undo", headers=headers)
     assert twice.status_code == 409
@@ -130,7 +132,7 @@ def test_queue_listing_filters_over_http(browser_user, queued, task, db):
     ids = queued(3)
     db.execute(update(Case).where(Case.id == ids[2]).values(audit=True))
     db.commit()
-    client, _headers, _ = browser_user()
+    client, _headers, _ = browser_user("analyst")
     name = task["name"]
     page = client.get(f"/api/v1/tasks/{name}/queue?per_page=2").json
     assert page["total"] == 3 and len(page["items"]) == 2 and page["pages"] == 2

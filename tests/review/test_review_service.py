@@ -25,13 +25,14 @@ def _task(db: Any, name: str) -> Task:
     return db.scalar(select(Task).where(Task.name == name))
 
 
-def test_claim_order_sla_then_audited_automatic_answers_then_oldest(db, task, people, queued):
+def test_claim_order_sla_then_oldest_and_audits_wait_their_turn(db, task, people, queued):
     ids = queued(5)
     old, mid, audited_auto, flagged_pending, newest = ids
     now = utcnow()
     _set(db, old, created_at=now - timedelta(days=3))  # past the default 1-day SLA
     _set(db, mid, created_at=now - timedelta(hours=2))
     _set(db, flagged_pending, created_at=now - timedelta(hours=1), audit=True)
+    _set(db, newest, created_at=now - timedelta(minutes=30))
     _set(db, audited_auto, audit=True, status="auto", route="auto", reason="confident",
          suggestion_label="good", confidence=0.99, final_label="good", label_source="model")
     actor = people()
@@ -42,9 +43,9 @@ def test_claim_order_sla_then_audited_automatic_answers_then_oldest(db, task, pe
         order.append(claimed.case.id)
         review.submit_review(db(), claimed.case.id, "good", actor)
         db.commit()
-    # A flagged case that was queued anyway waits its turn by age (it would otherwise starve
-    # training of non-ledger labels); audited automatic answers jump the queue.
-    assert order == [old, audited_auto, mid, flagged_pending, newest]
+    # Audits wait their turn by age, audited automatic answers too: one served ahead of older
+    # cases would tell its reviewer it is an audit (docs/review.md, "Blind review").
+    assert order == [old, mid, flagged_pending, newest, audited_auto]
     assert review.claim(db(), task["name"], actor) is None
 
 
@@ -312,13 +313,13 @@ def test_queue_filters(db, task, people, queued):
          suggestion_label="good", confidence=0.99, final_label="good", label_source="model")
     _set(db, ids[1], created_at=utcnow() - timedelta(hours=5))
     forced = queued(1, force_review=True)[0]
-    actor = people()
-    review.claim(db(), task["name"], actor)  # audited automatic answer first: ids[0]
+    review.claim(db(), task["name"], people())  # the oldest: ids[1]
     db.commit()
+    actor = people("analyst")  # reviewers get the blind listing, without these filters
     page = review.queue_page(db(), task["name"], actor, review.QueueFilter())
     assert page["total"] == 6 and page["items"][0]["case_id"] == ids[1]
     leased = review.queue_page(db(), task["name"], actor, review.QueueFilter(state="leased"))
-    assert [i["case_id"] for i in leased["items"]] == [ids[0]]
+    assert [i["case_id"] for i in leased["items"]] == [ids[1]]
     assert leased["items"][0]["lease_owner"] is not None
     audited = review.queue_page(db(), task["name"], actor, review.QueueFilter(audit=True))
     assert [i["case_id"] for i in audited["items"]] == [ids[0]]

@@ -379,6 +379,7 @@ CONTRACT = {
     "time_to_decision",
     "queue",
     "reviewers",
+    "audit_agreement",
     "series",
     "drift",
 }
@@ -407,6 +408,7 @@ def test_stats_api_contract(client, tokens, task, db):
     assert set(body["time_to_decision"]) == {"median_seconds", "p90_seconds"}
     assert set(body["queue"]) == {"depth", "oldest_pending_seconds"}
     assert set(body["drift"]) == {"warning", "psi", "fields"}
+    assert set(body["audit_agreement"]) == {"estimate", "lower", "upper", "n", "agreed"}
     assert len(body["series"]) == 2
     assert set(body["series"][0]) == {
         "bucket",
