@@ -264,8 +264,10 @@ class Case(Base):
         BigId, ForeignKey("users.id"), nullable=True
     )
     resolved_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
-    # The first human verdict (reviewer or application), whoever decided the final label:
-    # training data, the audit ledger and the live watch all read this one column.
+    # The first human verdict, whoever decided the final label: a reviewer's, or the
+    # application's outcome on a case outside the audit sample (an audited case's label is
+    # always its blind review; an outcome there goes to outcome_label only). Training data,
+    # the audit ledger and the live watch all read this one column.
     human_label: Mapped[str | None] = mapped_column(String(200), nullable=True)
     human_labelled_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     # Ground truth reported later by the application (kept apart from the reviewers' label).
