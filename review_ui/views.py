@@ -455,13 +455,20 @@ def admin_policy(task: str) -> Any:
                 value = form.get(name, "").strip()
                 if value != "":
                     patch[section][name] = _form_number(value, whole=step == "1")
-        patch["review"]["instructions"] = form.get("instructions", "")
+        # Browsers send textarea lines with CRLF: store what was typed, not a change nobody made.
+        patch["review"]["instructions"] = form.get("instructions", "").replace("\r\n", "\n")
         try:
             data = TaskPatchSchema().load(patch)
             with transaction() as session:
                 row = task_service.get_task(session, task, actor())
+                was_automating = row.automation_state == "automating"
                 task_service.update_task(session, row, data, actor())
-            flash("Policy saved.", "ok")
+                stopped = was_automating and row.automation_state != "automating"
+                reason = row.automation_reason
+            if stopped:
+                flash(f"Policy saved. Automation stopped: {reason}.", "error")
+            else:
+                flash("Policy saved.", "ok")
             return redirect(url_for("review_ui.admin_policy", task=task))
         except ValidationError as exc:
             errors = exc.normalized_messages()

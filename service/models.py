@@ -121,6 +121,8 @@ class Task(Base):
     audit_multiplier: Mapped[float] = mapped_column(Float, default=1.0)
     widening_frozen: Mapped[bool] = mapped_column(Boolean, default=False)
     automation_changed_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    # Why the automation is in its state, in a sentence for the admin (its latest change).
+    automation_reason: Mapped[str | None] = mapped_column(String(300), nullable=True)
     # Start of the current ledger epoch (None: since the task began). A fallback starts a new
     # one: recovery is certified on audits drawn after the alarm only (docs/policy.md).
     ledger_since: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)

@@ -1,4 +1,5 @@
-"""ledger epochs: tasks.ledger_since
+"""ledger epochs and the reason for the automation state: tasks.ledger_since,
+tasks.automation_reason
 
 Revision ID: 0006
 Revises: 0005
@@ -6,7 +7,8 @@ Create Date: 2026-11-30
 
 A fallback starts a new ledger epoch: the certification that lets automation resume is made
 on audit-flagged cases that arrived after the alarm, never on a ledger mixing the traffic
-before and after the change that set it off.
+before and after the change that set it off. The reason tells an admin why the task
+automates or not (a revoked certification looks like any other in the numbers).
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("ledger_since", service.db.UTCDateTime(timezone=True), nullable=True)
         )
+        batch_op.add_column(sa.Column("automation_reason", sa.String(300), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("tasks", schema=None) as batch_op:
+        batch_op.drop_column("automation_reason")
         batch_op.drop_column("ledger_since")

@@ -21,6 +21,9 @@
 
   function chart(id, config) {
     config.options = Object.assign({ responsive: true, maintainAspectRatio: false, animation: false, interaction: { mode: "index", intersect: false } }, config.options || {});
+    // A reload (after an activation) draws on the same canvases: free the old charts first.
+    const previous = window.Chart.getChart($(id));
+    if (previous) previous.destroy();
     return new window.Chart($(id), config);
   }
 
@@ -139,7 +142,9 @@
       const tr = T.el("tr", m.status === "active" ? { class: "active-row" } : null);
       const snap = m.training_snapshot || {};
       tr.append(
-        T.el("td", null, "v" + m.version), T.el("td", null, m.status), T.el("td", null, m.family || "—"),
+        T.el("td", null, "v" + m.version),
+        T.el("td", m.revoked ? { title: "Certification revoked: " + (m.revoked.reason || "") } : null, m.status + (m.revoked ? " · certification revoked" : "")),
+        T.el("td", null, m.family || "—"),
         T.el("td", null, m.threshold !== null && m.threshold !== undefined ? m.threshold.toFixed(3) : "—"),
         T.el("td", null, m.error_bound !== null && m.error_bound !== undefined ? T.pct(m.error_bound, 2) : "—"),
         T.el("td", null, m.coverage !== null && m.coverage !== undefined ? T.pct(m.coverage, 0) : "—"),
@@ -163,11 +168,22 @@
     if (!window.confirm("Make v" + version + " the active model of " + cfg.task + "?")) return;
     btn.disabled = true;
     const resp = await T.api("POST", cfg.api.models + "/" + version + "/activate");
-    $("dash-status").textContent = resp.ok ? "v" + version + " is now active." : "Could not activate: " + T.errorText(resp);
-    load();
+    let message = "Could not activate: " + T.errorText(resp);
+    if (resp.ok) {
+      const a = (resp.data && resp.data.automation) || {};
+      showAutomation(a);
+      message = "v" + version + " is now active. " + (a.state === "automating" ? "It automates at its certified threshold." : "It only suggests: automation is " + a.state + ".");
+    }
+    load(message);
   }
 
-  async function load() {
+  function showAutomation(a) {
+    const box = $("automation-reason");
+    if (!box || !a.state) return;
+    box.textContent = "Automation: " + a.state + (a.reason ? " — " + a.reason : "");
+  }
+
+  async function load(message) {
     const [stats, models] = await Promise.all([T.api("GET", cfg.api.stats), T.api("GET", cfg.api.models)]);
     const status = [];
     if (stats.ok && stats.data) {
@@ -178,6 +194,7 @@
     }
     if (models.ok && models.data) renderModels(models.data.models);
     else if (models.status !== 404) status.push("Models: " + T.errorText(models));
+    if (message) status.unshift(message);
     $("dash-status").textContent = status.join(" ");
   }
 

@@ -35,6 +35,13 @@ class ModelVersionSchema(Schema):
     coverage = fields.Float(allow_none=True)
     metrics = fields.Dict()
     certification = fields.Dict()
+    revoked = fields.Dict(
+        allow_none=True,
+        metadata={
+            "description": "Why and when this version's certification stopped counting (a "
+            "fallback or a policy edit): it is never deployed again (docs/policy.md)."
+        },
+    )
     training_snapshot = fields.Dict()
     timings = fields.Dict()
     parent_version = fields.Integer(allow_none=True)
@@ -81,6 +88,7 @@ def model_view(version: ModelVersion, parent_version: int | None) -> dict[str, A
         "coverage": version.coverage,
         "metrics": version.metrics or {},
         "certification": version.certification or {},
+        "revoked": (version.certification or {}).get("revoked"),
         "training_snapshot": version.training_snapshot or {},
         "timings": version.timings or {},
         "parent_version": parent_version,
@@ -132,8 +140,9 @@ def train(task: str) -> dict[str, Any]:
 @blp.alt_response(409, schema=ApiErrorSchema, description="The version cannot be activated")
 @require_roles("admin")
 def activate(task: str, version: int) -> dict[str, Any]:
-    """Promote or roll back to any trained version; its own stored certification goes live
-    with it (certified: automating at its threshold; otherwise manual)."""
+    """Promote or roll back to any trained version; its stored certification goes live with
+    it only while valid (not revoked by a fallback or a policy edit): otherwise the version
+    only suggests. The answer's ``automation`` says which happened and why."""
     with unit_of_work() as session:
         actor = current_actor()
         row = task_service.get_task(session, task, actor)

@@ -198,6 +198,11 @@ class AutomationSchema(Schema):
     coverage = mf.Float(allow_none=True)
     audit_rate = mf.Float()
     widening_frozen = mf.Boolean()
+    reason = mf.String(
+        allow_none=True,
+        metadata={"description": "Why the automation is in this state (its latest change)."},
+    )
+    changed_at = mf.DateTime(allow_none=True)
 
 
 class TrainingSchema(Schema):

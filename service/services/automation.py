@@ -132,6 +132,7 @@ def fall_back(
     task.automation_state = "fallback"
     task.coverage = 0.0
     task.automation_changed_at = now
+    task.automation_reason = f"fallback: {FALLBACK_REASONS[kind]}"
     task.ledger_since = now
     task.revision += 1
     revoked = revoke_certifications(session, task, "fallback", at=now)
@@ -248,6 +249,10 @@ def policy_changed(
         task.certified_error_bound = None
         task.coverage = 0.0
         task.automation_changed_at = now
+        task.automation_reason = (
+            f"stopped by a policy edit ({reason}); the model only suggests until a version "
+            "is certified at the new numbers"
+        )
         task.revision += 1
         after = _automation_snapshot(task)
         audit.record(
@@ -733,6 +738,8 @@ def promote(
     }
     if automation_changed:
         task.automation_changed_at = now
+    if automation_changed or model_changed:
+        task.automation_reason = _promotion_reason(version, cert, certified, reason, task)
     if model_changed:
         audit.record(
             session,
@@ -779,6 +786,23 @@ def promote(
                 request_id=request_id,
             )
     session.flush()
+
+
+def _promotion_reason(
+    version: ModelVersion, cert: dict[str, Any], certified: bool, reason: str, task: Task
+) -> str:
+    """The admin's sentence for the state a promotion left (task.automation_reason)."""
+    if certified:
+        return f"v{version.version} automates at its certified threshold ({reason})"
+    revoked = cert.get("revoked")
+    why = (
+        f"its certification was revoked ({revoked.get('reason')})"
+        if revoked
+        else "it is not certified"
+    )
+    if task.automation_state == "fallback":
+        return f"v{version.version} is active, still in fallback: {why}"
+    return f"v{version.version} only suggests: {why}"
 
 
 def activate(

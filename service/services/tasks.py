@@ -197,6 +197,8 @@ def task_status(session: Session, task: Task, actor: Actor | None = None) -> dic
             "coverage": task.coverage,
             "audit_rate": round(current_audit_rate(task), 6),
             "widening_frozen": task.widening_frozen,
+            "reason": task.automation_reason,
+            "changed_at": task.automation_changed_at,
         },
         "training": {
             "state": training_state,

@@ -94,11 +94,21 @@ def test_an_edit_that_voids_the_certification_stops_automation_now(
     assert task.threshold is None and task.coverage == 0.0
     assert why in db.get(type(v1), v1.id).certification["revoked"]["reason"]
     assert "automation.changed" in actions(db, task)
+    assert resp.json["automation"]["state"] == "manual"
+    assert "stopped by a policy edit" in resp.json["automation"]["reason"]
     # ...and an admin cannot put the voided threshold back by re-activating its version
     version(db, task, 2)
     automation.activate(db, task, 2, SYSTEM)
-    automation.activate(db, task, 1, SYSTEM)
-    assert task.automation_state == "manual" and task.threshold is None
+    back = client.post(
+        f"/api/v1/tasks/{task.name}/models/1/activate", headers=auth(tokens["admin"])
+    )
+    assert back.status_code == 200, back.json
+    assert back.json["automation"]["state"] == "manual"
+    assert back.json["automation"]["threshold"] is None
+    assert "certification was revoked" in back.json["automation"]["reason"]
+    models = client.get(f"/api/v1/tasks/{task.name}/models", headers=auth(tokens["admin"]))
+    v1_view = next(m for m in models.json["models"] if m["version"] == 1)
+    assert why in v1_view["revoked"]["reason"]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,40 @@
+"""The admin policy page says when a save stops automation (docs/policy.md, "Editing the
+policy"), and stores the instructions as typed."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from service.models import Task
+from tests.helpers import install_model
+
+
+def test_the_policy_page_says_when_a_save_stops_automation(browser_user, task, db):
+    client, headers, _ = browser_user("admin")
+    install_model(db, task["name"], threshold=0.5)
+    db.commit()
+    url = f"/admin/tasks/{task['name']}/policy"
+    token = headers["X-CSRFToken"]
+    looser = client.post(url, data={"target_error": "0.05", "csrf_token": token})
+    assert looser.status_code == 302
+    page = client.get(url).get_data(as_text=True)
+    assert "Policy saved." in page and "Automation stopped" not in page
+    tighter = client.post(url, data={"target_error": "0.01", "csrf_token": token})
+    assert tighter.status_code == 302
+    page = client.get(url).get_data(as_text=True)
+    assert "Automation stopped: stopped by a policy edit (target error tightened" in page
+    db.expire_all()
+    row = db.scalar(select(Task).where(Task.name == task["name"]))
+    assert row.automation_state == "manual" and "policy edit" in row.automation_reason
+
+
+def test_the_policy_page_stores_instructions_as_typed(browser_user, task, db):
+    client, headers, _ = browser_user("admin")
+    url = f"/admin/tasks/{task['name']}/policy"
+    saved = client.post(
+        url, data={"instructions": "Line one\r\nLine two", "csrf_token": headers["X-CSRFToken"]}
+    )
+    assert saved.status_code == 302
+    db.expire_all()
+    row = db.scalar(select(Task).where(Task.name == task["name"]))
+    assert row.review["instructions"] == "Line one\nLine two"
