@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Install Tandem with its test dependencies and run the whole test suite against real
 # PostgreSQL and Redis. Starts them (and installs headless Chromium for the browser tests)
-# when they are missing, creates the test database, then runs lint, types and pytest.
+# when they are missing, creates the test databases, then runs lint, types and pytest.
+#
+# pytest runs on TANDEM_TEST_WORKERS pytest-xdist workers (2 by default; 0 runs serially).
+# Each worker has its own PostgreSQL database (tandem_test_gw0, tandem_test_gw1, or the name in
+# TANDEM_TEST_DATABASE_URL plus _gwN) and its own Redis database (15, 14, or the index in
+# TANDEM_TEST_REDIS_URL minus N); tests/conftest.py derives them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,9 +56,22 @@ if ! command -v redis-cli >/dev/null 2>&1 || ! redis_up; then
   for _ in $(seq 1 30); do redis_up && break; sleep 0.5; done
   redis_up || { echo "Redis is not running on 127.0.0.1:6379 and could not be started" >&2; exit 1; }
 fi
+WORKERS=${TANDEM_TEST_WORKERS:-2}
+case "$WORKERS" in ''|*[!0-9]*) echo "TANDEM_TEST_WORKERS must be a whole number, not '$WORKERS'" >&2; exit 2 ;; esac
 PGUSER=${PGUSER:-postgres}
-if ! psql -h 127.0.0.1 -U "$PGUSER" -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='tandem_test'" | grep -q 1; then
-  psql -h 127.0.0.1 -U "$PGUSER" -d postgres -qc "CREATE DATABASE tandem_test"
+create_db() {
+  if ! psql -h 127.0.0.1 -U "$PGUSER" -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='$1'" | grep -q 1; then
+    psql -h 127.0.0.1 -U "$PGUSER" -d postgres -qc "CREATE DATABASE $1"
+  fi
+}
+# The default databases, one per worker, made here one after the other (the test fixtures
+# create a missing one too, as for a TANDEM_TEST_DATABASE_URL of the developer's own).
+if [ -z "${TANDEM_TEST_DATABASE_URL:-}" ]; then
+  if [ "$WORKERS" = "0" ]; then
+    create_db tandem_test
+  else
+    for i in $(seq 0 $((WORKERS - 1))); do create_db "tandem_test_gw$i"; done
+  fi
 fi
 
 # --- browser for the UI tests (Debian's Chromium; Playwright never downloads one) -----------
@@ -64,4 +82,8 @@ fi
 # --- checks ------------------------------------------------------------------------------
 .venv/bin/ruff check .
 .venv/bin/mypy
-exec .venv/bin/pytest -q -p no:cacheprovider "$@"
+if [ "$WORKERS" = "0" ]; then
+  exec .venv/bin/pytest -q -p no:cacheprovider "$@"
+fi
+# loadgroup: the tests that drive Chromium share one worker (tests/conftest.py says why).
+exec .venv/bin/pytest -q -p no:cacheprovider -n "$WORKERS" --dist loadgroup "$@"

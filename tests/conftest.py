@@ -9,6 +9,13 @@ cannot apply to SQLite says why with ``@pytest.mark.postgres_only("why")``.
 Each test runs inside a transaction that is rolled back afterwards (the service commits only
 SAVEPOINTs), so tests are isolated and fast. Tests that need real commits across connections
 (races, workers) use ``committed_db`` which empties every table afterwards.
+
+``scripts/test.sh`` runs the suite on two pytest-xdist workers (``-n 2 --dist loadgroup``).
+Each worker has its own PostgreSQL database (the configured name plus ``_gw0``, ``_gw1``,
+created when missing), its own Redis database (the configured index minus the worker number:
+15 and 14 by default) and its own temporary folders (SQLite files, embedded Redis). Tests that
+drive Chromium (tests/ui) run on one worker only, see ``WORKER_GROUPS``: they write the same
+docs/screenshots files on both backends. A plain ``pytest`` stays serial, on the names as set.
 """
 
 from __future__ import annotations
@@ -22,12 +29,26 @@ from redis import Redis
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from tests.helpers import SIMPLE_TASK, auth, make_token
-
-TEST_DATABASE_URL = os.environ.get(
-    "TANDEM_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/tandem_test"
+from tests.helpers import (
+    SIMPLE_TASK,
+    auth,
+    make_token,
+    worker_database_url,
+    worker_redis_url,
 )
-TEST_REDIS_URL = os.environ.get("TANDEM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+#: This process's pytest-xdist worker (``gw0``, ``gw1``, ...); empty in a serial run. xdist
+#: sets it before the worker reads this file, so the URLs below are per worker at import.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+TEST_DATABASE_URL = worker_database_url(
+    os.environ.get(
+        "TANDEM_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/tandem_test"
+    ),
+    XDIST_WORKER,
+)
+TEST_REDIS_URL = worker_redis_url(
+    os.environ.get("TANDEM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"), XDIST_WORKER
+)
 #: Which backends the suite runs on (both unless narrowed, e.g. ``TANDEM_TEST_BACKENDS=sqlite``).
 BACKENDS = tuple(
     b.strip() for b in os.environ.get("TANDEM_TEST_BACKENDS", "postgresql,sqlite").split(",")
@@ -39,6 +60,35 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "postgres_only(reason): cannot apply to SQLite (the reason says why)"
     )
+
+
+#: Test folders whose tests run one after the other on a single xdist worker, by group name.
+#: tests/ui holds every test that drives Chromium (its ``browser`` fixture lives there): the
+#: screenshot tests write the same docs/screenshots files on both backends, and one browser
+#: per run is enough on a two-core machine.
+WORKER_GROUPS = {"tests/ui/": "browser"}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist load``/``loadgroup``: xdist's group scheduling, plus WORKER_GROUPS by path.
+
+    The controller sees only test ids, never markers, and the ``xdist_group`` marker cannot
+    carry the group on pytest 9.2 (pytest-dev/pytest-xdist#1386: the worker's ``@group``
+    suffix no longer reaches the ids, and tests are silently spread over workers).
+    """
+    if config.getvalue("dist") not in ("load", "loadgroup"):
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class WorkerGroupScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            for prefix, group in WORKER_GROUPS.items():
+                if nodeid.startswith(prefix):
+                    return group
+            return str(super()._split_scope(nodeid))
+
+    return WorkerGroupScheduling(config, log)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

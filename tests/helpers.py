@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 
 def make_token(role: str, tasks: list[str] | None = None, name: str | None = None) -> str:
@@ -162,3 +163,48 @@ def stop_process(proc: Any, timeout: float = 30) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def xdist_worker_number(worker: str) -> int | None:
+    """The number of a pytest-xdist worker id (``gw1`` -> 1); None in a serial run (``""``)."""
+    if not worker:
+        return None
+    if not worker.startswith("gw") or not worker[2:].isdigit():
+        raise ValueError(f"unexpected pytest-xdist worker id {worker!r} (expected gw0, gw1, ...)")
+    return int(worker[2:])
+
+
+def worker_database_url(url: str, worker: str) -> str:
+    """The PostgreSQL database of one xdist worker: the configured name plus ``_gwN``.
+
+    The session fixtures drop and recreate the schema of the test database, so two workers
+    (or two developers) sharing one database would destroy each other's data mid-test."""
+    from sqlalchemy.engine import make_url
+
+    if xdist_worker_number(worker) is None:
+        return url
+    target = make_url(url)
+    if not target.database:
+        raise ValueError(f"TANDEM_TEST_DATABASE_URL {url!r} names no database")
+    return target.set(database=f"{target.database}_{worker}").render_as_string(hide_password=False)
+
+
+def worker_redis_url(url: str, worker: str) -> str:
+    """The Redis database of one xdist worker: the configured index minus the worker number
+    (15, 14, ... by default), as tests flush their Redis database before and after use."""
+    number = xdist_worker_number(worker)
+    if number is None:
+        return url
+    parts = urlsplit(url)
+    if "db" in parse_qs(parts.query):
+        raise ValueError(f"TANDEM_TEST_REDIS_URL {url!r}: give the database index in the path")
+    base = parts.path.strip("/") or "0"
+    if not base.isdigit():
+        raise ValueError(f"TANDEM_TEST_REDIS_URL {url!r}: the path must be a database index")
+    index = int(base) - number
+    if index < 0:
+        raise ValueError(
+            f"TANDEM_TEST_REDIS_URL {url!r}: worker {worker} would need Redis database {index};"
+            f" use a base index of at least {number}"
+        )
+    return urlunsplit(parts._replace(path=f"/{index}"))
