@@ -208,3 +208,24 @@ def worker_redis_url(url: str, worker: str) -> str:
             f" use a base index of at least {number}"
         )
     return urlunsplit(parts._replace(path=f"/{index}"))
+
+
+def audited_auto_answer() -> dict[str, Any]:
+    """The columns predict stores for a confident case drawn for audit (audit_mode answer):
+    answered by the model and waiting in the queue for its blind audit review."""
+    from service.db import utcnow
+
+    return {
+        "audit": True,
+        "status": "auto",
+        "route": "auto",
+        "reason": "confident",
+        "suggestion_label": "good",
+        "confidence": 0.97,
+        "scores": {"good": 0.97, "bad": 0.03},
+        "model_version": 1,
+        "threshold": 0.9,
+        "final_label": "good",
+        "label_source": "model",
+        "resolved_at": utcnow(),
+    }

@@ -17,6 +17,7 @@ from service.policy import Policy, audit_draw
 from service.services import review
 from service.services.audit import SYSTEM
 from service.services.tasks import update_task
+from tests.helpers import audited_auto_answer
 
 #: Words that would tell a reviewer the case is an audit, or what the model said.
 TELLS = ("audit", "suggest", "confiden", "threshold", "score", "model", "quality check")
@@ -28,23 +29,7 @@ def _set(db: Any, case_id: str, **values: Any) -> None:
 
 
 def _audited_auto_answer(db: Any, case_id: str) -> None:
-    """What predict stores for a confident case drawn for audit (audit_mode answer)."""
-    _set(
-        db,
-        case_id,
-        audit=True,
-        status="auto",
-        route="auto",
-        reason="confident",
-        suggestion_label="good",
-        confidence=0.97,
-        scores={"good": 0.97, "bad": 0.03},
-        model_version=1,
-        threshold=0.9,
-        final_label="good",
-        label_source="model",
-        resolved_at=utcnow(),
-    )
+    _set(db, case_id, **audited_auto_answer())
 
 
 def _low_confidence(db: Any, case_id: str) -> None:

@@ -16,7 +16,7 @@ from service.schemas.tasks import TaskCreateSchema
 from service.services.accounts import create_user
 from service.services.audit import SYSTEM
 from service.services.tasks import create_task
-from tests.helpers import SIMPLE_TASK
+from tests.helpers import SIMPLE_TASK, audited_auto_answer
 from tests.review.conftest import queue_cases
 
 pytestmark = pytest.mark.browser
@@ -49,20 +49,7 @@ def _setup() -> tuple[str, str]:
         session.execute(
             update(Case)
             .where(Case.id == audited)
-            .values(
-                audit=True,
-                status="auto",
-                route="auto",
-                reason="confident",
-                suggestion_label="good",
-                confidence=0.97,
-                scores={"good": 0.97, "bad": 0.03},
-                final_label="good",
-                label_source="model",
-                resolved_at=now,
-                created_at=now - timedelta(minutes=2),
-                **model,
-            )
+            .values(**audited_auto_answer(), created_at=now - timedelta(minutes=2))
         )
         session.execute(
             update(Case)
