@@ -374,14 +374,16 @@ def _attempts(session: Session, task: Task) -> list[dict[str, Any]]:
 def last_checkpoint(session: Session, task: Task) -> int | None:
     """Highest δ index any version of the task was ever certified at (each index spends its
     δ_j once, whichever version used it)."""
-    used = [a["index"] for a in _attempts(session, task)]
-    return max(used) if used else None
+    return _last_used(session, task)[0]
 
 
-def _last_epoch_step(session: Session, task: Task) -> int | None:
+def _last_used(session: Session, task: Task) -> tuple[int | None, int | None]:
+    """(last δ index ever used, last step of the current ledger epoch), from one read."""
+    attempts = _attempts(session, task)
     epoch = _iso(task.ledger_since)
-    steps = [a["epoch_step"] for a in _attempts(session, task) if a["ledger_since"] == epoch]
-    return max(steps) if steps else None
+    indices = [a["index"] for a in attempts]
+    steps = [a["epoch_step"] for a in attempts if a["ledger_since"] == epoch]
+    return (max(indices) if indices else None, max(steps) if steps else None)
 
 
 def _coverage_at(
@@ -453,12 +455,13 @@ def certify_version(
         return CertificationOutcome(
             False, False, False, f"{labels_seen} human labels < min_labels {policy.min_labels}"
         )
+    last_index, last_step = _last_used(session, task)
     due = due_attempt(
         n_flagged,
         alpha=policy.certification_alpha,
         delta=policy.delta,
-        last_index=last_checkpoint(session, task),
-        last_epoch_step=_last_epoch_step(session, task),
+        last_index=last_index,
+        last_epoch_step=last_step,
     )
     if due is None:
         return CertificationOutcome(
