@@ -48,9 +48,7 @@ def load(
         # A version may be re-certified at a later checkpoint: its per-label thresholds can
         # change while the artefact cannot, so refresh just those (load runs only when the
         # task's revision moved).
-        cert = session.scalar(
-            select(ModelVersion.certification).where(ModelVersion.id == model_id)
-        )
+        cert = session.scalar(select(ModelVersion.certification).where(ModelVersion.id == model_id))
         cached.label_thresholds = dict((cert or {}).get("label_thresholds") or {})
         return cached
     row = session.execute(

@@ -212,7 +212,8 @@ class TrainedModel:
     """Result of ``train_model``: the refitted pipeline plus held-out metrics and timings.
 
     ``oof_proba`` are the chosen family's out-of-fold probabilities (label order) with
-    ``oof_labels`` the matching true labels: kept for calibration/threshold work upstream.
+    ``oof_labels`` the matching true labels and ``oof_index`` the positions of those rows in
+    the training rows: the certification readiness check reads them (docs/policy.md).
     """
 
     pipeline: Pipeline
@@ -222,6 +223,7 @@ class TrainedModel:
     timings: dict[str, float]
     oof_proba: np.ndarray = field(repr=False)
     oof_labels: list[str] = field(repr=False)
+    oof_index: list[int] = field(repr=False, default_factory=list)
 
 
 def log_loss_labels(y_idx: np.ndarray, proba: np.ndarray) -> float:
@@ -354,7 +356,11 @@ def train_model(
 
     t0 = time.perf_counter()
     pipeline = build_pipeline(
-        fields, chosen, random_state=random_state, hgb_max_iter=hgb_max_iter, n_rows=len(y),
+        fields,
+        chosen,
+        random_state=random_state,
+        hgb_max_iter=hgb_max_iter,
+        n_rows=len(y),
         text_vocab=vocab,
     )
     pipeline.fit(frame, y)
@@ -385,6 +391,7 @@ def train_model(
         timings=timings,
         oof_proba=oof[chosen],
         oof_labels=[str(v) for v in cv_y],
+        oof_index=[int(i) for i in cv_idx],
     )
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from service.ml.frame import Field, Row, field_types, to_boolean, to_number, to_text
 
@@ -94,6 +95,7 @@ def build_profile(rows: Sequence[Row], fields: Sequence[Field]) -> DataProfile:
                     p99=p99,
                     psi_edges=[float(e) for e in edges],
                     psi_fractions=_bin_fractions(present, edges),
+                    present=len(present),
                 )
         elif typ == "category":
             vals_c = [to_text(r.get(name)) for r in rows]
@@ -121,6 +123,15 @@ def build_profile(rows: Sequence[Row], fields: Sequence[Field]) -> DataProfile:
                 prof.update(len_p50=p50, len_p90=p90, len_p99=p99, len_max=float(lengths.max()))
         out[name] = prof
     return DataProfile(n_rows=n, fields=out)
+
+
+def _homogeneity_p(expected_counts: np.ndarray, actual_counts: np.ndarray) -> float:
+    """Chi-square test of homogeneity of two binned samples (bins empty in both dropped)."""
+    keep = (expected_counts + actual_counts) > 0
+    table = np.vstack([expected_counts[keep], actual_counts[keep]])
+    if table.shape[1] < 2 or table.sum(axis=1).min() <= 0:
+        return 1.0
+    return float(stats.chi2_contingency(table, correction=False).pvalue)
 
 
 def _bin_fractions(values: np.ndarray, edges: np.ndarray | list[float]) -> list[float]:
@@ -219,8 +230,16 @@ def drift_report(profile: DataProfile, rows: Sequence[Row]) -> dict[str, dict[st
                 expected = np.asarray(prof["psi_fractions"]) + PSI_EPS
                 actual = np.asarray(_bin_fractions(present, prof["psi_edges"])) + PSI_EPS
                 entry["psi"] = float(np.sum((actual - expected) * np.log(actual / expected)))
+                # Is the shift real? Chi-square of homogeneity on the same bins (profiles
+                # written before the training count was kept count as 100 rows: cautious).
+                train_n = int(prof.get("present") or 100)
+                entry["psi_p_value"] = _homogeneity_p(
+                    np.asarray(prof["psi_fractions"]) * train_n,
+                    np.asarray(_bin_fractions(present, prof["psi_edges"])) * len(present),
+                )
             else:
                 entry["psi"] = None
+                entry["psi_p_value"] = None
             bounds = numeric_bounds(prof) if typ == "number" else None
             entry["out_of_range_rate"] = (
                 float(np.mean((present < bounds[0]) | (present > bounds[1])))

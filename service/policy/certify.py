@@ -70,6 +70,7 @@ def threshold_grid(
     delta: float,
     n_points: int = DEFAULT_GRID_POINTS,
     max_coverage: float | None = None,
+    start_share: float = START_LEDGER_SHARE,
 ) -> list[float]:
     """Grid τ₁ > τ₂ > … fixed before any ledger label is looked at.
 
@@ -77,7 +78,9 @@ def threshold_grid(
     (not of ledger labels). The walk starts at the first point with at least
     ``max(min_cases_to_pass(α, δ), 25% of the ledger)`` ledger cases above it: fewer can never
     pass, and the 25% floor keeps the walk out of the most extreme scores as the ledger grows.
-    Only ledger *scores* are used, so the test stays valid.
+    Only ledger *scores* are used, so the test stays valid. ``start_share=0`` lists every
+    testable point, for a caller that picks the start itself without ledger labels (the
+    readiness check, ``service.policy.readiness``).
 
     If ``max_coverage`` is given and the capped threshold is stricter than the first point but
     still testable (≥ min_cases_to_pass ledger cases), it is put first, so the widening cap
@@ -94,7 +97,7 @@ def threshold_grid(
     taus = taus[np.isfinite(taus)]
     n_min = min_cases_to_pass(alpha, delta)
     n_finite = int(np.isfinite(ledger).sum())  # the group's own ledger when masked
-    start_n = max(n_min, math.ceil(START_LEDGER_SHARE * n_finite))
+    start_n = max(n_min, math.ceil(start_share * n_finite))
     grid = [float(t) for t in taus[_n_above(ledger, taus) >= start_n]]
     if max_coverage is not None:
         cap = capped_threshold(recent, max_coverage)

@@ -20,9 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
-from .monitor import MIN_DRIFT_SAMPLE, PSI_EPSILON, PSI_WARNING
+from .monitor import MIN_DRIFT_SAMPLE, PSI_WARNING, counts_shift
 
 #: The latest traffic compared with the ledger: recent enough to see a turn within a few
 #: hundred cases, large enough for the test.
@@ -61,15 +60,7 @@ class ShiftCheck:
 
 def _compare(ref_counts: np.ndarray, cur_counts: np.ndarray) -> tuple[float, float]:
     """(PSI, chi-square p-value) of two count vectors over the same bins."""
-    rp = np.maximum(ref_counts / max(ref_counts.sum(), 1), PSI_EPSILON)
-    cp = np.maximum(cur_counts / max(cur_counts.sum(), 1), PSI_EPSILON)
-    value = float(np.sum((cp - rp) * np.log(cp / rp)))
-    keep = (ref_counts + cur_counts) > 0
-    table = np.vstack([ref_counts[keep], cur_counts[keep]])
-    if table.shape[1] < 2:
-        return value, 1.0
-    p_value = float(stats.chi2_contingency(table, correction=False).pvalue)
-    return value, p_value
+    return counts_shift(ref_counts, cur_counts)
 
 
 def traffic_matches_ledger(

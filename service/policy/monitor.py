@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
 from .stats import clopper_pearson_lower, clopper_pearson_upper
 
@@ -14,6 +15,9 @@ DEFAULT_WINDOW = 300
 PSI_WARNING = 0.2  # customary "significant shift" level for the population stability index
 PSI_EPSILON = 1e-4
 MIN_DRIFT_SAMPLE = 100  # PSI on fewer current scores is mostly noise
+#: A drift warning also needs the shift to be real, not just large (as the exchangeability
+#: gate: service/policy/exchangeability.py).
+DRIFT_P_VALUE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,45 @@ def psi(
     return float(np.sum((cp - rp) * np.log(cp / rp)))
 
 
+def psi_test(
+    reference_scores: Sequence[float] | np.ndarray,
+    current_scores: Sequence[float] | np.ndarray,
+    *,
+    reference_n: int | None = None,
+    bins: int = 10,
+) -> tuple[float, float]:
+    """(PSI, chi-square p-value of homogeneity) over the reference's quantile bins.
+
+    ``reference_scores`` may be a summary of a larger sample (the stored 200 quantiles of a
+    version's held-out scores): ``reference_n`` is then that sample's size, used to turn
+    the reference shares into counts; by default the summary's own length, which can only
+    make the test more cautious.
+    """
+    ref = np.asarray(reference_scores, dtype=float).ravel()
+    cur = np.asarray(current_scores, dtype=float).ravel()
+    if ref.size == 0 or cur.size == 0:
+        raise ValueError("psi_test needs non-empty reference and current samples")
+    edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1))[1:-1])
+    r = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=edges.size + 1)
+    c = np.bincount(np.searchsorted(edges, cur, side="right"), minlength=edges.size + 1)
+    ref_counts = r / ref.size * (reference_n or ref.size)
+    return counts_shift(ref_counts, c)
+
+
+def counts_shift(ref_counts: np.ndarray, cur_counts: np.ndarray) -> tuple[float, float]:
+    """(PSI, chi-square p-value) of two count vectors over the same bins."""
+    ref_counts = np.asarray(ref_counts, dtype=float)
+    cur_counts = np.asarray(cur_counts, dtype=float)
+    rp = np.maximum(ref_counts / max(ref_counts.sum(), 1e-12), PSI_EPSILON)
+    cp = np.maximum(cur_counts / max(cur_counts.sum(), 1e-12), PSI_EPSILON)
+    value = float(np.sum((cp - rp) * np.log(cp / rp)))
+    keep = (ref_counts + cur_counts) > 0
+    table = np.vstack([ref_counts[keep], cur_counts[keep]])
+    if table.shape[1] < 2 or table.sum(axis=1).min() <= 0:
+        return value, 1.0
+    return value, float(stats.chi2_contingency(table, correction=False).pvalue)
+
+
 def drift_warning(
     reference_scores: Sequence[float] | np.ndarray,
     current_scores: Sequence[float] | np.ndarray,
@@ -168,11 +211,17 @@ def drift_warning(
     threshold: float = PSI_WARNING,
     bins: int = 10,
     min_sample: int = MIN_DRIFT_SAMPLE,
+    reference_n: int | None = None,
+    max_p: float = DRIFT_P_VALUE,
 ) -> bool:
-    """Label-free early warning: PSI above 0.2 on at least ``min_sample`` current scores.
+    """Label-free early warning: PSI above 0.2 on at least ``min_sample`` current scores,
+    *and* a chi-square test of homogeneity at p < ``max_p`` (PSI alone is biased upwards on
+    small samples: about 9/n for 10 bins, so 100 scores from an unchanged stream sit at 0.09
+    on average and cross 0.2 by chance; docs/policy.md, "Drift warning").
 
     A warning freezes widening and doubles the audit rate; it does not itself stop automation.
     """
     if len(current_scores) < min_sample or len(reference_scores) < min_sample:
         return False
-    return psi(reference_scores, current_scores, bins) > threshold
+    value, p_value = psi_test(reference_scores, current_scores, reference_n=reference_n, bins=bins)
+    return value > threshold and p_value < max_p

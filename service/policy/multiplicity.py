@@ -1,23 +1,29 @@
 """Multiplicity control across repeated certification attempts (docs/policy.md).
 
-Every attempt on a growing ledger is another chance for a lucky pass. Tandem spends δ over
-*declared* ledger sizes (checkpoints), fixed before any label is seen:
+Every attempt on a growing ledger is another chance for a lucky pass. Tandem declares the
+ledger sizes it may test at before any label is seen, and spends δ per *attempt*:
 
-    n_j = n_0 · 2^(j−1),   δ_j = δ / 2^j,   j = 1, 2, …
+    n_m = n_0 · 1.5^(m−1)  (declared steps),   δ_a = δ / 2^a  (the a-th attempt ever made)
 
-with n_0 = max(300, 2 · min_cases_to_pass(α, δ/2)). Σ δ_j = δ, so by the union bound the
-probability that ANY attempt ever certifies a threshold whose true error exceeds α is at
-most δ — whatever happens between checkpoints (retraining, champion/challenger).
+with n_0 = max(100, 2 · min_cases_to_pass(α, δ/2)). Σ δ_a = δ, so by the union bound the
+probability that ANY attempt ever certifies a threshold whose true error exceeds α is at most
+δ — whatever happens between attempts (retraining, champion/challenger), provided the choice
+of *whether* to attempt at a step never looks at the labels it would be tested on. The
+product's choice (``service.policy.readiness``) looks only at the candidate's out-of-fold
+predictions on its own training cases and at the ledger's scores; attempting at every step is
+the least favourable choice, and is what ``tests/policy/test_policy_least_favourable.py``
+simulates.
 
-Why these numbers (measured by backtest, docs/backtest.md): the earlier dense schedule
-(ledger ×1.25 and δ ×0.8 per checkpoint, starting at the bare minimum ledger) spent most of δ
-on small ledgers where nothing could pass, and was down to δ/70 by the time ~1,300 cases
-existed. Doubling ledgers with halving δ is the first of the designs compared in
-docs/backtest.md; starting at the first ledger where a region holding half of it can pass
-keeps δ/2 for an attempt that can succeed.
+Why these numbers (measured by backtest, docs/backtest.md): with δ halving per *step*, a
+step reached before the model was good enough burnt δ/2 and the next δ/4, and a third step
+at δ/8 was nearly unpassable; runs that first certified there automated a quarter of what
+hindsight could. Halving per attempt, with attempts made only when they are likely to pass,
+keeps δ/2 for the first attempt that can succeed, whenever it comes. Steps 1.5× apart (rather
+than 2×) give that attempt a step soon after the model is ready; an unattempted step costs
+nothing.
 
-Only the newest model is certified at a checkpoint; a checkpoint skipped (the ledger jumped
-past it) leaves its δ unspent, which is conservative. Each checkpoint is used at most once.
+Only one model is certified per step, on ledger cases it was not trained on; a step
+jumped over (the ledger grew past it) is skipped. Each step is used at most once.
 """
 
 from __future__ import annotations
@@ -28,11 +34,11 @@ from dataclasses import dataclass
 from .certify import Certification
 from .stats import min_cases_to_pass
 
-CHECKPOINT_GROWTH = 2.0
+CHECKPOINT_GROWTH = 1.5
 DELTA_DECAY = 0.5
-#: No checkpoint before this many ledger cases: with fewer, no region worth automating can
-#: pass, and the δ it would spend is better kept for later attempts.
-FIRST_CHECKPOINT_FLOOR = 300
+#: No step before this many ledger cases: fewer say too little about a region and leave the
+#: exchangeability gate without a verdict (it needs 100 on each side).
+FIRST_CHECKPOINT_FLOOR = 100
 MAX_LEDGER = 10**9  # schedules are listed up to this ledger size (~22 checkpoints)
 
 
@@ -77,28 +83,6 @@ def checkpoint_schedule(
         last = n_j
         j += 1
     return out
-
-
-def checkpoint_for_ledger_size(
-    n: int,
-    *,
-    alpha: float,
-    delta: float,
-    last_attempted: int | None = None,
-) -> tuple[int, float] | None:
-    """(j, δ_j) of the checkpoint due now, or None when no new attempt is due.
-
-    Due = the highest declared checkpoint with n_j ≤ n that is later than ``last_attempted``
-    (the caller stores the index it last used). Intermediate checkpoints that were jumped over
-    are skipped for good.
-    """
-    due: Checkpoint | None = None
-    for cp in checkpoint_schedule(alpha, delta):
-        if cp.ledger_size > n:
-            break
-        if last_attempted is None or cp.index > last_attempted:
-            due = cp
-    return None if due is None else (due.index, due.delta)
 
 
 @dataclass(frozen=True)
@@ -155,10 +139,12 @@ def due_attempt(
 
     Ledger sizes follow the declared schedule from the start of the epoch (the first epoch
     starts with the task; a fallback starts a new one, so recovery is certified on evidence
-    drawn after the alarm), while δ indices keep counting across epochs: step m of an epoch
-    uses δ index ``last_index + (m − last_epoch_step)``. In the first epoch the two coincide
-    (step m is checkpoint m, as :func:`checkpoint_for_ledger_size`); a step jumped over leaves
-    its δ unspent. Σ δ_j over every attempt ever made stays ≤ δ.
+    drawn after the alarm): the step due is the largest declared size reached and not yet
+    used in this epoch. δ indices count attempts, across epochs: the attempt due uses index
+    ``last_index + 1`` whichever step it is at, so a step passed over (the ledger grew past
+    it, or no candidate was ready) costs nothing. Σ δ_a over every attempt ever made stays
+    ≤ δ. A caller that decides not to attempt simply records nothing: the same step (or a
+    later one) is due again at the next call.
     """
     last_step = last_epoch_step or 0
     due: Checkpoint | None = None
@@ -169,5 +155,5 @@ def due_attempt(
             due = cp
     if due is None:
         return None
-    index = (last_index or 0) + (due.index - last_step)
+    index = (last_index or 0) + 1
     return Attempt(index, due.index, checkpoint_delta(index, delta), due.ledger_size)

@@ -43,7 +43,8 @@ from service.policy import (
     traffic_matches_ledger,
 )
 from service.policy.exchangeability import CURRENT_WINDOW, label_shift
-from service.policy.monitor import MIN_DRIFT_SAMPLE
+from service.policy.monitor import DRIFT_P_VALUE, MIN_DRIFT_SAMPLE
+from service.policy.readiness import Readiness, assess
 from service.services import audit, webhooks
 from service.services.audit import SYSTEM, Actor
 
@@ -321,6 +322,10 @@ class Evidence:
     active_recent_pred: list[str] | None = None
     ledger_blocked: np.ndarray | None = None
     recent_blocked: np.ndarray | None = None
+    #: the version's out-of-fold predictions on representative training cases
+    #: (``score``/``suggested``/``correct`` lists, see ``learning.readiness_sample``); None for
+    #: versions trained before the readiness check: every due step is then attempted.
+    oof: dict[str, list[Any]] | None = None
 
 
 @dataclass
@@ -511,10 +516,6 @@ def certify_version(
             False, False, False, reason, {"exchangeability": shift.as_dict()}
         )
     index, delta_j = due.index, due.delta
-    correct = np.array(
-        [p == t for p, t in zip(ledger_pred_list, evidence.ledger_true[:n_ledger], strict=True)],
-        dtype=bool,
-    )
     current = active_coverage(task, evidence)
     allowed = allowed_coverage(
         current,
@@ -539,21 +540,110 @@ def certify_version(
         if evidence.recent_blocked is None
         else ~np.asarray(evidence.recent_blocked, dtype=bool)
     )
-    group_records: dict[str, Any] = {}
-    chosen: dict[str, CertStep] = {}
+    oof = evidence.oof or {}
+    oof_scores = np.asarray(oof.get("score", []), dtype=float)
+    oof_pred = np.asarray(oof.get("suggested", []), dtype=object)
+    oof_correct = np.asarray(oof.get("correct", []), dtype=bool)
     n_recent = max(int(evidence.recent_scores.size), 1)
+    # 1. Plan every group from scores alone: what will be tested, and whether it can pass.
+    plans: dict[str, dict[str, Any]] = {}
     for g in groups:
         if g == REST:
             blocked = set(policy.never_automate) | set(targeted)
             lmask = np.array([p not in blocked for p in ledger_pred], dtype=bool)
             rmask = np.array([p not in blocked for p in recent_pred], dtype=bool)
+            omask = np.array([p not in blocked for p in oof_pred], dtype=bool)
         else:
-            lmask, rmask = ledger_pred == g, recent_pred == g
+            lmask, rmask, omask = ledger_pred == g, recent_pred == g, oof_pred == g
         alpha = policy.label_alpha(g) if g != REST else policy.certification_alpha
         share = float(rmask.sum()) / n_recent if len(groups) > 1 else 1.0
         lg = np.where(lmask & ledger_open, ledger_scores, -np.inf)
         rg = np.where(rmask & recent_open, evidence.recent_scores, -np.inf)
-        grid = threshold_grid(rg, lg, alpha=alpha, delta=deltas[g], max_coverage=allowed * share)
+        ready: Readiness | None = None
+        if evidence.oof is None:
+            grid = threshold_grid(
+                rg, lg, alpha=alpha, delta=deltas[g], max_coverage=allowed * share
+            )
+        else:
+            # Every testable point; readiness picks where the walk starts.
+            grid = threshold_grid(
+                rg, lg, alpha=alpha, delta=deltas[g], max_coverage=allowed * share, start_share=0
+            )
+            ready = assess(
+                np.where(omask, oof_scores, -np.inf) if oof_scores.size else oof_scores,
+                oof_correct,
+                lg,
+                grid,
+                rg,
+                alpha=alpha,
+                delta=deltas[g],
+                current_coverage=current * share,
+                max_coverage=allowed * share,
+            )
+            if ready.start_threshold is not None:
+                grid = [t for t in grid if t <= ready.start_threshold]
+            else:  # no estimate: the default start (a quarter of the ledger above τ)
+                grid = threshold_grid(
+                    rg, lg, alpha=alpha, delta=deltas[g], max_coverage=allowed * share
+                )
+        plans[g] = {
+            "lmask": lmask,
+            "alpha": alpha,
+            "share": share,
+            "lg": lg,
+            "rg": rg,
+            "grid": grid,
+            "readiness": ready,
+        }
+    readiness = {g: p["readiness"].as_dict() for g, p in plans.items() if p["readiness"]}
+    if readiness and not any(p["readiness"].ready for p in plans.values()):
+        # No δ is spent: the step stays due, and the next version (or this one, once the
+        # ledger is larger) is judged again. Only out-of-fold predictions and ledger scores
+        # were read, never a ledger label (docs/policy.md, "Readiness").
+        why = "; ".join(
+            (f"{g}: " if len(plans) > 1 else "") + p["readiness"].reason for g, p in plans.items()
+        )
+        reason = f"not attempted: {why}"
+        version.certification = {
+            **(version.certification or {}),
+            "readiness": {
+                "ready": False,
+                "reason": reason,
+                "groups": readiness,
+                "ledger_size_due": n_ledger,
+                "delta": delta_j,
+                "judged_at": utcnow().isoformat().replace("+00:00", "Z"),
+            },
+        }
+        audit.record(
+            session,
+            "model.certification_deferred",
+            SYSTEM,
+            task_id=task.id,
+            details={
+                "version": version.version,
+                "reason": reason,
+                "readiness": readiness,
+                "ledger_size_due": n_ledger,
+                "next_delta": delta_j,
+            },
+        )
+        return CertificationOutcome(False, False, False, reason, {"readiness": readiness})
+    # 2. The test itself: the only place ledger labels are read.
+    correct = np.array(
+        [p == t for p, t in zip(ledger_pred_list, evidence.ledger_true[:n_ledger], strict=True)],
+        dtype=bool,
+    )
+    group_records: dict[str, Any] = {}
+    chosen: dict[str, CertStep] = {}
+    for g, plan in plans.items():
+        alpha, share, lg, rg, grid = (
+            plan["alpha"],
+            plan["share"],
+            plan["lg"],
+            plan["rg"],
+            plan["grid"],
+        )
         cert = certify(lg, correct, grid, alpha=alpha, delta=deltas[g], coverage_scores=rg)
         step = cap_threshold(
             cert.accepted_steps,
@@ -565,8 +655,9 @@ def certify_version(
         group_records[g] = {
             "alpha": alpha,
             "delta": deltas[g],
-            "ledger_cases": int(lmask.sum()),
+            "ledger_cases": int(plan["lmask"].sum()),
             "grid_points": len(grid),
+            "readiness": readiness.get(g),
             "accepted_threshold": cert.threshold,
             "accepted_bound": cert.upper_bound,
             "accepted_coverage": cert.coverage,
@@ -639,6 +730,7 @@ def certify_version(
     }
     previous = dict(version.certification or {})
     history = list(previous.pop("history", []))
+    previous.pop("readiness", None)  # an attempt was made: the deferral no longer applies
     checkpoints = [*previous.pop("checkpoints", []), index]
     summary_keys = (
         "certified",
@@ -742,7 +834,7 @@ def promote(
     if automation_changed:
         task.automation_changed_at = now
     if automation_changed or model_changed:
-        task.automation_reason = _promotion_reason(version, cert, certified, reason, task)
+        task.automation_reason = _promotion_reason(version, cert, certified, reason, task)[:300]
     if model_changed:
         audit.record(
             session,
@@ -798,11 +890,13 @@ def _promotion_reason(
     if certified:
         return f"v{version.version} automates at its certified threshold ({reason})"
     revoked = cert.get("revoked")
-    why = (
-        f"its certification was revoked ({revoked.get('reason')})"
-        if revoked
-        else "it is not certified"
-    )
+    deferred = cert.get("readiness") or {}
+    if revoked:
+        why = f"its certification was revoked ({revoked.get('reason')})"
+    elif deferred.get("reason"):
+        why = f"not certified yet, {deferred['reason']}"
+    else:
+        why = "it is not certified"
     if task.automation_state == "fallback":
         return f"v{version.version} is active, still in fallback: {why}"
     return f"v{version.version} only suggests: {why}"
@@ -886,7 +980,8 @@ def drift_check(session: Session, task: Task) -> dict[str, Any]:
     score_psi = psi(reference, scores)
     report["score_psi"] = score_psi
     warnings: list[str] = []
-    if drift_warning(reference, scores, threshold=PSI_WARNING):
+    reference_n = (version.profile or {}).get("reference_cases")
+    if drift_warning(reference, scores, threshold=PSI_WARNING, reference_n=reference_n):
         warnings.append(f"score PSI {score_psi:.3f} > {PSI_WARNING}")
     label_counts = (version.profile or {}).get("reference_label_counts")
     # The latest few hundred only: over the whole sample a turn would need hundreds more
@@ -914,7 +1009,9 @@ def drift_check(session: Session, task: Task) -> dict[str, Any]:
     if data:
         fields_report = drift_report(DataProfile.from_dict(data), [r.input for r in rows])
         for name, entry in fields_report.items():
-            if (entry.get("psi") or 0.0) > FIELD_PSI_WARNING:
+            if (entry.get("psi") or 0.0) > FIELD_PSI_WARNING and (
+                entry.get("psi_p_value") is None or entry["psi_p_value"] < DRIFT_P_VALUE
+            ):
                 warnings.append(f"{name}: PSI {entry['psi']:.3f}")
             if abs(entry.get("missing_rate_change") or 0.0) > MISSING_CHANGE_WARNING:
                 warnings.append(f"{name}: missing rate moved {entry['missing_rate_change']:+.2f}")

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from service.db import db_session, transaction, utcnow
 from service.ml.artifacts import dump_model, load_model
-from service.ml.pipeline import FAMILIES, pipeline_proba, train_model
+from service.ml.pipeline import FAMILIES, TrainedModel, pipeline_proba, train_model
 from service.ml.profile import DataProfile, build_profile, range_checker
 from service.models import Case, Job, ModelVersion, Task
 from service.services import audit, automation
@@ -46,6 +46,11 @@ log = logging.getLogger(__name__)
 MIN_TRAINING_CASES = 20
 REFERENCE_POINTS = 200
 REFERENCE_CASES = 2000
+#: Out-of-fold predictions kept per version for the readiness check (docs/policy.md).
+READINESS_CASES = 2000
+#: Route reasons under which every case went to a person whatever its score: their training
+#: cases are a fair sample of traffic (queued low-confidence cases are not).
+REPRESENTATIVE_REASONS = ("cold_start", "fallback")
 
 
 def hgb_max_iter() -> int:
@@ -65,6 +70,7 @@ class LabelledData:
     train_ids: list[str]
     train_rows: list[dict[str, Any]]
     train_labels: list[str]
+    train_representative: list[bool]
     ledger_rows: list[dict[str, Any]]
     ledger_labels: list[str | None]  # None: the audit label is not in yet
     ledger_forced: list[bool]
@@ -92,7 +98,7 @@ def snapshot_of(ids: list[str], labels: list[str]) -> dict[str, Any]:
 def collect(session: Session, task: Task) -> LabelledData:
     valid = set(task.labels)
     train = session.execute(
-        select(Case.id, Case.input, Case.human_label)
+        select(Case.id, Case.input, Case.human_label, Case.reason)
         .where(
             Case.task_id == task.id,
             Case.human_label.is_not(None),
@@ -119,6 +125,7 @@ def collect(session: Session, task: Task) -> LabelledData:
         train_ids=ids,
         train_rows=[r.input for r in train],
         train_labels=labels,
+        train_representative=[r.reason in REPRESENTATIVE_REASONS for r in train],
         ledger_rows=[r.input for r in ledger],
         ledger_labels=[r.human_label if r.human_label in valid else None for r in ledger],
         ledger_forced=[r.reason == "forced" for r in ledger],
@@ -141,6 +148,27 @@ def blocked(
         ],
         dtype=bool,
     )
+
+
+def readiness_sample(
+    trained: TrainedModel, representative: list[bool], labels: list[str]
+) -> dict[str, list[Any]]:
+    """The chosen family's out-of-fold predictions on the training cases that are a fair
+    sample of traffic (top score, suggested label, right or wrong), at most READINESS_CASES
+    of them (an even spread): what the readiness check knows of the version without looking
+    at the ledger's labels."""
+    keep = [j for j, i in enumerate(trained.oof_index) if representative[i]]
+    if len(keep) > READINESS_CASES:
+        keep = [keep[int(x)] for x in np.linspace(0, len(keep) - 1, READINESS_CASES)]
+    proba = trained.oof_proba[keep] if keep else np.zeros((0, len(labels)))
+    top = proba.argmax(axis=1) if keep else np.zeros(0, dtype=int)
+    return {
+        "score": [round(float(x), 5) for x in proba.max(axis=1)] if keep else [],
+        "suggested": [labels[int(j)] for j in top],
+        "correct": [
+            labels[int(j)] == trained.oof_labels[k] for j, k in zip(top, keep, strict=True)
+        ],
+    }
 
 
 def lock_task(session: Session, task_id: int) -> Task | None:
@@ -264,6 +292,7 @@ def _train_and_release(
 
     trained = None
     profile: DataProfile | None = None
+    oof: dict[str, list[Any]] | None = None
     t_train = time.perf_counter()
     if reuse_id is None:
         _set_job(job_id, progress={"stage": "training", "cases": len(data.train_ids)})
@@ -279,6 +308,7 @@ def _train_and_release(
         train_fields, train_labels = fields, labels
         artefact = dump_model(pipeline)
         profile = build_profile(data.train_rows, fields)
+        oof = readiness_sample(trained, data.train_representative, labels)
     else:
         with transaction() as session:
             row = session.get(ModelVersion, reuse_id)
@@ -288,6 +318,7 @@ def _train_and_release(
             train_labels = (row.profile or {}).get("labels") or labels
             stored = (row.profile or {}).get("data")
             profile = DataProfile.from_dict(stored) if stored else None
+            oof = (row.profile or {}).get("readiness")
         db_session.remove()
         pipeline = load_model(artefact)
     train_seconds = time.perf_counter() - t_train
@@ -323,6 +354,7 @@ def _train_and_release(
         active_recent_pred=active_pred,
         ledger_blocked=blocked(data.ledger_rows, data.ledger_forced, profile),
         recent_blocked=blocked(data.recent_rows, data.recent_forced, profile),
+        oof=oof,
     )
     # Held-out reference for the label-free drift check: the ledger is a uniform sample of
     # traffic the model never saw (recent traffic would include its own training cases).
@@ -371,9 +403,11 @@ def _train_and_release(
                         "labels": labels,
                         "data": profile.to_dict() if profile is not None else None,
                         "reference_scores": reference,
+                        "reference_cases": int(ref_src.size),
                         # The suggested labels on the same held-out cases, for the drift
                         # check's label half (a class turning shows there before scores).
                         "reference_label_counts": dict(Counter(ledger_pred[-REFERENCE_CASES:])),
+                        "readiness": oof,
                     },
                     certification={},
                     timings={

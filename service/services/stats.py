@@ -573,7 +573,9 @@ def drift_status(session: Session, task: Task, window: Window) -> dict[str, Any]
         ]
         if scores:
             value = psi(reference, scores)
-            warning = warning or drift_warning(reference, scores)
+            warning = warning or drift_warning(
+                reference, scores, reference_n=(profile or {}).get("reference_cases")
+            )
     fields: dict[str, Any] = {}
     data = (profile or {}).get("data")
     if data:

@@ -569,6 +569,8 @@ class Replay:
                     "checkpoints": cert.get("checkpoints") or [],
                     "ledger_cases": cert.get("ledger_cases"),
                     "checkpoint": cert.get("checkpoint"),
+                    # why the version was not tested (yet), when it was not: readiness
+                    "readiness": cert.get("readiness"),
                     "tested_steps": {
                         group: rec.get("steps") or []
                         for group, rec in (cert.get("groups") or {}).items()

@@ -378,10 +378,19 @@ def write_html(out: Path, summary: dict[str, Any]) -> Path:
     m = summary["policies"]
     alpha = summary["target_error"]
     t = m["tandem"]
+    why_not = next(
+        (
+            f": v{v['version']} was {v['readiness']['reason']}"
+            for v in reversed(summary["versions"])
+            if (v.get("readiness") or {}).get("reason")
+        ),
+        "",
+    )
     opening = (
         f"Tandem automated nothing on {summary['rows']:,} cases: no certified threshold "
-        f"was deployed "
-        f"(see the certification attempts in summary.json, versions[].tested_steps)"
+        f"was deployed{html.escape(why_not)} "
+        f"(see the certification attempts in summary.json, versions[].tested_steps and "
+        f"versions[].readiness)"
         if not t["auto_answers"]
         else f"Tandem automated <b>{_pct(t['automation'])}</b> of {summary['rows']:,} cases "
         f"({_pct(t['final_quarter_automation'])} in the final quarter, "

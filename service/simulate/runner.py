@@ -65,7 +65,49 @@ def aggregate(summaries: list[dict[str, Any]]) -> dict[str, Any]:
             "mean_realised_error": mean("realised_error"),
             "mean_labels_spent": mean("labels_spent"),
         }
+    table["tandem_spread"] = spread(summaries)
     return table
+
+
+def milestones(summary: dict[str, Any]) -> dict[str, Any]:
+    """When a run first automated (case position and human labels spent by then; None if it
+    never did) and how often the label-free drift warning froze widening, from its
+    per-chunk timeline."""
+    first = next((r for r in summary.get("timeline", []) if r.get("state") == "automating"), None)
+    warnings, was = 0, False
+    for r in summary.get("timeline", []):
+        now = bool(r.get("frozen"))
+        warnings += now and not was
+        was = now
+    return {
+        "first_automation_case": None if first is None else first.get("position"),
+        "labels_before_first_automation": None if first is None else first.get("human_labels"),
+        "drift_warnings": warnings,
+    }
+
+
+def spread(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Tandem's run-by-run spread: share of the oracle (min / median / max), labels before
+    the first automatic answer (median; runs that never automated are counted apart) and
+    drift warnings per run, for the backtest table (docs/backtest.md)."""
+    shares = [s["policies"]["tandem"].get("final_quarter_share_of_oracle") for s in summaries]
+    shares = [x for x in shares if x is not None]
+    marks = [milestones(s) for s in summaries]
+    firsts = [m["labels_before_first_automation"] for m in marks]
+    reached = [x for x in firsts if x is not None]
+    return {
+        "runs": len(summaries),
+        "share_of_oracle_min": min(shares) if shares else None,
+        "share_of_oracle_median": float(np.median(shares)) if shares else None,
+        "share_of_oracle_max": max(shares) if shares else None,
+        "share_of_oracle_per_run": shares,
+        "labels_before_first_automation_median": float(np.median(reached)) if reached else None,
+        "runs_never_automated": sum(x is None for x in firsts),
+        "drift_warnings_per_run": float(np.mean([m["drift_warnings"] for m in marks]))
+        if marks
+        else None,
+        "runs_with_a_drift_warning": sum(m["drift_warnings"] > 0 for m in marks),
+    }
 
 
 def _pct(v: float | None, digits: int = 1) -> str:
@@ -95,6 +137,22 @@ def table_markdown(table: dict[str, Any], alpha: float) -> str:
         )
     lines.append("")
     lines.append(f"α = {alpha:g}; shares are over runs; means over runs.")
+    sp = table.get("tandem_spread")
+    if sp:
+        first = sp["labels_before_first_automation_median"]
+        lines += [
+            "",
+            "| Tandem, run by run | value |",
+            "|---|---|",
+            f"| final quarter, share of oracle: min / median / max "
+            f"| {_pct(sp['share_of_oracle_min'], 0)} / {_pct(sp['share_of_oracle_median'], 0)}"
+            f" / {_pct(sp['share_of_oracle_max'], 0)} |",
+            f"| human labels before the first automatic answer (median) "
+            f"| {'—' if first is None else f'{first:,.0f}'}"
+            f"; never automated in {sp['runs_never_automated']} of {sp['runs']} runs |",
+            f"| drift warnings per run (runs with one) "
+            f"| {sp['drift_warnings_per_run']:.2f} ({sp['runs_with_a_drift_warning']}) |",
+        ]
     return "\n".join(lines)
 
 

@@ -107,7 +107,8 @@ def test_never_automate_and_label_targets(app: Any, db: Any, client: Any, tokens
     ev.recent_pred = ["bad" if i % 2 else "good" for i in range(2000)]
     out = automation.certify_version(db, task, v, ev)
     assert set(out.record["groups"]) == {"*"}  # "bad" forms no group
-    assert out.record["groups"]["*"]["ledger_cases"] == 300
+    tested = out.record["ledger_cases"]
+    assert out.record["groups"]["*"]["ledger_cases"] == ev.ledger_pred[:tested].count("good")
     assert out.record["coverage"] <= 0.5 + 1e-9
 
 
@@ -148,3 +149,73 @@ def test_activate_rollback_reuses_stored_certification(
     assert task.automation_state == "automating" and task.threshold == v1.threshold
     actions = db.scalars(select(AuditEvent.action).where(AuditEvent.task_id == task.id)).all()
     assert actions.count("model.activated") == 3
+
+
+def oof_sample(n: int, error_rate: float, seed: int = 1) -> dict[str, list[Any]]:
+    """An out-of-fold sample as the training job stores it (scores like ``evidence``'s)."""
+    rng = np.random.default_rng(seed)
+    s = 0.5 + 0.5 * rng.random(n)
+    return {
+        "score": [float(x) for x in s],
+        "suggested": ["good"] * n,
+        "correct": [bool(x) for x in rng.random(n) >= error_rate],
+    }
+
+
+def test_an_attempt_that_cannot_pass_is_not_made_and_spends_nothing(
+    app: Any, db: Any, client: Any, tokens: Any
+) -> None:
+    """Readiness (docs/policy.md): a candidate whose out-of-fold error is at the target is not
+    tested; no δ index is used, the reason is stored and audited, and the next candidate at
+    the same ledger size gets the first slice δ/2."""
+    task = make_task(client, tokens["admin"])  # α = 5%
+    labelled_cases(db, task, 2000)
+    v1 = version(db, task, 1)
+    ev = evidence(600, 0.002)
+    ev.oof = oof_sample(800, 0.06)
+    out = automation.certify_version(db, task, v1, ev)
+    assert not out.attempted and out.reason.startswith("not attempted: the best region")
+    assert "would be needed" in out.reason or "no ledger size would do" in out.reason
+    assert automation.last_checkpoint(db, task) is None  # no δ spent
+    assert v1.certification["readiness"]["ready"] is False
+    assert v1.threshold is None
+    deferred = db.scalars(
+        select(AuditEvent).where(AuditEvent.action == "model.certification_deferred")
+    ).all()
+    assert len(deferred) == 1 and deferred[0].details["readiness"]["*"]["ready"] is False
+    # the dashboard's sentence says why
+    automation.promote(db, task, v1, SYSTEM, v1.certification, reason="suggestions only")
+    assert "not certified yet, not attempted: the best region" in (task.automation_reason or "")
+    # a better candidate, same ledger: attempted with the first slice
+    v2 = version(db, task, 2)
+    ev.oof = oof_sample(800, 0.0)
+    out2 = automation.certify_version(db, task, v2, ev)
+    assert out2.attempted and out2.certified
+    assert out2.record["checkpoint"]["index"] == 1
+    assert out2.record["checkpoint"]["delta"] == pytest.approx(0.025)
+    assert "readiness" not in v2.certification  # an attempt replaces any deferral
+    readiness = out2.record["groups"]["*"]["readiness"]
+    assert readiness["ready"] and readiness["pass_probability"] >= 0.7
+    # the walk started where readiness said, not at the strictest testable point
+    first_tested = out2.record["groups"]["*"]["steps"][0]["threshold"]
+    assert first_tested == pytest.approx(readiness["start_threshold"])
+
+
+def test_a_failed_attempt_still_spends_its_slice(
+    app: Any, db: Any, client: Any, tokens: Any
+) -> None:
+    """Readiness judges from out-of-fold predictions; when the ledger disagrees the attempt
+    fails and its δ is spent like any other: the next one gets δ/4."""
+    task = make_task(client, tokens["admin"])
+    labelled_cases(db, task, 2000)
+    v1 = version(db, task, 1)
+    ev = evidence(600, 0.3)  # the ledger is far worse than the out-of-fold sample says
+    ev.oof = oof_sample(800, 0.0)
+    out = automation.certify_version(db, task, v1, ev)
+    assert out.attempted and not out.certified
+    v2 = version(db, task, 2)
+    ev2 = evidence(800, 0.002, seed=4)
+    ev2.oof = oof_sample(800, 0.0)
+    out2 = automation.certify_version(db, task, v2, ev2)
+    assert out2.attempted and out2.record["checkpoint"]["index"] == 2
+    assert out2.record["checkpoint"]["delta"] == pytest.approx(0.0125)

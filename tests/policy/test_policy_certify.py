@@ -20,9 +20,9 @@ from service.policy import (
     capped_threshold,
     certify,
     certify_by_label,
-    checkpoint_for_ledger_size,
     checkpoint_schedule,
     decide_promotion,
+    due_attempt,
     min_cases_to_pass,
     split_delta,
     threshold_grid,
@@ -41,8 +41,14 @@ def ledger(seed: int, n: int, err_scale: float) -> tuple[np.ndarray, np.ndarray]
 
 
 @settings(max_examples=120, deadline=None)
-@given(seed=st.integers(0, 2**31), n=st.integers(0, 1500), e=st.floats(0, 0.3),
-       alpha=ALPHAS, delta=DELTAS, use_grid=st.booleans())
+@given(
+    seed=st.integers(0, 2**31),
+    n=st.integers(0, 1500),
+    e=st.floats(0, 0.3),
+    alpha=ALPHAS,
+    delta=DELTAS,
+    use_grid=st.booleans(),
+)
 def test_never_accepted_on_too_few_cases_and_fixed_sequence(
     seed: int, n: int, e: float, alpha: float, delta: float, use_grid: bool
 ) -> None:
@@ -72,8 +78,14 @@ def test_never_accepted_on_too_few_cases_and_fixed_sequence(
 
 
 @settings(max_examples=120, deadline=None)
-@given(seed=st.integers(0, 2**31), n=st.integers(150, 1500), e=st.floats(0, 0.2),
-       flips=st.integers(1, 20), alpha=ALPHAS, delta=DELTAS)
+@given(
+    seed=st.integers(0, 2**31),
+    n=st.integers(150, 1500),
+    e=st.floats(0, 0.2),
+    flips=st.integers(1, 20),
+    alpha=ALPHAS,
+    delta=DELTAS,
+)
 def test_adding_errors_never_widens(
     seed: int, n: int, e: float, flips: int, alpha: float, delta: float
 ) -> None:
@@ -90,8 +102,13 @@ def test_adding_errors_never_widens(
 
 
 @settings(max_examples=80, deadline=None)
-@given(seed=st.integers(0, 2**31), n=st.integers(0, 3000), alpha=ALPHAS, delta=DELTAS,
-       n_points=st.integers(1, 200))
+@given(
+    seed=st.integers(0, 2**31),
+    n=st.integers(0, 3000),
+    alpha=ALPHAS,
+    delta=DELTAS,
+    n_points=st.integers(1, 200),
+)
 def test_grid_comes_from_traffic_and_starts_where_a_pass_is_possible(
     seed: int, n: int, alpha: float, delta: float, n_points: int
 ) -> None:
@@ -121,9 +138,7 @@ def test_capped_threshold_is_tested_first_when_stricter() -> None:
     assert capped_threshold(tied, 0.6) == 0.9
 
 
-steps_strategy = st.lists(
-    st.tuples(st.floats(0, 1), st.booleans()), min_size=0, max_size=30
-)
+steps_strategy = st.lists(st.tuples(st.floats(0, 1), st.booleans()), min_size=0, max_size=30)
 
 
 @settings(max_examples=200, deadline=None)
@@ -134,9 +149,7 @@ def test_widening_cap_holds_and_picks_accepted_only(
     # Build a walk: coverage increases as τ decreases; accepted steps form a prefix.
     covs = sorted(c for c, _ in raw)
     n_acc = sum(a for _, a in raw)
-    steps = [
-        CertStep(1 - cv, 100, 0, 0.0, 0.0, cv, True, i < n_acc) for i, cv in enumerate(covs)
-    ]
+    steps = [CertStep(1 - cv, 100, 0, 0.0, 0.0, cv, True, i < n_acc) for i, cv in enumerate(covs)]
     chosen = cap_threshold(steps, current_coverage=current, allowed_coverage=allowed)
     if chosen is None:
         return
@@ -160,23 +173,33 @@ def test_delta_schedule_sums_to_at_most_delta(alpha: float, delta: float) -> Non
     assert sum(cp.delta for cp in sched) <= delta
     sizes = [cp.ledger_size for cp in sched]
     assert sizes == sorted(set(sizes))
-    # the first checkpoint is where a region holding half the ledger can pass at δ₁ (≥ 300)
-    assert sizes[0] == max(300, 2 * min_cases_to_pass(alpha, sched[0].delta))
+    # the first step is where a region holding half the ledger can pass at δ₁ (≥ 100)
+    assert sizes[0] == max(100, 2 * min_cases_to_pass(alpha, sched[0].delta))
     assert sched[0].delta == pytest.approx(delta / 2)
-    assert all(b.ledger_size == 2 * a.ledger_size for a, b in itertools.pairwise(sched))
+    assert all(
+        b.ledger_size == max(math.ceil(sizes[0] * 1.5 ** (b.index - 1) - 1e-9), a.ledger_size + 1)
+        for a, b in itertools.pairwise(sched)
+    )
 
 
 def test_checkpoint_schedule_values_and_due_logic() -> None:
     sched = checkpoint_schedule(0.02, 0.05)
-    assert [cp.ledger_size for cp in sched[:4]] == [366, 732, 1464, 2928]
+    assert [cp.ledger_size for cp in sched[:4]] == [366, 549, 824, 1236]
     assert [cp.delta for cp in sched[:3]] == pytest.approx([0.025, 0.0125, 0.00625])
-    assert [cp.ledger_size for cp in checkpoint_schedule(0.05, 0.05)[:3]] == [300, 600, 1200]
-    assert checkpoint_for_ledger_size(365, alpha=0.02, delta=0.05) is None
-    assert checkpoint_for_ledger_size(366, alpha=0.02, delta=0.05) == (1, pytest.approx(0.025))
-    assert checkpoint_for_ledger_size(700, alpha=0.02, delta=0.05, last_attempted=1) is None
-    # a jumped-over checkpoint is skipped for good (its δ stays unspent)
-    due = checkpoint_for_ledger_size(1500, alpha=0.02, delta=0.05, last_attempted=1)
-    assert due is not None and due[0] == 3
+    assert [cp.ledger_size for cp in checkpoint_schedule(0.05, 0.05)[:3]] == [144, 216, 324]
+    assert [cp.ledger_size for cp in checkpoint_schedule(0.10, 0.05)[:3]] == [100, 150, 225]
+    assert due_attempt(365, alpha=0.02, delta=0.05, last_index=None, last_epoch_step=None) is None
+    first = due_attempt(366, alpha=0.02, delta=0.05, last_index=None, last_epoch_step=None)
+    assert first is not None and (first.index, first.epoch_step) == (1, 1)
+    assert first.delta == pytest.approx(0.025)
+    assert due_attempt(500, alpha=0.02, delta=0.05, last_index=1, last_epoch_step=1) is None
+    # a step passed over (ledger jumped, or nobody attempted it) costs no δ: the next
+    # attempt takes the next index whichever step it is at
+    due = due_attempt(900, alpha=0.02, delta=0.05, last_index=1, last_epoch_step=1)
+    assert due is not None and (due.index, due.epoch_step, due.ledger_size) == (2, 3, 824)
+    assert due.delta == pytest.approx(0.0125)
+    never = due_attempt(900, alpha=0.02, delta=0.05, last_index=None, last_epoch_step=None)
+    assert never is not None and (never.index, never.epoch_step) == (1, 3)
 
 
 def test_champion_challenger() -> None:
@@ -201,10 +224,19 @@ def test_per_label_targets_and_never_automate() -> None:
     correct = rng.random(n) >= 0.5 * (1 - s)
     policy = Policy(never_automate=("deny",), label_targets={"approve": 0.01})
     assert split_delta(policy, ["approve", "deny", "refer"], 0.05) == {
-        "approve": 0.025, REST: 0.025
+        "approve": 0.025,
+        REST: 0.025,
     }
-    res = certify_by_label(s[:3000], correct[:3000], labels[:3000], s[3000:], labels[3000:],
-                           policy=policy, labels=["approve", "deny", "refer"], delta=0.05)
+    res = certify_by_label(
+        s[:3000],
+        correct[:3000],
+        labels[:3000],
+        s[3000:],
+        labels[3000:],
+        policy=policy,
+        labels=["approve", "deny", "refer"],
+        delta=0.05,
+    )
     assert set(res.groups) == {"approve", REST}
     assert res.threshold_for("deny") is None
     assert res.groups[REST].certified

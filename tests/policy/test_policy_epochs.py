@@ -7,7 +7,6 @@ import pytest
 
 from service.policy import (
     checkpoint_delta,
-    checkpoint_for_ledger_size,
     checkpoint_schedule,
     due_attempt,
     traffic_matches_ledger,
@@ -16,15 +15,18 @@ from service.policy import (
 ALPHA, DELTA = 0.02, 0.05
 
 
-def test_first_epoch_matches_the_declared_checkpoints():
+def test_every_attempt_takes_the_next_delta_index_whatever_its_step():
+    sizes = [cp.ledger_size for cp in checkpoint_schedule(ALPHA, DELTA)]
     for n in (100, 366, 700, 1500, 5000):
         for last in (None, 1, 2):
-            old = checkpoint_for_ledger_size(n, alpha=ALPHA, delta=DELTA, last_attempted=last)
-            new = due_attempt(n, alpha=ALPHA, delta=DELTA, last_index=last, last_epoch_step=last)
-            assert (old is None) == (new is None)
-            if old is not None and new is not None:
-                assert (new.index, new.delta) == (old[0], pytest.approx(old[1]))
-                assert new.index == new.epoch_step
+            due = due_attempt(n, alpha=ALPHA, delta=DELTA, last_index=last, last_epoch_step=last)
+            expected_step = max((j + 1 for j, s in enumerate(sizes) if s <= n), default=0)
+            if expected_step <= (last or 0):
+                assert due is None
+                continue
+            assert due is not None
+            assert (due.index, due.epoch_step) == ((last or 0) + 1, expected_step)
+            assert due.delta == pytest.approx(checkpoint_delta((last or 0) + 1, DELTA))
 
 
 def test_a_new_epoch_restarts_ledger_sizes_but_never_reuses_a_delta_index():
@@ -34,9 +36,9 @@ def test_a_new_epoch_restarts_ledger_sizes_but_never_reuses_a_delta_index():
     assert first is not None
     assert (first.index, first.epoch_step, first.ledger_size) == (4, 1, sizes[0])
     assert first.delta == pytest.approx(checkpoint_delta(4, DELTA))
-    # jumping over a step leaves its δ unspent, as in the first epoch
+    # jumping over a step costs nothing: the next attempt takes the next index
     jump = due_attempt(sizes[2], alpha=ALPHA, delta=DELTA, last_index=4, last_epoch_step=1)
-    assert jump is not None and (jump.index, jump.epoch_step) == (6, 3)
+    assert jump is not None and (jump.index, jump.epoch_step) == (5, 3)
     assert (
         due_attempt(sizes[0] - 1, alpha=ALPHA, delta=DELTA, last_index=3, last_epoch_step=None)
         is None

@@ -47,8 +47,7 @@ def test_livewatch_matches_stateless_form(seq: list[int], window: int) -> None:
 def test_live_watch_rarely_alarms_when_error_is_at_alpha() -> None:
     rng = np.random.default_rng(0)
     alarms = sum(
-        live_error_alarm(rng.random(300) < 0.02, alpha=0.02, delta=0.05).alarm
-        for _ in range(1000)
+        live_error_alarm(rng.random(300) < 0.02, alpha=0.02, delta=0.05).alarm for _ in range(1000)
     )
     assert alarms / 1000 <= 0.05
 
@@ -63,3 +62,23 @@ def test_psi() -> None:
     assert not drift_warning(ref, shifted[:50])  # too few current scores
     assert np.isfinite(psi(ref, np.full(500, 2.0)))  # empty bins do not blow up
     assert psi(np.ones(100), np.ones(100)) == pytest.approx(0.0)  # all-tied reference
+
+
+def test_drift_warning_needs_a_real_shift_not_a_small_sample() -> None:
+    """PSI on 100–150 unchanged scores crosses 0.2 by chance (its bias is ~9/n); the
+    chi-square condition keeps those from warning while a real shift still does."""
+    rng = np.random.default_rng(7)
+    ref = rng.beta(5, 1, 2000)
+    psi_only = significant = 0
+    for _ in range(400):
+        cur = rng.beta(5, 1, 100)
+        psi_only += psi(ref, cur) > 0.2
+        significant += drift_warning(ref, cur, reference_n=2000)
+    assert psi_only >= 4  # the false alarms the rule removes exist
+    assert significant <= 1  # p < 0.001: about 0.4 expected in 400
+    # reference given as its 200 stored quantiles of a 2,000-case sample
+    quantiles = np.quantile(ref, (np.arange(200) + 0.5) / 200)
+    assert drift_warning(quantiles, rng.beta(2, 1, 150), reference_n=2000)
+    assert not drift_warning(quantiles, rng.beta(5, 1, 150), reference_n=2000)
+    # without reference_n the 200 quantiles count as 200 cases: more cautious, still sees it
+    assert drift_warning(quantiles, rng.beta(2, 1, 300))

@@ -43,8 +43,15 @@ def test_label_targets_only_tighten() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", [{"target_error": 0}, {"confidence": 1.0}, {"audit_rate": 0}, {"min_labels": -1},
-            {"label_targets": {"a": 2.0}}, {"certification_margin": 0.02}],
+    "bad",
+    [
+        {"target_error": 0},
+        {"confidence": 1.0},
+        {"audit_rate": 0},
+        {"min_labels": -1},
+        {"label_targets": {"a": 2.0}},
+        {"certification_margin": 0.02},
+    ],
 )
 def test_policy_validation(bad: dict) -> None:
     with pytest.raises(ValueError):

@@ -46,8 +46,46 @@ def test_aggregate_counts_runs_and_averages() -> None:
     assert table["oracle"]["deployed_exceeded_share"] is None
     assert table["tandem"]["mean_final_quarter_share_of_oracle"] == 0.75
     md = table_markdown(table, 0.02)
-    assert md.count("\n| ") == 4  # one row per policy under the header
+    policy_table = md.split("\n\n")[0]
+    assert policy_table.count("\n| ") == 4  # one row per policy under the header
     assert "| Tandem (certified) | 25% | 0% (0/8 rules) |" in md
+
+
+def _timeline(first_auto_at: int | None, frozen_at: tuple[int, ...] = ()) -> list[dict]:
+    """Chunks of 50 cases, one human label per case until automation starts."""
+    rows = []
+    for position in range(0, 1000, 50):
+        automating = first_auto_at is not None and position >= first_auto_at
+        rows.append(
+            {
+                "position": position,
+                "state": "automating" if automating else "manual",
+                "human_labels": position,
+                "frozen": position in frozen_at,
+            }
+        )
+    return rows
+
+
+def test_run_by_run_spread_first_automation_and_drift_warnings() -> None:
+    runs = [
+        {**_summary(False), "timeline": _timeline(300)},
+        {**_summary(False), "timeline": _timeline(500, frozen_at=(600, 650, 800))},
+        {**_summary(False), "timeline": _timeline(None)},
+    ]
+    runs[1]["policies"]["tandem"]["final_quarter_share_of_oracle"] = 0.5
+    runs[2]["policies"]["tandem"]["final_quarter_share_of_oracle"] = 0.0
+    spread = aggregate(runs)["tandem_spread"]
+    assert (spread["share_of_oracle_min"], spread["share_of_oracle_max"]) == (0.0, 0.75)
+    assert spread["share_of_oracle_median"] == 0.5
+    assert spread["labels_before_first_automation_median"] == 400  # of 300 and 500
+    assert spread["runs_never_automated"] == 1
+    # two separate freezes (600–650 is one warning, 800 another) in one run of three
+    assert spread["drift_warnings_per_run"] == pytest.approx(2 / 3)
+    assert spread["runs_with_a_drift_warning"] == 1
+    md = table_markdown(aggregate(runs), 0.1)
+    assert "| final quarter, share of oracle: min / median / max | 0% / 50% / 75% |" in md
+    assert "| 400; never automated in 1 of 3 runs |" in md
 
 
 def _write_run(folder: Path, seed: int, *, tandem_bad: bool = False, **overrides: Any) -> None:
