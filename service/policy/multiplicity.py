@@ -10,9 +10,9 @@ probability that ANY attempt ever certifies a threshold whose true error exceeds
 δ — whatever happens between attempts (retraining, champion/challenger), provided the choice
 of *whether* to attempt at a step never looks at the labels it would be tested on. The
 product's choice (``service.policy.readiness``) looks only at the candidate's out-of-fold
-predictions on its own training cases and at the ledger's scores; attempting at every step is
-the least favourable choice, and is what ``tests/policy/test_policy_least_favourable.py``
-simulates.
+predictions on its own training cases and at the ledger's scores (and, for widening, at what
+the running rule automates: see its docstring); ``tests/policy/test_policy_least_favourable.py``
+simulates attempts at every step and with that check.
 
 Why these numbers (measured by backtest, docs/backtest.md): with δ halving per *step*, a
 step reached before the model was good enough burnt δ/2 and the next δ/4, and a third step
@@ -39,7 +39,7 @@ DELTA_DECAY = 0.5
 #: No step before this many ledger cases: fewer say too little about a region and leave the
 #: exchangeability gate without a verdict (it needs 100 on each side).
 FIRST_CHECKPOINT_FLOOR = 100
-MAX_LEDGER = 10**9  # schedules are listed up to this ledger size (~22 checkpoints)
+MAX_LEDGER = 10**9  # schedules are listed up to this ledger size (37–40 declared sizes)
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,13 @@ cannot pass yet, a slice is gone for good and every later attempt must clear a h
 the backtests' runs that never automated had burnt δ/2 and δ/4 on checkpoints reached before
 the model was good enough. So an attempt is made only when it is likely to pass — judged from
 what the test never looks at: the candidate's *out-of-fold* predictions on its own training
-cases (disjoint from the audit ledger) and the ledger's *scores* (never its labels). The
-decision when to test is then independent of the labels it tests, and the union bound over
-attempts holds exactly as if every checkpoint were attempted (the least-favourable schedule
-is "always attempt": `tests/policy/test_policy_least_favourable.py`).
+cases (disjoint from the audit ledger) and the ledger's *scores* (never its labels). Until
+something is certified in a ledger epoch, the decision when to test is therefore independent
+of the labels it tests, and P(any attempt passes a bad threshold) ≤ Σ_a δ_a ≤ δ
+(`tests/policy/test_policy_least_favourable.py` runs it with attempts at every size and with
+this check). A widening attempt also reads what the running rule automates and the widening
+cap — functions of earlier passes on the same audit sample; the earlier schedules had the
+same channel through the cap and the grid (docs/policy.md, "Readiness").
 
 The estimate: for each step τ of the walk, n ledger cases lie above it; the out-of-fold cases
 in the same top share of scores (matched by rank, not by score: the fold models are fitted on
@@ -17,7 +20,8 @@ two thirds of the data and are less confident than the refitted model) hold e er
 With the error rate's Jeffreys posterior Beta(w·e + ½, w·(m − e) + ½), w = OOF_WEIGHT, the
 number of errors the ledger would show is beta-binomial, and the step passes iff it is at
 most k*, the largest k with BinomCDF(k; n, α) ≤ δ_j. The walk passes a prefix, so step j is
-reached with probability at most the smallest pass probability up to j.
+reached with probability at most the smallest pass probability up to j; that upper bound is
+what the check uses (and reports), an optimistic approximation the weight above offsets.
 
 The same estimate picks where the walk *starts*. Fixed-sequence testing may follow any order
 fixed before the labels are read; starting at a strict point that needs an error-free region
@@ -44,7 +48,8 @@ MIN_PASS_PROBABILITY = 0.7
 #: fold models are not the refitted one, and the best-looking of a hundred grid points is
 #: picked (a winner's curse), so the estimate is less certain than its count suggests.
 OOF_WEIGHT = 0.5
-#: Fewer out-of-fold cases than this say too little: no verdict, the attempt goes ahead.
+#: Fewer out-of-fold cases than this say too little: no estimate, and the group does not call
+#: for an attempt.
 MIN_OOF_CASES = 50
 
 
@@ -164,10 +169,11 @@ def assess(
         return Readiness(False, "no threshold has enough audited cases above it to be tested")
     finite = int(np.isfinite(oof).sum())
     if finite < MIN_OOF_CASES:
+        # No estimate: this group does not call for an attempt (another group may; it is
+        # then tested from the default start).
         return Readiness(
-            True,
-            f"only {finite} cross-validated cases: no estimate, the attempt goes ahead "
-            "from the default start",
+            False,
+            f"only {finite} cross-validated cases of this group: no estimate yet",
             oof_cases=finite,
         )
     order = np.argsort(-oof, kind="stable")  # best first; −inf last
@@ -175,7 +181,10 @@ def assess(
     n_total = ledger.size
     n = (ledger.size - np.searchsorted(ledger, taus, side="left")).astype(int)
     cov = (recent.size - np.searchsorted(recent, taus, side="left")) / max(recent.size, 1)
-    m = np.clip(np.round(n / max(n_total, 1) * oof.size).astype(int), 1, finite)
+    # Rank matching within the group: the same top share of its open ledger cases and of
+    # its out-of-fold cases (−inf entries belong to other groups or are blocked).
+    ledger_open = max(int(np.isfinite(ledger).sum()), 1)
+    m = np.clip(np.round(n / ledger_open * finite).astype(int), 1, finite)
     e = errors_top[m].astype(int)
     p = pass_probabilities(n, e, m, alpha=alpha, delta=delta)
     useful = cov > current_coverage + 1e-12

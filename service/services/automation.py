@@ -834,7 +834,8 @@ def promote(
     if automation_changed:
         task.automation_changed_at = now
     if automation_changed or model_changed:
-        task.automation_reason = _promotion_reason(version, cert, certified, reason, task)[:300]
+        sentence = _promotion_reason(version, cert, certified, reason, task)
+        task.automation_reason = sentence if len(sentence) <= 300 else sentence[:299] + "…"
     if model_changed:
         audit.record(
             session,

@@ -219,3 +219,23 @@ def test_a_failed_attempt_still_spends_its_slice(
     out2 = automation.certify_version(db, task, v2, ev2)
     assert out2.attempted and out2.record["checkpoint"]["index"] == 2
     assert out2.record["checkpoint"]["delta"] == pytest.approx(0.0125)
+
+
+def test_the_decision_to_attempt_never_reads_a_ledger_label(
+    app: Any, db: Any, client: Any, tokens: Any
+) -> None:
+    """Same scores and out-of-fold sample, ledger labels all right or all wrong: the same
+    verdict, the same reason, nothing spent either way (docs/policy.md, "Readiness")."""
+    task = make_task(client, tokens["admin"])
+    labelled_cases(db, task, 2000)
+    verdicts = []
+    for number, truth in ((1, "good"), (2, "bad")):
+        v = version(db, task, number)
+        ev = evidence(600, 0.002)
+        ev.ledger_true = [truth] * 600
+        ev.oof = oof_sample(800, 0.06)
+        out = automation.certify_version(db, task, v, ev)
+        assert not out.attempted
+        verdicts.append((out.reason, out.record["readiness"]))
+    assert verdicts[0] == verdicts[1]
+    assert automation.last_checkpoint(db, task) is None

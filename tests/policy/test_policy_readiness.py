@@ -109,12 +109,30 @@ def test_no_step_wider_than_what_runs_means_not_ready() -> None:
     assert "more than the running 40% within the widening cap (40%)" in capped.reason
 
 
-def test_too_few_out_of_fold_cases_give_no_verdict() -> None:
+def test_too_few_out_of_fold_cases_never_call_for_an_attempt() -> None:
+    """No estimate is not a licence: a group with almost no out-of-fold cases (a rare label
+    with its own target, or none at all) does not trigger an attempt."""
     rng = np.random.default_rng(5)
     recent = rng.random(2000)
     ledger, _ = stream(400, rng, top_error=0.0)
     grid = threshold_grid(recent, ledger, alpha=ALPHA, delta=DELTA)
-    verdict = assess(
-        rng.random(20), np.ones(20, bool), ledger, grid, recent, alpha=ALPHA, delta=DELTA
+    few = assess(rng.random(20), np.ones(20, bool), ledger, grid, recent, alpha=ALPHA, delta=DELTA)
+    assert not few.ready and "no estimate" in few.reason and few.start_threshold is None
+    none = assess(
+        np.full(300, -np.inf), np.ones(300, bool), ledger, grid, recent, alpha=ALPHA, delta=DELTA
     )
-    assert verdict.ready and "no estimate" in verdict.reason
+    assert not none.ready and none.oof_cases == 0
+
+
+def test_rank_matching_counts_only_the_groups_own_cases() -> None:
+    """A group holding half the traffic: its top tenth is matched with the top tenth of ITS
+    out-of-fold cases, not of all of them (−inf entries belong to other groups)."""
+    rng = np.random.default_rng(6)
+    recent = np.where(rng.random(2000) < 0.5, rng.random(2000), -np.inf)
+    ledger = np.where(rng.random(600) < 0.5, rng.random(600), -np.inf)
+    grid = threshold_grid(recent, ledger, alpha=ALPHA, delta=DELTA, start_share=0)
+    oof = np.where(rng.random(1000) < 0.5, rng.random(1000), -np.inf)
+    correct = np.ones(1000, bool)
+    verdict = assess(oof, correct, ledger, grid, recent, alpha=ALPHA, delta=DELTA)
+    share = verdict.ledger_cases / np.isfinite(ledger).sum()
+    assert verdict.oof_cases == pytest.approx(share * np.isfinite(oof).sum(), abs=1)
