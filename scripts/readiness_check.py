@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--delta", type=float, default=0.025, help="the attempt's slice")
     ap.add_argument("--orders", type=int, default=6)
     ap.add_argument("--hgb-max-iter", type=int, default=50)
+    ap.add_argument("--families", default="", help="comma-separated, default: all")
     a = ap.parse_args()
     ds = load_dataset(a.csv, label=a.label)
     idx = list(range(len(ds.inputs)))
@@ -52,6 +53,7 @@ def main() -> None:
             ds.fields,
             ds.labels,
             hgb_max_iter=a.hgb_max_iter,
+            **({"families": tuple(a.families.split(","))} if a.families else {}),
         )
         y = np.array([ds.labels.index(v) for v in model.oof_labels])
         oof_scores = model.oof_proba.max(axis=1)

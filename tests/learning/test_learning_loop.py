@@ -226,10 +226,11 @@ def _check_promise(result: Replay, target: float, min_labels: int) -> None:
 def test_credit_replay_real_worker(flask_app: Any, committed_db: Any, start_worker: Any) -> None:
     """credit_data at α = 0.15 (why not 0.05-0.10: docs/learning.md, "Choosing the target").
 
-    The walk starts where a quarter of the ledger lies above τ, and the checkpoints this
-    2,400-case replay reaches (300 and 600 ledger cases) spend δ/2 and δ/4, so the model needs
-    well under α on its most confident quarter; on credit it has ~4.5% there, which passes
-    0.10 only on a ledger of ~600+ cases and 0.05 never (docs/backtest.md). Logistic
+    An attempt is made only when the model's out-of-fold predictions say it will likely pass
+    (docs/policy.md, "Readiness"), and each attempt spends the next slice (δ/2, δ/4, …), so
+    the model needs to be well under α on a confident region; on credit it has ~4.5% on its
+    most confident quarter, which passes 0.10 only on a ledger of several hundred cases and
+    0.05 never (docs/backtest.md). Logistic
     regression only: it wins the CV comparison on credit (log loss 0.44 vs 0.53), and the
     family choice itself is tested in tests/ml.
     """
