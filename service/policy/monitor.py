@@ -153,16 +153,7 @@ def psi(
     Bins are quantiles of the reference (ties merged), each share floored at 1e-4 so empty
     bins do not give infinities: PSI = Σ (c − r) · ln(c / r). Above 0.2 is a warning.
     """
-    ref = np.asarray(reference_scores, dtype=float).ravel()
-    cur = np.asarray(current_scores, dtype=float).ravel()
-    if ref.size == 0 or cur.size == 0:
-        raise ValueError("psi needs non-empty reference and current samples")
-    edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1))[1:-1])
-    r = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=edges.size + 1)
-    c = np.bincount(np.searchsorted(edges, cur, side="right"), minlength=edges.size + 1)
-    rp = np.maximum(r / ref.size, PSI_EPSILON)
-    cp = np.maximum(c / cur.size, PSI_EPSILON)
-    return float(np.sum((cp - rp) * np.log(cp / rp)))
+    return psi_test(reference_scores, current_scores, bins=bins)[0]
 
 
 def psi_test(
@@ -176,13 +167,13 @@ def psi_test(
 
     ``reference_scores`` may be a summary of a larger sample (the stored 200 quantiles of a
     version's held-out scores): ``reference_n`` is then that sample's size, used to turn
-    the reference shares into counts; by default the summary's own length, which can only
-    make the test more cautious.
+    the reference shares into counts; by default the summary's own length (fewer counts:
+    rarer warnings).
     """
     ref = np.asarray(reference_scores, dtype=float).ravel()
     cur = np.asarray(current_scores, dtype=float).ravel()
     if ref.size == 0 or cur.size == 0:
-        raise ValueError("psi_test needs non-empty reference and current samples")
+        raise ValueError("psi needs non-empty reference and current samples")
     edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1))[1:-1])
     r = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=edges.size + 1)
     c = np.bincount(np.searchsorted(edges, cur, side="right"), minlength=edges.size + 1)

@@ -441,6 +441,25 @@ def _latest_audits(scores: np.ndarray, n_ledger: int) -> np.ndarray:
     return scores[-CURRENT_WINDOW:]
 
 
+def _defer(
+    session: Session,
+    task: Task,
+    version: ModelVersion,
+    reason: str,
+    record: dict[str, Any],
+    **details: Any,
+) -> CertificationOutcome:
+    """No attempt now, no δ spent: the audit event says why (``record`` holds the verdict)."""
+    audit.record(
+        session,
+        "model.certification_deferred",
+        SYSTEM,
+        task_id=task.id,
+        details={"version": version.version, "reason": reason, **record, **details},
+    )
+    return CertificationOutcome(False, False, False, reason, record)
+
+
 def certify_version(
     session: Session, task: Task, version: ModelVersion, evidence: Evidence
 ) -> CertificationOutcome:
@@ -500,20 +519,13 @@ def certify_version(
             f"{shift.score_psi:.3f}, suggested-label PSI {shift.label_psi:.3f}); "
             "no attempt until it matches again"
         )
-        audit.record(
+        return _defer(
             session,
-            "model.certification_deferred",
-            SYSTEM,
-            task_id=task.id,
-            details={
-                "version": version.version,
-                "reason": reason,
-                "exchangeability": shift.as_dict(),
-                "checkpoint_index": due.index,
-            },
-        )
-        return CertificationOutcome(
-            False, False, False, reason, {"exchangeability": shift.as_dict()}
+            task,
+            version,
+            reason,
+            {"exchangeability": shift.as_dict()},
+            checkpoint_index=due.index,
         )
     index, delta_j = due.index, due.delta
     current = active_coverage(task, evidence)
@@ -615,20 +627,15 @@ def certify_version(
                 "judged_at": utcnow().isoformat().replace("+00:00", "Z"),
             },
         }
-        audit.record(
+        return _defer(
             session,
-            "model.certification_deferred",
-            SYSTEM,
-            task_id=task.id,
-            details={
-                "version": version.version,
-                "reason": reason,
-                "readiness": readiness,
-                "ledger_size_due": n_ledger,
-                "next_delta": delta_j,
-            },
+            task,
+            version,
+            reason,
+            {"readiness": readiness},
+            ledger_size_due=n_ledger,
+            next_delta=delta_j,
         )
-        return CertificationOutcome(False, False, False, reason, {"readiness": readiness})
     # 2. The test itself: the only place ledger labels are read.
     correct = np.array(
         [p == t for p, t in zip(ledger_pred_list, evidence.ledger_true[:n_ledger], strict=True)],
