@@ -374,18 +374,34 @@ def _img(path: Path) -> str:
     return f'<img alt="{path.stem}" src="data:image/png;base64,{data}">'
 
 
+def _why_not_automated(versions: list[dict[str, Any]]) -> str:
+    """The latest word on why nothing was certified: the newest version that was either
+    judged not ready (its readiness reason) or tested and failed (its first tested step)."""
+    for v in reversed(versions):
+        reason = (v.get("readiness") or {}).get("reason")
+        if reason:
+            return f": v{v['version']} was {reason}"
+        checkpoint = v.get("checkpoint") or {}
+        if checkpoint and not v.get("certified"):
+            steps = [s for group in (v.get("tested_steps") or {}).values() for s in group[:1]]
+            first = (
+                f": the walk's first step (top {steps[0]['coverage']:.0%} of traffic) held "
+                f"{steps[0]['errors']} errors in {steps[0]['n']} cases"
+                if steps
+                else ""
+            )
+            return (
+                f": v{v['version']} was tested on {checkpoint.get('ledger_size_due')} audited "
+                f"cases at δ {checkpoint.get('delta', 0):.4f} and failed{first}"
+            )
+    return ""
+
+
 def write_html(out: Path, summary: dict[str, Any]) -> Path:
     m = summary["policies"]
     alpha = summary["target_error"]
     t = m["tandem"]
-    why_not = next(
-        (
-            f": v{v['version']} was {v['readiness']['reason']}"
-            for v in reversed(summary["versions"])
-            if (v.get("readiness") or {}).get("reason")
-        ),
-        "",
-    )
+    why_not = _why_not_automated(summary["versions"])
     opening = (
         f"Tandem automated nothing on {summary['rows']:,} cases: no certified threshold "
         f"was deployed{html.escape(why_not)} "
