@@ -71,6 +71,8 @@ class Readiness:
     pass_probability: float = 0.0
     #: ledger size at which that step would pass with MIN_PASS_PROBABILITY (None: never)
     ledger_needed: int | None = None
+    #: False when there were too few out-of-fold cases to judge at all
+    estimated: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,11 +172,13 @@ def assess(
     finite = int(np.isfinite(oof).sum())
     if finite < MIN_OOF_CASES:
         # No estimate: this group does not call for an attempt (another group may; it is
-        # then tested from the default start).
+        # then tested from the default start). When no group has one, the caller attempts
+        # at every due size as before readiness existed.
         return Readiness(
             False,
-            f"only {finite} cross-validated cases of this group: no estimate yet",
+            f"only {finite} cross-validated cases of this group: no estimate",
             oof_cases=finite,
+            estimated=False,
         )
     order = np.argsort(-oof, kind="stable")  # best first; −inf last
     errors_top = np.concatenate([[0], np.cumsum(~ok[order])])

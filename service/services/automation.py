@@ -608,7 +608,11 @@ def certify_version(
             "readiness": ready,
         }
     readiness = {g: p["readiness"].as_dict() for g, p in plans.items() if p["readiness"]}
-    if readiness and not any(p["readiness"].ready for p in plans.values()):
+    # Groups with an estimate decide; when none has one (no cross-validated sample of cases
+    # that went to a person whatever their score, e.g. a history of reported outcomes only)
+    # every due size is attempted from the default start, as before readiness existed.
+    judged = [p["readiness"] for p in plans.values() if p["readiness"] and p["readiness"].estimated]
+    if judged and not any(r.ready for r in judged):
         # No δ is spent: the step stays due, and the next version (or this one, once the
         # ledger is larger) is judged again. Only out-of-fold predictions and ledger scores
         # were read, never a ledger label (docs/policy.md, "Readiness").

@@ -239,3 +239,18 @@ def test_the_decision_to_attempt_never_reads_a_ledger_label(
         verdicts.append((out.reason, out.record["readiness"]))
     assert verdicts[0] == verdicts[1]
     assert automation.last_checkpoint(db, task) is None
+
+
+def test_with_no_estimate_in_any_group_every_due_size_is_attempted(
+    app: Any, db: Any, client: Any, tokens: Any
+) -> None:
+    """A version whose training cases never went to a person unconditionally has no
+    out-of-fold sample: it is tested as before readiness existed, not held back forever."""
+    task = make_task(client, tokens["admin"])
+    labelled_cases(db, task, 2000)
+    v = version(db, task)
+    ev = evidence(600, 0.002)
+    ev.oof = {"score": [], "suggested": [], "correct": []}
+    out = automation.certify_version(db, task, v, ev)
+    assert out.attempted and out.certified
+    assert out.record["groups"]["*"]["readiness"]["estimated"] is False
