@@ -69,8 +69,8 @@ def test_a_database_url_without_a_name_is_refused() -> None:
 
 def test_the_browser_tests_run_on_one_worker_under_xdist(tmp_path: Path) -> None:
     """tests/ui (Chromium; the screenshot tests write docs/screenshots on both backends) goes
-    to a single worker under ``-n 2 --dist loadgroup``, the rest spreads over both: a small
-    tree of the same shape run through this suite's own scheduler hook."""
+    to a single worker under ``-n 2 --dist loadgroup``: a small tree of the same shape run
+    through this suite's own scheduler hook."""
     (tmp_path / "conftest.py").write_text(
         "from tests.conftest import pytest_xdist_make_scheduler  # noqa: F401\n"
     )
@@ -92,4 +92,6 @@ def test_the_browser_tests_run_on_one_worker_under_xdist(tmp_path: Path) -> None
     assert len(ran) == 16, run.stdout[-3000:]
     workers = {folder: {w for w, f in ran if f == folder} for folder in ("ui", "api")}
     assert len(workers["ui"]) == 1, ran
-    assert workers["api"] == {"gw0", "gw1"}, ran
+    # Where the other tests run is xdist's scheduling, timing-dependent: with the ui group
+    # busy on one worker they may all go to the other (seen in CI); only the ui rule is ours.
+    assert workers["api"], ran
