@@ -108,7 +108,11 @@ def test_a_confirmed_audit_leaves_no_trace_for_the_application(client, tokens, t
 def test_webhook_payloads_carry_no_audit_flag(client, tokens, task, db):
     update_task(db(), db.scalar(select(Task)), {"webhook": {"url": "http://hook.test/x"}}, SYSTEM)
     db.commit()
-    queued = [_predict(client, tokens["app"]) for _ in range(12)]  # no model: all queued
+    # No model: all queued. At least one must be audited for the test to say anything; flags
+    # come from the case id at rate 0.3, so 12 cases miss ~1.4% of runs: predict on until one is.
+    queued = [_predict(client, tokens["app"]) for _ in range(12)]
+    while not any(db.get(Case, b["case_id"]).audit for b in queued) and len(queued) < 60:
+        queued.append(_predict(client, tokens["app"]))
     for body in queued:
         out = client.post(
             f"/api/v1/cases/{body['case_id']}/outcome",
@@ -118,7 +122,7 @@ def test_webhook_payloads_carry_no_audit_flag(client, tokens, task, db):
         assert out.status_code == 200
         assert "audit" not in out.json
     deliveries = db.scalars(select(WebhookDelivery)).all()
-    assert len(deliveries) == 12  # audited or not, every outcome resolves for the application
+    assert len(deliveries) == len(queued)  # audited or not, every outcome resolves for the application
     assert any(db.get(Case, b["case_id"]).audit for b in queued)
     for delivery in deliveries:
         assert delivery.event_type == "case.resolved"
