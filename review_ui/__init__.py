@@ -1,4 +1,4 @@
-"""The review UI for business users (SPEC §8): server-rendered Flask + Jinja."""
+"""The review UI for business users (docs/review.md): server-rendered Flask + Jinja."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Review UI views (SPEC §8): thin pages over the service layer and the JSON API.
+"""Review UI views (docs/review.md): thin pages over the service layer and the JSON API.
 
 Every view checks the signed-in user's role (and task scope, through the services). Forms
 carry Flask-WTF's CSRF token (CSRFProtect is on for this blueprint); the JavaScript sends the

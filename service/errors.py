@@ -1,4 +1,6 @@
-"""One error shape for every failure: ``{"error": {"code", "message", "details"}}`` (SPEC §6)."""
+"""One error shape for every failure: ``{"error": {"code", "message", "details"}}``.
+
+The shape and codes are documented in docs/api.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Turn a task's field list into a strict marshmallow schema for case inputs (SPEC §7).
+"""Turn a task's field list into a strict marshmallow schema for case inputs (docs/api.md).
 
 Strict on purpose: a number sent as a string, a boolean sent as 1, NaN or an unknown field is
 a client bug that would otherwise reach the model as a silently wrong value.

@@ -1,4 +1,4 @@
-"""The whole product's schema (SPEC §2).
+"""The whole product's schema (docs/architecture.md).
 
 Designed up front so later capabilities add behaviour, not tables. Works on PostgreSQL
 (production) and SQLite (embedded): JSON columns use the generic ``JSON`` type, ids of

@@ -1,4 +1,4 @@
-"""Background work on RQ: training, webhooks, exports, maintenance (SPEC §4, §5, §12).
+"""Background work on RQ: training, webhooks, exports, maintenance (docs/architecture.md).
 
 Jobs take ids, open their own session and transaction, are idempotent, and are enqueued by
 the service through its outbox only after the transaction that needs them has committed.

@@ -1,4 +1,4 @@
-"""Build and train the per-task pipeline (SPEC section 5).
+"""Build and train the per-task pipeline (docs/learning.md).
 
 Why this shape: one ColumnTransformer (step ``"features"``) feeding one classifier (step
 ``"clf"``). The fast predictor in ``service.ml.fast`` knows exactly these blocks, so keep the

@@ -1,4 +1,4 @@
-"""Training-data profile for data-quality checks (SPEC section 7).
+"""Training-data profile for data-quality checks (docs/learning.md).
 
 Why: a case whose values lie far outside what the active model was trained on must go to
 review with reason ``invalid_input`` whatever its confidence, and per-field missing rates /

@@ -1,4 +1,4 @@
-"""Live watch of the error of automatic answers, and label-free drift warnings (SPEC §4.5)."""
+"""Live watch of the error of automatic answers, and label-free drift warnings (docs/policy.md)."""
 
 from __future__ import annotations
 

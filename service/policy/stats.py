@@ -2,7 +2,7 @@
 
 The unweighted tools are exact (Clopper–Pearson / binomial CDF via scipy). Wilson or normal
 bounds are deliberately absent: at α = 0.02 with a few hundred cases they under-cover
-(SPEC §4.3). The weighted interval for people is Clopper–Pearson on an effective sample: exact
+(docs/stats.md). The weighted interval for people is Clopper–Pearson on an effective sample: exact
 for equal weights, its coverage under skewed weights checked by simulation.
 """
 
@@ -98,7 +98,7 @@ def weighted_rate(
     """Inverse-probability-weighted (Hájek) rate of a 0/1 outcome over all traffic.
 
     Each labelled case is weighted by 1/π_i, its probability of having been labelled, so the
-    estimate speaks for all traffic rather than the review queue (SPEC §4.6).
+    estimate speaks for all traffic rather than the review queue (docs/stats.md).
 
     Interval (two-sided, ``confidence``): Clopper–Pearson beta quantiles on an effective
     sample, as Korn & Graubard (1998) do for survey proportions, with the one-case step of

@@ -1,4 +1,4 @@
-"""The review workflow (SPEC §3, §6, §8): claim, decide, release, undo, and the queue.
+"""The review workflow (docs/review.md): claim, decide, release, undo, and the queue.
 
 Exactly-once rules, enforced here for every surface (API, UI, benchmarks):
 

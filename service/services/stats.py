@@ -1,4 +1,4 @@
-"""Numbers shown to people about one task (SPEC §4.6, ``GET /tasks/{task}/stats``).
+"""Numbers shown to people about one task (docs/stats.md, ``GET /tasks/{task}/stats``).
 
 Why weighted: people only label part of the traffic (everything the model was unsure about,
 plus an audit sample of its automatic answers drawn at a rate that changes over time). A plain

@@ -1,1 +1,1 @@
-"""`tandem simulate`: replay labelled history through an isolated Tandem (SPEC §11)."""
+"""`tandem simulate`: replay labelled history through an isolated Tandem (docs/backtest.md)."""

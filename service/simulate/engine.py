@@ -1,4 +1,4 @@
-"""Replay a labelled CSV through an isolated Tandem instance (SPEC §11).
+"""Replay a labelled CSV through an isolated Tandem instance (docs/backtest.md).
 
 The instance is the product, not a model of it: its own database (a SQLite file, or a
 dedicated PostgreSQL database when ``DATABASE_URL`` is set) and its own Redis (an embedded

@@ -8,7 +8,7 @@ as Tandem, so the comparison isolates the automation rule.
 * ``fixed``: automate when the score is at least 0.9, whenever a model exists.
 * ``naive``: at each chunk, the lowest threshold whose OBSERVED error on the human-labelled
   cases seen so far (that the current version was not trained on) is within target — a
-  point estimate with no confidence bound (SPEC §4.3 says it breaks the promise).
+  point estimate with no confidence bound (docs/policy.md: it breaks the promise).
 * ``oracle``: the lowest threshold whose REALISED error over the stream is within target,
   chosen in hindsight. For final-quarter automation the oracle is refitted on the final
   quarter alone (the best any single threshold could do there), the stricter yardstick.

@@ -122,7 +122,7 @@ def test_webhook_payloads_carry_no_audit_flag(client, tokens, task, db):
         assert out.status_code == 200
         assert "audit" not in out.json
     deliveries = db.scalars(select(WebhookDelivery)).all()
-    assert len(deliveries) == len(queued)  # audited or not, every outcome resolves for the application
+    assert len(deliveries) == len(queued)  # audited or not, every outcome resolves
     assert any(db.get(Case, b["case_id"]).audit for b in queued)
     for delivery in deliveries:
         assert delivery.event_type == "case.resolved"

@@ -268,7 +268,7 @@ def test_fine_foods_replay_real_worker(
     in this replay and the backtest, docs/backtest.md). The promise bounds the deployed
     rule's true error; the realised error of a few hundred automatic answers scatters around
     it (±1.6 points at 600 answers and 20%). This test asserts the realised error itself, so
-    it certifies with the margin SPEC §4 offers for exactly that (`certification_margin`
+    it certifies with the margin docs/policy.md offers for exactly that (`certification_margin`
     0.02: certify at 18%). A larger margin (0.05) made certification itself a coin toss on
     4,000 rows: the audit sample is drawn from random case ids, and one CI run never
     certified at 15% (the backtest at 15% certifies at the first checkpoint in 1 of 10

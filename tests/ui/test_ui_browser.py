@@ -1,4 +1,4 @@
-"""The review UI in a real headless Chromium (SPEC §8)."""
+"""The review UI in a real headless Chromium (docs/review.md)."""
 
 from __future__ import annotations
 

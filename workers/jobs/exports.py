@@ -1,4 +1,4 @@
-"""Background export snapshots (SPEC §12): a stored file with its manifest.
+"""Background export snapshots (docs/export.md): a stored file with its manifest.
 
 The file and ``manifest.json`` are written into a temporary folder and renamed into place in
 one step; only then is the Export row marked ``done`` (with the manifest) in one commit. A

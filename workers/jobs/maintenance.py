@@ -115,7 +115,7 @@ def _rq_job_live(job_id: str) -> bool:
 
 @job
 def retrain_check() -> list[str]:
-    """Periodic retrain trigger (SPEC §5): a task with human labels newer than its latest
+    """Periodic retrain trigger (docs/learning.md): a task with human labels newer than its latest
     version (older than ``RETRAIN_AFTER``), or with labels and no version at all, gets a
     training job unless one is queued or running. Lost job rows are recovered first."""
     now = utcnow()
@@ -169,7 +169,7 @@ def retrain_check() -> list[str]:
 
 @job
 def drift_check() -> dict[str, Any]:
-    """Label-free drift check of every task with an active model (SPEC §4.5)."""
+    """Label-free drift check of every task with an active model (docs/policy.md)."""
     reports: dict[str, Any] = {}
     with transaction() as session:
         for task in session.scalars(
