@@ -9,7 +9,13 @@ from flask_smorest import Blueprint
 from service.api.auth import current_actor, require_roles, roles_doc
 from service.api.common import json_body, request_id, unit_of_work
 from service.api.tasks import load
-from service.schemas.cases import CaseDetailSchema, CaseRepairSchema, OutcomeRequestSchema
+from service.schemas.cases import (
+    CaseDetailSchema,
+    CaseListSchema,
+    CaseLookupArgsSchema,
+    CaseRepairSchema,
+    OutcomeRequestSchema,
+)
 from service.schemas.common import ApiErrorSchema
 from service.services import cases as case_service
 
@@ -30,6 +36,29 @@ def get_case(case_id: str) -> dict[str, Any]:
         actor = current_actor()
         case = case_service.get_case(session, case_id, actor)
         return case_service.case_detail_for(session, case, actor)
+
+
+@blp.route("/tasks/<string:task>/cases", methods=["GET"])
+@blp.doc(**roles_doc("app", "analyst"))
+@blp.arguments(CaseLookupArgsSchema, location="query", as_kwargs=False, error_status_code=422)
+@blp.response(200, CaseListSchema)
+@blp.alt_response(403, schema=ApiErrorSchema)
+@blp.alt_response(404, schema=ApiErrorSchema)
+@blp.alt_response(422, schema=ApiErrorSchema)
+@require_roles("app", "analyst")
+def find_cases(args: dict[str, Any], task: str) -> dict[str, Any]:
+    """The task's cases sent with an ``external_id``, newest first (external ids are not
+    unique: every case carrying it is listed). Each case as ``GET /cases/{id}`` shows it to
+    the caller: applications never see the audit flag."""
+    with unit_of_work() as session:
+        actor = current_actor()
+        found, truncated = case_service.find_by_external_id(
+            session, task, args["external_id"], actor, limit=args["limit"]
+        )
+        return {
+            "cases": [case_service.case_detail_for(session, case, actor) for case in found],
+            "truncated": truncated,
+        }
 
 
 @blp.route("/cases/<string:case_id>/outcome", methods=["POST"])
