@@ -16,7 +16,6 @@ from service.models import Case, Review, Task, User
 from service.services import audit, labels, webhooks
 from service.services.audit import Actor
 from service.services.predict import case_view
-from service.services.tasks import get_task
 from service.text_check import ensure_valid_text
 
 
@@ -34,13 +33,13 @@ def get_case(session: Session, case_id: str, actor: Actor, *, for_update: bool =
 
 
 def find_by_external_id(
-    session: Session, task_name: str, external_id: str, actor: Actor, *, limit: int
+    session: Session, task: Task, external_id: str, *, limit: int
 ) -> tuple[list[Case], bool]:
-    """The task's cases sent with ``external_id``, newest first, and whether more than
-    ``limit`` exist. External ids are the application's own and not unique: a case sent
-    twice (a retried batch without an idempotency key) is listed twice, so it can be
-    reconciled (docs/api.md, "Finding a case by external_id")."""
-    task = get_task(session, task_name, actor)
+    """The cases of ``task`` (the caller checked the actor's scope) sent with
+    ``external_id``, newest first, and whether more than ``limit`` exist. External ids are
+    the application's own and not unique: a case sent twice (a retried batch without an
+    idempotency key) is listed twice, so it can be reconciled (docs/api.md, "Finding a case
+    by external_id")."""
     found = session.scalars(
         select(Case)
         .where(Case.task_id == task.id, Case.external_id == external_id)

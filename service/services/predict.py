@@ -516,7 +516,9 @@ def predict_batch(
                 # A concurrent request stored this key first: answer with its case.
                 results[i] = _replayed_or_conflict(winners[key], key, digests[i])
             else:
-                results[i] = {**case_view(row), "replayed": False}
+                view = case_view(row)
+                view["replayed"] = False
+                results[i] = view
     return [r for r in results if r is not None]
 
 

@@ -227,13 +227,18 @@ def test_application_finds_its_cases_by_external_id(client, tokens, task, db):
         LOOKUP, query_string={"external_id": "dup"}, headers=auth(tokens["analyst"])
     )
     assert all(isinstance(c["audit"], bool) for c in analyst.json["cases"])
-    # Precise errors: a missing external_id, a bad limit; reviewers use the queue.
+    # Precise errors: a missing external_id, a bad limit, an unknown parameter; reviewers
+    # use the queue.
     missing = client.get(LOOKUP, headers=auth(tokens["app"]))
     assert missing.status_code == 422 and "external_id" in missing.json["error"]["details"]
     bad = client.get(
         LOOKUP, query_string={"external_id": "dup", "limit": 0}, headers=auth(tokens["app"])
     )
     assert bad.status_code == 422 and "limit" in bad.json["error"]["details"]
+    unknown = client.get(
+        LOOKUP, query_string={"external_id": "dup", "x": 1}, headers=auth(tokens["app"])
+    )
+    assert unknown.status_code == 422 and "x" in unknown.json["error"]["details"]
     reviewer = client.get(
         LOOKUP, query_string={"external_id": "dup"}, headers=auth(tokens["reviewer"])
     )
