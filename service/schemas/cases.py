@@ -1,4 +1,4 @@
-"""Predict and case schemas: they document the binding API (SPEC §6).
+"""Predict and case schemas: they document the binding API (docs/api.md).
 
 The predict hot path validates inputs with the task's own generated schema
 (:mod:`service.input_schema`); these classes describe the envelope for the OpenAPI document.
@@ -70,8 +70,9 @@ class CaseResultSchema(Schema):
 
 
 class BatchItemSchema(CaseResultSchema):
-    """One result per item, in order: the case fields, or only ``error`` when the item was
-    invalid (SPEC §6: the bad item gets its error object in place, the rest are stored)."""
+    """One result per item, in order: the case fields (with ``replayed``), or only ``error``
+    when the item was invalid or its key conflicts (docs/api.md, "Predict": the bad item gets
+    its error object in place, the rest are stored)."""
 
     case_id = fields.String(
         metadata={"description": "present when the item was stored; absent with error"}

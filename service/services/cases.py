@@ -1,4 +1,4 @@
-"""Reading cases and recording the application's late ground truth (SPEC §6)."""
+"""Reading cases and recording the application's late ground truth (docs/api.md)."""
 
 from __future__ import annotations
 

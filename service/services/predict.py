@@ -1,4 +1,5 @@
-"""The predict path: validate, score, route, flag for audit and persist each case (SPEC §3, §6).
+"""The predict path: validate, score, route, flag for audit and persist each case
+(docs/api.md, "Predict"; docs/policy.md).
 
 Built for the hot path: one cheap query tells whether the cached task runtime is current, the
 model is scored once per request (a batch in one call), and cases are written with one Core
@@ -287,7 +288,7 @@ def _build_rows(
 
 
 def case_view(row: Any) -> dict[str, Any]:
-    """The predict result shape (SPEC §6) from a case row, dict or ORM object alike.
+    """The predict result shape (docs/api.md, "Predict") from a case row, dict or ORM object.
 
     What the application sees: never the audit flag (docs/api.md, "Predict"). An application
     that knew which cases a person will check could treat them differently; analysts and
