@@ -573,12 +573,39 @@ def _keyed_insert(dialect: str) -> Any:
     ).returning(CASES.c.id)
 
 
+@functools.cache
+def _unnest_insert(columns: tuple[str, ...]) -> str:
+    """PostgreSQL: every row in one statement of one array per column (``unnest``), so the
+    statement stays small whatever the batch size. A multi-row VALUES (~35 parameters a row)
+    made a keyed 1,000-item batch nine times as slow as an unkeyed one (COPY); this, ~1.7x."""
+    dialect = postgresql.dialect()
+    arrays = ", ".join(
+        "%s::text[]" if c in JSON_COLUMNS else f"%s::{CASES.c[c].type.compile(dialect=dialect)}[]"
+        for c in columns
+    )
+    values = ", ".join(f'"{c}"::json' if c in JSON_COLUMNS else f'"{c}"' for c in columns)
+    quoted = ", ".join(f'"{c}"' for c in columns)
+    # Names and types come from the Case model only; every value is a bound parameter.
+    return (
+        f"INSERT INTO cases ({quoted}) SELECT {values} FROM unnest({arrays}) AS u({quoted}) "  # noqa: S608
+        "ON CONFLICT (task_id, idempotency_key) WHERE idempotency_key IS NOT NULL "
+        "DO NOTHING RETURNING id"
+    )
+
+
 def _insert_keyed(session: Session, rows: list[dict[str, Any]]) -> set[str]:
     """Store cases that carry an idempotency key, skipping keys stored meanwhile; returns the
-    ids stored. One multi-row statement (not COPY: COPY cannot skip a conflicting row). Rows
-    go in key order, so two batches holding the same keys wait on each other instead of
-    deadlocking."""
+    ids stored. One statement (not COPY: COPY cannot skip a conflicting row). Rows go in key
+    order, so two batches holding the same keys wait on each other instead of deadlocking."""
     connection = session.connection()
     ordered = sorted(rows, key=lambda row: row["idempotency_key"])
-    result = connection.execute(_keyed_insert(connection.dialect.name), ordered)
-    return set(result.scalars())
+    if connection.dialect.name != "postgresql":
+        return set(connection.execute(_keyed_insert(connection.dialect.name), ordered).scalars())
+    columns = tuple(ordered[0])
+    arrays: list[list[Any]] = []
+    for column in columns:
+        values = [row[column] for row in ordered]
+        if column in JSON_COLUMNS:
+            values = [None if v is None else json.dumps(v, separators=(",", ":")) for v in values]
+        arrays.append(values)
+    return set(connection.exec_driver_sql(_unnest_insert(columns), tuple(arrays)).scalars())
