@@ -4,14 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import request
 from flask_smorest import Blueprint
 
 from service.api.auth import current_actor, require_roles, roles_doc
 from service.api.common import json_body, request_id, unit_of_work
 from service.api.tasks import load
-from service.schemas.cases import CaseDetailSchema, CaseRepairSchema, OutcomeRequestSchema
+from service.schemas.cases import (
+    CaseDetailSchema,
+    CaseListSchema,
+    CaseLookupArgsSchema,
+    CaseRepairSchema,
+    OutcomeRequestSchema,
+)
 from service.schemas.common import ApiErrorSchema
 from service.services import cases as case_service
+from service.services.tasks import get_task
 
 blp = Blueprint("cases", __name__, url_prefix="/api/v1", description="Cases and outcomes")
 
@@ -30,6 +38,48 @@ def get_case(case_id: str) -> dict[str, Any]:
         actor = current_actor()
         case = case_service.get_case(session, case_id, actor)
         return case_service.case_detail_for(session, case, actor)
+
+
+LOOKUP_PARAMS = [
+    {
+        "in": "query",
+        "name": "external_id",
+        "required": True,
+        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+        "description": "the external_id the cases were sent with",
+    },
+    {
+        "in": "query",
+        "name": "limit",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+        "description": "at most this many cases, newest first",
+    },
+]
+
+
+@blp.route("/tasks/<string:task>/cases", methods=["GET"])
+@blp.doc(**roles_doc("app", "analyst"), parameters=LOOKUP_PARAMS)
+@blp.response(200, CaseListSchema)
+@blp.alt_response(403, schema=ApiErrorSchema)
+@blp.alt_response(404, schema=ApiErrorSchema)
+@blp.alt_response(422, schema=ApiErrorSchema, description="Missing external_id, bad limit")
+@require_roles("app", "analyst")
+def find_cases(task: str) -> dict[str, Any]:
+    """The task's cases sent with an ``external_id``, newest first (external ids are not
+    unique: every case carrying it is listed). Each case as ``GET /cases/{id}`` shows it to
+    the caller: applications never see the audit flag."""
+    with unit_of_work() as session:
+        actor = current_actor()
+        row = get_task(session, task, actor)  # scope before validation
+        args = load(CaseLookupArgsSchema(), request.args.to_dict())
+        found, truncated = case_service.find_by_external_id(
+            session, row, args["external_id"], limit=args["limit"]
+        )
+        return {
+            "cases": [case_service.case_detail_for(session, case, actor) for case in found],
+            "truncated": truncated,
+        }
 
 
 @blp.route("/cases/<string:case_id>/outcome", methods=["POST"])

@@ -21,9 +21,18 @@ from service.schemas.common import ApiErrorSchema
 from service.services import predict as predict_service
 from service.text_check import ensure_valid_text, may_hold_surrogates
 
+REPLAYED_DOC: dict[str, Any] = {
+    "description": "`true` when this answer replays the case stored earlier under the same "
+    "Idempotency-Key (its current state: it may be resolved by now); absent on the first call",
+    "schema": {"type": "string", "enum": ["true"]},
+}
+
 blp = Blueprint("predict", __name__, url_prefix="/api/v1", description="Send cases")
 
 ENVELOPE_KEYS = {"input", "external_id", "force_review"}
+#: A batch item may carry its own key (a single predict takes the Idempotency-Key header).
+BATCH_ITEM_KEYS = ENVELOPE_KEYS | {"idempotency_key"}
+REPLAYED_HEADER = "Idempotent-Replayed"
 
 
 def _item(body: Any, *, where: str = "") -> predict_service.PredictRequest:
@@ -31,7 +40,7 @@ def _item(body: Any, *, where: str = "") -> predict_service.PredictRequest:
         raise ValidationFailed(
             "The body must be a JSON object", {where or "_schema": ["Not an object."]}
         )
-    unknown = set(body) - ENVELOPE_KEYS
+    unknown = set(body) - (BATCH_ITEM_KEYS if where else ENVELOPE_KEYS)
     if unknown:
         raise ValidationFailed(
             "Unknown fields: " + ", ".join(sorted(unknown)),
@@ -41,10 +50,18 @@ def _item(body: Any, *, where: str = "") -> predict_service.PredictRequest:
         raise ValidationFailed(
             "Invalid fields: input", {"input": ["Missing data for required field."]}
         )
+    key = body.get("idempotency_key")
+    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 200):
+        raise ValidationFailed(
+            "Invalid fields: idempotency_key",
+            {"idempotency_key": ["Must be a string of 1 to 200 characters."]},
+        )
     return predict_service.PredictRequest(
         input=body["input"],
         external_id=body.get("external_id"),
         force_review=body.get("force_review", False),
+        idempotency_key=key,
+        body=body,
     )
 
 
@@ -61,13 +78,23 @@ def _item(body: Any, *, where: str = "") -> predict_service.PredictRequest:
             "name": "Idempotency-Key",
             "required": False,
             "schema": {"type": "string", "maxLength": 200},
-            "description": "Same key + same body returns the same case; same key with "
-            "another body is 409.",
+            "description": "Same key + same body returns the same case, as it is now "
+            "(with the Idempotent-Replayed: true header); same key with another body is 409.",
         }
     ],
 )
-@blp.alt_response(200, schema=CaseResultSchema, description="Answered automatically")
-@blp.alt_response(202, schema=CaseResultSchema, description="Queued for a human")
+@blp.alt_response(
+    200,
+    schema=CaseResultSchema,
+    description="Answered automatically",
+    headers={REPLAYED_HEADER: REPLAYED_DOC},
+)
+@blp.alt_response(
+    202,
+    schema=CaseResultSchema,
+    description="Queued for a human",
+    headers={REPLAYED_HEADER: REPLAYED_DOC},
+)
 @blp.alt_response(
     409, schema=ApiErrorSchema, description="Idempotency-Key reused with another body"
 )
@@ -81,7 +108,7 @@ def predict(task: str) -> Response:
         body = json_body()
         item = _item(body)
         item.idempotency_key = request.headers.get("Idempotency-Key")
-        view, _created = predict_service.predict_one(
+        view, created = predict_service.predict_one(
             session,
             runtime,
             item,
@@ -90,10 +117,12 @@ def predict(task: str) -> Response:
             request_id=request_id(),
             max_text=settings.max_text_length,
         )
-    if _created:
+    if created:
         count_cases(task, [view])
     resp = jsonify(view)
     resp.status_code = 200 if view["route"] == "auto" else 202
+    if not created:
+        resp.headers[REPLAYED_HEADER] = "true"
     return resp
 
 
@@ -129,6 +158,17 @@ def _batch_items(
 @blp.doc(
     **roles_doc("app"),
     requestBody={"required": True, "content": {"application/json": {"schema": BatchRequestSchema}}},
+    parameters=[
+        {
+            "in": "header",
+            "name": "Idempotency-Key",
+            "required": False,
+            "schema": {"type": "string", "maxLength": predict_service.MAX_BATCH_KEY},
+            "description": "Key K gives item i the key `K:i` (unless the item carries its own "
+            "`idempotency_key`): resend the same K with the same items in the same order and "
+            "no case is stored twice; each replayed item says `replayed: true`.",
+        }
+    ],
 )
 @blp.alt_response(200, schema=BatchResultSchema, description="One result per item, in order")
 @blp.alt_response(422, schema=ApiErrorSchema)
@@ -139,11 +179,18 @@ def predict_batch(task: str) -> Response:
     with unit_of_work() as session:
         runtime = predict_service.authorize(session, task, current_actor())
         # Text is checked per item: a bad item gets its error in place, the rest are stored.
+        batch_key = request.headers.get("Idempotency-Key")
+        if batch_key is not None:
+            predict_service.check_batch_key(batch_key)
         items = _batch_items(
             json_body(check_text=False),
             settings.max_batch_items,
             check_text=may_hold_surrogates(request.get_data(cache=True)),
         )
+        if batch_key is not None:
+            for i, x in enumerate(items):
+                if isinstance(x, predict_service.PredictRequest) and x.idempotency_key is None:
+                    x.idempotency_key = predict_service.batch_item_key(batch_key, i)
         good = [x for x in items if isinstance(x, predict_service.PredictRequest)]
         results = iter(
             predict_service.predict_batch(
@@ -156,5 +203,5 @@ def predict_batch(task: str) -> Response:
             )
         )
     ordered = [next(results) if isinstance(x, predict_service.PredictRequest) else x for x in items]
-    count_cases(task, ordered)
+    count_cases(task, [r for r in ordered if not r.get("replayed")])
     return jsonify({"results": ordered})

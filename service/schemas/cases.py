@@ -1,4 +1,4 @@
-"""Predict and case schemas: they document the binding API (SPEC §6).
+"""Predict and case schemas: they document the binding API (docs/api.md).
 
 The predict hot path validates inputs with the task's own generated schema
 (:mod:`service.input_schema`); these classes describe the envelope for the OpenAPI document.
@@ -27,9 +27,19 @@ class PredictRequestSchema(Schema):
     force_review = fields.Boolean(load_default=False)
 
 
+class BatchItemRequestSchema(PredictRequestSchema):
+    idempotency_key = fields.String(
+        validate=validate.Length(1, 200),
+        metadata={
+            "description": "this item's own key (instead of the one derived from the batch's "
+            "Idempotency-Key header): the same key with the same item replays its case"
+        },
+    )
+
+
 class BatchRequestSchema(Schema):
     items = fields.List(
-        fields.Nested(PredictRequestSchema), required=True, validate=validate.Length(max=1000)
+        fields.Nested(BatchItemRequestSchema), required=True, validate=validate.Length(max=1000)
     )
 
 
@@ -60,8 +70,9 @@ class CaseResultSchema(Schema):
 
 
 class BatchItemSchema(CaseResultSchema):
-    """One result per item, in order: the case fields, or only ``error`` when the item was
-    invalid (SPEC §6: the bad item gets its error object in place, the rest are stored)."""
+    """One result per item, in order: the case fields (with ``replayed``), or only ``error``
+    when the item was invalid or its key conflicts (docs/api.md, "Predict": the bad item gets
+    its error object in place, the rest are stored)."""
 
     case_id = fields.String(
         metadata={"description": "present when the item was stored; absent with error"}
@@ -70,8 +81,15 @@ class BatchItemSchema(CaseResultSchema):
         ErrorDetailSchema,
         metadata={
             "description": "present instead of the case fields when this "
-            "item was invalid (nothing stored for it)"
+            "item was invalid (nothing stored for it) or its idempotency key was used with "
+            "another body (code conflict, details.case_id names that case)"
         },
+    )
+    replayed = fields.Boolean(
+        metadata={
+            "description": "true when the item's idempotency key was used before with the same "
+            "item: the stored case, as it is now, and nothing new stored; false for a new case"
+        }
     )
 
 
@@ -116,6 +134,29 @@ class CaseDetailSchema(CaseResultSchema):
         },
     )
     input = fields.Dict()
+
+
+class CaseLookupArgsSchema(Schema):
+    external_id = fields.String(
+        required=True,
+        validate=validate.Length(1, 200),
+        metadata={"description": "the external_id the case was sent with"},
+    )
+    limit = fields.Integer(
+        load_default=100,
+        validate=validate.Range(1, 1000),
+        metadata={"description": "at most this many cases, newest first (default 100)"},
+    )
+
+
+class CaseListSchema(Schema):
+    cases = fields.List(
+        fields.Nested(CaseDetailSchema),
+        metadata={"description": "newest first; each as GET /cases/{id} shows it to the caller"},
+    )
+    truncated = fields.Boolean(
+        metadata={"description": "true when more cases than limit carry this external_id"}
+    )
 
 
 class OutcomeRequestSchema(Schema):

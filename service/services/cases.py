@@ -1,4 +1,4 @@
-"""Reading cases and recording the application's late ground truth (SPEC §6)."""
+"""Reading cases and recording the application's late ground truth (docs/api.md)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from marshmallow import ValidationError as MarshmallowValidationError
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from service.db import utcnow
 from service.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -30,6 +30,24 @@ def get_case(session: Session, case_id: str, actor: Actor, *, for_update: bool =
     if task_name is None or not actor.may_access(task_name):
         raise Forbidden("not allowed to read this case", {"case_id": case_id})
     return case
+
+
+def find_by_external_id(
+    session: Session, task: Task, external_id: str, *, limit: int
+) -> tuple[list[Case], bool]:
+    """The cases of ``task`` (the caller checked the actor's scope) sent with
+    ``external_id``, newest first, and whether more than ``limit`` exist. External ids are
+    the application's own and not unique: a case sent twice (a retried batch without an
+    idempotency key) is listed twice, so it can be reconciled (docs/api.md, "Finding a case
+    by external_id")."""
+    found = session.scalars(
+        select(Case)
+        .where(Case.task_id == task.id, Case.external_id == external_id)
+        .order_by(Case.created_at.desc(), Case.id.desc())
+        .limit(limit + 1)
+        .options(selectinload(Case.reviews))
+    ).all()
+    return list(found[:limit]), len(found) > limit
 
 
 #: Route reasons a reviewer is shown as they are. Every other one is shown as
