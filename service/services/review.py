@@ -71,8 +71,8 @@ def require_person(actor: Actor) -> int:
         raise Forbidden(
             "reviews are made by people and this token acts for no one. A token bound to a "
             "reviewer's account can claim and decide cases: create one with `tandem token "
-            "create --role reviewer --user EMAIL` (docs/review.md, \"Reviewing through the "
-            "API\"), or sign in to the review UI",
+            'create --role reviewer --user EMAIL` (docs/review.md, "Reviewing through the '
+            'API"), or sign in to the review UI',
             {"actor": actor.kind},
         )
     if actor.role not in ("reviewer", "admin"):
