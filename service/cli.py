@@ -1,5 +1,5 @@
-"""The ``tandem`` command line (SPEC §13). Exit status 0 on success; otherwise non-zero with a
-one-line reason on stderr."""
+"""The ``tandem`` command line (README.md, "Command line"). Exit status 0 on success;
+otherwise non-zero with a one-line reason on stderr."""
 
 from __future__ import annotations
 
@@ -217,7 +217,11 @@ def task() -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @friendly_errors
 def task_create(file: Path) -> None:
-    """Create a task from a task definition (SPEC §6) in a JSON file."""
+    """Create a task from the task definition in FILE, a JSON file.
+
+    Every key, its default and allowed range: docs/tasks.md ("Defining a task"); a complete
+    example to start from: docs/examples/task.json. Prints the task's name on stdout.
+    """
     from service.api.tasks import load
     from service.db import transaction
     from service.schemas.tasks import TaskCreateSchema
@@ -398,7 +402,7 @@ def train(task_name: str, wait: bool, timeout: int) -> None:
     "task_file",
     default=None,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Task definition JSON (fields, labels, policy); anything missing is inferred.",
+    help="Task definition JSON (docs/tasks.md); anything missing is inferred.",
 )
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--seeds", default=1, show_default=True, type=int, help="Shuffled runs (seed..).")
@@ -444,7 +448,8 @@ def train(task_name: str, wait: bool, timeout: int) -> None:
 )
 @friendly_errors
 def simulate_cmd(**options: Any) -> None:
-    """Replay labelled history DATA through an isolated Tandem (SPEC §11) and write a report."""
+    """Replay labelled history DATA through an isolated Tandem and write a report
+    (docs/backtest.md)."""
     from service.simulate.cli import simulate_command
 
     simulate_command(**options)

@@ -48,7 +48,7 @@ from .multiplicity import (
     decide_promotion,
     due_attempt,
 )
-from .params import Policy, label_is_automatable
+from .params import Policy, label_is_automatable, learning_blockers
 from .stats import (
     WeightedRate,
     binom_p_value,
@@ -101,6 +101,7 @@ __all__ = [
     "is_audited",
     "label_groups",
     "label_is_automatable",
+    "learning_blockers",
     "live_error_alarm",
     "min_cases_to_pass",
     "psi",

@@ -98,6 +98,35 @@ class Policy:
         return out
 
 
+def learning_blockers(policy: Policy) -> dict[str, str]:
+    """Settings under which the task could never train a model, by field, with the reason.
+
+    Training reads only labelled cases NOT drawn for the audit sample (docs/learning.md), and
+    while nothing is automated every case is drawn at max(audit_rate, cold_start_audit_rate)
+    (:func:`service.policy.audit.effective_audit_rate`). At a rate of 1 every case is audited,
+    no case is ever training data, no model is trained and nothing is ever automated. A rate
+    just below 1 still leaves a share for training (slowly), so only 1 itself is refused.
+    Kept apart from ``_validate``: tasks stored before this rule must still load.
+    """
+    found: dict[str, str] = {}
+    why = (
+        "every case would be drawn for the audit sample while nothing is automated, and "
+        "audited cases are never training data: the task could never train a model"
+    )
+    if policy.cold_start_audit_rate >= 1.0:
+        found["cold_start_audit_rate"] = (
+            f"{policy.cold_start_audit_rate:g} is too high: {why}. Use a value below 1 "
+            "(default 0.3; docs/tasks.md)."
+        )
+    if policy.audit_rate >= 1.0:
+        found["audit_rate"] = (
+            f"{policy.audit_rate:g} is too high: while nothing is automated the higher of "
+            f"audit_rate and cold_start_audit_rate applies, so {why}. Use a value below 1 "
+            "(default 0.05; docs/tasks.md)."
+        )
+    return found
+
+
 def label_is_automatable(policy: Policy, label: str) -> bool:
     """False for labels the task never decides alone (route reason ``policy``, docs/policy.md)."""
     return label not in policy.never_automate

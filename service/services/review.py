@@ -69,8 +69,10 @@ def require_person(actor: Actor) -> int:
     account, can hold a lease. Checked before a request body is even read."""
     if actor.kind != "user" or actor.id is None:
         raise Forbidden(
-            "reviews are made by people: sign in to the review UI, or use a token bound to "
-            "your account (tandem token create --role reviewer --user EMAIL)",
+            "reviews are made by people and this token acts for no one. A token bound to a "
+            "reviewer's account can claim and decide cases: create one with `tandem token "
+            'create --role reviewer --user EMAIL` (docs/review.md, "Reviewing through the '
+            'API"), or sign in to the review UI',
             {"actor": actor.kind},
         )
     if actor.role not in ("reviewer", "admin"):

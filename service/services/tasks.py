@@ -1,4 +1,4 @@
-"""Tasks: definition, change, and their live status (SPEC §2, §6)."""
+"""Tasks: definition, change, and their live status (docs/tasks.md, docs/api.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from service.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from service.models import Case, Job, Task
-from service.policy import Policy, effective_audit_rate
+from service.policy import Policy, effective_audit_rate, learning_blockers
 from service.services import audit, automation
 from service.services.audit import Actor
 from service.services.webhooks import redact_url
@@ -39,6 +39,7 @@ def create_task(session: Session, data: dict[str, Any], actor: Actor) -> Task:
         raise Forbidden(
             "only an admin for every task can create tasks", {"task_scope": list(actor.task_scope)}
         )
+    require_learnable(data["policy"])
     if session.scalar(select(Task.id).where(Task.name == data["name"])) is not None:
         raise Conflict(f"task {data['name']!r} already exists", {"name": [data["name"]]})
     webhook = data.get("webhook") or {}
@@ -70,6 +71,18 @@ def create_task(session: Session, data: dict[str, Any], actor: Actor) -> Task:
     return task
 
 
+def require_learnable(policy: dict[str, Any]) -> None:
+    """Refuse (422, nothing stored) a policy under which the task could never train a model:
+    accepted silently, such a task would wait in cold start forever."""
+    blockers = learning_blockers(Policy.from_dict(policy))
+    if blockers:
+        raise ValidationFailed(
+            "the task could never learn: "
+            + "; ".join(f"policy.{name} {why}" for name, why in blockers.items()),
+            {"policy": {name: [why] for name, why in blockers.items()}},
+        )
+
+
 def _clean_field(spec: dict[str, Any]) -> dict[str, Any]:
     out = {"name": spec["name"], "type": spec["type"], "required": bool(spec.get("required", True))}
     if spec.get("max_length"):
@@ -80,6 +93,8 @@ def _clean_field(spec: dict[str, Any]) -> dict[str, Any]:
 def update_task(session: Session, task: Task, changes: dict[str, Any], actor: Actor) -> Task:
     """Apply a validated ``TaskPatchSchema`` payload. Only additive or policy changes: labels
     and fields already used by stored cases can never be removed or retyped."""
+    if "policy" in changes:  # checked before anything changes
+        require_learnable({**task.policy, **changes["policy"]})
     before: dict[str, Any] = {}
     after: dict[str, Any] = {}
     labels = list(task.labels)
