@@ -50,7 +50,8 @@ def effective_audit_rate(
       automation is partial, so the next declared checkpoint — and a wider, newer version —
       arrives within a few thousand cases instead of never (measured in docs/backtest.md);
     * on fallback ×4 (×8 with a drift warning), at most ``FALLBACK_AUDIT_CAP`` (0.5) unless
-      the rate was higher already; ×2 on a label-free drift warning otherwise.
+      the rate was higher already; ×2 on a label-free drift warning otherwise, with the same
+      cap (a drift warning must never flag every case: the task could no longer learn).
 
     The rate must be stored with each case: it is that case's inclusion probability for the
     weighted estimates.
@@ -67,5 +68,7 @@ def effective_audit_rate(
             raised *= DRIFT_AUDIT_MULTIPLIER
         return min(max(rate, min(raised, FALLBACK_AUDIT_CAP)), 1.0)
     if drift_warning:
-        rate *= DRIFT_AUDIT_MULTIPLIER
+        # Capped as on fallback: a doubled cold-start rate of 0.5 or more would flag every
+        # case, and audited cases are never training data, so the task could not retrain.
+        rate = max(rate, min(rate * DRIFT_AUDIT_MULTIPLIER, FALLBACK_AUDIT_CAP))
     return min(rate, 1.0)

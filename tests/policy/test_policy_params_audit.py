@@ -88,6 +88,11 @@ def test_effective_audit_rate_rule() -> None:
         p, automating=False, coverage=0, fallback=True, drift_warning=True
     )
     assert drifting == 0.5
+    # A drift warning in cold start doubles the rate only up to the cap: at 0.5 or more,
+    # doubling would flag every case and leave nothing to train on.
+    assert effective_audit_rate(p, automating=False, coverage=0, drift_warning=True) == 0.5
+    half = Policy(cold_start_audit_rate=0.6)
+    assert effective_audit_rate(half, automating=False, coverage=0, drift_warning=True) == 0.6
     high = Policy(cold_start_audit_rate=0.8)
     assert effective_audit_rate(high, automating=False, coverage=0, fallback=True) == 0.8
 
