@@ -280,9 +280,7 @@ def test_all_done_hides_the_workspace_and_new_cases_arrive_by_themselves(page_fo
     assert re.search(r"Checked at \d\d:\d\d:\d\d — nothing new", page.inner_text("#status"))
     # Four cases arrive; the page picks one up without a click or a reload.
     ids = queue_cases(NAME, 4)
-    page.wait_for_function(
-        "() => !document.getElementById('workspace').hidden", timeout=30_000
-    )
+    page.wait_for_function("() => !document.getElementById('workspace').hidden", timeout=30_000)
     assert page.get_attribute("#workspace", "data-case-id") in ids
     assert page.locator("#done").is_hidden()
     assert page.locator("#labels button").first.is_visible()
@@ -375,12 +373,24 @@ NEUTRAL = "This case needs a person's decision."
 
 
 def test_every_case_gives_one_true_reason_and_audits_read_like_the_rest(page_for, live_server):
-    kinds = ["low_confidence", "audit_answered", "audit_held", "policy", "forced", "fallback",
-             "invalid_input", "cold_start"]
+    kinds = [
+        "low_confidence",
+        "audit_answered",
+        "audit_held",
+        "policy",
+        "forced",
+        "fallback",
+        "invalid_input",
+        "cold_start",
+    ]
     ids = _setup(len(kinds))
     now = utcnow()
-    model = {"suggestion_label": "good", "confidence": 0.6, "scores": {"good": 0.6, "bad": 0.4},
-             "model_version": 1}
+    model = {
+        "suggestion_label": "good",
+        "confidence": 0.6,
+        "scores": {"good": 0.6, "bad": 0.4},
+        "model_version": 1,
+    }
     values: dict[str, dict[str, Any]] = {
         "low_confidence": {"reason": "low_confidence", **model},
         "audit_answered": audited_auto_answer(),
@@ -388,8 +398,12 @@ def test_every_case_gives_one_true_reason_and_audits_read_like_the_rest(page_for
         "policy": {"reason": "policy", **model},
         "forced": {"reason": "forced", "audit": True, **model},
         "fallback": {"reason": "fallback", "audit": True, **model},
-        "invalid_input": {"reason": "invalid_input", "audit": True, "out_of_range": ["amount"],
-                          **model},
+        "invalid_input": {
+            "reason": "invalid_input",
+            "audit": True,
+            "out_of_range": ["amount"],
+            **model,
+        },
         "cold_start": {"reason": "cold_start", "audit": True},
     }
     with transaction() as session:
