@@ -20,6 +20,7 @@ from flask import (
     abort,
     flash,
     g,
+    jsonify,
     redirect,
     render_template,
     request,
@@ -74,9 +75,11 @@ REASON_TEXT = {
 }
 #: What the review page says about a case (docs/review.md, "Blind review"): reasons as
 #: reviewers see them (``cases.reviewer_reason``), none that would tell an audit apart or hint
-#: at the model's suggestion.
+#: at the model's suggestion. ``low_confidence`` also stands for audited, held and
+#: never-automated cases, so its sentence must be true of all of them: it says only that a
+#: person decides (saying the model could not be trusted would be false of an audit).
 REVIEWER_REASON_TEXT = {
-    "low_confidence": "The model cannot be trusted to decide this case on its own.",
+    "low_confidence": "This case needs a person's decision.",
     "cold_start": REASON_TEXT["cold_start"],
     "fallback": REASON_TEXT["fallback"],
     "invalid_input": REASON_TEXT["invalid_input"],
@@ -241,11 +244,12 @@ def review_page(task: str) -> str:
     config = {
         "task": row.name,
         "labels": row.labels,
-        "fields": row.fields,
+        "fields": review_service.fields_for_review(row),
         "reasons": REVIEWER_REASON_TEXT,
         "api": {
             "claim": url_for("review.claim", task=row.name),
             "case": "/api/v1/cases/",
+            "progress": url_for("review_ui.review_progress", task=row.name),
         },
     }
     return render_template(
@@ -254,6 +258,14 @@ def review_page(task: str) -> str:
         config=config,
         instructions=render_markdown(row.review.get("instructions", "")),
     )
+
+
+@bp.get("/tasks/<string:task>/review/progress")
+@roles("reviewer")
+def review_progress(task: str) -> Response:
+    """How many cases are left for the signed-in reviewer (the review page's counter)."""
+    row = task_service.get_task(db_session(), task, actor())
+    return jsonify(review_service.reviewer_progress(db_session(), row, current_user.user.id))
 
 
 #: Queue filters reviewers do not get: they would pick out the audits (docs/review.md).

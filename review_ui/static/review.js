@@ -1,17 +1,37 @@
 /* The review page: one case at a time, keyboard first, no page reloads.
    Blind (docs/review.md): the claimed case carries no model suggestion and nothing that
-   tells an audit apart, and this page shows every case the same way. */
+   tells an audit apart, and this page shows every case the same way.
+   Messages stay until the reviewer's next action: a refused decision is never wiped by the
+   next case loading. While "All done" shows, the page checks the queue by itself. */
 "use strict";
 (function () {
   const T = window.Tandem;
   const cfg = T.config("review-config");
   const $ = (id) => document.getElementById(id);
   const state = { current: null, lastDecided: null, skipped: [], busy: false };
+  // Decisions saved in this sitting (this tab), kept across a reload of the page.
+  const doneKey = "tandem-review-done:" + cfg.task;
+  // While "All done" shows: check every POLL_FIRST ms, slowing down to POLL_MAX.
+  const POLL_FIRST = 5000, POLL_MAX = 20000;
+  const poll = { timer: null, delay: POLL_FIRST };
 
   function setStatus(text, kind) {
     const s = $("status");
     s.textContent = text || "";
     s.className = "status" + (kind ? " status-" + kind : "");
+  }
+
+  function short(caseId) { return "…" + caseId.slice(-8); }
+
+  function doneCount() { return Number(sessionStorage.getItem(doneKey) || 0); }
+  function addDone(n) { sessionStorage.setItem(doneKey, String(Math.max(0, doneCount() + n))); }
+
+  async function refreshProgress() {
+    const resp = await T.api("GET", cfg.api.progress);
+    if (!resp.ok || !resp.data) return;
+    const left = resp.data.left;
+    $("progress").textContent = left + (left === 1 ? " case" : " cases") + " left · " +
+      doneCount() + " done this session";
   }
 
   function formatValue(field, value) {
@@ -21,15 +41,38 @@
     return String(value);
   }
 
+  function stopPolling() {
+    if (poll.timer !== null) clearTimeout(poll.timer);
+    poll.timer = null;
+  }
+
+  function schedulePoll() {
+    stopPolling();
+    poll.timer = setTimeout(async () => {
+      poll.timer = null;
+      if (document.visibilityState === "visible") await checkQuietly();
+      if (!state.current) {
+        poll.delay = Math.min(POLL_MAX, Math.round(poll.delay * 1.5));
+        schedulePoll();
+      }
+    }, poll.delay);
+  }
+
   function showDone() {
+    const already = !$("done").hidden;
     state.current = null;
     $("workspace").dataset.caseId = "";
     $("workspace").hidden = true;
     $("done").hidden = false;
+    if (already) return; // still polling, at its current pace
     $("check-again").focus();
+    poll.delay = POLL_FIRST;
+    schedulePoll();
   }
 
-  function render(c) {
+  function render(c, keepComment) {
+    stopPolling();
+    const sameCase = state.current && state.current.case_id === c.case_id;
     state.current = c;
     $("workspace").dataset.caseId = c.case_id;
     $("done").hidden = true;
@@ -45,15 +88,21 @@
     dl.replaceChildren();
     const outOfRange = new Set(c.out_of_range || []);
     for (const field of cfg.fields) {
-      const wrap = T.el("div", { class: "field field-" + field.type });
+      const wrap = T.el("div", {
+        class: "field field-" + field.type + (field.primary ? " field-primary" : ""),
+        "data-field": field.name,
+      });
       const dt = T.el("dt", null, field.name);
       if (outOfRange.has(field.name)) dt.append(T.el("span", { class: "badge warn" }, "unusual value"));
       wrap.append(dt, T.el("dd", null, formatValue(field, c.input ? c.input[field.name] : null)));
       dl.append(wrap);
     }
 
+    // One reason per case: the fields are named only when they are the reason.
     let why = cfg.reasons[c.reason] || c.reason;
-    if (outOfRange.size) why += " Fields: " + Array.from(outOfRange).join(", ") + ".";
+    if (c.reason === "invalid_input" && outOfRange.size) {
+      why += " Fields: " + Array.from(outOfRange).join(", ") + ".";
+    }
     $("why").textContent = why;
 
     const labels = $("labels");
@@ -65,17 +114,27 @@
       btn.addEventListener("click", () => decide(label));
       labels.append(btn);
     });
-    $("comment").value = "";
+    if (!(keepComment && sameCase)) $("comment").value = "";
     $("undo").disabled = !state.lastDecided;
   }
 
+  // Claim the next case (or the one this reviewer holds). Returns the case shown, or null.
   async function claim() {
-    setStatus("Loading the next case…");
     const resp = await T.api("POST", cfg.api.claim, { exclude: state.skipped.slice(-200) });
-    if (resp.status === 204) { setStatus(""); showDone(); return; }
-    if (!resp.ok) { setStatus(T.errorText(resp), "error"); return; }
-    setStatus("");
-    render(resp.data);
+    if (resp.status === 204) { showDone(); refreshProgress(); return null; }
+    if (!resp.ok) { setStatus("Could not load a case: " + T.errorText(resp), "error"); return null; }
+    render(resp.data, true);
+    refreshProgress();
+    return resp.data;
+  }
+
+  async function checkQuietly() {
+    if (state.busy || state.current) return;
+    state.busy = true;
+    try {
+      const c = await claim();
+      if (c) setStatus("A new case arrived: case " + short(c.case_id) + ".", "ok");
+    } finally { state.busy = false; }
   }
 
   async function run(fn) {
@@ -84,20 +143,46 @@
     try { await fn(); } finally { state.busy = false; }
   }
 
+  function clock() {
+    const d = new Date();
+    return [d.getHours(), d.getMinutes(), d.getSeconds()].map((n) => String(n).padStart(2, "0")).join(":");
+  }
+
+  function errorReason(resp) {
+    const err = resp.data && resp.data.error;
+    return err && err.details ? err.details.reason : null;
+  }
+
   function decide(label) {
     return run(async () => {
       const c = state.current;
       if (!c) return;
+      setStatus("");
       const comment = $("comment").value.trim();
       const resp = await T.api("POST", cfg.api.case + c.case_id + "/review", { label: label, comment: comment || null });
       if (!resp.ok) {
-        setStatus(T.errorText(resp) + " — loading another case.", "error");
-        await claim();
+        // Refused: nothing was saved. Say so, and keep saying it once the next case shows.
+        const reason = errorReason(resp);
+        const which = "case " + short(c.case_id);
+        const next = await claim();
+        const again = next && next.case_id === c.case_id;
+        let text;
+        if (reason === "already_resolved") {
+          text = "Not saved: " + which + " was already decided (in another tab or by another reviewer).";
+        } else if (reason === "lease_expired" || reason === "lease_lost") {
+          text = "Not saved: your hold on " + which + " expired" +
+            (again ? "; it was claimed again — decide it again." : " and it went back to the queue.");
+        } else {
+          text = "Not saved (" + which + "): " + T.errorText(resp) + (again ? " — try again." : ".");
+        }
+        if (next && !again) text += " Now showing case " + short(next.case_id) + ".";
+        setStatus(text, "error");
         return;
       }
       state.lastDecided = { id: c.case_id, label: label };
+      addDone(1);
       await claim();
-      setStatus("Saved: " + label + ". Press u to undo.", "ok");
+      setStatus("Saved " + label + " for case " + short(c.case_id) + ". Press u to undo.", "ok");
     });
   }
 
@@ -105,10 +190,11 @@
     return run(async () => {
       const c = state.current;
       if (!c) return;
+      setStatus("");
       state.skipped.push(c.case_id);
       await T.api("POST", cfg.api.case + c.case_id + "/release");
       await claim();
-      setStatus("Skipped.", "ok");
+      setStatus("Skipped case " + short(c.case_id) + ".", "ok");
     });
   }
 
@@ -116,17 +202,29 @@
     return run(async () => {
       const last = state.lastDecided;
       if (!last) { setStatus("Nothing to undo.", "error"); return; }
+      setStatus("");
       const current = state.current;
       if (current) await T.api("POST", cfg.api.case + current.case_id + "/release");
       const resp = await T.api("POST", cfg.api.case + last.id + "/undo");
       state.lastDecided = null;
       if (!resp.ok) {
-        setStatus("Could not undo: " + T.errorText(resp), "error");
         await claim();
+        setStatus("Could not undo case " + short(last.id) + ": " + T.errorText(resp), "error");
         return;
       }
-      render(resp.data);
-      setStatus("Undone: decide this case again.", "ok");
+      addDone(-1);
+      state.current = null;
+      render(resp.data, false);
+      refreshProgress();
+      setStatus("Undone: decide case " + short(last.id) + " again.", "ok");
+    });
+  }
+
+  function checkAgain() {
+    return run(async () => {
+      setStatus("");
+      const c = await claim();
+      if (!c) setStatus("Checked at " + clock() + " — nothing new.", "ok");
     });
   }
 
@@ -156,11 +254,21 @@
       setStatus("Pick a label with 1–9.", "error");
       return;
     }
+    if (ev.key === "c") { ev.preventDefault(); $("comment").focus(); return; }
     if (ev.key === "s") { ev.preventDefault(); skip(); }
   });
 
+  // Back at the page (another window, another tab): look for new work at once.
+  function wake() {
+    if (state.current || $("done").hidden || document.visibilityState !== "visible") return;
+    poll.delay = POLL_FIRST;
+    checkQuietly().then(() => { if (!state.current) schedulePoll(); });
+  }
+  window.addEventListener("focus", wake);
+  document.addEventListener("visibilitychange", wake);
+
   $("skip").addEventListener("click", skip);
   $("undo").addEventListener("click", undo);
-  $("check-again").addEventListener("click", () => run(claim));
-  run(claim);
+  $("check-again").addEventListener("click", checkAgain);
+  run(async () => { await claim(); if ($("status").textContent === "Loading the next case…") setStatus(""); });
 })();

@@ -94,6 +94,8 @@ class ReviewSettingsSchema(StrictSchema):
     sla_seconds = mf.Integer(
         strict=True, load_default=86_400, validate=validate.Range(60, 31_536_000)
     )
+    #: Fields the review page shows first (docs/review.md, "The review page"); optional.
+    primary_fields = mf.List(mf.String(validate=NO_NUL), validate=validate.Length(max=50))
 
 
 class WebhookSchema(StrictSchema):
@@ -138,6 +140,9 @@ class TaskCreateSchema(StrictSchema):
             raise ValidationError("field names must be unique", "fields")
         policy = data.get("policy") or {}
         _check_policy_labels(policy, labels)
+        unknown = sorted(set((data.get("review") or {}).get("primary_fields") or []) - set(names))
+        if unknown:
+            raise ValidationError(f"primary_fields names unknown fields: {unknown}", "review")
 
 
 def _check_policy_labels(policy: dict[str, Any], labels: list[str]) -> None:

@@ -696,6 +696,32 @@ def reviewer_today(session: Session, task: Task, user_id: int) -> int:
     )
 
 
+def reviewer_progress(session: Session, task: Task, user_id: int) -> dict[str, int]:
+    """What is left for one reviewer (the review page's counter): cases waiting that they
+    have not decided, plus the one they hold. The same count whatever the cases are, so it
+    tells nothing of audits (docs/review.md, "Blind review")."""
+    already = exists().where(
+        Review.case_id == Case.id, Review.reviewer_id == user_id, Review.retracted_at.is_(None)
+    )
+    mine = and_(Case.queue_state == "leased", Case.lease_owner_id == user_id)
+    left = session.scalar(
+        select(func.count())
+        .select_from(Case)
+        .where(Case.task_id == task.id, (Case.queue_state == "waiting") | mine, ~already)
+    )
+    return {"left": int(left or 0), "today": reviewer_today(session, task, user_id)}
+
+
+def fields_for_review(task: Task) -> list[dict[str, Any]]:
+    """The task's fields in the order the review page shows them: the task's
+    ``review.primary_fields`` first (marked ``primary``), then the others in task order."""
+    primary = list((task.review or {}).get("primary_fields") or [])
+    by_name = {f["name"]: f for f in task.fields}
+    first = [dict(by_name[n], primary=True) for n in primary if n in by_name]
+    rest = [dict(f) for f in task.fields if f["name"] not in primary]
+    return first + rest
+
+
 def agreement_stats(session: Session, task: Task, since: datetime | None = None) -> dict[str, Any]:
     """Inter-reviewer agreement on cases decided by more than one reviewer.
 

@@ -141,6 +141,12 @@ def update_task(session: Session, task: Task, changes: dict[str, Any], actor: Ac
             after["automation"] = {"stopped": voided}
     if "review" in changes:
         review = {**task.review, **changes["review"]}
+        names = {f["name"] for f in task.fields}
+        unknown = sorted(set(review.get("primary_fields") or []) - names)
+        if unknown:
+            raise ValidationFailed(
+                "primary_fields names unknown fields", {"review": [f"unknown fields: {unknown}"]}
+            )
         before["review"], after["review"] = task.review, review
         task.review = review
     if "webhook" in changes:

@@ -22,6 +22,11 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+#: docs/screenshots is refreshed on request only (docs/review.md, "Pages"):
+#: ``TANDEM_SCREENSHOTS=1 pytest -m browser tests/ui``. Without it every page is still
+#: rendered to an image and checked, and the checkout stays clean.
+SCREENSHOTS_ENV = "TANDEM_SCREENSHOTS"
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _ensure_chromium() -> None:
@@ -65,8 +70,11 @@ def page_for(browser: Any, live_server: str) -> Iterator[Any]:
     """New browser contexts (separate cookie jars) signed in as the given user."""
     contexts: list[Any] = []
 
-    def _open(email: str, password: str, width: int = 1280, height: int = 800) -> Any:
-        context = browser.new_context(viewport={"width": width, "height": height})
+    def _open(
+        email: str, password: str, width: int = 1280, height: int = 800, **options: Any
+    ) -> Any:
+        """``options`` go to the browser context (``has_touch``, ``is_mobile`` for a phone)."""
+        context = browser.new_context(viewport={"width": width, "height": height}, **options)
         contexts.append(context)
         page = context.new_page()
         page.set_default_timeout(15_000)
@@ -83,5 +91,11 @@ def page_for(browser: Any, live_server: str) -> Iterator[Any]:
 
 
 def shot(page: Any, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    """Render the whole page to a PNG and check it (an image of a page that shows text);
+    write it to docs/screenshots/<name>.png only when TANDEM_SCREENSHOTS=1."""
+    image = page.screenshot(full_page=True)
+    assert image[:8] == PNG, name
+    assert page.locator("body").inner_text().strip(), f"{name}: the page shows nothing"
+    if os.environ.get(SCREENSHOTS_ENV) == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        (SCREENSHOTS / f"{name}.png").write_bytes(image)
