@@ -7,6 +7,7 @@ from flask import Flask, Response, send_from_directory
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
+from service.api import openapi
 from service.errors import http_exception_response
 from service.schemas.common import ApiErrorSchema
 
@@ -44,6 +45,7 @@ def init_app(app: Flask) -> None:
         },
     )
     api.init_app(app)
+    openapi.add_converters(api.ma_plugin.converter)
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
 
     from service.api import (
@@ -63,6 +65,7 @@ def init_app(app: Flask) -> None:
         api.register_blueprint(module.blp)
     app.register_blueprint(health.blp)
     _document_auth_errors()
+    openapi.finish(api.spec, api.ma_plugin.schema_name_resolver)
 
     @app.get(SWAGGER_STATIC + "<path:filename>")
     def swagger_static(filename: str) -> Response:

@@ -13,8 +13,15 @@ from service.api.auth import current_actor, require_roles, roles_doc
 from service.api.common import json_body, request_id, unit_of_work
 from service.db import db_session, read_only, utcnow
 from service.errors import ExportFailed, ValidationFailed
-from service.models import Task
+from service.models import REASONS, Task
 from service.schemas.common import ApiErrorSchema
+from service.schemas.export import (
+    ExportListSchema,
+    ExportRowSchema,
+    ExportViewSchema,
+    SnapshotQueuedSchema,
+    SnapshotRequestSchema,
+)
 from service.services import audit
 from service.services import export as export_service
 from service.services.tasks import get_task
@@ -36,7 +43,7 @@ _FILTER_PARAMS: list[dict[str, Any]] = [
     {"name": "label_source", "in": "query",
      "schema": {"type": "string", "enum": ["reviewer", "application", "model"]}},
     {"name": "route", "in": "query", "schema": {"type": "string", "enum": ["auto", "review"]}},
-    {"name": "reason", "in": "query", "schema": {"type": "string"}},
+    {"name": "reason", "in": "query", "schema": {"type": "string", "enum": list(REASONS)}},
     {"name": "audit", "in": "query", "schema": {"type": "boolean"}},
     {"name": "agreement", "in": "query", "description": "human label vs model suggestion",
      "schema": {"type": "string", "enum": ["agree", "disagree"]}},
@@ -48,13 +55,27 @@ _FILTER_PARAMS: list[dict[str, Any]] = [
      "schema": {"type": "string", "enum": ["pseudonym", "real"], "default": "pseudonym"}},
 ]  # fmt: skip
 
-_SNAPSHOT_BODY = {
-    "type": "object",
-    "required": ["format"],
-    "properties": {
-        "format": {"type": "string", "enum": list(export_service.FORMATS)},
-        "filters": {"type": "object", "description": "same names and values as the GET query"},
-        "identity": {"type": "string", "enum": ["pseudonym", "real"]},
+_ATTACHMENT = {
+    "description": 'attachment; filename="<task>-export-<UTC time>.<format>"',
+    "schema": {"type": "string"},
+}
+#: What the export endpoints send, by format: a JSON Lines line is one ExportRow; a CSV file
+#: has a header row of the same column names; Parquet has them as typed columns.
+_EXPORT_CONTENT = {
+    "text/csv": {
+        "schema": {
+            "type": "string",
+            "description": "UTF-8, RFC 4180: a header row, then one row per case; columns "
+            "as in ExportRow",
+        }
+    },
+    "application/x-ndjson": {"schema": ExportRowSchema},
+    "application/vnd.apache.parquet": {
+        "schema": {
+            "type": "string",
+            "format": "binary",
+            "description": "typed columns as in ExportRow (docs/export.md)",
+        }
     },
 }
 
@@ -75,8 +96,10 @@ def _query_params() -> dict[str, str]:
     parameters=_FILTER_PARAMS,
     responses={
         "200": {
-            "description": "The dataset, streamed (CSV, JSON Lines or Parquet)",
-            "content": {ct.split(";")[0]: {} for ct in export_service.CONTENT_TYPES.values()},
+            "description": "The dataset, streamed (CSV, JSON Lines: one ExportRow per line, or "
+            "Parquet), one row per case",
+            "headers": {"Content-Disposition": _ATTACHMENT},
+            "content": _EXPORT_CONTENT,
         }
     },
 )
@@ -157,9 +180,12 @@ def _record_failure(task_id: int, actor: Any, fmt: str, exc: Exception) -> None:
 @blp.route("/tasks/<string:task>/exports", methods=["POST"])
 @blp.doc(
     **roles_doc(*ROLES),
-    requestBody={"required": True, "content": {"application/json": {"schema": _SNAPSHOT_BODY}}},
-    responses={"202": {"description": "Queued: `{export_id, job_id, state}`"}},
+    requestBody={
+        "required": True,
+        "content": {"application/json": {"schema": SnapshotRequestSchema}},
+    },
 )
+@blp.alt_response(202, schema=SnapshotQueuedSchema, description="Queued")
 @blp.alt_response(403, schema=ApiErrorSchema)
 @blp.alt_response(404, schema=ApiErrorSchema)
 @blp.alt_response(422, schema=ApiErrorSchema)
@@ -189,9 +215,15 @@ def create_snapshot(task: str) -> tuple[dict[str, Any], int]:
 @blp.route("/tasks/<string:task>/exports", methods=["GET"])
 @blp.doc(
     **roles_doc(*ROLES),
-    parameters=[{"name": "limit", "in": "query", "schema": {"type": "integer", "default": 50}}],
-    responses={"200": {"description": "`{exports: [...]}`, newest first"}},
+    parameters=[
+        {
+            "name": "limit",
+            "in": "query",
+            "schema": {"type": "integer", "default": 50, "minimum": 1, "maximum": 500},
+        }
+    ],
 )
+@blp.alt_response(200, schema=ExportListSchema, description="Newest first")
 @blp.alt_response(403, schema=ApiErrorSchema)
 @blp.alt_response(404, schema=ApiErrorSchema)
 @require_roles(*ROLES)
@@ -207,7 +239,8 @@ def list_snapshots(task: str) -> dict[str, Any]:
 
 
 @blp.route("/exports/<string:export_id>", methods=["GET"])
-@blp.doc(**roles_doc(*ROLES), responses={"200": {"description": "State, manifest, download"}})
+@blp.doc(**roles_doc(*ROLES))
+@blp.alt_response(200, schema=ExportViewSchema, description="State, manifest, download")
 @blp.alt_response(403, schema=ApiErrorSchema)
 @blp.alt_response(404, schema=ApiErrorSchema)
 @require_roles(*ROLES)
@@ -219,7 +252,24 @@ def get_snapshot(export_id: str) -> dict[str, Any]:
 
 
 @blp.route("/exports/<string:export_id>/download", methods=["GET"])
-@blp.doc(**roles_doc(*ROLES), responses={"200": {"description": "The stored file"}})
+@blp.doc(
+    **roles_doc(*ROLES),
+    responses={
+        "200": {
+            "description": "The stored file (a 304 answers a matching If-None-Match)",
+            "headers": {
+                "Content-Disposition": _ATTACHMENT,
+                "ETag": {"description": "the file's SHA-256", "schema": {"type": "string"}},
+                "X-Content-SHA256": {
+                    "description": "the file's SHA-256 (hex), as in the manifest",
+                    "schema": {"type": "string"},
+                },
+            },
+            "content": _EXPORT_CONTENT,
+        },
+        "304": {"description": "Not modified (If-None-Match matched the ETag)"},
+    },
+)
 @blp.alt_response(403, schema=ApiErrorSchema)
 @blp.alt_response(404, schema=ApiErrorSchema)
 @require_roles(*ROLES)

@@ -6,15 +6,15 @@ from datetime import datetime
 from typing import Any
 
 from flask_smorest import Blueprint
-from marshmallow import Schema, fields
+from marshmallow import Schema, fields, validate
 from sqlalchemy import select
 from sqlalchemy.orm import aliased
 
 from service.api.auth import current_actor, require_roles, roles_doc
 from service.api.common import request_id, unit_of_work
 from service.errors import Forbidden, NotFound
-from service.models import Job, ModelVersion, Task
-from service.schemas.common import ApiErrorSchema
+from service.models import MODEL_STATUSES, Job, ModelVersion, Task
+from service.schemas.common import ApiErrorSchema, Timestamp
 from service.schemas.tasks import TaskSchema
 from service.services import automation, learning, training
 from service.services import tasks as task_service
@@ -26,52 +26,65 @@ blp = Blueprint(
 )
 
 
+class RevokedSchema(Schema):
+    reason = fields.String(metadata={"description": "fallback, or the policy edit"})
+    at = Timestamp()
+
+
+# metrics, certification, training_snapshot and timings are the training and certification
+# records as stored: their keys depend on the model family and the certification run
+# (docs/learning.md, docs/policy.md), so they are documented as free-form objects.
 class ModelVersionSchema(Schema):
     version = fields.Integer(required=True)
-    status = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(MODEL_STATUSES))
     family = fields.String(allow_none=True)
     threshold = fields.Float(allow_none=True)
     error_bound = fields.Float(allow_none=True)
     coverage = fields.Float(allow_none=True)
-    metrics = fields.Dict()
-    certification = fields.Dict()
-    revoked = fields.Dict(
+    metrics = fields.Dict(metadata={"description": "held-out evaluation of the version"})
+    certification = fields.Dict(metadata={"description": "the stored certification record"})
+    revoked = fields.Nested(
+        RevokedSchema,
         allow_none=True,
         metadata={
             "description": "Why and when this version's certification stopped counting (a "
             "fallback or a policy edit): it is never deployed again (docs/policy.md)."
         },
     )
-    training_snapshot = fields.Dict()
-    timings = fields.Dict()
+    training_snapshot = fields.Dict(metadata={"description": "what the version was trained on"})
+    timings = fields.Dict(metadata={"description": "seconds spent per training stage"})
     parent_version = fields.Integer(allow_none=True)
-    created_at = fields.String(allow_none=True)
-    trained_at = fields.String(allow_none=True)
-    activated_at = fields.String(allow_none=True)
+    created_at = Timestamp(allow_none=True)
+    trained_at = Timestamp(allow_none=True)
+    activated_at = Timestamp(allow_none=True)
 
 
 class ModelListSchema(Schema):
     models = fields.List(fields.Nested(ModelVersionSchema), required=True)
 
 
+JOB_STATES = ("queued", "started", "finished", "failed")
+
+
 class JobIdSchema(Schema):
     job_id = fields.String(required=True)
-    state = fields.String()
+    state = fields.String(validate=validate.OneOf(JOB_STATES))
 
 
 class JobSchema(Schema):
     id = fields.String(required=True)
-    kind = fields.String(required=True)
+    kind = fields.String(required=True, validate=validate.OneOf(("train", "export")))
     task = fields.String(allow_none=True)
-    state = fields.String(required=True, metadata={"description": "queued|started|finished|failed"})
-    progress = fields.Dict()
-    result = fields.Dict(allow_none=True)
+    state = fields.String(required=True, validate=validate.OneOf(JOB_STATES))
+    # Progress and result are what the job kind reports (training, export...): free-form.
+    progress = fields.Dict(metadata={"description": "the job's stage and counters"})
+    result = fields.Dict(allow_none=True, metadata={"description": "what the job produced"})
     error = fields.String(allow_none=True)
     attempts = fields.Integer()
     created_by = fields.String(allow_none=True)
-    created_at = fields.String(allow_none=True)
-    started_at = fields.String(allow_none=True)
-    finished_at = fields.String(allow_none=True)
+    created_at = Timestamp(allow_none=True)
+    started_at = Timestamp(allow_none=True)
+    finished_at = Timestamp(allow_none=True)
 
 
 def _iso(value: datetime | None) -> str | None:

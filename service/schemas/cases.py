@@ -9,17 +9,14 @@ from __future__ import annotations
 from marshmallow import Schema, fields, validate
 
 from service.models import CASE_STATUSES, REASONS, ROUTES
-from service.schemas.common import ErrorDetailSchema
+from service.schemas.common import ErrorDetailSchema, Timestamp, input_map
 
 
 class PredictRequestSchema(Schema):
-    input = fields.Dict(
+    input = input_map(
+        "field name -> value, as declared by the task (text/category: string, number: "
+        "finite number, boolean: true/false; optional fields may be null)",
         required=True,
-        metadata={
-            "description": "field name -> value, as "
-            "declared by the task (text/category: string, number: finite number, "
-            "boolean: true/false; optional fields may be null)"
-        },
     )
     external_id = fields.String(
         load_default=None, allow_none=True, validate=validate.Length(1, 200)
@@ -44,9 +41,16 @@ class BatchRequestSchema(Schema):
 
 
 class SuggestionSchema(Schema):
-    label = fields.String()
-    confidence = fields.Float()
-    scores = fields.Dict(keys=fields.String(), values=fields.Float())
+    """The model's answer, whether or not it was acted on (null before any model)."""
+
+    label = fields.String(required=True)
+    confidence = fields.Float(required=True, metadata={"description": "top probability"})
+    scores = fields.Dict(
+        keys=fields.String(),
+        values=fields.Float(),
+        required=True,
+        metadata={"description": "label -> probability, every label of the task"},
+    )
 
 
 class CaseResultSchema(Schema):
@@ -66,7 +70,7 @@ class CaseResultSchema(Schema):
     suggestion = fields.Nested(SuggestionSchema, allow_none=True)
     model_version = fields.Integer(allow_none=True)
     threshold = fields.Float(allow_none=True)
-    created_at = fields.String(metadata={"format": "date-time"})
+    created_at = Timestamp()
 
 
 class BatchItemSchema(CaseResultSchema):
@@ -100,7 +104,7 @@ class BatchResultSchema(Schema):
 class ReviewViewSchema(Schema):
     reviewer_id = fields.String()
     label = fields.String()
-    decided_at = fields.String(metadata={"format": "date-time"})
+    decided_at = Timestamp()
     duration_ms = fields.Integer(allow_none=True)
     agreed_with_model = fields.Boolean(allow_none=True)
     retracted = fields.Boolean()
@@ -108,7 +112,7 @@ class ReviewViewSchema(Schema):
 
 class OutcomeViewSchema(Schema):
     label = fields.String()
-    reported_at = fields.String()
+    reported_at = Timestamp(allow_none=True)
 
 
 class CaseDetailSchema(CaseResultSchema):
@@ -124,7 +128,7 @@ class CaseDetailSchema(CaseResultSchema):
     resolved_by = fields.String(
         allow_none=True, validate=validate.OneOf(("model", "reviewer", "application"))
     )
-    resolved_at = fields.String(allow_none=True)
+    resolved_at = Timestamp(allow_none=True)
     outcome = fields.Nested(OutcomeViewSchema, allow_none=True)
     reviews = fields.List(
         fields.Nested(ReviewViewSchema),
@@ -133,7 +137,7 @@ class CaseDetailSchema(CaseResultSchema):
             "decided the final label; reviewers: their own"
         },
     )
-    input = fields.Dict()
+    input = input_map("field name -> value, as sent (and repaired)")
 
 
 class CaseLookupArgsSchema(Schema):
@@ -166,11 +170,7 @@ class OutcomeRequestSchema(Schema):
 class CaseRepairSchema(Schema):
     """An admin's correction of a stored case's inputs (docs/api.md, "Repairing a case")."""
 
-    input = fields.Dict(
-        keys=fields.String(),
-        load_default=dict,
-        metadata={"description": "new values for some input fields"},
-    )
+    input = input_map("new values for some input fields", load_default=dict)
     redact = fields.List(
         fields.String(),
         load_default=list,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from service.models import REASONS
+from service.models import CASE_STATUSES, REASONS
+from service.schemas.common import Timestamp, input_map
 from service.services.cases import REVIEWER_REASONS
+from service.services.review import QUEUE_STATES
 
 
 class StrictSchema(Schema):
@@ -27,7 +29,7 @@ class OwnReviewSchema(Schema):
     review_id = fields.String()
     reviewer_id = fields.String(metadata={"description": "the caller's pseudonym"})
     label = fields.String()
-    decided_at = fields.String(metadata={"format": "date-time"})
+    decided_at = Timestamp()
     retracted = fields.Boolean()
 
 
@@ -38,7 +40,7 @@ class BlindCaseSchema(Schema):
     case_id = fields.String()
     external_id = fields.String(allow_none=True)
     task = fields.String()
-    input = fields.Dict()
+    input = input_map("field name -> value, as sent")
     reason = fields.String(
         validate=validate.OneOf(sorted(REVIEWER_REASONS)),
         metadata={
@@ -46,12 +48,16 @@ class BlindCaseSchema(Schema):
             "invalid_input and forced as routed, every other reason as low_confidence"
         },
     )
-    out_of_range = fields.List(fields.String(), allow_none=True)
-    created_at = fields.String(metadata={"format": "date-time"})
+    out_of_range = fields.List(
+        fields.String(),
+        allow_none=True,
+        metadata={"description": "input fields far outside what the model was trained on"},
+    )
+    created_at = Timestamp()
     sla_breached = fields.Boolean()
-    queue_state = fields.String(allow_none=True)
-    lease_expires_at = fields.String(allow_none=True, metadata={"format": "date-time"})
-    claimed_at = fields.String(allow_none=True, metadata={"format": "date-time"})
+    queue_state = fields.String(allow_none=True, validate=validate.OneOf(QUEUE_STATES))
+    lease_expires_at = Timestamp(allow_none=True)
+    claimed_at = Timestamp(allow_none=True)
     reviews = fields.List(
         fields.Nested(OwnReviewSchema), metadata={"description": "the caller's own decisions"}
     )
@@ -68,10 +74,8 @@ class DecisionSchema(Schema):
     case_id = fields.String()
     review_id = fields.String()
     label = fields.String()
-    decided_at = fields.String(metadata={"format": "date-time"})
-    undo_until = fields.String(
-        metadata={"format": "date-time", "description": "POST /cases/{id}/undo works until then"}
-    )
+    decided_at = Timestamp()
+    undo_until = Timestamp(metadata={"description": "POST /cases/{id}/undo works until then"})
 
 
 class QueueArgsSchema(Schema):
@@ -99,18 +103,22 @@ ANALYSTS_ONLY = "analysts and admins only (reviewers get the blind listing)"
 class QueueItemSchema(Schema):
     case_id = fields.String()
     external_id = fields.String(allow_none=True)
-    status = fields.String(metadata={"description": ANALYSTS_ONLY})
-    queue_state = fields.String()
-    reason = fields.String(metadata={"description": ANALYSTS_ONLY})
+    status = fields.String(
+        validate=validate.OneOf(CASE_STATUSES), metadata={"description": ANALYSTS_ONLY}
+    )
+    queue_state = fields.String(validate=validate.OneOf(QUEUE_STATES))
+    reason = fields.String(
+        validate=validate.OneOf(REASONS), metadata={"description": ANALYSTS_ONLY}
+    )
     audit = fields.Boolean(metadata={"description": ANALYSTS_ONLY})
     suggestion = fields.Nested(
         QueueSuggestionSchema, allow_none=True, metadata={"description": ANALYSTS_ONLY}
     )
-    created_at = fields.String(metadata={"format": "date-time"})
+    created_at = Timestamp()
     age_seconds = fields.Integer()
     sla_breached = fields.Boolean()
     lease_owner = fields.String(allow_none=True)
-    lease_expires_at = fields.String(allow_none=True)
+    lease_expires_at = Timestamp(allow_none=True)
     reviews_required = fields.Integer(metadata={"description": ANALYSTS_ONLY})
 
 

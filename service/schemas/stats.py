@@ -6,6 +6,7 @@ from datetime import UTC
 
 from marshmallow import Schema, fields, validate
 
+from service.models import AUTOMATION_STATES
 from service.services.stats import BUCKETS
 
 
@@ -38,11 +39,11 @@ class IntervalSchema(Schema):
 class WindowSchema(Schema):
     since = fields.DateTime()
     until = fields.DateTime()
-    bucket = fields.String()
+    bucket = fields.String(validate=validate.OneOf(tuple(BUCKETS)))
 
 
 class AutomationStatsSchema(Schema):
-    state = fields.String()
+    state = fields.String(validate=validate.OneOf(AUTOMATION_STATES))
     threshold = fields.Float(allow_none=True)
     model_version = fields.Integer(allow_none=True)
     coverage = fields.Float(allow_none=True, metadata={"description": "certified coverage"})
@@ -100,10 +101,33 @@ class SeriesPointSchema(Schema):
     median_decision_seconds = fields.Float(allow_none=True)
 
 
+class FieldDriftSchema(Schema):
+    """One input field's recent values against the training profile (which keys are set
+    depends on the field type)."""
+
+    type = fields.String(validate=validate.OneOf(("text", "category", "number", "boolean")))
+    n = fields.Integer(metadata={"description": "recent cases compared"})
+    missing_rate = fields.Float()
+    missing_rate_train = fields.Float()
+    missing_rate_change = fields.Float()
+    psi = fields.Float(allow_none=True, metadata={"description": "numbers and booleans"})
+    psi_p_value = fields.Float(allow_none=True, metadata={"description": "numbers and booleans"})
+    out_of_range_rate = fields.Float(metadata={"description": "numbers and booleans"})
+    unseen_rate = fields.Float(metadata={"description": "categories"})
+    unseen_is_exact = fields.Boolean(metadata={"description": "categories"})
+    mean_length = fields.Float(allow_none=True, metadata={"description": "text"})
+
+
 class DriftSchema(Schema):
     warning = fields.Boolean()
     psi = fields.Float(allow_none=True)
-    fields_ = fields.Dict(data_key="fields", attribute="fields")
+    fields_ = fields.Dict(
+        keys=fields.String(),
+        values=fields.Nested(FieldDriftSchema),
+        data_key="fields",
+        attribute="fields",
+        metadata={"description": "input field name -> its drift"},
+    )
 
 
 class TaskStatsSchema(Schema):

@@ -228,8 +228,10 @@ class TaskSchema(Schema):
     field_specs = mf.List(mf.Nested(FieldSpecSchema), data_key="fields", attribute="fields")
     policy = mf.Nested(PolicySchema)
     review = mf.Nested(ReviewSettingsSchema)
-    webhook = mf.Dict(
-        allow_none=True, metadata={"description": "url only; the secret is write-only"}
+    webhook = mf.Nested(
+        WebhookSchema,
+        allow_none=True,
+        metadata={"description": "url only; the secret is write-only"},
     )
     automation = mf.Nested(AutomationSchema)
     training = mf.Nested(TrainingSchema)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
+from service.models import ROLES
+
 
 class UserViewSchema(Schema):
     id = fields.Integer()
     email = fields.String()
-    role = fields.String()
+    role = fields.String(validate=validate.OneOf(ROLES))
     task_scope = fields.List(fields.String(), allow_none=True)
     active = fields.Boolean()
     pseudonym = fields.String()
