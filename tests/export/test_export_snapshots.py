@@ -255,6 +255,11 @@ def test_snapshot_with_the_reviews_file(client, tokens, seed, db, redis_conn, wo
     assert resp.status_code == 200
     data = resp.get_data()
     assert hashlib.sha256(data).hexdigest() == entry["sha256"] == resp.headers["X-Content-SHA256"]
+    assert resp.headers["ETag"] == f'"{entry["sha256"]}"'
+    again = client.get(
+        url, headers={**auth(tokens["analyst"]), "If-None-Match": resp.headers["ETag"]}
+    )
+    assert again.status_code == 304
     assert len(data) == entry["bytes"]
     assert "reviews-" in resp.headers["Content-Disposition"]
     folder = worker_app.config["TANDEM"].export_dir / ids[0]
