@@ -384,3 +384,45 @@ def test_cli_export_to_standard_output(committed_db, flask_app, settings, tmp_pa
         assert not (tmp_path / "-").exists()
         if fmt == "parquet":
             assert pq.read_table(io.BytesIO(proc.stdout)).num_rows == 3
+
+
+def test_cli_export_to_standard_output_that_fails_part_way(
+    committed_db, flask_app, settings, tmp_path, monkeypatch
+) -> None:
+    """A failure after the first batch leaves a short stream, a one-line reason on stderr
+    and a non-zero exit: never a clean exit on a truncated file."""
+    from click.testing import CliRunner
+
+    from service.cli import main
+    from service.db import transaction
+    from service.schemas.tasks import TaskCreateSchema
+    from service.services import export as export_service
+    from service.services.audit import SYSTEM
+    from service.services.tasks import create_task
+    from tests.export.conftest import _case
+    from tests.helpers import SIMPLE_TASK
+
+    with transaction() as session:
+        task = create_task(session, TaskCreateSchema().load(SIMPLE_TASK), SYSTEM)
+        session.add_all([_case(task, n) for n in range(5)])
+    for name, value in (("DATABASE_URL", settings.database_url),
+                        ("REDIS_URL", str(settings.redis_url)), ("SECRET_KEY", "cli-test"),
+                        ("TANDEM_HOME", str(tmp_path / "home"))):  # fmt: skip
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(export_service, "BATCH_ROWS", 2)
+    original = export_service._CsvWriter.write
+    calls = {"n": 0}
+
+    def write_then_fail(self: Any, batch: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk full")
+        original(self, batch)
+
+    monkeypatch.setattr(export_service._CsvWriter, "write", write_then_fail)
+    result = CliRunner().invoke(main, ["export", "loan-review", "--format", "csv", "--out", "-"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "tandem: OSError: disk full"
+    assert result.stdout_bytes.count(b"\n") == 3  # the header and the first batch only
+    with transaction() as session:
+        assert session.query(AuditEvent).filter_by(action="export.created").count() == 0
