@@ -220,7 +220,7 @@ def test_every_format_reads_back_with_the_declared_types(
     client, tokens, seed, redis_conn, worker_app
 ) -> None:
     """The documented reader gives the same frame, dtypes and values (an empty string
-    included) from CSV, JSON Lines and Parquet; plain readers would not (CSV integers)."""
+    included) from CSV, JSON Lines and Parquet; left to guess, pandas would not."""
     ns = _run(doc_example("read_export"), {})
     frames, empty = {}, {}
     for fmt in ("csv", "jsonl", "parquet"):
