@@ -247,16 +247,25 @@ def task_create(file: Path) -> None:
 @main.command("export")
 @click.argument("task_name", metavar="TASK")
 @click.option("--format", "fmt", required=True, type=click.Choice(["csv", "jsonl", "parquet"]))
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help="The file to write; '-' writes to standard output.",
+)
 @click.option("--from", "created_from", default=None, help="created_at >= (ISO 8601).")
 @click.option("--to", "created_to", default=None, help="created_at < (ISO 8601).")
-@click.option("--label-source", default=None, help="reviewer, application or model.")
-@click.option("--route", default=None, help="auto or review.")
-@click.option("--reason", default=None, help="confident, low_confidence, audit, ...")
+@click.option("--label-source", multiple=True, help="reviewer, application or model (repeatable).")
+@click.option("--route", multiple=True, help="auto or review (repeatable).")
+@click.option("--reason", multiple=True, help="confident, low_confidence, audit, ... (repeatable).")
+@click.option("--status", multiple=True, help="auto, pending, in_review, resolved, corrected "
+              "(repeatable).")  # fmt: skip
+@click.option("--final-label", multiple=True, help="One of the task's labels (repeatable).")
 @click.option("--audit", default=None, help="true or false.")
 @click.option("--agreement", default=None, help="agree or disagree (human vs model).")
-@click.option("--model-version", default=None, help="Model version number.")
-@click.option("--reviewer", default=None, help="Reviewer pseudonym.")
+@click.option("--model-version", multiple=True, help="Model version number (repeatable).")
+@click.option("--reviewer", multiple=True, help="Reviewer pseudonym (repeatable).")
 @click.option(
     "--identity",
     default="pseudonym",
@@ -265,21 +274,29 @@ def task_create(file: Path) -> None:
     help="'real' writes reviewer e-mail addresses instead of pseudonyms.",
 )
 @friendly_errors
-def export_cmd(task_name: str, fmt: str, out: Path, identity: str, **filters: str | None) -> None:
-    """Write a feedback dataset (same bytes as the API) and print its manifest to stderr."""
+def export_cmd(
+    task_name: str, fmt: str, out: Path, identity: str, **filters: str | tuple[str, ...] | None
+) -> None:
+    """Write a feedback dataset (same bytes as the API) and print its manifest to stderr.
+    With ``--out -`` the file goes to standard output and nothing else does."""
     from service.db import transaction
     from service.services import export as export_service
     from service.services.tasks import get_task
 
     raw = {"from": filters.pop("created_from"), "to": filters.pop("created_to"), **filters}
-    params = {k: v for k, v in raw.items() if v is not None}
+    params = {k: v for k, v in raw.items() if v is not None and v != ()}
     app = make_app()
     with app.app_context(), transaction() as session:
         row = get_task(session, task_name)
         spec = export_service.parse_request(
-            {**params, "format": fmt, "identity": identity}, cli_actor(), session
+            {**params, "format": fmt, "identity": identity}, cli_actor(), session, task=row
         )
-        manifest = export_service.export_to_file(session, row, spec, out, cli_actor())
+        if str(out) == "-":
+            # The bytes alone, unencoded; every message (the manifest too) goes to stderr.
+            stdout = sys.stdout.buffer
+            manifest = export_service.export_to_stream(session, row, spec, stdout, cli_actor())
+        else:
+            manifest = export_service.export_to_file(session, row, spec, out, cli_actor())
     click.echo(json.dumps(manifest, indent=2, sort_keys=True), err=True)
 
 

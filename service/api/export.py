@@ -13,7 +13,7 @@ from service.api.auth import current_actor, require_roles, roles_doc
 from service.api.common import json_body, request_id, unit_of_work
 from service.db import db_session, read_only, utcnow
 from service.errors import ExportFailed, ValidationFailed
-from service.models import REASONS, Task
+from service.models import CASE_STATUSES, LABEL_SOURCES, REASONS, ROUTES, Task
 from service.schemas.common import ApiErrorSchema
 from service.schemas.export import (
     ExportListSchema,
@@ -33,6 +33,12 @@ blp = Blueprint(
 ROLES = ("analyst",)
 log = logging.getLogger(__name__)
 
+
+def _many(item: dict[str, Any]) -> dict[str, Any]:
+    """A multi-valued filter: repeat the parameter (``status=resolved&status=corrected``)."""
+    return {"type": "array", "items": item}
+
+
 _FILTER_PARAMS: list[dict[str, Any]] = [
     {"name": "format", "in": "query", "required": True,
      "schema": {"type": "string", "enum": list(export_service.FORMATS)}},
@@ -41,15 +47,19 @@ _FILTER_PARAMS: list[dict[str, Any]] = [
     {"name": "to", "in": "query", "description": "created_at < (ISO 8601)",
      "schema": {"type": "string", "format": "date-time"}},
     {"name": "label_source", "in": "query",
-     "schema": {"type": "string", "enum": ["reviewer", "application", "model"]}},
-    {"name": "route", "in": "query", "schema": {"type": "string", "enum": ["auto", "review"]}},
-    {"name": "reason", "in": "query", "schema": {"type": "string", "enum": list(REASONS)}},
+     "schema": _many({"type": "string", "enum": list(LABEL_SOURCES)})},
+    {"name": "route", "in": "query", "schema": _many({"type": "string", "enum": list(ROUTES)})},
+    {"name": "reason", "in": "query", "schema": _many({"type": "string", "enum": list(REASONS)})},
+    {"name": "status", "in": "query",
+     "schema": _many({"type": "string", "enum": list(CASE_STATUSES)})},
+    {"name": "final_label", "in": "query", "description": "one of the task's labels",
+     "schema": _many({"type": "string"})},
     {"name": "audit", "in": "query", "schema": {"type": "boolean"}},
     {"name": "agreement", "in": "query", "description": "human label vs model suggestion",
      "schema": {"type": "string", "enum": ["agree", "disagree"]}},
-    {"name": "model_version", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+    {"name": "model_version", "in": "query", "schema": _many({"type": "integer", "minimum": 1})},
     {"name": "reviewer", "in": "query", "description": "reviewer pseudonym",
-     "schema": {"type": "string"}},
+     "schema": _many({"type": "string"})},
     {"name": "identity", "in": "query",
      "description": "`real` shows reviewer e-mail addresses (admins only)",
      "schema": {"type": "string", "enum": ["pseudonym", "real"], "default": "pseudonym"}},
@@ -80,14 +90,22 @@ _EXPORT_CONTENT = {
 }
 
 
-def _query_params() -> dict[str, str]:
-    repeated = sorted({k for k in request.args if len(request.args.getlist(k)) > 1})
+def _query_params() -> dict[str, Any]:
+    """The query string; a multi-valued filter as the list of its repeated values."""
+    repeated = sorted(
+        k
+        for k in request.args
+        if len(request.args.getlist(k)) > 1 and k not in export_service.MULTI_VALUED
+    )
     if repeated:
         raise ValidationFailed(
             "Each export parameter may be given once: " + ", ".join(repeated),
             {k: ["Given more than once."] for k in repeated},
         )
-    return request.args.to_dict()
+    return {
+        k: request.args.getlist(k) if k in export_service.MULTI_VALUED else request.args[k]
+        for k in request.args
+    }
 
 
 @blp.route("/tasks/<string:task>/export", methods=["GET"])
@@ -114,7 +132,7 @@ def stream_export(task: str) -> Response:
     # The audit event is committed before the first byte is sent.
     with unit_of_work() as session:
         row = get_task(session, task, actor)
-        spec = export_service.parse_request(params, actor, session)
+        spec = export_service.parse_request(params, actor, session, task=row)
         export_service.record_streamed(
             session, row, spec, actor, channel="api", request_id=request_id()
         )
@@ -195,7 +213,7 @@ def create_snapshot(task: str) -> tuple[dict[str, Any], int]:
     body = json_body()
     if not isinstance(body, dict):
         raise ValidationFailed("The body must be a JSON object", {"_schema": ["Not an object."]})
-    unknown = sorted(set(body) - {"format", "filters", "identity"})
+    unknown = sorted(set(body) - {"format", "filters", "identity", "reviews"})
     filters = body.get("filters") or {}
     if unknown or not isinstance(filters, dict):
         details = {k: ["Unknown field."] for k in unknown}
@@ -206,7 +224,9 @@ def create_snapshot(task: str) -> tuple[dict[str, Any], int]:
     with unit_of_work() as session:
         row = get_task(session, task, actor)
         params = {**filters, "format": body.get("format"), "identity": body.get("identity")}
-        spec = export_service.parse_request(params, actor, session)
+        spec = export_service.parse_request(
+            params, actor, session, task=row, reviews=body.get("reviews")
+        )
         export = export_service.request_snapshot(session, row, spec, actor, request_id=request_id())
         view = export_service.export_view(export, row)
     return {"export_id": view["export_id"], "job_id": view["job_id"], "state": "queued"}, 202
@@ -254,6 +274,18 @@ def get_snapshot(export_id: str) -> dict[str, Any]:
 @blp.route("/exports/<string:export_id>/download", methods=["GET"])
 @blp.doc(
     **roles_doc(*ROLES),
+    parameters=[
+        {
+            "name": "file",
+            "in": "query",
+            "description": "`reviews`: the reviews file",
+            "schema": {
+                "type": "string",
+                "enum": list(export_service.SNAPSHOT_FILES),
+                "default": "data",
+            },
+        }
+    ],
     responses={
         "200": {
             "description": "The stored file (a 304 answers a matching If-None-Match)",
@@ -274,22 +306,29 @@ def get_snapshot(export_id: str) -> dict[str, Any]:
 @blp.alt_response(404, schema=ApiErrorSchema)
 @require_roles(*ROLES)
 def download_snapshot(export_id: str) -> Response:
-    """The stored file of a finished export, streamed from disk (SHA-256 in a header)."""
+    """A stored file of a finished export (the data, or with ``file=reviews`` the reviews
+    file), streamed from disk with its SHA-256 in a header."""
     actor = current_actor()
     export_dir = current_app.config["TANDEM"].export_dir
+    which = export_service.parse_snapshot_file(request.args.get("file"))
     with unit_of_work() as session:
         export, task = export_service.get_export(session, export_id, actor)
-        path = export_service.snapshot_file(export_dir, export)
+        path, sha = export_service.snapshot_file(export_dir, export, which)
         audit.record(
             session,
             "export.downloaded",
             actor,
             task_id=task.id,
-            details={"export_id": export.id, "sha256": export.sha256},
+            details={
+                "export_id": export.id,
+                "sha256": sha,
+                **({"file": which} if which != "data" else {}),
+            },
             request_id=request_id(),
         )
-        name = export_service.download_name(task, export.format, export.created_at)
-        sha, fmt = export.sha256, export.format
+        kind = "export" if which == "data" else which
+        name = export_service.download_name(task, export.format, export.created_at, kind)
+        fmt = export.format
     response = send_file(
         path,
         mimetype=export_service.CONTENT_TYPES[fmt].split(";")[0],

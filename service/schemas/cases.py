@@ -124,6 +124,13 @@ class CaseDetailSchema(CaseResultSchema):
             "and reviewers are never told which cases are audited)"
         }
     )
+    inclusion_probability = fields.Float(
+        metadata={
+            "description": "analysts and admins only: the case's probability, fixed at "
+            "arrival, of receiving a human label (1 when routed to people, the audit rate when "
+            "answered automatically); /stats weights its label by 1 / this (docs/stats.md)"
+        }
+    )
     final_label = fields.String(allow_none=True)
     resolved_by = fields.String(
         allow_none=True, validate=validate.OneOf(("model", "reviewer", "application"))

@@ -9,9 +9,11 @@ checks that every column a file has is documented here, and every filter in
 
 from __future__ import annotations
 
+from typing import Any
+
 from marshmallow import Schema, fields, validate
 
-from service.models import LABEL_SOURCES, REASONS, ROUTES
+from service.models import CASE_STATUSES, LABEL_SOURCES, REASONS, ROUTES
 from service.schemas.common import Timestamp
 from service.services.export import AGREEMENTS, FORMATS, IDENTITIES
 
@@ -42,9 +44,37 @@ class ExportRowSchema(Schema):
     route = fields.String(required=True, validate=validate.OneOf(ROUTES))
     reason = fields.String(required=True, validate=validate.OneOf(REASONS))
     audit = fields.Boolean(required=True, metadata={"description": "drawn for the audit sample"})
-    final_label = fields.String(required=True, allow_none=True)
+    inclusion_probability = fields.Float(
+        required=True,
+        allow_none=True,
+        metadata={"description": "the case's stored audit probability: /stats weights by 1/it"},
+    )
+    status = fields.String(required=True, validate=validate.OneOf(CASE_STATUSES))
+    final_label = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "the label the case settled on (label_source says whose)"},
+    )
     label_source = fields.String(
         required=True, allow_none=True, validate=validate.OneOf(LABEL_SOURCES)
+    )
+    human_label = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "the ledger's human label (what /stats and training read)"},
+    )
+    human_label_source = fields.String(
+        required=True, allow_none=True, validate=validate.OneOf(("reviewer", "application"))
+    )
+    outcome = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "the application's reported outcome, kept apart"},
+    )
+    overridden = fields.Boolean(
+        required=True,
+        allow_none=True,
+        metadata={"description": "human_label differs from suggestion (null unless both)"},
     )
     reviewer = fields.String(
         required=True,
@@ -58,18 +88,28 @@ class ExportRowSchema(Schema):
     resolved_at = Timestamp(required=True, allow_none=True)
 
 
+def _one_or_many(item: dict[str, Any], description: str | None = None) -> fields.Raw:
+    """A multi-valued filter: one value as itself, several as a list (any of them matches)."""
+    meta: dict[str, Any] = {"oneOf": [item, {"type": "array", "items": item, "minItems": 1}]}
+    if description:
+        meta["description"] = description
+    return fields.Raw(metadata=meta)
+
+
 class ExportFiltersSchema(Schema):
     """The filters of an export, by their public names (docs/export.md, "Filters")."""
 
     from_ = Timestamp(data_key="from", attribute="from", metadata={"description": "created_at >="})
     to = Timestamp(metadata={"description": "created_at < (exclusive)"})
-    label_source = fields.String(validate=validate.OneOf(LABEL_SOURCES))
-    route = fields.String(validate=validate.OneOf(ROUTES))
-    reason = fields.String(validate=validate.OneOf(REASONS))
+    label_source = _one_or_many({"type": "string", "enum": list(LABEL_SOURCES)})
+    route = _one_or_many({"type": "string", "enum": list(ROUTES)})
+    reason = _one_or_many({"type": "string", "enum": list(REASONS)})
+    status = _one_or_many({"type": "string", "enum": list(CASE_STATUSES)})
+    final_label = _one_or_many({"type": "string"}, "one of the task's labels")
     audit = fields.Boolean()
     agreement = fields.String(validate=validate.OneOf(AGREEMENTS))
-    model_version = fields.Integer(validate=validate.Range(min=1))
-    reviewer = fields.String(metadata={"description": "reviewer pseudonym"})
+    model_version = _one_or_many({"type": "integer", "minimum": 1})
+    reviewer = _one_or_many({"type": "string"}, "reviewer pseudonym")
 
 
 class SnapshotRequestSchema(Schema):
@@ -80,6 +120,9 @@ class SnapshotRequestSchema(Schema):
     identity = fields.String(
         validate=validate.OneOf(IDENTITIES),
         metadata={"description": "`real` shows reviewer e-mail addresses (admins only)"},
+    )
+    reviews = fields.Boolean(
+        metadata={"description": "also write every review of the exported cases (reviews file)"}
     )
 
 
@@ -102,6 +145,17 @@ class TimeRangeSchema(Schema):
     last_created_at = Timestamp(allow_none=True)
 
 
+class ReviewsManifestSchema(Schema):
+    """The snapshot's reviews file: its own size, checksum, rows and columns."""
+
+    file = fields.String()
+    bytes = fields.Integer()
+    sha256 = fields.String()
+    row_count = fields.Integer()
+    schema = fields.List(fields.Nested(ColumnSchema), metadata={"description": "in file order"})
+    ordering = fields.List(fields.String())
+
+
 class ManifestSchema(Schema):
     """Provenance of one export file (docs/export.md, "Reproducibility and manifests")."""
 
@@ -114,6 +168,7 @@ class ManifestSchema(Schema):
     row_count = fields.Integer()
     filters = fields.Nested(ExportFiltersSchema)
     reviewer_identity = fields.String(validate=validate.OneOf(IDENTITIES))
+    labels = fields.List(fields.String(), metadata={"description": "the task's label set"})
     schema = fields.List(fields.Nested(ColumnSchema), metadata={"description": "in file order"})
     time_range = fields.Nested(TimeRangeSchema)
     model_versions = fields.List(fields.Integer())
@@ -121,6 +176,9 @@ class ManifestSchema(Schema):
     created_at = Timestamp()
     ordering = fields.List(fields.String())
     export_schema_version = fields.String()
+    reviews = fields.Nested(
+        ReviewsManifestSchema, allow_none=True, metadata={"description": "null unless asked for"}
+    )
 
 
 class ExportViewSchema(Schema):
@@ -129,6 +187,7 @@ class ExportViewSchema(Schema):
     format = fields.String(validate=validate.OneOf(FORMATS))
     filters = fields.Nested(ExportFiltersSchema)
     reviewer_identity = fields.String(validate=validate.OneOf(IDENTITIES))
+    reviews = fields.Boolean(metadata={"description": "a reviews file was asked for"})
     state = fields.String(validate=validate.OneOf(EXPORT_STATES))
     job_id = fields.String(allow_none=True)
     row_count = fields.Integer(allow_none=True)
@@ -139,6 +198,9 @@ class ExportViewSchema(Schema):
     created_at = Timestamp()
     finished_at = Timestamp(allow_none=True)
     download_url = fields.String(allow_none=True, metadata={"description": "once done"})
+    reviews_download_url = fields.String(
+        allow_none=True, metadata={"description": "once done, when a reviews file was asked for"}
+    )
 
 
 class ExportListSchema(Schema):

@@ -80,7 +80,8 @@ def case_detail(session: Session, case: Case, *, everything: bool = False) -> di
     Nothing in it tells whether the case was drawn for audit: no flag, and the reviews are
     listed only when reviewers decided the final label (a verdict that confirmed an automatic
     answer, or one given after the application's own outcome, settles nothing the application
-    sees). ``everything`` adds the audit flag and every review: analysts and admins only.
+    sees). ``everything`` adds the audit flag, the inclusion probability and every review:
+    analysts and admins only.
     """
     view = case_view(case)
     resolved_by = None
@@ -116,6 +117,8 @@ def case_detail(session: Session, case: Case, *, everything: bool = False) -> di
     )
     if everything:
         view["audit"] = bool(case.audit)
+        # The weight /stats gives the case's human label (docs/stats.md); exports carry it.
+        view["inclusion_probability"] = case.label_probability
     return view
 
 

@@ -19,7 +19,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -36,7 +37,18 @@ from sqlalchemy.orm import Session, aliased
 from service import queues
 from service.db import utcnow
 from service.errors import Forbidden, NotFound, ValidationFailed
-from service.models import LABEL_SOURCES, REASONS, ROUTES, Case, Export, Job, Review, Task, User
+from service.models import (
+    CASE_STATUSES,
+    LABEL_SOURCES,
+    REASONS,
+    ROUTES,
+    Case,
+    Export,
+    Job,
+    Review,
+    Task,
+    User,
+)
 from service.services import audit, outbox
 from service.services.audit import Actor
 
@@ -53,21 +65,39 @@ FILTER_NAMES = (
     "label_source",
     "route",
     "reason",
+    "status",
+    "final_label",
     "audit",
     "agreement",
     "model_version",
     "reviewer",
 )
+#: Filters that take several values (repeated query parameter, JSON list, repeated CLI
+#: option): a case matches when its value is any of them.
+MULTI_VALUED = (
+    "label_source",
+    "route",
+    "reason",
+    "status",
+    "final_label",
+    "model_version",
+    "reviewer",
+)
 AGREEMENTS = ("agree", "disagree")
+#: The files a snapshot may hold: the cases (always) and, when asked for, every review.
+SNAPSHOT_FILES = ("data", "reviews")
 # Rows fetched per round trip and written per Parquet row group / CSV chunk.
 BATCH_ROWS = 10_000
 EXPORT_JOB = "workers.jobs.exports.run_export"
-SCHEMA_VERSION = "1"
+# 2: inclusion_probability, status, human_label, human_label_source, outcome and overridden
+# were added; the labels and the optional reviews file joined the manifest.
+SCHEMA_VERSION = "2"
 _TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # Arrow's %S carries the microseconds: fixed width
 _TS_TYPE = pa.timestamp("us", tz="UTC")
 _INPUT_TYPES = {"text": pa.string(), "category": pa.string(), "number": pa.float64()}
 _INPUT_TYPES["boolean"] = pa.bool_()
 _FILENAME_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+STDOUT_NAME = "<stdout>"
 
 
 # --- filters -------------------------------------------------------------------------------
@@ -75,33 +105,45 @@ _FILENAME_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 @dataclass(frozen=True)
 class ExportFilters:
-    """Validated filters. ``created_from`` is inclusive, ``created_to`` exclusive."""
+    """Validated filters. ``created_from`` is inclusive, ``created_to`` exclusive. A
+    multi-valued filter holds its values sorted and without repeats (empty: not set)."""
 
     created_from: datetime | None = None
     created_to: datetime | None = None
-    label_source: str | None = None
-    route: str | None = None
-    reason: str | None = None
+    label_source: tuple[str, ...] = ()
+    route: tuple[str, ...] = ()
+    reason: tuple[str, ...] = ()
+    status: tuple[str, ...] = ()
+    final_label: tuple[str, ...] = ()
     audit: bool | None = None
     agreement: str | None = None
-    model_version: int | None = None
-    reviewer: str | None = None
+    model_version: tuple[int, ...] = ()
+    reviewer: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """Canonical form (only the filters set, public names, ISO timestamps): stored in
-        manifests and audit events, and accepted back by :func:`parse_filters`."""
+        """Canonical form (only the filters set, public names, ISO timestamps, one value as
+        itself and several as a sorted list): stored in manifests and audit events, and
+        accepted back by :func:`parse_filters`."""
         out: dict[str, Any] = {
             "from": iso(self.created_from),
             "to": iso(self.created_to),
-            "label_source": self.label_source,
-            "route": self.route,
-            "reason": self.reason,
+            "label_source": _canonical(self.label_source),
+            "route": _canonical(self.route),
+            "reason": _canonical(self.reason),
+            "status": _canonical(self.status),
+            "final_label": _canonical(self.final_label),
             "audit": self.audit,
             "agreement": self.agreement,
-            "model_version": self.model_version,
-            "reviewer": self.reviewer,
+            "model_version": _canonical(self.model_version),
+            "reviewer": _canonical(self.reviewer),
         }
         return {k: v for k, v in out.items() if v is not None}
+
+
+def _canonical(values: tuple[Any, ...]) -> Any:
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else list(values)
 
 
 @dataclass(frozen=True)
@@ -109,6 +151,8 @@ class ExportSpec:
     format: str
     filters: ExportFilters
     identity: str = "pseudonym"
+    #: Snapshots only: also write every review of the exported cases (``reviews.<format>``).
+    reviews: bool = False
 
 
 def _blank(value: Any) -> bool:
@@ -164,10 +208,30 @@ def _parse_reviewer(value: Any) -> str:
     return value.strip()
 
 
-def parse_filters(raw: Mapping[str, Any], session: Session | None = None) -> ExportFilters:
+def _parse_label(value: Any, labels: list[str] | None) -> str:
+    """A label exactly as the task spells it (labels may hold spaces and commas)."""
+    if not isinstance(value, str) or not 1 <= len(value) <= 200:
+        raise ValueError("a label of the task")
+    if labels is not None and value not in labels:
+        raise ValueError("one of the task's labels: " + ", ".join(labels))
+    return value
+
+
+def _given(value: Any) -> list[Any]:
+    """The values given for one filter: a list (JSON, repeated query parameter) or one value;
+    empty values count as not given."""
+    items = list(value) if isinstance(value, list | tuple) else [value]
+    return [v for v in items if not _blank(v)]
+
+
+def parse_filters(
+    raw: Mapping[str, Any], session: Session | None = None, *, labels: list[str] | None = None
+) -> ExportFilters:
     """Validate filters from a query string or a JSON object; every problem is reported at
     once (422 naming each filter). Empty values count as not set (HTML forms send them).
-    With a session, a reviewer pseudonym must belong to a user."""
+    A multi-valued filter takes a list (or one value); the others exactly one value. With a
+    session, a reviewer pseudonym must belong to a user; with ``labels`` (the task's), a
+    final label must be one of them."""
     errors: dict[str, list[str]] = {}
     unknown = sorted(k for k in raw if k not in FILTER_NAMES)
     for name in unknown:
@@ -179,43 +243,63 @@ def parse_filters(raw: Mapping[str, Any], session: Session | None = None) -> Exp
         "label_source": lambda v: _parse_choice(v, LABEL_SOURCES),
         "route": lambda v: _parse_choice(v, ROUTES),
         "reason": lambda v: _parse_choice(v, REASONS),
+        "status": lambda v: _parse_choice(v, CASE_STATUSES),
+        "final_label": lambda v: _parse_label(v, labels),
         "audit": _parse_bool,
         "agreement": lambda v: _parse_choice(v, AGREEMENTS),
         "model_version": _parse_version,
         "reviewer": _parse_reviewer,
     }
     for name, parse in parsers.items():
-        if name not in raw or _blank(raw[name]):
+        given = _given(raw[name]) if name in raw else []
+        if not given:
+            continue
+        if name not in MULTI_VALUED and (len(given) > 1 or isinstance(raw[name], list)):
+            errors[name] = ["Takes one value, not a list."]
             continue
         try:
-            values[name] = parse(raw[name])
+            parsed = [parse(v) for v in given]
         except ValueError as exc:
             errors[name] = [f"Must be {exc}."]
+            continue
+        values[name] = tuple(sorted(set(parsed))) if name in MULTI_VALUED else parsed[0]
     if "from" in values and "to" in values and values["from"] >= values["to"]:
         errors["to"] = ["Must be later than 'from'."]
     if session is not None and "reviewer" in values and "reviewer" not in errors:
-        known = session.scalar(select(User.id).where(User.pseudonym == values["reviewer"]))
-        if known is None:
-            errors["reviewer"] = ["No reviewer has this pseudonym."]
+        wanted = set(values["reviewer"])
+        known = set(session.scalars(select(User.pseudonym).where(User.pseudonym.in_(wanted))))
+        if wanted - known:
+            missing = ", ".join(sorted(wanted - known))
+            errors["reviewer"] = [f"No reviewer has this pseudonym: {missing}."]
     if errors:
         raise ValidationFailed("Invalid export filters: " + ", ".join(sorted(errors)), errors)
     return ExportFilters(
         created_from=values.get("from"),
         created_to=values.get("to"),
-        label_source=values.get("label_source"),
-        route=values.get("route"),
-        reason=values.get("reason"),
+        label_source=values.get("label_source", ()),
+        route=values.get("route", ()),
+        reason=values.get("reason", ()),
+        status=values.get("status", ()),
+        final_label=values.get("final_label", ()),
         audit=values.get("audit"),
         agreement=values.get("agreement"),
-        model_version=values.get("model_version"),
-        reviewer=values.get("reviewer"),
+        model_version=values.get("model_version", ()),
+        reviewer=values.get("reviewer", ()),
     )
 
 
 def parse_request(
-    params: Mapping[str, Any], actor: Actor, session: Session, *, default_format: str | None = None
+    params: Mapping[str, Any],
+    actor: Actor,
+    session: Session,
+    *,
+    task: Task | None = None,
+    default_format: str | None = None,
+    reviews: Any = None,
 ) -> ExportSpec:
-    """``format``, ``identity`` and the filters of one export request, all validated."""
+    """``format``, ``identity`` and the filters of one export request, all validated
+    (a final label against ``task``'s labels when given); ``reviews`` (snapshots only) asks
+    for the reviews file too."""
     raw = dict(params)
     errors: dict[str, list[str]] = {}
     fmt = raw.pop("format", default_format)
@@ -224,8 +308,10 @@ def parse_request(
     identity = raw.pop("identity", None) or "pseudonym"
     if identity not in IDENTITIES:
         errors["identity"] = ["Must be one of: " + ", ".join(IDENTITIES) + "."]
+    if reviews is not None and not isinstance(reviews, bool):
+        errors["reviews"] = ["Must be true or false."]
     try:
-        filters = parse_filters(raw, session)
+        filters = parse_filters(raw, session, labels=list(task.labels) if task else None)
     except ValidationFailed as exc:
         errors.update(exc.details)
     if errors:
@@ -234,7 +320,9 @@ def parse_request(
         raise Forbidden(
             "only admins may export real reviewer identities", {"identity": ["admin only"]}
         )
-    return ExportSpec(format=str(fmt), filters=filters, identity=str(identity))
+    return ExportSpec(
+        format=str(fmt), filters=filters, identity=str(identity), reviews=bool(reviews)
+    )
 
 
 # --- the row builder -----------------------------------------------------------------------
@@ -247,8 +335,18 @@ def iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _metadata(task: Task, table: str) -> dict[str, str]:
+    return {
+        "tandem.task": task.name,
+        "tandem.export_schema": SCHEMA_VERSION,
+        "tandem.table": table,
+        "tandem.labels": json.dumps(list(task.labels), ensure_ascii=False),
+    }
+
+
 def export_schema(task: Task) -> pa.Schema:
-    """Column names and Arrow types, in file order (the manifest's ``schema``)."""
+    """Column names and Arrow types, in file order (the manifest's ``schema``). The one
+    declaration every format is written from (docs/export.md, "Columns")."""
     cols: list[tuple[str, pa.DataType]] = [("case_id", pa.string()), ("external_id", pa.string())]
     cols += [(f"input.{f['name']}", _INPUT_TYPES[f["type"]]) for f in task.fields]
     cols += [("suggestion", pa.string()), ("confidence", pa.float64())]
@@ -258,8 +356,14 @@ def export_schema(task: Task) -> pa.Schema:
         ("route", pa.string()),
         ("reason", pa.string()),
         ("audit", pa.bool_()),
+        ("inclusion_probability", pa.float64()),
+        ("status", pa.string()),
         ("final_label", pa.string()),
         ("label_source", pa.string()),
+        ("human_label", pa.string()),
+        ("human_label_source", pa.string()),
+        ("outcome", pa.string()),
+        ("overridden", pa.bool_()),
         ("reviewer", pa.string()),
         ("review_time", _TS_TYPE),
         ("review_seconds", pa.float64()),
@@ -267,8 +371,25 @@ def export_schema(task: Task) -> pa.Schema:
         ("created_at", _TS_TYPE),
         ("resolved_at", _TS_TYPE),
     ]
-    metadata = {"tandem.task": task.name, "tandem.export_schema": SCHEMA_VERSION}
-    return pa.schema([pa.field(n, t) for n, t in cols], metadata=metadata)
+    return pa.schema([pa.field(n, t) for n, t in cols], metadata=_metadata(task, "cases"))
+
+
+def reviews_schema(task: Task) -> pa.Schema:
+    """The reviews file of a snapshot: one row per review of the exported cases."""
+    cols: list[tuple[str, pa.DataType]] = [
+        ("review_id", pa.int64()),
+        ("case_id", pa.string()),
+        ("reviewer", pa.string()),
+        ("label", pa.string()),
+        ("comment", pa.string()),
+        ("suggested_label", pa.string()),
+        ("agreed_with_model", pa.bool_()),
+        ("claimed_at", _TS_TYPE),
+        ("decided_at", _TS_TYPE),
+        ("review_seconds", pa.float64()),
+        ("retracted_at", _TS_TYPE),
+    ]
+    return pa.schema([pa.field(n, t) for n, t in cols], metadata=_metadata(task, "reviews"))
 
 
 def schema_description(schema: pa.Schema) -> list[dict[str, str]]:
@@ -279,6 +400,17 @@ def _raw_time(column: Any) -> Any:
     # Plain DateTime instead of the UTC TypeDecorator: no per-value Python call. PostgreSQL
     # returns aware datetimes, SQLite naive UTC ones; Arrow reads both as UTC.
     return type_coerce(column, DateTime(timezone=True))
+
+
+def _human_label_source() -> Any:
+    """Who gave the case's human label: the application when its outcome became the label
+    (``record_outcome`` stamps both times with the same instant), else the reviewers."""
+    from_outcome = and_(Case.outcome_label.is_not(None), Case.outcome_at == Case.human_labelled_at)
+    return sql_case(
+        (Case.human_label.is_(None), None),
+        (from_outcome, "application"),
+        else_="reviewer",
+    )
 
 
 def build_query(task: Task, spec: ExportSpec, dialect: str = "postgresql") -> Select[Any]:
@@ -344,17 +476,28 @@ def build_query(task: Task, spec: ExportSpec, dialect: str = "postgresql") -> Se
         Case.route,
         Case.reason,
         Case.audit,
+        Case.label_probability,
+        Case.status,
         Case.final_label,
         Case.label_source,
+        Case.human_label,
+        _human_label_source(),
+        Case.outcome_label,
         who,
         _raw_time(decided_at),
         duration,
         _raw_time(Case.created_at),
         _raw_time(Case.resolved_at),
     ).where(Case.task_id == task.id, *_conditions(spec.filters))
-    if spec.filters.reviewer is not None:
-        stmt = stmt.where(User.pseudonym == spec.filters.reviewer)
+    if spec.filters.reviewer:
+        stmt = stmt.where(_any_of(User.pseudonym, spec.filters.reviewer))
     return stmt.order_by(Case.created_at, Case.id)
+
+
+def _any_of(column: Any, values: tuple[Any, ...]) -> Any:
+    # A plain equality for one value keeps the statement (and its plan) as it was; IN is
+    # rendered with its values inline as bound parameters (the named cursor compiles once).
+    return column == values[0] if len(values) == 1 else column.in_(values)
 
 
 def _conditions(filters: ExportFilters) -> list[Any]:
@@ -363,16 +506,18 @@ def _conditions(filters: ExportFilters) -> list[Any]:
         where.append(Case.created_at >= filters.created_from)
     if filters.created_to is not None:
         where.append(Case.created_at < filters.created_to)
-    if filters.label_source is not None:
-        where.append(Case.label_source == filters.label_source)
-    if filters.route is not None:
-        where.append(Case.route == filters.route)
-    if filters.reason is not None:
-        where.append(Case.reason == filters.reason)
+    for column, values in (
+        (Case.label_source, filters.label_source),
+        (Case.route, filters.route),
+        (Case.reason, filters.reason),
+        (Case.status, filters.status),
+        (Case.final_label, filters.final_label),
+        (Case.model_version, filters.model_version),
+    ):
+        if values:
+            where.append(_any_of(column, values))
     if filters.audit is not None:
         where.append(Case.audit.is_(filters.audit))
-    if filters.model_version is not None:
-        where.append(Case.model_version == filters.model_version)
     if filters.agreement is not None:
         both = and_(Case.human_label.is_not(None), Case.suggestion_label.is_not(None))
         same = Case.human_label == Case.suggestion_label
@@ -386,13 +531,43 @@ def _dialect(session: Session) -> str:
 
 def count_rows(session: Session, task: Task, spec: ExportSpec) -> int:
     """How many rows the export has now (for the audit event written before streaming)."""
-    if spec.filters.reviewer is None:
+    if not spec.filters.reviewer:
         stmt = select(func.count()).select_from(Case).where(Case.task_id == task.id)
         stmt = stmt.where(*_conditions(spec.filters))
     else:
         inner = build_query(task, spec, _dialect(session)).order_by(None).subquery()
         stmt = select(func.count()).select_from(inner)
     return int(session.scalar(stmt) or 0)
+
+
+def build_reviews_query(task: Task, spec: ExportSpec, dialect: str = "postgresql") -> Select[Any]:
+    """Every review (undone ones included, marked) of the cases the same spec exports, in
+    the cases' order, then as decided. With a reviewer filter the cases are those the
+    filtered export holds (their deciding reviewer); all their reviews are listed."""
+    who = User.email if spec.identity == "real" else User.pseudonym
+    stmt = (
+        select(
+            Review.id,
+            Review.case_id,
+            who,
+            Review.label,
+            Review.comment,
+            Review.suggested_label,
+            Review.agreed_with_model,
+            _raw_time(Review.claimed_at),
+            _raw_time(Review.decided_at),
+            Review.duration_ms,
+            _raw_time(Review.retracted_at),
+        )
+        .select_from(Review)
+        .join(Case, Case.id == Review.case_id)
+        .join(User, User.id == Review.reviewer_id)
+        .where(Case.task_id == task.id, *_conditions(spec.filters))
+    )
+    if spec.filters.reviewer:
+        exported = build_query(task, spec, dialect).order_by(None).subquery()
+        stmt = stmt.where(Case.id.in_(select(exported.c.id)))
+    return stmt.order_by(Case.created_at, Case.id, Review.id)
 
 
 def _column(values: list[Any], typ: pa.DataType) -> pa.Array:
@@ -411,14 +586,18 @@ def _column(values: list[Any], typ: pa.DataType) -> pa.Array:
         )  # fmt: skip
 
 
+def _seconds(ms: Any) -> pa.Array:
+    return pc.divide(pc.cast(pa.array(ms, pa.int64()), pa.float64()), 1000.0)
+
+
 def _to_batch(rows: list[Any], task: Task, schema: pa.Schema) -> pa.RecordBatch:
     """DB rows to one Arrow batch: columns are transposed and converted in C; the JSON of
     inputs and scores is parsed once per row."""
     n = len(rows)
     (case_id, external_id, inputs, suggestion, confidence, scores, model_version, route,
-     reason, audit_flag, final_label, label_source, reviewer, review_time, review_ms,
-     created_at, resolved_at) = (
-        zip(*rows, strict=True) if rows else [()] * 17
+     reason, audit_flag, label_probability, status, final_label, label_source, human_label,
+     human_source, outcome, reviewer, review_time, review_ms, created_at, resolved_at) = (
+        zip(*rows, strict=True) if rows else [()] * 22
     )  # fmt: skip
     loads = json.loads
     docs = [loads(t) if t else {} for t in inputs]
@@ -428,23 +607,30 @@ def _to_batch(rows: list[Any], task: Task, schema: pa.Schema) -> pa.RecordBatch:
     for f in task.fields:
         name = f["name"]
         arrays.append(_column([d.get(name) for d in docs], _INPUT_TYPES[f["type"]]))
-    arrays += [pa.array(suggestion, string), pa.array(confidence, pa.float64())]
+    suggested = pa.array(suggestion, string)
+    arrays += [suggested, pa.array(confidence, pa.float64())]
     for label in task.labels:
         arrays.append(_column([d.get(label) for d in score_docs], pa.float64()))
     created = pa.array(created_at, _TS_TYPE)
     resolved = pa.array(resolved_at, _TS_TYPE)
-    ms = pa.array(review_ms, pa.int64())
+    human = pa.array(human_label, string)
     micros = pc.subtract(pc.cast(resolved, pa.int64()), pc.cast(created, pa.int64()))
     arrays += [
         pa.array(model_version, pa.int64()),
         pa.array(route, string),
         pa.array(reason, string),
         pa.array(audit_flag, pa.bool_()),
+        pa.array(label_probability, pa.float64()),
+        pa.array(status, string),
         pa.array(final_label, string),
         pa.array(label_source, string),
+        human,
+        pa.array(human_source, string),
+        pa.array(outcome, string),
+        pc.not_equal(human, suggested),  # null unless both exist, as /stats counts it
         pa.array(reviewer, string),
         pa.array(review_time, _TS_TYPE),
-        pc.divide(pc.cast(ms, pa.float64()), 1000.0),
+        _seconds(review_ms),
         pc.divide(pc.cast(micros, pa.float64()), 1_000_000.0),
         created,
         resolved,
@@ -453,20 +639,37 @@ def _to_batch(rows: list[Any], task: Task, schema: pa.Schema) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def iter_batches(
-    session: Session, task: Task, spec: ExportSpec, *, batch_rows: int | None = None
-) -> Iterator[pa.RecordBatch]:
-    """Stream the export as Arrow batches from a server-side cursor (constant memory).
+def _reviews_batch(rows: list[Any], schema: pa.Schema) -> pa.RecordBatch:
+    (review_id, case_id, reviewer, label, comment, suggested, agreed, claimed_at, decided_at,
+     duration_ms, retracted_at) = zip(*rows, strict=True) if rows else [()] * 11  # fmt: skip
+    string = pa.string()
+    arrays = [
+        pa.array(review_id, pa.int64()),
+        pa.array(case_id, string),
+        pa.array(reviewer, string),
+        pa.array(label, string),
+        pa.array(comment, string),
+        pa.array(suggested, string),
+        pa.array(agreed, pa.bool_()),
+        pa.array(claimed_at, _TS_TYPE),
+        pa.array(decided_at, _TS_TYPE),
+        _seconds(duration_ms),
+        pa.array(retracted_at, _TS_TYPE),
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _iter_rows(session: Session, stmt: Select[Any], size: int) -> Generator[list[Any]]:
+    """The statement's rows in lists of ``size`` from a server-side cursor (constant memory).
 
     On PostgreSQL the rows come straight from a named psycopg cursor as plain tuples: no
     SQLAlchemy Row objects, whose creation cost as much as the query itself.
     """
-    schema = export_schema(task)
-    size = batch_rows or BATCH_ROWS
-    stmt = build_query(task, spec, _dialect(session))
     connection = session.connection()
     if connection.dialect.name == "postgresql":
-        compiled = stmt.compile(dialect=connection.dialect)
+        compiled = stmt.compile(
+            dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
+        )
         raw = connection.connection.driver_connection
         assert raw is not None
         params = compiled.construct_params()
@@ -474,14 +677,36 @@ def iter_batches(
             cursor.itersize = size
             cursor.execute(str(compiled), params)
             while rows := cursor.fetchmany(size):
-                yield _to_batch(rows, task, schema)
+                yield rows
         return
     result = session.execute(stmt, execution_options={"stream_results": True, "yield_per": size})
     try:
         for partition in result.partitions(size):
-            yield _to_batch(list(partition), task, schema)
+            yield list(partition)
     finally:
         result.close()
+
+
+def iter_batches(
+    session: Session, task: Task, spec: ExportSpec, *, batch_rows: int | None = None
+) -> Generator[pa.RecordBatch]:
+    """Stream the export as Arrow batches (one per round trip, constant memory)."""
+    schema = export_schema(task)
+    stmt = build_query(task, spec, _dialect(session))
+    with closing(_iter_rows(session, stmt, batch_rows or BATCH_ROWS)) as parts:
+        for rows in parts:
+            yield _to_batch(rows, task, schema)
+
+
+def iter_review_batches(
+    session: Session, task: Task, spec: ExportSpec, *, batch_rows: int | None = None
+) -> Generator[pa.RecordBatch]:
+    """The reviews file's rows as Arrow batches (constant memory)."""
+    schema = reviews_schema(task)
+    stmt = build_reviews_query(task, spec, _dialect(session))
+    with closing(_iter_rows(session, stmt, batch_rows or BATCH_ROWS)) as parts:
+        for rows in parts:
+            yield _reviews_batch(rows, schema)
 
 
 # --- writers -------------------------------------------------------------------------------
@@ -610,7 +835,8 @@ WRITERS: dict[str, type[_Writer]] = {
 
 @dataclass
 class ExportStats:
-    """What was written: row count, byte count, SHA-256, time range and model versions."""
+    """What was written: row count, byte count, SHA-256, time range and model versions (the
+    last two for the cases file only)."""
 
     rows: int = 0
     byte_count: int = 0
@@ -630,13 +856,37 @@ class ExportStats:
     def add_batch(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows == 0:
             return
+        self.rows += batch.num_rows
+        if "model_version" not in batch.schema.names:
+            return
         created = batch.column("created_at")
         if self.first_created_at is None:
             self.first_created_at = created[0].as_py()
         self.last_created_at = created[batch.num_rows - 1].as_py()
         versions = pc.unique(batch.column("model_version").drop_null())
         self.model_versions.update(int(v) for v in versions.to_pylist())
-        self.rows += batch.num_rows
+
+
+def _encode(
+    schema: pa.Schema, batches: Generator[pa.RecordBatch], fmt: str, stats: ExportStats
+) -> Iterator[bytes]:
+    spool = _Spool()
+    writer = WRITERS[fmt](schema, spool)
+    # Closed here, whatever happens: a failure's traceback would otherwise keep the batches
+    # (and PostgreSQL's named cursor) alive until after the transaction has ended.
+    with closing(batches):
+        for batch in batches:
+            writer.write(batch)
+            stats.add_batch(batch)
+            chunk = spool.drain()
+            if chunk:
+                stats.add_bytes(chunk)
+                yield chunk
+    writer.close()
+    tail = spool.drain()
+    if tail:
+        stats.add_bytes(tail)
+        yield tail
 
 
 def stream_export(
@@ -650,21 +900,22 @@ def stream_export(
     """The export file as a sequence of byte chunks, one per batch (CSV and JSONL begin with
     the first batch; Parquet yields each row group as it is written, then the footer)."""
     stats = stats if stats is not None else ExportStats()
-    schema = export_schema(task)
-    spool = _Spool()
-    writer = WRITERS[spec.format](schema, spool)
-    for batch in iter_batches(session, task, spec, batch_rows=batch_rows):
-        writer.write(batch)
-        stats.add_batch(batch)
-        chunk = spool.drain()
-        if chunk:
-            stats.add_bytes(chunk)
-            yield chunk
-    writer.close()
-    tail = spool.drain()
-    if tail:
-        stats.add_bytes(tail)
-        yield tail
+    batches = iter_batches(session, task, spec, batch_rows=batch_rows)
+    yield from _encode(export_schema(task), batches, spec.format, stats)
+
+
+def stream_reviews(
+    session: Session,
+    task: Task,
+    spec: ExportSpec,
+    stats: ExportStats | None = None,
+    *,
+    batch_rows: int | None = None,
+) -> Iterator[bytes]:
+    """The reviews file of the same spec, in the same format, as byte chunks."""
+    stats = stats if stats is not None else ExportStats()
+    batches = iter_review_batches(session, task, spec, batch_rows=batch_rows)
+    yield from _encode(reviews_schema(task), batches, spec.format, stats)
 
 
 def write_export(
@@ -672,6 +923,15 @@ def write_export(
 ) -> ExportStats:
     stats = ExportStats()
     for chunk in stream_export(session, task, spec, stats, **kwargs):
+        out.write(chunk)
+    return stats
+
+
+def write_reviews(
+    session: Session, task: Task, spec: ExportSpec, out: BinaryIO, **kwargs: Any
+) -> ExportStats:
+    stats = ExportStats()
+    for chunk in stream_reviews(session, task, spec, stats, **kwargs):
         out.write(chunk)
     return stats
 
@@ -685,9 +945,12 @@ def build_manifest(
     creator: str | None,
     created_at: datetime,
     export_id: str | None = None,
+    reviews: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Provenance of one export file: enough to say where every row came from and to check
-    the file is the one that was made (SHA-256)."""
+    the file is the one that was made (SHA-256). ``labels`` is the task's label set, so a
+    class absent from the filtered rows is still known; ``reviews`` describes the snapshot's
+    reviews file (:func:`reviews_manifest`), null when none was asked for."""
     return {
         "export_id": export_id,
         "task": task.name,
@@ -698,6 +961,7 @@ def build_manifest(
         "row_count": stats.rows,
         "filters": spec.filters.to_dict(),
         "reviewer_identity": spec.identity,
+        "labels": list(task.labels),
         "schema": schema_description(export_schema(task)),
         "time_range": {
             "first_created_at": iso(stats.first_created_at),
@@ -708,12 +972,25 @@ def build_manifest(
         "created_at": iso(created_at),
         "ordering": ["created_at", "id"],
         "export_schema_version": SCHEMA_VERSION,
+        "reviews": reviews,
     }
 
 
-def download_name(task: Task, fmt: str, stamp: datetime | None = None) -> str:
+def reviews_manifest(task: Task, stats: ExportStats, *, file_name: str) -> dict[str, Any]:
+    """The manifest's entry for a reviews file: its own size, checksum, rows and schema."""
+    return {
+        "file": file_name,
+        "bytes": stats.byte_count,
+        "sha256": stats.sha256,
+        "row_count": stats.rows,
+        "schema": schema_description(reviews_schema(task)),
+        "ordering": ["case created_at", "case id", "review id"],
+    }
+
+
+def download_name(task: Task, fmt: str, stamp: datetime | None = None, kind: str = "export") -> str:
     when = (stamp or utcnow()).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-    return _FILENAME_SAFE.sub("_", f"{task.name}-export-{when}.{fmt}")
+    return _FILENAME_SAFE.sub("_", f"{task.name}-{kind}-{when}.{fmt}")
 
 
 def record_stream_failed(
@@ -785,6 +1062,7 @@ def request_snapshot(
         filters={
             **spec.filters.to_dict(),
             **({"identity": "real"} if spec.identity == "real" else {}),
+            **({"reviews": True} if spec.reviews else {}),
         },
         state="queued",
         created_by=actor.label,
@@ -816,16 +1094,24 @@ def request_snapshot(
             "filters": spec.filters.to_dict(),
             "reviewer_identity": spec.identity,
             "job_id": export.job_id,
+            **({"reviews": True} if spec.reviews else {}),
         },
         request_id=request_id,
     )
     return export
 
 
+#: Keys of ``Export.filters`` that are request options, not filters.
+_SNAPSHOT_OPTIONS = ("identity", "reviews")
+
+
 def snapshot_spec(export: Export) -> ExportSpec:
     stored = dict(export.filters or {})
     identity = "real" if stored.pop("identity", None) == "real" else "pseudonym"
-    return ExportSpec(format=export.format, filters=parse_filters(stored), identity=identity)
+    reviews = stored.pop("reviews", None) is True
+    return ExportSpec(
+        format=export.format, filters=parse_filters(stored), identity=identity, reviews=reviews
+    )
 
 
 def snapshot_dir(export_dir: Path, export_id: str) -> Path:
@@ -836,22 +1122,40 @@ def data_file_name(fmt: str) -> str:
     return f"data.{fmt}"
 
 
+def reviews_file_name(fmt: str) -> str:
+    return f"reviews.{fmt}"
+
+
+def _write_synced(path: Path, write: Any) -> ExportStats:
+    with open(path, "wb") as out:
+        stats: ExportStats = write(out)
+        out.flush()
+        os.fsync(out.fileno())
+    return stats
+
+
 def write_snapshot(
     session: Session, export: Export, task: Task, export_dir: Path, **kwargs: Any
 ) -> dict[str, Any]:
-    """Write file + ``manifest.json`` into a temporary folder, then rename it into place in
-    one step. On any failure the temporary folder is removed and nothing is left behind.
-    Returns the manifest; the caller marks the Export row done in its own commit."""
+    """Write the file (and the reviews file when asked for) + ``manifest.json`` into a
+    temporary folder, then rename it into place in one step. On any failure the temporary
+    folder is removed and nothing is left behind. Both files are read in the caller's one
+    transaction, so they describe the same moment. Returns the manifest; the caller marks the
+    Export row done in its own commit."""
     spec = snapshot_spec(export)
     export_dir.mkdir(parents=True, exist_ok=True)
     final = snapshot_dir(export_dir, export.id)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{export.id}-", dir=export_dir))
     try:
         name = data_file_name(spec.format)
-        with open(tmp / name, "wb") as out:
-            stats = write_export(session, task, spec, out, **kwargs)
-            out.flush()
-            os.fsync(out.fileno())
+        stats = _write_synced(tmp / name, lambda out: write_export(session, task, spec, out,
+                                                                   **kwargs))  # fmt: skip
+        reviews = None
+        if spec.reviews:
+            reviews_name = reviews_file_name(spec.format)
+            written = _write_synced(tmp / reviews_name, lambda out: write_reviews(
+                session, task, spec, out, **kwargs))  # fmt: skip
+            reviews = reviews_manifest(task, written, file_name=reviews_name)
         manifest = build_manifest(
             task,
             spec,
@@ -860,6 +1164,7 @@ def write_snapshot(
             creator=export.created_by,
             created_at=export.created_at,
             export_id=export.id,
+            reviews=reviews,
         )
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         if final.exists():  # left by an attempt that died before its commit: never marked done
@@ -875,13 +1180,34 @@ def remove_snapshot(export_dir: Path, export_id: str) -> None:
     shutil.rmtree(snapshot_dir(export_dir, export_id), ignore_errors=True)
 
 
-def snapshot_file(export_dir: Path, export: Export) -> Path:
+def parse_snapshot_file(value: str | None) -> str:
+    """Which file of a snapshot to download: ``data`` (default) or ``reviews``."""
+    if value in (None, ""):
+        return "data"
+    if value not in SNAPSHOT_FILES:
+        raise ValidationFailed(
+            "Invalid fields: file", {"file": ["Must be one of: " + ", ".join(SNAPSHOT_FILES)]}
+        )
+    return str(value)
+
+
+def snapshot_file(export_dir: Path, export: Export, file: str = "data") -> tuple[Path, str | None]:
+    """The stored file of a finished snapshot and its SHA-256 (from the manifest)."""
     if export.state != "done" or not export.path:
         raise NotFound("this export has no stored file (yet)", {"state": export.state})
-    path = export_dir / export.path
+    if file == "reviews":
+        entry = (export.manifest or {}).get("reviews")
+        if not entry:
+            raise NotFound(
+                'this export has no reviews file (ask for one with "reviews": true)',
+                {"export_id": export.id, "file": file},
+            )
+        path, sha = export_dir / export.id / str(entry["file"]), entry.get("sha256")
+    else:
+        path, sha = export_dir / export.path, export.sha256
     if not path.is_file():
         raise NotFound("the stored export file is missing", {"export_id": export.id})
-    return path
+    return path, sha
 
 
 def get_export(session: Session, export_id: str, actor: Actor) -> tuple[Export, Task]:
@@ -910,8 +1236,9 @@ def export_view(export: Export, task: Task) -> dict[str, Any]:
         "export_id": export.id,
         "task": task.name,
         "format": export.format,
-        "filters": {k: v for k, v in (export.filters or {}).items() if k != "identity"},
+        "filters": {k: v for k, v in (export.filters or {}).items() if k not in _SNAPSHOT_OPTIONS},
         "reviewer_identity": (export.filters or {}).get("identity", "pseudonym"),
+        "reviews": (export.filters or {}).get("reviews") is True,
         "state": export.state,
         "job_id": export.job_id,
         "row_count": export.row_count,
@@ -922,6 +1249,11 @@ def export_view(export: Export, task: Task) -> dict[str, Any]:
         "created_at": iso(export.created_at),
         "finished_at": iso(export.finished_at),
         "download_url": f"/api/v1/exports/{export.id}/download" if export.state == "done" else None,
+        "reviews_download_url": (
+            f"/api/v1/exports/{export.id}/download?file=reviews"
+            if export.state == "done" and (export.manifest or {}).get("reviews")
+            else None
+        ),
     }
 
 
@@ -955,5 +1287,29 @@ def export_to_file(
         channel="cli",
         row_count=stats.rows,
         extra={"sha256": stats.sha256, "file": str(out)},
+    )
+    return manifest
+
+
+def export_to_stream(
+    session: Session, task: Task, spec: ExportSpec, out: BinaryIO, actor: Actor
+) -> dict[str, Any]:
+    """The CLI export to standard output (``--out -``): the same bytes as the API, written
+    chunk by chunk as they are encoded (binary, nothing else on the stream), plus the audit
+    event. A failure part way leaves a short stream and raises (non-zero exit), as a cut
+    download does. Returns the manifest; the caller commits the audit event."""
+    stats = write_export(session, task, spec, out)
+    out.flush()
+    manifest = build_manifest(
+        task, spec, stats, file_name=STDOUT_NAME, creator=actor.label, created_at=utcnow()
+    )
+    record_streamed(
+        session,
+        task,
+        spec,
+        actor,
+        channel="cli",
+        row_count=stats.rows,
+        extra={"sha256": stats.sha256, "file": STDOUT_NAME},
     )
     return manifest

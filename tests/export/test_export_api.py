@@ -28,9 +28,12 @@ DECIDER = {
 COLUMNS = [
     "case_id", "external_id", "input.review", "input.state", "input.amount", "input.verified",
     "suggestion", "confidence", "score.good", "score.bad", "model_version", "route", "reason",
-    "audit", "final_label", "label_source", "reviewer", "review_time", "review_seconds",
+    "audit", "inclusion_probability", "status", "final_label", "label_source", "human_label",
+    "human_label_source", "outcome", "overridden", "reviewer", "review_time", "review_seconds",
     "time_to_decision_seconds", "created_at", "resolved_at",
 ]  # fmt: skip
+# Who gave each seeded case's human label (case 4: the application's outcome came first).
+HUMAN_SOURCE = {1: "reviewer", 2: "reviewer", 4: "application", 5: "reviewer"}
 
 
 def expected_rows(seed: Seed, identity: str = "pseudonym") -> list[dict[str, Any]]:
@@ -44,6 +47,7 @@ def expected_rows(seed: Seed, identity: str = "pseudonym") -> list[dict[str, Any
             who = user.email if identity == "real" else user.pseudonym
         scores = c.scores or {}
         ttd = (c.resolved_at - c.created_at).total_seconds() if c.resolved_at else None
+        both = c.human_label is not None and c.suggestion_label is not None
         out.append(
             {
                 "case_id": c.id,
@@ -60,8 +64,14 @@ def expected_rows(seed: Seed, identity: str = "pseudonym") -> list[dict[str, Any
                 "route": c.route,
                 "reason": c.reason,
                 "audit": c.audit,
+                "inclusion_probability": c.label_probability,
+                "status": c.status,
                 "final_label": c.final_label,
                 "label_source": c.label_source,
+                "human_label": c.human_label,
+                "human_label_source": HUMAN_SOURCE.get(n),
+                "outcome": c.outcome_label,
+                "overridden": c.human_label != c.suggestion_label if both else None,
                 "reviewer": who,
                 "review_time": when,
                 "review_seconds": secs,
@@ -196,10 +206,59 @@ def test_empty_result_is_a_valid_file(client, tokens, seed) -> None:
         ({"audit": "true", "model_version": "1"}, [2]),
         ({"from": iso(T0 + H), "to": iso(T0 + 5 * H), "route": "review"}, [1, 3, 4]),
         ({"label_source": "", "route": ""}, [0, 1, 2, 3, 4, 5, 6]),  # empty = not set
+        ({"status": "pending"}, [3, 6]),
+        ({"status": "auto"}, [0, 2]),
+        ({"status": "resolved"}, [1, 4, 5]),
+        ({"status": "corrected"}, []),
+        ({"final_label": "bad"}, [1]),
+        ({"final_label": "good"}, [0, 2, 4, 5]),
+        ({"final_label": "good", "route": "review"}, [4, 5]),
+        # Several values: any of them (repeated parameters).
+        ({"status": ["pending", "resolved"]}, [1, 3, 4, 5, 6]),
+        ({"final_label": ["good", "bad"]}, [0, 1, 2, 4, 5]),
+        ({"reason": ["cold_start", "forced"]}, [3, 6]),
+        ({"label_source": ["model", "application"]}, [0, 2, 4]),
+        ({"route": ["auto", "review"]}, [0, 1, 2, 3, 4, 5, 6]),
+        ({"model_version": ["2", "7"]}, [4, 5]),
+        ({"status": ["auto", "resolved"], "label_source": ["model", "reviewer"]}, [0, 1, 2, 5]),
+        ({"status": ["", "pending"]}, [3, 6]),  # an empty value among them is ignored
     ],
 )
 def test_filters(client, tokens, seed, params, expected) -> None:
     assert ids(client, tokens["analyst"], **params) == case_ids(seed, *expected)
+
+
+# Filter name -> (export column, values to try alone and together); the expected rows are
+# counted with pandas on the unfiltered export, independently of the SQL the filter uses.
+PANDAS_FILTERS = {
+    "label_source": ("label_source", ["model", "reviewer", "application"]),
+    "route": ("route", ["auto", "review"]),
+    "reason": ("reason", ["confident", "low_confidence", "cold_start", "audit", "forced"]),
+    "status": ("status", ["auto", "pending", "resolved", "corrected"]),
+    "final_label": ("final_label", ["good", "bad"]),
+    "model_version": ("model_version", [1, 2]),
+}
+
+
+def test_every_value_filter_matches_an_independent_pandas_count(client, tokens, seed) -> None:
+    everything = pq.read_table(io.BytesIO(get(client, tokens["analyst"], format="parquet")
+                                          .get_data())).to_pandas()  # fmt: skip
+    for name, (column, values) in PANDAS_FILTERS.items():
+        for chosen in [[v] for v in values] + [values[:2], values[-2:], values]:
+            want = everything.loc[everything[column].isin(chosen), "case_id"].tolist()
+            got = ids(client, tokens["analyst"], **{name: [str(v) for v in chosen]})
+            assert got == want, (name, chosen)
+    for flag in ("true", "false"):
+        want = everything.loc[everything["audit"] == (flag == "true"), "case_id"].tolist()
+        assert ids(client, tokens["analyst"], audit=flag) == want
+    both = everything["human_label"].notna() & everything["suggestion"].notna()
+    for agreement, overridden in (("agree", False), ("disagree", True)):
+        want = everything.loc[both & (everything["overridden"] == overridden), "case_id"]
+        assert ids(client, tokens["analyst"], agreement=agreement) == want.tolist()
+    bob = seed.users["bob"].pseudonym
+    alice = seed.users["alice"].pseudonym
+    want = everything.loc[everything["reviewer"].isin([bob, alice]), "case_id"].tolist()
+    assert ids(client, tokens["analyst"], reviewer=[alice, bob]) == want
 
 
 def test_reviewer_filter_uses_the_deciding_reviewer(client, tokens, seed) -> None:
@@ -227,7 +286,13 @@ def test_reviewer_filter_uses_the_deciding_reviewer(client, tokens, seed) -> Non
         ({"model_version": "0"}, "model_version"),
         ({"reviewer": "r_nobody"}, "reviewer"),
         ({"reviewer": "a b"}, "reviewer"),
+        ({"reviewer": ["r_nobody", "a"]}, "reviewer"),
         ({"identity": "secret"}, "identity"),
+        ({"status": "closed"}, "status"),
+        ({"status": ["resolved", "closed"]}, "status"),
+        ({"final_label": "ugly"}, "final_label"),  # not one of the task's labels
+        ({"final_label": ["good", "Good"]}, "final_label"),
+        ({"reviews": "true"}, "reviews"),  # snapshots only
     ],
 )
 def test_bad_filter_is_422_naming_it_and_writes_nothing(client, tokens, seed, db, params, bad):
@@ -246,10 +311,35 @@ def test_bad_format_and_repeated_parameter(client, tokens, seed) -> None:
     assert resp.status_code == 422 and "format" in resp.json["error"]["details"]
     resp = get(client, tokens["analyst"])
     assert resp.status_code == 422 and "format" in resp.json["error"]["details"]
-    resp = client.get(
-        URL + "?format=csv&route=auto&route=review", headers=auth(tokens["analyst"]), buffered=True
-    )
-    assert resp.status_code == 422 and "route" in resp.json["error"]["details"]
+    # Only the multi-valued filters may be repeated.
+    for query, name in (
+        ("format=csv&audit=true&audit=false", "audit"),
+        ("format=csv&agreement=agree&agreement=disagree", "agreement"),
+        ("format=csv&from=2024-01-01&from=2024-02-01", "from"),
+        ("format=csv&identity=real&identity=real", "identity"),
+        ("format=csv&format=jsonl", "format"),
+    ):
+        resp = client.get(f"{URL}?{query}", headers=auth(tokens["admin"]), buffered=True)
+        assert resp.status_code == 422 and name in resp.json["error"]["details"], query
+    resp = client.get(URL + "?format=jsonl&route=auto&route=review",
+                      headers=auth(tokens["analyst"]), buffered=True)  # fmt: skip
+    assert resp.status_code == 200 and resp.get_data().count(b"\n") == 7
+
+
+def test_multi_valued_filters_are_audited_in_one_canonical_form(client, tokens, seed, db):
+    """Order and repeats do not matter: the same set of values is recorded the same way."""
+    for query in (
+        "status=resolved&status=pending&status=resolved",
+        "status=pending&status=resolved",
+    ):
+        resp = client.get(f"{URL}?format=csv&route=review&{query}",
+                          headers=auth(tokens["analyst"]), buffered=True)  # fmt: skip
+        assert resp.status_code == 200
+    events = db.scalars(select(AuditEvent).where(AuditEvent.action == "export.created")).all()
+    assert [e.details["filters"] for e in events] == [
+        {"route": "review", "status": ["pending", "resolved"]}
+    ] * 2
+    assert events[0].details["row_count"] == 5
 
 
 # --- access ------------------------------------------------------------------------------

@@ -10,25 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-import pytest
-from rq import SimpleWorker
+from sqlalchemy import select
 
 from service.models import AuditEvent, Export, Job
-from service.queues import SERIALIZER, rq_queue
+from service.queues import rq_queue
+from tests.export.conftest import run_worker
 from tests.helpers import auth
-
-
-@pytest.fixture
-def worker_app(flask_app: Any) -> Any:
-    from workers.context import set_app
-
-    set_app(flask_app)
-    return flask_app
-
-
-def run_worker(redis_conn: Any) -> None:
-    SimpleWorker([rq_queue("exports", redis_conn)], connection=redis_conn,
-                 serializer=SERIALIZER).work(burst=True)
 
 
 def request(client: Any, token: str, body: dict[str, Any]) -> Any:
@@ -206,3 +193,236 @@ def test_cli_export_writes_the_same_bytes_as_the_api(
         events = session.query(AuditEvent).filter_by(action="export.created").all()
         assert [e.details["channel"] for e in events] == ["cli", "api"]
         assert events[0].details["row_count"] == 3
+
+
+def test_snapshot_with_multi_valued_filters_and_the_label_set(
+    client, tokens, seed, redis_conn, worker_app
+) -> None:
+    """JSON lists filter on any of their values and are recorded sorted; the manifest names
+    the task's labels, also those no exported row holds."""
+    body = {
+        "format": "jsonl",
+        "filters": {"status": ["resolved", "pending"], "final_label": ["bad"], "route": "review"},
+    }
+    resp = request(client, tokens["analyst"], body)
+    assert resp.status_code == 202, resp.json
+    run_worker(redis_conn)
+    view = client.get(f"/api/v1/exports/{resp.json['export_id']}", headers=auth(tokens["analyst"]))
+    manifest = view.json["manifest"]
+    assert manifest["filters"] == {
+        "final_label": "bad",
+        "route": "review",
+        "status": ["pending", "resolved"],
+    }
+    assert view.json["filters"] == manifest["filters"]
+    assert manifest["labels"] == ["good", "bad"]
+    assert manifest["export_schema_version"] == "2" and manifest["reviews"] is None
+    data = client.get(view.json["download_url"], headers=auth(tokens["analyst"]), buffered=True)
+    rows = [json.loads(line) for line in data.get_data(as_text=True).splitlines()]
+    assert [r["case_id"] for r in rows] == [seed.cases[1].id]
+    assert {r["final_label"] for r in rows} == {"bad"}
+    bad = request(client, tokens["analyst"], {"format": "csv", "filters": {"audit": [True]}})
+    assert bad.status_code == 422 and "audit" in bad.json["error"]["details"]
+    bad = request(client, tokens["analyst"], {"format": "csv", "reviews": "yes"})
+    assert bad.status_code == 422 and "reviews" in bad.json["error"]["details"]
+
+
+def test_snapshot_with_the_reviews_file(client, tokens, seed, db, redis_conn, worker_app):
+    """Every review of the exported cases (the undone one marked), with comments, as a second
+    file with its own checksum in the manifest; the same bytes in every snapshot."""
+    from service.models import Review
+
+    db.get(
+        Review, db.query(Review).filter_by(case_id=seed.cases[1].id).one().id
+    ).comment = 'Income "verified", see\nnote'
+    db.commit()
+    ids = []
+    for _ in range(2):
+        resp = request(client, tokens["analyst"], {"format": "parquet", "reviews": True})
+        assert resp.status_code == 202, resp.json
+        ids.append(resp.json["export_id"])
+    run_worker(redis_conn)
+    views = [client.get(f"/api/v1/exports/{i}", headers=auth(tokens["analyst"])).json
+             for i in ids]  # fmt: skip
+    entry = views[0]["manifest"]["reviews"]
+    assert entry["file"] == "reviews.parquet" and entry["row_count"] == 4
+    assert [c["name"] for c in entry["schema"]][:4] == ["review_id", "case_id", "reviewer", "label"]
+    assert views[0]["reviews"] is True and views[0]["filters"] == {}
+    assert views[1]["manifest"]["reviews"]["sha256"] == entry["sha256"]
+    url = views[0]["reviews_download_url"]
+    assert url == f"/api/v1/exports/{ids[0]}/download?file=reviews"
+    resp = client.get(url, headers=auth(tokens["analyst"]), buffered=True)
+    assert resp.status_code == 200
+    data = resp.get_data()
+    assert hashlib.sha256(data).hexdigest() == entry["sha256"] == resp.headers["X-Content-SHA256"]
+    assert resp.headers["ETag"] == f'"{entry["sha256"]}"'
+    again = client.get(
+        url, headers={**auth(tokens["analyst"]), "If-None-Match": resp.headers["ETag"]}
+    )
+    assert again.status_code == 304
+    assert len(data) == entry["bytes"]
+    assert "reviews-" in resp.headers["Content-Disposition"]
+    folder = worker_app.config["TANDEM"].export_dir / ids[0]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "data.parquet", "manifest.json", "reviews.parquet",
+    ]  # fmt: skip
+    rows = pq.read_table(io.BytesIO(data)).to_pylist()
+    alice, bob = seed.users["alice"].pseudonym, seed.users["bob"].pseudonym
+    got = [(r["case_id"], r["reviewer"], r["label"], r["agreed_with_model"],
+            r["retracted_at"] is not None) for r in rows]  # fmt: skip
+    c = seed.cases
+    assert got == [
+        (c[1].id, alice, "bad", False, False),
+        (c[2].id, bob, "good", True, False),
+        (c[5].id, alice, "bad", False, True),
+        (c[5].id, bob, "good", True, False),
+    ]
+    assert rows[0]["comment"] == 'Income "verified", see\nnote'
+    assert rows[0]["review_seconds"] == 12.345 and rows[0]["suggested_label"] == "good"
+    # The data file is unchanged by asking for reviews, and matches the stream.
+    streamed = client.get("/api/v1/tasks/loan-review/export?format=parquet",
+                          headers=auth(tokens["analyst"]), buffered=True).get_data()  # fmt: skip
+    assert (folder / "data.parquet").read_bytes() == streamed
+    # A reviewer filter keeps the cases that reviewer decided, with all their reviews.
+    resp = request(client, tokens["analyst"], {"format": "csv", "reviews": True,
+                                               "filters": {"reviewer": bob}})  # fmt: skip
+    run_worker(redis_conn)
+    view = client.get(f"/api/v1/exports/{resp.json['export_id']}",
+                      headers=auth(tokens["analyst"])).json  # fmt: skip
+    text = client.get(view["reviews_download_url"], headers=auth(tokens["analyst"]),
+                      buffered=True).get_data(as_text=True)  # fmt: skip
+    assert [line.split(",")[1].strip('"') for line in text.splitlines()[1:]] == [
+        c[2].id, c[5].id, c[5].id,
+    ]  # fmt: skip
+    # A snapshot without reviews has no reviews file to download.
+    plain = views[0]["download_url"].replace(ids[0], resp.json["export_id"])
+    assert client.get(plain, headers=auth(tokens["analyst"])).status_code == 200
+    resp = request(client, tokens["analyst"], {"format": "csv"})
+    run_worker(redis_conn)
+    missing = client.get(f"/api/v1/exports/{resp.json['export_id']}/download?file=reviews",
+                         headers=auth(tokens["analyst"]))  # fmt: skip
+    assert missing.status_code == 404
+    unknown = client.get(f"/api/v1/exports/{ids[0]}/download?file=secrets",
+                         headers=auth(tokens["analyst"]))  # fmt: skip
+    assert unknown.status_code == 422
+    events = db.scalars(select(AuditEvent).where(AuditEvent.action == "export.downloaded"))
+    assert {"file": "reviews", "export_id": ids[0], "sha256": entry["sha256"]} in [
+        e.details for e in events
+    ]
+
+
+def test_cli_multi_valued_options(committed_db, flask_app, settings, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from service.cli import main
+    from service.db import transaction
+    from service.schemas.tasks import TaskCreateSchema
+    from service.services.audit import SYSTEM
+    from service.services.tasks import create_task
+    from tests.export.conftest import _case
+    from tests.helpers import SIMPLE_TASK
+
+    with transaction() as session:
+        task = create_task(session, TaskCreateSchema().load(SIMPLE_TASK), SYSTEM)
+        session.add_all([_case(task, 0, status="resolved", final_label="good"),
+                         _case(task, 1, status="pending"),
+                         _case(task, 2, status="resolved", final_label="bad")])  # fmt: skip
+    for name, value in (("DATABASE_URL", settings.database_url),
+                        ("REDIS_URL", str(settings.redis_url)), ("SECRET_KEY", "cli-test"),
+                        ("TANDEM_HOME", str(tmp_path / "home"))):  # fmt: skip
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "cases.jsonl"
+    result = CliRunner().invoke(main, ["export", "loan-review", "--format", "jsonl", "--out",
+                                       str(out), "--status", "resolved", "--status", "pending",
+                                       "--final-label", "bad"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stderr)["filters"] == {
+        "final_label": "bad", "status": ["pending", "resolved"],
+    }  # fmt: skip
+    assert [json.loads(line)["case_id"] for line in out.read_text().splitlines()] == [f"{2:032x}"]
+    bad = CliRunner().invoke(main, ["export", "loan-review", "--format", "csv", "--out",
+                                    str(out), "--final-label", "ugly"])  # fmt: skip
+    assert bad.exit_code == 2 and "final_label" in bad.stderr
+
+
+def test_cli_export_to_standard_output(committed_db, flask_app, settings, tmp_path) -> None:
+    """``--out -``: the file's bytes, and nothing else, on stdout (Parquet is binary); the
+    manifest on stderr; the same bytes as the API; no file named '-'."""
+    import subprocess
+    import sys
+
+    from service.db import transaction
+    from service.schemas.tasks import TaskCreateSchema
+    from service.services.audit import SYSTEM
+    from service.services.tasks import create_task
+    from tests.conftest import backend_env
+    from tests.export.conftest import _case
+    from tests.helpers import SIMPLE_TASK, make_token
+
+    with transaction() as session:
+        task = create_task(session, TaskCreateSchema().load(SIMPLE_TASK), SYSTEM)
+        session.add_all([_case(task, n, input={"review": f"r{n}", "state": "CA"})
+                         for n in range(4)])  # fmt: skip
+    token = make_token("analyst")
+    api = flask_app.test_client()
+    root = Path(__file__).resolve().parents[2]
+    for fmt in ("parquet", "csv"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "service.cli", "export", "loan-review", "--format", fmt,
+             "--out", "-", "--from", "2024-03-01T10:00:00Z"],
+            cwd=tmp_path, env={**backend_env(settings), "PYTHONPATH": str(root)},
+            capture_output=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr.decode()
+        expected = api.get(f"/api/v1/tasks/loan-review/export?format={fmt}"
+                           "&from=2024-03-01T10:00:00Z", headers=auth(token),
+                           buffered=True).get_data()  # fmt: skip
+        assert proc.stdout == expected, fmt
+        manifest = json.loads(proc.stderr)
+        assert manifest["file"] == "<stdout>" and manifest["row_count"] == 3
+        assert manifest["sha256"] == hashlib.sha256(proc.stdout).hexdigest()
+        assert not (tmp_path / "-").exists()
+        if fmt == "parquet":
+            assert pq.read_table(io.BytesIO(proc.stdout)).num_rows == 3
+
+
+def test_cli_export_to_standard_output_that_fails_part_way(
+    committed_db, flask_app, settings, tmp_path, monkeypatch
+) -> None:
+    """A failure after the first batch leaves a short stream, a one-line reason on stderr
+    and a non-zero exit: never a clean exit on a truncated file."""
+    from click.testing import CliRunner
+
+    from service.cli import main
+    from service.db import transaction
+    from service.schemas.tasks import TaskCreateSchema
+    from service.services import export as export_service
+    from service.services.audit import SYSTEM
+    from service.services.tasks import create_task
+    from tests.export.conftest import _case
+    from tests.helpers import SIMPLE_TASK
+
+    with transaction() as session:
+        task = create_task(session, TaskCreateSchema().load(SIMPLE_TASK), SYSTEM)
+        session.add_all([_case(task, n) for n in range(5)])
+    for name, value in (("DATABASE_URL", settings.database_url),
+                        ("REDIS_URL", str(settings.redis_url)), ("SECRET_KEY", "cli-test"),
+                        ("TANDEM_HOME", str(tmp_path / "home"))):  # fmt: skip
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(export_service, "BATCH_ROWS", 2)
+    original = export_service._CsvWriter.write
+    calls = {"n": 0}
+
+    def write_then_fail(self: Any, batch: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk full")
+        original(self, batch)
+
+    monkeypatch.setattr(export_service._CsvWriter, "write", write_then_fail)
+    result = CliRunner().invoke(main, ["export", "loan-review", "--format", "csv", "--out", "-"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "tandem: OSError: disk full"
+    assert result.stdout_bytes.count(b"\n") == 3  # the header and the first batch only
+    with transaction() as session:
+        assert session.query(AuditEvent).filter_by(action="export.created").count() == 0
