@@ -160,7 +160,13 @@ def test_fixed_value_sets_are_enums(client):
         name = where.rsplit(".", 1)[-1]
         if name not in ENUM_NAMES or where in FREE_TEXT or "." not in where:
             continue
-        variants = [schema, *schema.get("anyOf", []), *schema.get("allOf", [])]
+        variants = [
+            schema,
+            *schema.get("anyOf", []),
+            *schema.get("allOf", []),
+            *schema.get("oneOf", []),  # a multi-valued filter: one value or a list of them
+            *(v["items"] for v in schema.get("oneOf", []) if "items" in v),
+        ]
         if not any("enum" in v or "$ref" in v for v in variants):
             loose.append(where)
     assert not loose
