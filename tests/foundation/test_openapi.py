@@ -166,6 +166,7 @@ def test_fixed_value_sets_are_enums(client):
             *schema.get("allOf", []),
             *schema.get("oneOf", []),  # a multi-valued filter: one value or a list of them
             *(v["items"] for v in schema.get("oneOf", []) if "items" in v),
+            *([schema["items"]] if "items" in schema else []),
         ]
         if not any("enum" in v or "$ref" in v for v in variants):
             loose.append(where)
