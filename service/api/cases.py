@@ -18,6 +18,7 @@ from service.schemas.cases import (
     OutcomeRequestSchema,
 )
 from service.schemas.common import ApiErrorSchema
+from service.schemas.review import BlindCaseSchema
 from service.services import cases as case_service
 from service.services.tasks import get_task
 
@@ -25,8 +26,25 @@ blp = Blueprint("cases", __name__, url_prefix="/api/v1", description="Cases and 
 
 
 @blp.route("/cases/<string:case_id>", methods=["GET"])
-@blp.doc(**roles_doc("app", "reviewer", "analyst"))
-@blp.response(200, CaseDetailSchema)
+@blp.doc(
+    **roles_doc("app", "reviewer", "analyst"),
+    responses={
+        "200": {
+            "description": "CaseDetail for applications, analysts and admins; BlindCase for "
+            "reviewers",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "oneOf": [
+                            {"$ref": "#/components/schemas/CaseDetail"},
+                            {"$ref": "#/components/schemas/BlindCase"},
+                        ]
+                    }
+                }
+            },
+        }
+    },
+)
 @blp.alt_response(404, schema=ApiErrorSchema)
 @require_roles("app", "reviewer", "analyst")
 def get_case(case_id: str) -> dict[str, Any]:
@@ -37,7 +55,12 @@ def get_case(case_id: str) -> dict[str, Any]:
     with unit_of_work() as session:
         actor = current_actor()
         case = case_service.get_case(session, case_id, actor)
-        return case_service.case_detail_for(session, case, actor)
+        view = case_service.case_detail_for(session, case, actor)
+        # Dumped here, not by a response decorator: one schema for every role would cut the
+        # reviewer's blind view down to the fields it shares with CaseDetail.
+        schema = BlindCaseSchema() if actor.role == "reviewer" else CaseDetailSchema()
+        result: dict[str, Any] = schema.dump(view)
+        return result
 
 
 LOOKUP_PARAMS = [

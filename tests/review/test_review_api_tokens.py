@@ -129,3 +129,21 @@ def test_a_token_bound_to_no_one_is_told_how_to_get_one_that_reviews(client, tok
         assert "a token bound to a reviewer's account can claim and decide cases" in message.lower()
         assert "tandem token create --role reviewer --user EMAIL" in message
         assert 'docs/review.md, "Reviewing through the API"' in message
+
+
+def test_a_reviewer_reads_a_case_as_the_whole_blind_view(client, tokens, task, db):
+    """``GET /cases/{id}`` gives a reviewer the same blind view the claim gave (task, lease,
+    SLA and own decisions), not the fields it happens to share with the analysts' view."""
+    client.post(
+        "/api/v1/tasks/loan-review/predict",
+        json={"input": {"review": "late", "state": "CA"}},
+        headers=auth(tokens["app"]),
+    )
+    token, _ = reviewer_token(db)
+    claimed = client.post("/api/v1/tasks/loan-review/queue/claim", headers=auth(token)).json
+    read = client.get(f"/api/v1/cases/{claimed['case_id']}", headers=auth(token))
+    assert read.status_code == 200
+    for key in ("task", "sla_breached", "lease_expires_at", "claimed_at", "queue_state"):
+        assert read.json[key] == claimed[key], key
+    for hidden in ("suggestion", "status", "final_label", "audit"):
+        assert hidden not in read.json
