@@ -1,4 +1,4 @@
-"""The JSON API v1 (SPEC §6): thin views over the service layer, documented by flask-smorest."""
+"""The JSON API v1 (docs/api.md): thin views over the service layer, documented by flask-smorest."""
 
 from __future__ import annotations
 

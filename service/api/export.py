@@ -1,4 +1,4 @@
-"""Feedback export for analysts (SPEC §12): streamed downloads and stored snapshots."""
+"""Feedback export for analysts (docs/export.md): streamed downloads and stored snapshots."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Model versions, training on demand, promotion/rollback and background job state (SPEC §6)."""
+"""Model versions, training on demand, promotion/rollback and background job state (docs/api.md)."""
 
 from __future__ import annotations
 

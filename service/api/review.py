@@ -1,4 +1,4 @@
-"""Review workflow endpoints (SPEC §6): thin views over :mod:`service.services.review`."""
+"""Review workflow endpoints (docs/review.md): thin views over :mod:`service.services.review`."""
 
 from __future__ import annotations
 

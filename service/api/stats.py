@@ -1,4 +1,4 @@
-"""Dashboard numbers for one task (SPEC §4.6, §6): a thin view over service.services.stats."""
+"""Dashboard numbers for one task (docs/stats.md): a thin view over service.services.stats."""
 
 from __future__ import annotations
 

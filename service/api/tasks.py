@@ -1,4 +1,4 @@
-"""Task definition endpoints (SPEC §6)."""
+"""Task definition endpoints (docs/tasks.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Review workflow schemas (SPEC §6): claim, decide, release, undo and the queue listing."""
+"""Review workflow schemas (docs/review.md): claim, decide, release, undo and the queue listing."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Task definition schemas (SPEC §6 "Task definition")."""
+"""Task definition schemas (docs/tasks.md)."""
 
 from __future__ import annotations
 

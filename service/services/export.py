@@ -1,4 +1,4 @@
-"""Feedback export for analysts (SPEC §12): filters, the row builder and the file writers.
+"""Feedback export for analysts (docs/export.md): filters, the row builder and the file writers.
 
 One row per case. Rows are read with a server-side cursor in batches (Core select, never ORM
 objects), turned into Arrow record batches column by column, and written batch by batch, so

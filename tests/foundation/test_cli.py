@@ -1,4 +1,4 @@
-"""The `tandem` command line (SPEC §13): real processes against the real database."""
+"""The `tandem` command line (docs/operations.md): real processes against the real database."""
 
 from __future__ import annotations
 
