@@ -17,6 +17,7 @@ ROLES = ("app", "reviewer", "analyst", "admin")
 ALLOWED: dict[str, set[str]] = {
     "review_ui.index": {"reviewer", "analyst"},
     "review_ui.review_page": {"reviewer"},
+    "review_ui.review_progress": {"reviewer"},
     "review_ui.queue_page": {"reviewer", "analyst"},
     "review_ui.case_page": {"reviewer", "analyst"},
     "review_ui.dashboard": {"analyst"},
@@ -29,6 +30,7 @@ ALLOWED: dict[str, set[str]] = {
 PUBLIC = {"review_ui.login", "review_ui.static"}
 TASK_PAGES = {
     "review_ui.review_page",
+    "review_ui.review_progress",
     "review_ui.queue_page",
     "review_ui.dashboard",
     "review_ui.export_page",
