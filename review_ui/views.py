@@ -24,8 +24,10 @@ from flask import (
     redirect,
     render_template,
     request,
+    send_from_directory,
     url_for,
 )
+from flask import session as flask_session
 from flask_login import current_user, login_required, login_user, logout_user
 from flask_wtf.csrf import CSRFError
 from marshmallow import ValidationError
@@ -35,7 +37,7 @@ from werkzeug.wrappers import Response
 
 from service.api.review import parse_queue_args
 from service.db import db_session, transaction, utcnow
-from service.errors import ServiceError, http_exception_response
+from service.errors import ServiceError, error_response, http_exception_response
 from service.login import LoginUser
 from service.models import REASONS, ROLES, AuditEvent, Case, User
 from service.schemas.tasks import TaskPatchSchema
@@ -152,6 +154,25 @@ def _not_found(exc: HTTPException) -> Any:
     if request.path.startswith("/api/"):
         return http_exception_response(exc)
     return render_template("error.html", status=404, message="Nothing here."), 404
+
+
+@bp.errorhandler(ServiceError)
+def _service_error_page(exc: ServiceError) -> Any:
+    """A service refusal inside a page (an unknown task or case, a task outside the scope):
+    a browser navigating gets the error page; JSON stays for the page's own fetch() calls."""
+    wanted = request.accept_mimetypes.best_match(["application/json", "text/html"])
+    if wanted != "text/html":
+        return error_response(exc.status, exc.code, exc.message, exc.details)
+    message = "Nothing here." if exc.status == 404 else exc.message
+    return render_template("error.html", status=exc.status, message=message), exc.status
+
+
+@bp.get("/favicon.ico")
+def favicon() -> Response:
+    """Browsers ask for it on every page that names no icon (JSON pages, the API docs)."""
+    return send_from_directory(
+        str(bp.static_folder), "favicon.ico", mimetype="image/vnd.microsoft.icon", max_age=86_400
+    )
 
 
 @bp.app_context_processor
@@ -395,26 +416,138 @@ def admin_users() -> Any:
     return render_template("admin_users.html", users=users, roles=ROLES)
 
 
+def _scope_text(scope: list[str] | None) -> str:
+    return ", ".join(scope) if scope else "all tasks"
+
+
+@bp.get("/admin/users/<int:user_id>")
+@roles("admin")
+def admin_user(user_id: int) -> str:
+    """One account: role and tasks, a new password, deactivate or reactivate."""
+    user = accounts.find_user(db_session(), actor(), user_id=user_id)
+    return render_template("admin_user.html", user=user, roles=ROLES, me=current_user.user.id)
+
+
+def _manage_user(user_id: int, change: Callable[[Any, User, Actor], str]) -> Response:
+    """Run one account change through the service, commit once, say what happened."""
+    try:
+        with transaction() as session:
+            me = actor()
+            message = change(session, accounts.find_user(session, me, user_id=user_id), me)
+        flash(message, "ok")
+    except ServiceError as exc:
+        db_session.remove()
+        g.pop("_login_user", None)  # the signed-in user was on the removed session
+        flash(f"Nothing changed: {exc.message}.", "error")
+    return redirect(url_for("review_ui.admin_user", user_id=user_id), code=303)
+
+
+@bp.post("/admin/users/<int:user_id>/access")
+@roles("admin")
+def admin_user_access(user_id: int) -> Response:
+    def change(session: Any, user: User, me: Actor) -> str:
+        done = accounts.change_access(
+            session,
+            user,
+            me,
+            role=request.form.get("role") or None,
+            task_scope=_scope(request.form.get("task_scope", "")),
+        )
+        if not done.changed:
+            return f"No changes for {user.email}: nothing was saved."
+        said = []
+        if "role" in done.changed:
+            said.append("role {} → {}".format(*done.changed["role"]))
+        if "task_scope" in done.changed:
+            before, after = done.changed["task_scope"]
+            said.append(f"tasks {_scope_text(before)} → {_scope_text(after)}")
+        tail = (
+            f"; {done.tokens_revoked} of their tokens exceeded the new rights and were revoked"
+            if done.tokens_revoked
+            else ""
+        )
+        return f"{user.email}: {', '.join(said)}{tail}."
+
+    return _manage_user(user_id, change)
+
+
+@bp.post("/admin/users/<int:user_id>/deactivate")
+@roles("admin")
+def admin_user_deactivate(user_id: int) -> Response:
+    def change(session: Any, user: User, me: Actor) -> str:
+        accounts.deactivate_user(session, user, me)
+        return f"{user.email} deactivated: signed out everywhere, their tokens revoked."
+
+    return _manage_user(user_id, change)
+
+
+@bp.post("/admin/users/<int:user_id>/reactivate")
+@roles("admin")
+def admin_user_reactivate(user_id: int) -> Response:
+    def change(session: Any, user: User, me: Actor) -> str:
+        accounts.reactivate_user(session, user, me)
+        return f"{user.email} reactivated: they can sign in again (revoked tokens stay revoked)."
+
+    return _manage_user(user_id, change)
+
+
+@bp.post("/admin/users/<int:user_id>/password")
+@roles("admin")
+def admin_user_password(user_id: int) -> Response:
+    def change(session: Any, user: User, me: Actor) -> str:
+        accounts.reset_password(session, user, request.form.get("new_password", ""), me)
+        return (
+            f"New password set for {user.email}: their sessions ended and their tokens were "
+            "revoked. Give them the password in person or over a separate channel."
+        )
+
+    return _manage_user(user_id, change)
+
+
+#: The session key that carries a new token's secret from the POST to the page after the
+#: redirect, for one read (the cookie is signed, HttpOnly and SameSite; the next response
+#: drops the value again). Never in the URL, never stored server-side in clear.
+NEW_TOKEN_KEY = "tandem.new_token"
+
+
 @bp.route("/admin/tokens", methods=["GET", "POST"])
 @roles("admin")
 def admin_tokens() -> Any:
-    created = None
+    """Post/Redirect/Get: creating answers with a redirect, so a reload shows the list and
+    creates nothing; the secret is shown once, on the page the redirect lands on."""
     if request.method == "POST":
         try:
             with transaction() as session:
-                created = accounts.create_token(
+                new = accounts.create_token(
                     session,
                     role=request.form.get("role", ""),
                     name=(request.form.get("name") or "").strip() or "unnamed",
                     task_scope=_scope(request.form.get("task_scope", "")),
                     actor=actor(),
-                ).token
+                )
+                flask_session[NEW_TOKEN_KEY] = {"token": new.token, "name": new.record.name}
         except ServiceError as exc:
             db_session.remove()
             g.pop("_login_user", None)  # the signed-in user was on the removed session
             flash(exc.message, "error")
+        return redirect(url_for("review_ui.admin_tokens"), code=303)
+    created = flask_session.pop(NEW_TOKEN_KEY, None)
     tokens = accounts.visible_tokens(db_session(), actor())
     return render_template("admin_tokens.html", tokens=tokens, roles=ROLES, created=created)
+
+
+def _visible_token(token_id: int) -> Any:
+    row = next((t for t in accounts.visible_tokens(db_session(), actor()) if t.id == token_id), None)
+    if row is None:
+        abort(404)
+    return row
+
+
+@bp.get("/admin/tokens/<int:token_id>/revoke")
+@roles("admin")
+def admin_confirm_revoke_token(token_id: int) -> Any:
+    """The confirmation step: which token, and what revoking it does."""
+    return render_template("admin_token_revoke.html", token=_visible_token(token_id))
 
 
 @bp.post("/admin/tokens/<int:token_id>/revoke")
@@ -423,10 +556,10 @@ def admin_revoke_token(token_id: int) -> Response:
     try:
         with transaction() as session:
             row = accounts.revoke_token(session, token_id, actor())
-            flash(f"Token {row.name} revoked.", "ok")
+            flash(f"Token {row.name} ({row.prefix}…) revoked: it no longer works.", "ok")
     except ServiceError as exc:
         flash(exc.message, "error")
-    return redirect(url_for("review_ui.admin_tokens"))
+    return redirect(url_for("review_ui.admin_tokens"), code=303)
 
 
 # (name, HTML number step, label)
