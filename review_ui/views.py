@@ -439,7 +439,7 @@ def _manage_user(user_id: int, change: Callable[[Any, User, Actor], str]) -> Res
         db_session.remove()
         g.pop("_login_user", None)  # the signed-in user was on the removed session
         flash(f"Nothing changed: {exc.message}.", "error")
-    return redirect(url_for("review_ui.admin_user", user_id=user_id), code=303)
+    return redirect(url_for("review_ui.admin_user", user_id=user_id))
 
 
 @bp.post("/admin/users/<int:user_id>/access")
@@ -530,7 +530,7 @@ def admin_tokens() -> Any:
             db_session.remove()
             g.pop("_login_user", None)  # the signed-in user was on the removed session
             flash(exc.message, "error")
-        return redirect(url_for("review_ui.admin_tokens"), code=303)
+        return redirect(url_for("review_ui.admin_tokens"))
     created = flask_session.pop(NEW_TOKEN_KEY, None)
     tokens = accounts.visible_tokens(db_session(), actor())
     return render_template("admin_tokens.html", tokens=tokens, roles=ROLES, created=created)
@@ -559,7 +559,7 @@ def admin_revoke_token(token_id: int) -> Response:
             flash(f"Token {row.name} ({row.prefix}…) revoked: it no longer works.", "ok")
     except ServiceError as exc:
         flash(exc.message, "error")
-    return redirect(url_for("review_ui.admin_tokens"), code=303)
+    return redirect(url_for("review_ui.admin_tokens"))
 
 
 # (name, HTML number step, label)
@@ -588,41 +588,82 @@ def _form_number(value: str, *, whole: bool) -> Any:
         return value
 
 
+def _policy_form_changes(
+    stored: Any, form: Any
+) -> tuple[dict[str, dict[str, Any]], list[str], list[tuple[str, str, str]]]:
+    """What the policy form changes: the patch (only fields whose value differs from the
+    stored one), one sentence per change ("Audit rate 0.05 → 0.1"), and the fields that
+    were emptied (section, name, label) while they hold a value. A field the request does not
+    carry at all is left as it is."""
+    patch: dict[str, dict[str, Any]] = {"policy": {}, "review": {}}
+    changes: list[str] = []
+    emptied: list[tuple[str, str, str]] = []
+    for section, fields in (("policy", POLICY_FIELDS), ("review", REVIEW_FIELDS)):
+        current = getattr(stored, section) or {}
+        for name, step, label in fields:
+            if name not in form:
+                continue  # not sent at all (a client posting some fields): left as it is
+            value = form.get(name, "").strip()
+            if value == "":
+                if current.get(name) is not None:
+                    emptied.append((section, name, label))
+                continue
+            number = _form_number(value, whole=step == "1")
+            if isinstance(number, str) or number != current.get(name):
+                patch[section][name] = number
+                before = current.get(name)
+                changes.append(f"{label} {'not set' if before is None else before} → {value}")
+    # Browsers send textarea lines with CRLF: store what was typed, not a change nobody made.
+    instructions = form.get("instructions", "").replace("\r\n", "\n")
+    if "instructions" in form and instructions != (stored.review or {}).get("instructions", ""):
+        patch["review"]["instructions"] = instructions
+        changes.append("reviewer instructions updated")
+    return patch, changes, emptied
+
+
 @bp.route("/admin/tasks/<string:task>/policy", methods=["GET", "POST"])
 @roles("admin")
 def admin_policy(task: str) -> Any:
     errors: dict[str, Any] = {}
     if request.method == "POST":
-        form = request.form
-        patch: dict[str, Any] = {"policy": {}, "review": {}}
-        for section, fields in (("policy", POLICY_FIELDS), ("review", REVIEW_FIELDS)):
-            for name, step, _label in fields:
-                value = form.get(name, "").strip()
-                if value != "":
-                    patch[section][name] = _form_number(value, whole=step == "1")
-        # Browsers send textarea lines with CRLF: store what was typed, not a change nobody made.
-        patch["review"]["instructions"] = form.get("instructions", "").replace("\r\n", "\n")
-        try:
-            data = TaskPatchSchema().load(patch)
-            with transaction() as session:
-                row = task_service.get_task(session, task, actor())
-                was_automating = row.automation_state == "automating"
-                task_service.update_task(session, row, data, actor())
-                stopped = was_automating and row.automation_state != "automating"
-                reason = row.automation_reason
-            if stopped:
-                flash(f"Policy saved. Automation stopped: {reason}.", "error")
-            else:
-                flash("Policy saved.", "ok")
+        stored = task_service.get_task(db_session(), task, actor())
+        patch, changes, emptied = _policy_form_changes(stored, request.form)
+        if emptied:
+            # An emptied field is refused by name, never read as "keep the old value" while
+            # the page says it saved (issue #19).
+            for section, name, label in emptied:
+                current = getattr(stored, section).get(name)
+                errors.setdefault(section, {})[name] = [
+                    f"{label} was left empty: enter a value (it is {current} now)."
+                ]
+            names = ", ".join(label for _section, _name, label in emptied)
+            flash(f"Nothing was saved: {names} left empty. Every field needs a value.", "error")
+        elif not changes:
+            flash("No changes: nothing was saved.", "ok")
             return redirect(url_for("review_ui.admin_policy", task=task))
-        except ValidationError as exc:
-            errors = exc.normalized_messages()
-            flash("Some values are not valid; nothing was saved.", "error")
-        except ServiceError as exc:
-            db_session.remove()
-            g.pop("_login_user", None)  # the signed-in user was on the removed session
-            errors = exc.details
-            flash(exc.message, "error")
+        else:
+            try:
+                data = TaskPatchSchema().load({k: v for k, v in patch.items() if v})
+                with transaction() as session:
+                    row = task_service.get_task(session, task, actor())
+                    was_automating = row.automation_state == "automating"
+                    task_service.update_task(session, row, data, actor())
+                    stopped = was_automating and row.automation_state != "automating"
+                    reason = row.automation_reason
+                said = "Policy saved: " + "; ".join(changes) + "."
+                if stopped:
+                    flash(f"{said} Automation stopped: {reason}.", "error")
+                else:
+                    flash(said, "ok")
+                return redirect(url_for("review_ui.admin_policy", task=task))
+            except ValidationError as exc:
+                errors = exc.normalized_messages()
+                flash("Some values are not valid; nothing was saved.", "error")
+            except ServiceError as exc:
+                db_session.remove()
+                g.pop("_login_user", None)  # the signed-in user was on the removed session
+                errors = exc.details
+                flash(exc.message, "error")
     row = task_service.get_task(db_session(), task, actor())
     return render_template(
         "admin_policy.html",
