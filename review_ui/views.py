@@ -507,7 +507,7 @@ def admin_user_password(user_id: int) -> Response:
 #: The session key that carries a new token's secret from the POST to the page after the
 #: redirect, for one read (the cookie is signed, HttpOnly and SameSite; the next response
 #: drops the value again). Never in the URL, never stored server-side in clear.
-NEW_TOKEN_KEY = "tandem.new_token"
+NEW_TOKEN_KEY = "tandem.new_token"  # noqa: S105 (a session key, not a secret)
 
 
 @bp.route("/admin/tokens", methods=["GET", "POST"])
@@ -537,7 +537,8 @@ def admin_tokens() -> Any:
 
 
 def _visible_token(token_id: int) -> Any:
-    row = next((t for t in accounts.visible_tokens(db_session(), actor()) if t.id == token_id), None)
+    tokens = accounts.visible_tokens(db_session(), actor())
+    row = next((t for t in tokens if t.id == token_id), None)
     if row is None:
         abort(404)
     return row

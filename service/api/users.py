@@ -37,7 +37,9 @@ def list_users() -> dict[str, Any]:
 @blp.doc(**roles_doc())
 @blp.response(200, UserViewSchema)
 @blp.alt_response(404, schema=ApiErrorSchema)
-@blp.alt_response(409, schema=ApiErrorSchema, description="Yourself, or the last active admin of every task")
+@blp.alt_response(
+    409, schema=ApiErrorSchema, description="Yourself, or the last active admin of every task"
+)
 @require_roles()
 def deactivate(user_id: int) -> User:
     """Stop the person signing in; their sessions and tokens end at once."""

@@ -28,7 +28,11 @@ TOKEN_PREFIX = "tdm_"  # noqa: S105 (a public marker, not a secret)
 #: (docs/operations.md, "Sign-in cost"). Hashes made with other parameters still verify and
 #: are rehashed with these at the next successful sign-in.
 ARGON2_PARAMETERS = {"time_cost": 1, "memory_cost": 47_104, "parallelism": 1}
-_hasher = PasswordHasher(**ARGON2_PARAMETERS)
+_hasher = PasswordHasher(
+    time_cost=ARGON2_PARAMETERS["time_cost"],
+    memory_cost=ARGON2_PARAMETERS["memory_cost"],
+    parallelism=ARGON2_PARAMETERS["parallelism"],
+)
 # Per-process cache of verified tokens. Bounded staleness (a revoked token works for at most
 # this many seconds on a process that saw it recently) buys a database read per request.
 TOKEN_CACHE_SECONDS = 5.0

@@ -81,9 +81,7 @@ def test_an_admin_changes_role_and_scope_with_before_and_after(
     client = flask_app.test_client()
     ann = people["ids"]["ann@example.com"]
     assert client.get("/api/v1/tasks", headers=auth(people["ann"])).status_code == 200
-    resp = _patch(
-        client, ann, {"role": "analyst", "task_scope": ["loan-review"]}, people["boss"]
-    )
+    resp = _patch(client, ann, {"role": "analyst", "task_scope": ["loan-review"]}, people["boss"])
     assert resp.status_code == 200, resp.json
     assert resp.json["role"] == "analyst" and resp.json["task_scope"] == ["loan-review"]
     role = _events(db, "user.role_changed")
