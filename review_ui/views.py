@@ -24,8 +24,10 @@ from flask import (
     redirect,
     render_template,
     request,
+    send_from_directory,
     url_for,
 )
+from flask import session as flask_session
 from flask_login import current_user, login_required, login_user, logout_user
 from flask_wtf.csrf import CSRFError
 from marshmallow import ValidationError
@@ -35,7 +37,7 @@ from werkzeug.wrappers import Response
 
 from service.api.review import parse_queue_args
 from service.db import db_session, transaction, utcnow
-from service.errors import ServiceError, http_exception_response
+from service.errors import ServiceError, error_response, http_exception_response
 from service.login import LoginUser
 from service.models import REASONS, ROLES, AuditEvent, Case, User
 from service.schemas.tasks import TaskPatchSchema
@@ -152,6 +154,25 @@ def _not_found(exc: HTTPException) -> Any:
     if request.path.startswith("/api/"):
         return http_exception_response(exc)
     return render_template("error.html", status=404, message="Nothing here."), 404
+
+
+@bp.errorhandler(ServiceError)
+def _service_error_page(exc: ServiceError) -> Any:
+    """A service refusal inside a page (an unknown task or case, a task outside the scope):
+    a browser navigating gets the error page; JSON stays for the page's own fetch() calls."""
+    wanted = request.accept_mimetypes.best_match(["application/json", "text/html"])
+    if wanted != "text/html":
+        return error_response(exc.status, exc.code, exc.message, exc.details)
+    message = "Nothing here." if exc.status == 404 else exc.message
+    return render_template("error.html", status=exc.status, message=message), exc.status
+
+
+@bp.get("/favicon.ico")
+def favicon() -> Response:
+    """Browsers ask for it on every page that names no icon (JSON pages, the API docs)."""
+    return send_from_directory(
+        str(bp.static_folder), "favicon.ico", mimetype="image/vnd.microsoft.icon", max_age=86_400
+    )
 
 
 @bp.app_context_processor
@@ -395,26 +416,139 @@ def admin_users() -> Any:
     return render_template("admin_users.html", users=users, roles=ROLES)
 
 
+def _scope_text(scope: list[str] | None) -> str:
+    return ", ".join(scope) if scope else "all tasks"
+
+
+@bp.get("/admin/users/<int:user_id>")
+@roles("admin")
+def admin_user(user_id: int) -> str:
+    """One account: role and tasks, a new password, deactivate or reactivate."""
+    user = accounts.find_user(db_session(), actor(), user_id=user_id)
+    return render_template("admin_user.html", user=user, roles=ROLES, me=current_user.user.id)
+
+
+def _manage_user(user_id: int, change: Callable[[Any, User, Actor], str]) -> Response:
+    """Run one account change through the service, commit once, say what happened."""
+    try:
+        with transaction() as session:
+            me = actor()
+            message = change(session, accounts.find_user(session, me, user_id=user_id), me)
+        flash(message, "ok")
+    except ServiceError as exc:
+        db_session.remove()
+        g.pop("_login_user", None)  # the signed-in user was on the removed session
+        flash(f"Nothing changed: {exc.message}.", "error")
+    return redirect(url_for("review_ui.admin_user", user_id=user_id))
+
+
+@bp.post("/admin/users/<int:user_id>/access")
+@roles("admin")
+def admin_user_access(user_id: int) -> Response:
+    def change(session: Any, user: User, me: Actor) -> str:
+        done = accounts.change_access(
+            session,
+            user,
+            me,
+            role=request.form.get("role") or None,
+            task_scope=_scope(request.form.get("task_scope", "")),
+        )
+        if not done.changed:
+            return f"No changes for {user.email}: nothing was saved."
+        said = []
+        if "role" in done.changed:
+            said.append("role {} → {}".format(*done.changed["role"]))
+        if "task_scope" in done.changed:
+            before, after = done.changed["task_scope"]
+            said.append(f"tasks {_scope_text(before)} → {_scope_text(after)}")
+        tail = (
+            f"; {done.tokens_revoked} of their tokens exceeded the new rights and were revoked"
+            if done.tokens_revoked
+            else ""
+        )
+        return f"{user.email}: {', '.join(said)}{tail}."
+
+    return _manage_user(user_id, change)
+
+
+@bp.post("/admin/users/<int:user_id>/deactivate")
+@roles("admin")
+def admin_user_deactivate(user_id: int) -> Response:
+    def change(session: Any, user: User, me: Actor) -> str:
+        accounts.deactivate_user(session, user, me)
+        return f"{user.email} deactivated: signed out everywhere, their tokens revoked."
+
+    return _manage_user(user_id, change)
+
+
+@bp.post("/admin/users/<int:user_id>/reactivate")
+@roles("admin")
+def admin_user_reactivate(user_id: int) -> Response:
+    def change(session: Any, user: User, me: Actor) -> str:
+        accounts.reactivate_user(session, user, me)
+        return f"{user.email} reactivated: they can sign in again (revoked tokens stay revoked)."
+
+    return _manage_user(user_id, change)
+
+
+@bp.post("/admin/users/<int:user_id>/password")
+@roles("admin")
+def admin_user_password(user_id: int) -> Response:
+    def change(session: Any, user: User, me: Actor) -> str:
+        accounts.reset_password(session, user, request.form.get("new_password", ""), me)
+        return (
+            f"New password set for {user.email}: their sessions ended and their tokens were "
+            "revoked. Give them the password in person or over a separate channel."
+        )
+
+    return _manage_user(user_id, change)
+
+
+#: The session key that carries a new token's secret from the POST to the page after the
+#: redirect, for one read (the cookie is signed, HttpOnly and SameSite; the next response
+#: drops the value again). Never in the URL, never stored server-side in clear.
+NEW_TOKEN_KEY = "tandem.new_token"  # noqa: S105 (a session key, not a secret)
+
+
 @bp.route("/admin/tokens", methods=["GET", "POST"])
 @roles("admin")
 def admin_tokens() -> Any:
-    created = None
+    """Post/Redirect/Get: creating answers with a redirect, so a reload shows the list and
+    creates nothing; the secret is shown once, on the page the redirect lands on."""
     if request.method == "POST":
         try:
             with transaction() as session:
-                created = accounts.create_token(
+                new = accounts.create_token(
                     session,
                     role=request.form.get("role", ""),
                     name=(request.form.get("name") or "").strip() or "unnamed",
                     task_scope=_scope(request.form.get("task_scope", "")),
                     actor=actor(),
-                ).token
+                )
+                flask_session[NEW_TOKEN_KEY] = {"token": new.token, "name": new.record.name}
         except ServiceError as exc:
             db_session.remove()
             g.pop("_login_user", None)  # the signed-in user was on the removed session
             flash(exc.message, "error")
+        return redirect(url_for("review_ui.admin_tokens"))
+    created = flask_session.pop(NEW_TOKEN_KEY, None)
     tokens = accounts.visible_tokens(db_session(), actor())
     return render_template("admin_tokens.html", tokens=tokens, roles=ROLES, created=created)
+
+
+def _visible_token(token_id: int) -> Any:
+    tokens = accounts.visible_tokens(db_session(), actor())
+    row = next((t for t in tokens if t.id == token_id), None)
+    if row is None:
+        abort(404)
+    return row
+
+
+@bp.get("/admin/tokens/<int:token_id>/revoke")
+@roles("admin")
+def admin_confirm_revoke_token(token_id: int) -> Any:
+    """The confirmation step: which token, and what revoking it does."""
+    return render_template("admin_token_revoke.html", token=_visible_token(token_id))
 
 
 @bp.post("/admin/tokens/<int:token_id>/revoke")
@@ -423,7 +557,7 @@ def admin_revoke_token(token_id: int) -> Response:
     try:
         with transaction() as session:
             row = accounts.revoke_token(session, token_id, actor())
-            flash(f"Token {row.name} revoked.", "ok")
+            flash(f"Token {row.name} ({row.prefix}…) revoked: it no longer works.", "ok")
     except ServiceError as exc:
         flash(exc.message, "error")
     return redirect(url_for("review_ui.admin_tokens"))
@@ -455,41 +589,82 @@ def _form_number(value: str, *, whole: bool) -> Any:
         return value
 
 
+def _policy_form_changes(
+    stored: Any, form: Any
+) -> tuple[dict[str, dict[str, Any]], list[str], list[tuple[str, str, str]]]:
+    """What the policy form changes: the patch (only fields whose value differs from the
+    stored one), one sentence per change ("Audit rate 0.05 → 0.1"), and the fields that
+    were emptied (section, name, label) while they hold a value. A field the request does not
+    carry at all is left as it is."""
+    patch: dict[str, dict[str, Any]] = {"policy": {}, "review": {}}
+    changes: list[str] = []
+    emptied: list[tuple[str, str, str]] = []
+    for section, fields in (("policy", POLICY_FIELDS), ("review", REVIEW_FIELDS)):
+        current = getattr(stored, section) or {}
+        for name, step, label in fields:
+            if name not in form:
+                continue  # not sent at all (a client posting some fields): left as it is
+            value = form.get(name, "").strip()
+            if value == "":
+                if current.get(name) is not None:
+                    emptied.append((section, name, label))
+                continue
+            number = _form_number(value, whole=step == "1")
+            if isinstance(number, str) or number != current.get(name):
+                patch[section][name] = number
+                before = current.get(name)
+                changes.append(f"{label} {'not set' if before is None else before} → {value}")
+    # Browsers send textarea lines with CRLF: store what was typed, not a change nobody made.
+    instructions = form.get("instructions", "").replace("\r\n", "\n")
+    if "instructions" in form and instructions != (stored.review or {}).get("instructions", ""):
+        patch["review"]["instructions"] = instructions
+        changes.append("reviewer instructions updated")
+    return patch, changes, emptied
+
+
 @bp.route("/admin/tasks/<string:task>/policy", methods=["GET", "POST"])
 @roles("admin")
 def admin_policy(task: str) -> Any:
     errors: dict[str, Any] = {}
     if request.method == "POST":
-        form = request.form
-        patch: dict[str, Any] = {"policy": {}, "review": {}}
-        for section, fields in (("policy", POLICY_FIELDS), ("review", REVIEW_FIELDS)):
-            for name, step, _label in fields:
-                value = form.get(name, "").strip()
-                if value != "":
-                    patch[section][name] = _form_number(value, whole=step == "1")
-        # Browsers send textarea lines with CRLF: store what was typed, not a change nobody made.
-        patch["review"]["instructions"] = form.get("instructions", "").replace("\r\n", "\n")
-        try:
-            data = TaskPatchSchema().load(patch)
-            with transaction() as session:
-                row = task_service.get_task(session, task, actor())
-                was_automating = row.automation_state == "automating"
-                task_service.update_task(session, row, data, actor())
-                stopped = was_automating and row.automation_state != "automating"
-                reason = row.automation_reason
-            if stopped:
-                flash(f"Policy saved. Automation stopped: {reason}.", "error")
-            else:
-                flash("Policy saved.", "ok")
+        stored = task_service.get_task(db_session(), task, actor())
+        patch, changes, emptied = _policy_form_changes(stored, request.form)
+        if emptied:
+            # An emptied field is refused by name, never read as "keep the old value" while
+            # the page says it saved (issue #19).
+            for section, name, label in emptied:
+                current = getattr(stored, section).get(name)
+                errors.setdefault(section, {})[name] = [
+                    f"{label} was left empty: enter a value (it is {current} now)."
+                ]
+            names = ", ".join(label for _section, _name, label in emptied)
+            flash(f"Nothing was saved: {names} left empty. Every field needs a value.", "error")
+        elif not changes:
+            flash("No changes: nothing was saved.", "ok")
             return redirect(url_for("review_ui.admin_policy", task=task))
-        except ValidationError as exc:
-            errors = exc.normalized_messages()
-            flash("Some values are not valid; nothing was saved.", "error")
-        except ServiceError as exc:
-            db_session.remove()
-            g.pop("_login_user", None)  # the signed-in user was on the removed session
-            errors = exc.details
-            flash(exc.message, "error")
+        else:
+            try:
+                data = TaskPatchSchema().load({k: v for k, v in patch.items() if v})
+                with transaction() as session:
+                    row = task_service.get_task(session, task, actor())
+                    was_automating = row.automation_state == "automating"
+                    task_service.update_task(session, row, data, actor())
+                    stopped = was_automating and row.automation_state != "automating"
+                    reason = row.automation_reason
+                said = "Policy saved: " + "; ".join(changes) + "."
+                if stopped:
+                    flash(f"{said} Automation stopped: {reason}.", "error")
+                else:
+                    flash(said, "ok")
+                return redirect(url_for("review_ui.admin_policy", task=task))
+            except ValidationError as exc:
+                errors = exc.normalized_messages()
+                flash("Some values are not valid; nothing was saved.", "error")
+            except ServiceError as exc:
+                db_session.remove()
+                g.pop("_login_user", None)  # the signed-in user was on the removed session
+                errors = exc.details
+                flash(exc.message, "error")
     row = task_service.get_task(db_session(), task, actor())
     return render_template(
         "admin_policy.html",

@@ -1,4 +1,5 @@
-"""Admins manage people's accounts: list, deactivate, reactivate, reset a password."""
+"""Admins manage people's accounts: list, change role and tasks, deactivate, reactivate,
+reset a password (the admin pages call the same services: review_ui/views.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ from service.api.common import json_body, unit_of_work
 from service.api.tasks import load
 from service.models import User
 from service.schemas.common import ApiErrorSchema
-from service.schemas.users import PasswordResetSchema, UserListSchema, UserViewSchema
+from service.schemas.users import (
+    PasswordResetSchema,
+    UserListSchema,
+    UserPatchSchema,
+    UserViewSchema,
+)
 from service.services import accounts
 
 blp = Blueprint("users", __name__, url_prefix="/api/v1", description="People's accounts")
@@ -31,7 +37,9 @@ def list_users() -> dict[str, Any]:
 @blp.doc(**roles_doc())
 @blp.response(200, UserViewSchema)
 @blp.alt_response(404, schema=ApiErrorSchema)
-@blp.alt_response(409, schema=ApiErrorSchema, description="You cannot deactivate yourself")
+@blp.alt_response(
+    409, schema=ApiErrorSchema, description="Yourself, or the last active admin of every task"
+)
 @require_roles()
 def deactivate(user_id: int) -> User:
     """Stop the person signing in; their sessions and tokens end at once."""
@@ -75,3 +83,32 @@ def reset_password(user_id: int) -> User:
         user = accounts.find_user(session, actor, user_id=user_id)
         data = load(PasswordResetSchema(), json_body())
         return accounts.reset_password(session, user, data["password"], actor)
+
+
+@blp.route("/users/<int:user_id>", methods=["PATCH"])
+@blp.doc(
+    **roles_doc(),
+    requestBody={
+        "required": True,
+        "content": {"application/json": {"schema": UserPatchSchema}},
+    },
+)
+@blp.response(200, UserViewSchema)
+@blp.alt_response(403, schema=ApiErrorSchema, description="More than you hold yourself")
+@blp.alt_response(404, schema=ApiErrorSchema, description="No such user, or an unknown task")
+@blp.alt_response(
+    409, schema=ApiErrorSchema, description="It would leave no active admin of every task"
+)
+@blp.alt_response(422, schema=ApiErrorSchema)
+@require_roles()
+def change_access(user_id: int) -> User:
+    """A new role and/or task scope (null: every task). Sessions get it at their next request;
+    tokens bound to the person that would exceed the new rights are revoked."""
+    with unit_of_work() as session:
+        actor = current_actor()
+        user = accounts.find_user(session, actor, user_id=user_id)
+        data = load(UserPatchSchema(), json_body())
+        kwargs: dict[str, Any] = {"role": data.get("role")}
+        if "task_scope" in data:
+            kwargs["task_scope"] = data["task_scope"]
+        return accounts.change_access(session, user, actor, **kwargs).user

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from service.models import ROLES
 
@@ -24,3 +26,19 @@ class UserListSchema(Schema):
 
 class PasswordResetSchema(Schema):
     password = fields.String(required=True, validate=validate.Length(min=8, max=1000))
+
+
+class UserPatchSchema(Schema):
+    """A new role and/or task scope; ``task_scope`` null means every task. At least one."""
+
+    role = fields.String(validate=validate.OneOf(ROLES))
+    task_scope = fields.List(
+        fields.String(validate=validate.Length(min=1, max=200)),
+        allow_none=True,
+        validate=validate.Length(max=1000),
+    )
+
+    @validates_schema
+    def _something(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        if not data:
+            raise ValidationError("Name a role, a task_scope or both.", "_schema")

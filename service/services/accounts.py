@@ -8,6 +8,7 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -21,7 +22,17 @@ from service.services import audit
 from service.services.audit import Actor
 
 TOKEN_PREFIX = "tdm_"  # noqa: S105 (a public marker, not a secret)
-_hasher = PasswordHasher()
+#: Password hashing: argon2id with OWASP's first recommended setting (46 MiB, one pass, one
+#: lane). argon2-cffi's default (64 MiB, 3 passes, 4 lanes) took 0.3–0.4 s per sign-in on a
+#: loaded 2-core machine, most of the login's time; this one takes about 0.1 s
+#: (docs/operations.md, "Sign-in cost"). Hashes made with other parameters still verify and
+#: are rehashed with these at the next successful sign-in.
+ARGON2_PARAMETERS = {"time_cost": 1, "memory_cost": 47_104, "parallelism": 1}
+_hasher = PasswordHasher(
+    time_cost=ARGON2_PARAMETERS["time_cost"],
+    memory_cost=ARGON2_PARAMETERS["memory_cost"],
+    parallelism=ARGON2_PARAMETERS["parallelism"],
+)
 # Per-process cache of verified tokens. Bounded staleness (a revoked token works for at most
 # this many seconds on a process that saw it recently) buys a database read per request.
 TOKEN_CACHE_SECONDS = 5.0
@@ -179,7 +190,7 @@ def authenticate_token(session: Session, token: str) -> Actor | None:
     )
     if row.user_id is not None:
         user = session.get(User, row.user_id)
-        if user is None or not user.active:
+        if user is None or not user.active or not _token_within_user(row, user):
             return None
         scope = row.task_scope or user.task_scope
         actor = Actor(
@@ -204,6 +215,16 @@ def authenticate_token(session: Session, token: str) -> Actor | None:
 def _role_within(requested: str, user_role: str) -> bool:
     """A token acting for a person never has rights that person lacks."""
     return user_role == "admin" or requested == user_role
+
+
+def _token_within_user(token: ApiToken, user: User) -> bool:
+    """Whether a token bound to ``user`` still has no rights the person lacks (their role or
+    tasks may have changed since it was made)."""
+    if not _role_within(token.role, user.role):
+        return False
+    if user.task_scope is None or not token.task_scope:
+        return True
+    return set(token.task_scope) <= set(user.task_scope)
 
 
 def hash_password(password: str) -> str:
@@ -233,7 +254,13 @@ def authenticate_password(session: Session, email: str, password: str) -> User |
         with contextlib.suppress(VerificationError, InvalidHashError):
             _hasher.verify(_DUMMY_HASH[0], password)
         return None
-    return user if check_password(user, password) else None
+    if not check_password(user, password):
+        return None
+    if _hasher.check_needs_rehash(user.password_hash):
+        # Made with older parameters: store the password under the current ones (it is
+        # known only now, while the person signs in).
+        user.password_hash = hash_password(password)
+    return user
 
 
 def create_user(
@@ -323,22 +350,130 @@ def log_out_everywhere(session: Session, user: User) -> None:
     audit.record(session, "user.logout", user_actor(user), details={"user_id": user.id})
 
 
+def _is_full_admin(role: str, task_scope: Sequence[str] | None, active: bool) -> bool:
+    return bool(active) and role == "admin" and not task_scope
+
+
+def _keep_an_admin(session: Session, user: User, *, role: str, scope: Any, active: bool) -> None:
+    """Refuse a change that would leave nobody able to administer every task: the last
+    active, unscoped admin can be neither deactivated, demoted nor limited to some tasks
+    (from any entry point: page, API or command line)."""
+    if not _is_full_admin(user.role, user.task_scope, user.active):
+        return
+    if _is_full_admin(role, scope, active):
+        return
+    others = session.scalars(
+        select(User).where(User.role == "admin", User.active.is_(True), User.id != user.id)
+    ).all()
+    if not any(_is_full_admin(o.role, o.task_scope, o.active) for o in others):
+        raise Conflict(
+            f"{user.email} is the last active admin of every task: make another admin first",
+            {"user": [user.email]},
+        )
+
+
 def deactivate_user(session: Session, user: User, actor: Actor) -> User:
     """The person can no longer sign in; their sessions and tokens stop working now."""
     check_grant(actor, user.role, user.task_scope)
     if user.id == actor.id and actor.kind == "user":
         raise Conflict("you cannot deactivate yourself", {"email": [user.email]})
+    _keep_an_admin(session, user, role=user.role, scope=user.task_scope, active=False)
+    was_active = bool(user.active)
     user.active = False
-    _cut_off(session, user, actor, "user.deactivated")
+    _cut_off(
+        session, user, actor, "user.deactivated",
+        before={"active": was_active}, after={"active": False},
+    )  # fmt: skip
     return user
 
 
 def reactivate_user(session: Session, user: User, actor: Actor) -> User:
     """Signing in works again (with the same password); revoked tokens stay revoked."""
     check_grant(actor, user.role, user.task_scope)
+    was_active = bool(user.active)
     user.active = True
-    audit.record(session, "user.reactivated", actor, details={"user_id": user.id})
+    audit.record(
+        session,
+        "user.reactivated",
+        actor,
+        details={"user_id": user.id, "before": {"active": was_active}, "after": {"active": True}},
+    )
     return user
+
+
+#: ``change_access(task_scope=...)`` left out: the scope stays as it is.
+UNCHANGED: Any = object()
+
+
+@dataclass
+class AccessChange:
+    user: User
+    changed: dict[str, tuple[Any, Any]]  # attribute -> (before, after)
+    tokens_revoked: int
+
+
+def change_access(
+    session: Session,
+    user: User,
+    actor: Actor,
+    *,
+    role: str | None = None,
+    task_scope: Any = UNCHANGED,
+) -> AccessChange:
+    """A new role and/or task scope (None: every task). Open sessions get the new rights at
+    their next request (login.py reloads the user); tokens bound to the person that would now
+    have more rights than they hold are revoked. One audit event per attribute that changed
+    (``user.role_changed``, ``user.scope_changed``), each with before and after."""
+    new_role = user.role if role is None else role
+    new_scope = user.task_scope if task_scope is UNCHANGED else (list(task_scope or []) or None)
+    _check_role(new_role)
+    check_grant(actor, user.role, user.task_scope)  # the account as it is now
+    check_grant(actor, new_role, new_scope)  # and as it would be
+    if new_scope is not None:
+        new_scope = list(dict.fromkeys(new_scope))
+        _check_scope(session, new_scope)
+    _keep_an_admin(session, user, role=new_role, scope=new_scope, active=bool(user.active))
+    changed: dict[str, tuple[Any, Any]] = {}
+    if new_role != user.role:
+        changed["role"] = (user.role, new_role)
+    if (sorted(new_scope) if new_scope else None) != (
+        sorted(user.task_scope) if user.task_scope else None
+    ):
+        changed["task_scope"] = (user.task_scope, new_scope)
+    if not changed:
+        return AccessChange(user=user, changed={}, tokens_revoked=0)
+    user.role = new_role
+    user.task_scope = new_scope
+    revoked = _revoke_tokens_beyond(session, user)
+    for attribute, action in (("role", "user.role_changed"), ("task_scope", "user.scope_changed")):
+        if attribute in changed:
+            before, after = changed[attribute]
+            audit.record(
+                session,
+                action,
+                actor,
+                details={
+                    "user_id": user.id,
+                    "before": {attribute: before},
+                    "after": {attribute: after},
+                    "tokens_revoked": revoked,
+                },
+            )
+    return AccessChange(user=user, changed=changed, tokens_revoked=revoked)
+
+
+def _revoke_tokens_beyond(session: Session, user: User) -> int:
+    """Revoke the person's live tokens that now have rights the person lacks."""
+    rows = session.scalars(
+        select(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
+    ).all()
+    now = utcnow()
+    beyond = [row for row in rows if not _token_within_user(row, user)]
+    for row in beyond:
+        row.revoked_at = now
+    if beyond:
+        _token_cache.clear()
+    return len(beyond)
 
 
 def reset_password(session: Session, user: User, password: str, actor: Actor) -> User:
@@ -352,8 +487,19 @@ def reset_password(session: Session, user: User, password: str, actor: Actor) ->
     return user
 
 
-def _cut_off(session: Session, user: User, actor: Actor, action: str) -> None:
+def _cut_off(
+    session: Session,
+    user: User,
+    actor: Actor,
+    action: str,
+    *,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> None:
     """End every session and every bound token of the user, and record why."""
     end_sessions(user)
     revoked = _revoke_user_tokens(session, user)
-    audit.record(session, action, actor, details={"user_id": user.id, "tokens_revoked": revoked})
+    details: dict[str, Any] = {"user_id": user.id, "tokens_revoked": revoked}
+    if before is not None:
+        details.update(before=before, after=after)
+    audit.record(session, action, actor, details=details)

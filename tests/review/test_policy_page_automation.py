@@ -18,7 +18,7 @@ def test_the_policy_page_says_when_a_save_stops_automation(browser_user, task, d
     looser = client.post(url, data={"target_error": "0.05", "csrf_token": token})
     assert looser.status_code == 302
     page = client.get(url).get_data(as_text=True)
-    assert "Policy saved." in page and "Automation stopped" not in page
+    assert "Policy saved: Target error" in page and "Automation stopped" not in page
     tighter = client.post(url, data={"target_error": "0.01", "csrf_token": token})
     assert tighter.status_code == 302
     page = client.get(url).get_data(as_text=True)

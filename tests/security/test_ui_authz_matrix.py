@@ -25,9 +25,15 @@ ALLOWED: dict[str, set[str]] = {
     "review_ui.admin_users": set(),
     "review_ui.admin_tokens": set(),
     "review_ui.admin_revoke_token": set(),
+    "review_ui.admin_confirm_revoke_token": set(),
+    "review_ui.admin_user": set(),
+    "review_ui.admin_user_access": set(),
+    "review_ui.admin_user_deactivate": set(),
+    "review_ui.admin_user_reactivate": set(),
+    "review_ui.admin_user_password": set(),
     "review_ui.admin_policy": set(),
 }
-PUBLIC = {"review_ui.login", "review_ui.static"}
+PUBLIC = {"review_ui.login", "review_ui.static", "review_ui.favicon"}
 TASK_PAGES = {
     "review_ui.review_page",
     "review_ui.review_progress",
@@ -53,6 +59,7 @@ def fill(rule: str, case_id: str) -> str:
         rule.replace("<string:task>", "loan-review")
         .replace("<string:case_id>", case_id)
         .replace("<int:token_id>", "999999")
+        .replace("<int:user_id>", "999999")
     )
 
 
@@ -181,7 +188,7 @@ def test_a_scoped_admin_grants_nothing_beyond_its_scope(
     assert (count(ApiToken), count(User)) == (tokens_before, users_before)
     # Within its scope it works.
     ok = c.post("/admin/tokens", data={"name": "mine", "role": "app", "task_scope": "other-task"})
-    assert ok.status_code == 200 and count(ApiToken) == tokens_before + 1
+    assert ok.status_code == 302 and count(ApiToken) == tokens_before + 1  # then GET (PRG)
     made = c.post(
         "/admin/users",
         data={"email": "c@x.example", "password": PASSWORD, "role": "reviewer",

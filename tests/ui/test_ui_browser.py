@@ -184,7 +184,7 @@ def test_screenshots_of_every_page(page_for, live_server):
     page.fill("#audit_rate", "0.1")
     with page.expect_navigation():
         page.click("text=Save policy")
-    assert "Policy saved." in page.content()
+    assert "Policy saved: Audit rate 0.05 → 0.1." in page.content()
     page.click("text=Sign out")
     page.wait_for_url(live_server + "/login")
     shot(page, "login")

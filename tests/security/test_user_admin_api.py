@@ -1,0 +1,233 @@
+"""Admins change people's role and task scope through the API (issue #19, point 10), within
+the rules the admin pages follow too: nobody grants more than they hold, the last active
+admin of every task stays one, a token bound to a person never keeps rights the person lost,
+every change is an audit event with before and after. Passwords are hashed with the
+parameters docs/operations.md names, and older hashes are rehashed at sign-in."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from service.models import AuditEvent, User
+from service.services.audit import SYSTEM
+from tests.helpers import auth, make_token
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def people(flask_app: Any, db: Any, redis_conn: Any, task: Any) -> Iterator[dict[str, Any]]:
+    from service.db import transaction
+    from service.services.accounts import create_token, create_user
+    from tests.helpers import SIMPLE_TASK
+
+    with transaction() as session:
+        ids = {}
+        for email, role, scope in (
+            ("ann@example.com", "reviewer", None),
+            ("boss@example.com", "admin", None),
+            ("local@example.com", "admin", ["loan-review"]),
+        ):
+            ids[email] = create_user(
+                session, email=email, password=PASSWORD, role=role, task_scope=scope,
+                actor=SYSTEM,
+            ).id  # fmt: skip
+        ann_token = create_token(
+            session, role="reviewer", name="ann-tool", task_scope=None, actor=SYSTEM,
+            user_email="ann@example.com",
+        ).token  # fmt: skip
+        boss_token = create_token(
+            session, role="admin", name="boss-tool", task_scope=None, actor=SYSTEM,
+            user_email="boss@example.com",
+        ).token  # fmt: skip
+        local_token = create_token(
+            session, role="admin", name="local-tool", task_scope=["loan-review"], actor=SYSTEM,
+            user_email="local@example.com",
+        ).token  # fmt: skip
+    from service.schemas.tasks import TaskCreateSchema
+    from service.services.tasks import create_task
+
+    with transaction() as session:
+        create_task(session, TaskCreateSchema().load(dict(SIMPLE_TASK, name="claims")), SYSTEM)
+    yield {
+        "ids": ids,
+        "ann": ann_token,
+        "boss": boss_token,
+        "local": local_token,
+        "system_admin": make_token("admin"),
+    }
+
+
+def _patch(client: Any, user_id: int, body: Any, token: str) -> Any:
+    return client.patch(f"/api/v1/users/{user_id}", json=body, headers=auth(token))
+
+
+def _events(db: Any, action: str) -> list[dict[str, Any]]:
+    db.expire_all()
+    return list(
+        db.scalars(
+            select(AuditEvent.details).where(AuditEvent.action == action).order_by(AuditEvent.id)
+        )
+    )
+
+
+def test_an_admin_changes_role_and_scope_with_before_and_after(
+    flask_app: Any, people: Any, db: Any
+) -> None:
+    client = flask_app.test_client()
+    ann = people["ids"]["ann@example.com"]
+    assert client.get("/api/v1/tasks", headers=auth(people["ann"])).status_code == 200
+    resp = _patch(client, ann, {"role": "analyst", "task_scope": ["loan-review"]}, people["boss"])
+    assert resp.status_code == 200, resp.json
+    assert resp.json["role"] == "analyst" and resp.json["task_scope"] == ["loan-review"]
+    role = _events(db, "user.role_changed")
+    scope = _events(db, "user.scope_changed")
+    assert role == [
+        {"user_id": ann, "before": {"role": "reviewer"}, "after": {"role": "analyst"},
+         "tokens_revoked": 1},
+    ]  # fmt: skip
+    assert scope[0]["before"] == {"task_scope": None}
+    assert scope[0]["after"] == {"task_scope": ["loan-review"]}
+    # Her reviewer token would now have a role she lacks: revoked with the change.
+    assert client.get("/api/v1/tasks", headers=auth(people["ann"])).status_code == 401
+    # The same values again change nothing and record nothing.
+    again = _patch(client, ann, {"role": "analyst", "task_scope": ["loan-review"]}, people["boss"])
+    assert again.status_code == 200
+    assert len(_events(db, "user.role_changed")) == 1
+    assert len(_events(db, "user.scope_changed")) == 1
+    # null: every task again.
+    every = _patch(client, ann, {"task_scope": None}, people["boss"])
+    assert every.status_code == 200 and every.json["task_scope"] is None
+    assert every.json["role"] == "analyst"
+
+
+def test_bad_changes_are_refused_by_name_and_change_nothing(
+    flask_app: Any, people: Any, db: Any
+) -> None:
+    client = flask_app.test_client()
+    ann = people["ids"]["ann@example.com"]
+    boss = people["ids"]["boss@example.com"]
+    cases = [
+        ({}, 422, "_schema"),
+        ({"role": "owner"}, 422, "role"),
+        ({"task_scope": "loan-review"}, 422, "task_scope"),
+        ({"nickname": "x"}, 422, "nickname"),
+        ({"task_scope": ["nope"]}, 404, "task"),
+    ]
+    for body, status, field in cases:
+        resp = _patch(client, ann, body, people["boss"])
+        assert resp.status_code == status, (body, resp.json)
+        assert field in resp.json["error"]["details"], (body, resp.json)
+    # A scoped admin cannot make anyone unscoped or reach tasks beyond its own.
+    widen = _patch(client, people["ids"]["local@example.com"], {"task_scope": None},
+                   people["local"])  # fmt: skip
+    assert widen.status_code == 403
+    assert _patch(client, boss, {"role": "reviewer"}, people["local"]).status_code == 404
+    assert client.patch("/api/v1/users/999999", json={"role": "analyst"},
+                        headers=auth(people["boss"])).status_code == 404  # fmt: skip
+    # Non-admins may not.
+    assert _patch(client, ann, {"role": "admin"}, people["ann"]).status_code == 403
+    db.expire_all()
+    row = db.get(User, ann)
+    assert (row.role, row.task_scope) == ("reviewer", None)
+    assert _events(db, "user.role_changed") == [] and _events(db, "user.scope_changed") == []
+
+
+def test_the_last_active_admin_of_every_task_stays_one(
+    flask_app: Any, people: Any, db: Any
+) -> None:
+    client = flask_app.test_client()
+    boss = people["ids"]["boss@example.com"]
+    # Demoting or scoping themselves, as the only unscoped admin: refused, with the reason.
+    for body in ({"role": "analyst"}, {"task_scope": ["loan-review"]}):
+        resp = _patch(client, boss, body, people["boss"])
+        assert resp.status_code == 409, body
+        assert "last active admin" in resp.json["error"]["message"]
+    # Deactivating them from an unbound token (or the command line): refused too.
+    off = client.post(f"/api/v1/users/{boss}/deactivate", headers=auth(people["system_admin"]))
+    assert off.status_code == 409 and "last active admin" in off.json["error"]["message"]
+    # With a second unscoped admin, the first may step down.
+    promoted = _patch(client, people["ids"]["ann@example.com"], {"role": "admin"}, people["boss"])
+    assert promoted.status_code == 200
+    assert _patch(client, boss, {"role": "analyst"}, people["boss"]).status_code == 200
+    db.expire_all()
+    assert db.get(User, boss).role == "analyst"
+    # The boss's admin token is now beyond the boss's role: it stops.
+    assert client.get("/api/v1/users", headers=auth(people["boss"])).status_code == 401
+
+
+def test_deactivation_is_recorded_with_before_and_after(
+    flask_app: Any, people: Any, db: Any
+) -> None:
+    client = flask_app.test_client()
+    ann = people["ids"]["ann@example.com"]
+    assert client.post(f"/api/v1/users/{ann}/deactivate",
+                       headers=auth(people["boss"])).status_code == 200  # fmt: skip
+    assert client.post(f"/api/v1/users/{ann}/reactivate",
+                       headers=auth(people["boss"])).status_code == 200  # fmt: skip
+    off = _events(db, "user.deactivated")[-1]
+    on = _events(db, "user.reactivated")[-1]
+    assert (off["before"], off["after"], off["tokens_revoked"]) == (
+        {"active": True}, {"active": False}, 1,
+    )  # fmt: skip
+    assert (on["before"], on["after"]) == ({"active": False}, {"active": True})
+
+
+def test_a_bound_token_beyond_its_persons_rights_stops(
+    flask_app: Any, people: Any, db: Any
+) -> None:
+    """Rights changed behind the service's back (another process, an old row): the token is
+    checked against its person at every request."""
+    from sqlalchemy import update
+
+    client = flask_app.test_client()
+    assert client.get("/api/v1/tasks", headers=auth(people["local"])).status_code == 200
+    db.execute(update(User).where(User.email == "local@example.com").values(task_scope=["claims"]))
+    db.flush()
+    assert client.get("/api/v1/tasks", headers=auth(people["local"])).status_code == 401
+
+
+def test_passwords_use_the_documented_argon2_parameters_and_old_hashes_are_rehashed(
+    flask_app: Any, people: Any, db: Any
+) -> None:
+    from argon2 import PasswordHasher
+    from argon2.low_level import Type
+
+    from service.services import accounts
+
+    assert accounts.ARGON2_PARAMETERS == {"time_cost": 1, "memory_cost": 47_104, "parallelism": 1}
+    ann = db.get(User, people["ids"]["ann@example.com"])
+    assert ann.password_hash.startswith("$argon2id$v=19$m=47104,t=1,p=1$")
+    # OWASP's argon2id minimums (Password Storage Cheat Sheet): at least 19 MiB with 2
+    # passes, or 46 MiB with one.
+    params = accounts._hasher
+    assert params.type is Type.ID
+    assert params.memory_cost >= 47_104 or (params.memory_cost >= 19_456 and params.time_cost >= 2)
+
+    # A hash made with argon2-cffi's previous defaults still signs in, and is replaced.
+    old = PasswordHasher(time_cost=3, memory_cost=65_536, parallelism=4).hash(PASSWORD)
+    ann.password_hash = old
+    db.commit()
+    flask_app.config["WTF_CSRF_ENABLED"] = False
+    try:
+        client = flask_app.test_client()
+        resp = client.post("/login", data={"email": "ann@example.com", "password": PASSWORD})
+        assert resp.status_code == 302
+        db.expire_all()
+        new = db.get(User, ann.id).password_hash
+        assert new != old and new.startswith("$argon2id$v=19$m=47104,t=1,p=1$")
+        # A wrong password rehashes nothing.
+        db.get(User, ann.id).password_hash = old
+        db.commit()
+        wrong = flask_app.test_client().post(
+            "/login", data={"email": "ann@example.com", "password": "nope-nope"}
+        )
+        assert wrong.status_code == 401
+        db.expire_all()
+        assert db.get(User, ann.id).password_hash == old
+    finally:
+        flask_app.config["WTF_CSRF_ENABLED"] = True
