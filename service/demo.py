@@ -390,13 +390,15 @@ def _review_audits(
     )
     step = span / max(1, waiting or 1)
     turn = 0
-    while (claimed := review.claim(session, DEMO_TASK, reviewers[turn % len(reviewers)])) is not None:
+    while True:
+        reviewer = reviewers[turn % len(reviewers)]
+        claimed = review.claim(session, DEMO_TASK, reviewer)
+        if claimed is None:
+            break
         session.flush()
         thinking = timedelta(seconds=min(15 + rng.expovariate(1 / 40), 180))
         now.at(now() + min(thinking, step * 0.9))
-        review.submit_review(
-            session, claimed.case.id, truth[claimed.case.id], reviewers[turn % len(reviewers)]
-        )
+        review.submit_review(session, claimed.case.id, truth[claimed.case.id], reviewer)
         session.flush()
         turn += 1
         now.at(first + step * turn)
