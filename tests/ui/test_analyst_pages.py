@@ -311,7 +311,9 @@ def test_the_queue_is_searched_and_an_admin_releases_cases(page_for, live_server
         )
     reviewer = _actor("rev@example.com")
     with transaction() as session:
-        review_service.claim_case(session, ids[0], reviewer)
+        claimed = review_service.claim(session, NAME, reviewer)
+        assert claimed is not None
+        leased = claimed.case.id
     page = page_for("admin@example.com", PASSWORD)
     errors = _errors(page)
     page.goto(live_server + f"/tasks/{NAME}/queue")
@@ -336,16 +338,16 @@ def test_the_queue_is_searched_and_an_admin_releases_cases(page_for, live_server
     # Bulk release: the reviewer's case goes back to the queue, recorded.
     page.goto(live_server + f"/tasks/{NAME}/queue?state=leased")
     assert page.locator("tbody tr").count() == 1
-    page.get_by_label(f"Choose case {ids[0][-8:]}").check()
+    page.get_by_label(f"Choose case {leased[-8:]}").check()
     page.get_by_test_id("release-chosen").click()
     page.locator(".flash-ok", has_text="1 case released").wait_for()
     assert page.locator("p.empty", has_text="No case matches").is_visible()
     with transaction() as session:
-        case = session.get(Case, ids[0])
+        case = session.get(Case, leased)
         assert case is not None and case.queue_state == "waiting" and case.lease_owner_id is None
         event = session.scalar(
             select(AuditEvent).where(
-                AuditEvent.case_id == ids[0], AuditEvent.action == "case.released"
+                AuditEvent.case_id == leased, AuditEvent.action == "case.released"
             )
         )
         assert event is not None and event.details["by_admin"] is True
