@@ -25,7 +25,7 @@ class Event:
 def people(session: Session, case: Case, events: list[AuditEvent]) -> dict[Any, str]:
     """Pseudonyms of everyone on the case page, by user id and by e-mail (events name
     their actor by e-mail, reviews by id): one identity per person."""
-    ids = {r.reviewer_id for r in case.reviews}
+    ids: set[Any] = {r.reviewer_id for r in case.reviews}
     ids |= {e.details.get("reviewer_id") for e in events if isinstance(e.details, dict)}
     emails = {e.actor for e in events if e.actor_type == "user"}
     ids.discard(None)

@@ -264,6 +264,7 @@ def test_a_case_reads_as_a_story_and_can_be_reviewed_from_its_page(page_for, liv
         review_service.claim_case(session, ids[0], reviewer)
     with transaction() as session:
         pseudonym = session.scalar(select(User.pseudonym).where(User.email == "rev@example.com"))
+    db_session.remove()  # no stale copies of the cases: the server changes them
     page = page_for("admin@example.com", PASSWORD)
     errors = _errors(page)
     page.goto(live_server + f"/cases/{ids[0]}")
@@ -314,6 +315,7 @@ def test_the_queue_is_searched_and_an_admin_releases_cases(page_for, live_server
         claimed = review_service.claim(session, NAME, reviewer)
         assert claimed is not None
         leased = claimed.case.id
+    db_session.remove()  # no stale copy of the case: the server changes it
     page = page_for("admin@example.com", PASSWORD)
     errors = _errors(page)
     page.goto(live_server + f"/tasks/{NAME}/queue")
