@@ -228,6 +228,20 @@ def test_terms_are_explained_and_a_task_in_trouble_stands_out(page_for, live_ser
     assert errors == []
 
 
+def test_the_policy_page_explains_its_terms(page_for, live_server):
+    _people(("admin@example.com", "admin"))
+    _task()
+    page = page_for("admin@example.com", PASSWORD)
+    errors = _errors(page)
+    page.goto(live_server + f"/admin/tasks/{NAME}/policy")
+    alpha = page.locator("a.term-help[href$='#target_error']")
+    assert "largest share of wrong automatic answers" in (alpha.get_attribute("title") or "")
+    assert page.locator("a.term-help[href$='#confidence']").count() == 1
+    alpha.click()
+    page.wait_for_url(re.compile(r"/help#target_error$"))
+    assert errors == []
+
+
 def _stats_with_drift(route: Any) -> dict[str, Any]:
     """The real payload, with a drift report as a task with a trained model has one."""
     response = route.fetch()
