@@ -123,7 +123,7 @@ def test_the_demo_dashboard_draws_its_seeded_history(page_for, live_server, flas
     assert len(names) == 3 and all(n.startswith("r_") for n in names), names
     expect_text = page.locator("#queue-age").inner_text()
     assert re.search(r"the oldest has waited \d+ h", expect_text), expect_text
-    ui.shot(page, "dashboard")
+    ui.shot(page, "dashboard-demo")
     assert errors == []
 
 
