@@ -35,15 +35,17 @@ from sqlalchemy import func, select
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
+from review_ui import history as case_history
 from service.api.review import parse_queue_args
 from service.db import db_session, transaction, utcnow
-from service.errors import ServiceError, error_response, http_exception_response
+from service.errors import ServiceError, ValidationFailed, error_response, http_exception_response
 from service.login import LoginUser
 from service.models import REASONS, ROLES, AuditEvent, Case, User
 from service.schemas.tasks import TaskPatchSchema
 from service.services import accounts, audit
 from service.services import cases as case_service
 from service.services import review as review_service
+from service.services import stats as stats_service
 from service.services import tasks as task_service
 from service.services.accounts import user_actor
 from service.services.audit import Actor
@@ -253,6 +255,7 @@ def index() -> str:
                 "automation_rate": (counts[1] / counts[0]) if counts[0] else None,
                 "cases": counts[0],
                 "today": review_service.reviewer_today(session, task, current_user.user.id),
+                "health": stats_service.task_health(session, task),
             }
         )
     return render_template("tasks.html", rows=rows)
@@ -306,9 +309,16 @@ def queue_page(task: str) -> Any:
     if hidden:
         flash(f"Filters ignored: reviews are blind ({', '.join(hidden)}).", "error")
         args = {k: v for k, v in args.items() if k not in hidden}
-    page = review_service.queue_page(
-        db_session(), task, actor(), review_service.QueueFilter(**args)
-    )
+    try:
+        page = review_service.queue_page(
+            db_session(), task, actor(), review_service.QueueFilter(**args)
+        )
+    except ValidationFailed as exc:
+        flash(f"Search ignored: {exc.message}", "error")
+        args = {k: v for k, v in args.items() if k not in ("field", "value")}
+        page = review_service.queue_page(
+            db_session(), task, actor(), review_service.QueueFilter(**args)
+        )
     return render_template(
         "queue.html",
         task=task,
@@ -317,6 +327,8 @@ def queue_page(task: str) -> Any:
         reasons=REASONS,
         query=request.args,
         blind=blind,
+        fields=task_service.get_task(db_session(), task, actor()).fields,
+        admin=current_user.role == "admin",
     )
 
 
@@ -335,12 +347,16 @@ def case_page(case_id: str) -> str:
             case=view,
             task=task,
             reasons=REVIEWER_REASON_TEXT,
+            may_review=analyst.may_review(case),
         )
     detail = case_service.case_detail(session, case, everything=True)
     comments = {r.id: r.comment for r in case.reviews}
-    events = session.scalars(
-        select(AuditEvent).where(AuditEvent.case_id == case.id).order_by(AuditEvent.id)
-    ).all()
+    events = list(
+        session.scalars(
+            select(AuditEvent).where(AuditEvent.case_id == case.id).order_by(AuditEvent.id)
+        ).all()
+    )
+    names = case_history.people(session, case, events)
     return render_template(
         "case.html",
         case=case,
@@ -348,7 +364,9 @@ def case_page(case_id: str) -> str:
         detail=detail,
         reviews=list(zip(case.reviews, detail["reviews"], strict=True)),
         comments=comments,
-        events=events,
+        events=case_history.timeline(case, events, names),
+        names=names,
+        may_review=analyst.may_review(case),
     )
 
 
@@ -364,8 +382,12 @@ def dashboard(task: str) -> str:
             "models": f"/api/v1/tasks/{row.name}/models",
         },
     }
+    config["glossary"] = analyst.GLOSSARY
     agreement = review_service.agreement_stats(db_session(), row)
-    return render_template("dashboard.html", task=row, config=config, agreement=agreement)
+    health = stats_service.task_health(db_session(), row)
+    return render_template(
+        "dashboard.html", task=row, config=config, agreement=agreement, health=health
+    )
 
 
 @bp.get("/tasks/<string:task>/export")
@@ -674,3 +696,8 @@ def admin_policy(task: str) -> Any:
         errors=errors,
         form=request.form if request.method == "POST" else None,
     )
+
+
+# Analyst and admin additions (glossary, help, review this case, bulk release): registered
+# on this blueprint by importing the module.
+from review_ui import analyst  # noqa: E402

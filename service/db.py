@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
@@ -55,8 +56,25 @@ SessionFactory = sessionmaker(expire_on_commit=False, autoflush=True)
 db_session: scoped_session[Session] = scoped_session(SessionFactory)
 
 
+#: A replacement clock for the current context, or None for the real one. Only
+#: ``tandem demo`` sets it (:func:`clock`), to replay a bundled history at the times it would
+#: have happened; everything that stamps a time reads it through :func:`utcnow`.
+_CLOCK: ContextVar[Callable[[], datetime] | None] = ContextVar("tandem_clock", default=None)
+
+
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    replacement = _CLOCK.get()
+    return replacement() if replacement is not None else datetime.now(UTC)
+
+
+@contextmanager
+def clock(read: Callable[[], datetime]) -> Iterator[None]:
+    """Run the block with ``read`` as this context's clock (aware UTC datetimes)."""
+    token = _CLOCK.set(read)
+    try:
+        yield
+    finally:
+        _CLOCK.reset(token)
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

@@ -27,14 +27,15 @@ import json
 import math
 import random
 import secrets
+from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 
-from service.db import transaction, utcnow
+from service.db import clock, transaction, utcnow
 from service.models import AuditEvent, Case, Task, User
 from service.services import accounts, predict, tasks, training
 from service.services.audit import Actor
@@ -53,8 +54,16 @@ SEED_CHUNK = 500
 #: History sizes after which the demo trains in-process (plus once at the end).
 TRAIN_AT = (2000,)
 DEMO_ACTOR = Actor(kind="system", id=None, name="demo-seed", role="admin")
-#: The reviewer who gave the history's audit verdicts (random password, never shown).
+#: The reviewers who gave the history's audit verdicts (random passwords, never shown).
 HISTORY_REVIEWER = "past-reviewer@example.com"
+HISTORY_REVIEWERS = (HISTORY_REVIEWER, "past-reviewer-2@example.com", "past-reviewer-3@example.com")
+#: The history arrives over the past days, the live tail over the last hours (docs/stats.md:
+#: the dashboard's default window is 7 days), so the charts have a past to show.
+HISTORY_DAYS = 6
+LIVE_HOURS = 3
+#: Cases per arrival slice: a slice's cases arrive one by one over its first 60%, the
+#: application's outcomes come in its next 20%, the audit verdicts in its last 20%.
+SLICE = 25
 
 CREDIT_FIELDS: list[dict[str, Any]] = [
     {"name": "Seniority", "type": "number"},
@@ -132,9 +141,12 @@ def seed_demo(app: Flask) -> dict[str, Any]:
     random.Random(DEMO_SHUFFLE_SEED).shuffle(rows)
     history = rows[:HISTORY_ROWS]
     live = rows[HISTORY_ROWS : HISTORY_ROWS + LIVE_ROWS]
+    end = utcnow()
     with transaction() as session:
-        existing = session.scalar(select(Task).where(Task.name == DEMO_TASK))
-        fresh = existing is None
+        fresh = session.scalar(select(Task.id).where(Task.name == DEMO_TASK)) is None
+    # A fresh demo's task and accounts exist an hour before its history starts.
+    setup = _Clock(_timeline(end)[0] - timedelta(hours=1)) if fresh else utcnow
+    with clock(setup), transaction() as session:
         if fresh:
             tasks.create_task(session, load(TaskCreateSchema(), task_definition()), DEMO_ACTOR)
         for email, role in DEMO_USERS:
@@ -147,15 +159,16 @@ def seed_demo(app: Flask) -> dict[str, Any]:
                     task_scope=None,
                     actor=DEMO_ACTOR,
                 )
-        if fresh and session.scalar(select(User.id).where(User.email == HISTORY_REVIEWER)) is None:
-            accounts.create_user(
-                session,
-                email=HISTORY_REVIEWER,
-                password=secrets.token_urlsafe(24),
-                role="reviewer",
-                task_scope=[DEMO_TASK],
-                actor=DEMO_ACTOR,
-            )
+        for past in HISTORY_REVIEWERS if fresh else ():
+            if session.scalar(select(User.id).where(User.email == past)) is None:
+                accounts.create_user(
+                    session,
+                    email=past,
+                    password=secrets.token_urlsafe(24),
+                    role="reviewer",
+                    task_scope=[DEMO_TASK],
+                    actor=DEMO_ACTOR,
+                )
     token_file = home / "demo_app_token"
     if not token_file.exists():
         with transaction() as session:
@@ -165,7 +178,7 @@ def seed_demo(app: Flask) -> dict[str, Any]:
         token_file.write_text(new.token)
         token_file.chmod(0o600)
     if fresh:
-        _seed_history(history, live)
+        _seed_history(history, live, end)
     return {
         "task": DEMO_TASK,
         "history": len(history),
@@ -176,63 +189,126 @@ def seed_demo(app: Flask) -> dict[str, Any]:
     }
 
 
+class _Clock:
+    """The demo's replacement clock (:func:`service.db.clock`): it reads whatever time the
+    history has reached, so every row and audit event is stamped as it would have been."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def at(self, moment: datetime) -> None:
+        self.now = moment
+
+
+def _timeline(end: datetime) -> tuple[datetime, datetime]:
+    """When the seeded history starts and when its live tail starts, before ``end``."""
+    return end - timedelta(days=HISTORY_DAYS), end - timedelta(hours=LIVE_HOURS)
+
+
 def _seed_history(
-    history: list[tuple[dict[str, Any], str]], live: list[tuple[dict[str, Any], str]]
+    history: list[tuple[dict[str, Any], str]],
+    live: list[tuple[dict[str, Any], str]],
+    end: datetime,
 ) -> None:
     """Replay the history through predict as the real loop would see it, with the
     application's recorded decisions as outcomes, training in-process (what a worker does in
     production) at a few points so the audit ledger passes declared checkpoints and a
-    certified version is active before the server starts; then the live tail."""
+    certified version is active before the server starts; then the live tail.
+
+    It happens at the times it would have: the history spread over the past
+    ``HISTORY_DAYS`` days (each case arriving on its own, its outcome and audit verdict
+    minutes to an hour later, a review taking tens of seconds), the live tail over the last
+    ``LIVE_HOURS`` hours, all before ``end``; so the dashboard shows a history, not one point.
+    """
     from service.services.learning import run_training
     from service.services.training import training_job_id
 
+    rng = random.Random(DEMO_SHUFFLE_SEED)
+    history_start, live_start = _timeline(end)
+    slices = math.ceil(len(history) / SLICE)
+    width = (live_start - history_start) / slices
+    now = _Clock(history_start)
     app_actor = Actor(kind="system", id=None, name="demo-history", role="app", task_scope=None)
     with transaction() as session:
-        user = session.scalar(select(User).where(User.email == HISTORY_REVIEWER))
-        assert user is not None
-        reviewer = accounts.user_actor(user)
-    for start in range(0, len(history), SEED_CHUNK):
-        chunk = history[start : start + SEED_CHUNK]
-        with transaction() as session:
-            results = predict.predict_batch(
-                session,
-                DEMO_TASK,
-                [predict.PredictRequest(input=values) for values, _ in chunk],
-                app_actor,
-            )
-            labels = [label for _, label in chunk]
-            _record_outcomes(session, results, labels, app_actor)
-            _review_audits(
-                session,
-                {r["case_id"]: label for r, label in zip(results, labels, strict=True)},
-                reviewer,
-            )
-        done = start + len(chunk)
-        if done in TRAIN_AT or done == len(history):
+        users = session.scalars(select(User).where(User.email.in_(HISTORY_REVIEWERS))).all()
+        reviewers = [accounts.user_actor(u) for u in sorted(users, key=lambda u: u.email)]
+    assert reviewers
+    with clock(now):
+        for start in range(0, len(history), SLICE):
+            chunk = history[start : start + SLICE]
+            slice_start = history_start + width * (start // SLICE)
             with transaction() as session:
-                task = session.scalar(select(Task).where(Task.name == DEMO_TASK))
-                assert task is not None
-                task_id, job_id = task.id, training_job_id(task)
-                training.request_training(session, task, DEMO_ACTOR, reason="demo seed")
-            # Logistic regression wins the family comparison on credit_data; comparing
-            # boosting too would double the seeding time. Later retrains compare both.
-            run_training(task_id, job_id, only_families=("logistic_regression",))
-    with transaction() as session:
-        predict.predict_batch(
-            session, DEMO_TASK, [predict.PredictRequest(input=v) for v, _ in live], app_actor
+                results = _arrive(session, chunk, slice_start, width * 0.6, now, rng, app_actor)
+                labels = [label for _, label in chunk]
+                now.at(slice_start + width * 0.6)
+                _record_outcomes(session, results, labels, app_actor, now, width * 0.2)
+                now.at(slice_start + width * 0.8)
+                _review_audits(
+                    session,
+                    {r["case_id"]: label for r, label in zip(results, labels, strict=True)},
+                    reviewers,
+                    now,
+                    width * 0.2,
+                    rng,
+                )
+            done = start + len(chunk)
+            if done in TRAIN_AT or done == len(history):
+                now.at(slice_start + width * 0.99)
+                with transaction() as session:
+                    task = session.scalar(select(Task).where(Task.name == DEMO_TASK))
+                    assert task is not None
+                    task_id, job_id = task.id, training_job_id(task)
+                    training.request_training(session, task, DEMO_ACTOR, reason="demo seed")
+                # Logistic regression wins the family comparison on credit_data; comparing
+                # boosting too would double the seeding time. Later retrains compare both.
+                run_training(task_id, job_id, only_families=("logistic_regression",))
+        with transaction() as session:
+            span = end - live_start - timedelta(minutes=2)
+            _arrive(session, live, live_start, span, now, rng, app_actor)
+
+
+def _arrive(
+    session: Any,
+    rows: list[tuple[dict[str, Any], str]],
+    start: datetime,
+    span: timedelta,
+    now: _Clock,
+    rng: random.Random,
+    actor: Actor,
+) -> list[dict[str, Any]]:
+    """Cases arriving one by one over [start, start + span), in order, through predict."""
+    results: list[dict[str, Any]] = []
+    step = span / max(1, len(rows))
+    for i, (values, _label) in enumerate(rows):
+        now.at(start + step * (i + rng.random()))
+        results.extend(
+            predict.predict_batch(session, DEMO_TASK, [predict.PredictRequest(input=values)], actor)
         )
+        session.flush()  # stamp its events now, not at the next read
+    return results
 
 
 def _record_outcomes(
-    session: Any, results: list[dict[str, Any]], labels: list[str], actor: Actor
+    session: Any,
+    results: list[dict[str, Any]],
+    labels: list[str],
+    actor: Actor,
+    now: _Clock,
+    span: timedelta,
 ) -> None:
-    """The application's historical decisions as outcomes. Queued cases are resolved in bulk
-    (same columns and audit event as ``record_outcome``, thousands at once); anything else
-    goes through ``record_outcome`` itself so its consequences (live watch) apply."""
+    """The application's historical decisions as outcomes, arriving one by one over
+    [now, now + span). Queued cases are resolved in bulk (same columns and audit event as
+    ``record_outcome``, thousands at once); anything else goes through ``record_outcome``
+    itself so its consequences (live watch) apply."""
     from service.services.cases import record_outcome
 
     task = session.scalar(select(Task).where(Task.name == DEMO_TASK))
-    now = utcnow()
+    first = now()
+    step = span / max(1, len(results))
+    at = {r["case_id"]: first + step * i for i, r in enumerate(results)}
     ids = [r["case_id"] for r in results]
     audited = dict(session.execute(select(Case.id, Case.audit).where(Case.id.in_(ids))).all())
     pending = [
@@ -247,14 +323,19 @@ def _record_outcomes(
                     "status": "resolved",
                     "final_label": label,
                     "label_source": "application",
-                    "resolved_at": now,
+                    "resolved_at": at[r["case_id"]],
                     "outcome_label": label,
-                    "outcome_at": now,
+                    "outcome_at": at[r["case_id"]],
+                    "updated_at": at[r["case_id"]],
                     # An audited case keeps waiting for its audit verdict (record_outcome).
                     **(
                         {}
                         if audited[r["case_id"]]
-                        else {"queue_state": None, "human_label": label, "human_labelled_at": now}
+                        else {
+                            "queue_state": None,
+                            "human_label": label,
+                            "human_labelled_at": at[r["case_id"]],
+                        }
                     ),
                 }
                 for r, label in pending
@@ -275,7 +356,7 @@ def _record_outcomes(
                         "seeded": True,
                         **({"audit_review": "pending"} if audited[r["case_id"]] else {}),
                     },
-                    "created_at": now,
+                    "created_at": at[r["case_id"]],
                 }
                 for r, label in pending
             ],
@@ -283,14 +364,41 @@ def _record_outcomes(
         task.labels_since_training += sum(1 for r, _ in pending if not audited[r["case_id"]])
     for r, label in zip(results, labels, strict=True):
         if r["status"] != "pending":
+            now.at(at[r["case_id"]])
             record_outcome(session, r["case_id"], label, actor)
+            session.flush()
+    now.at(first + span)
 
 
-def _review_audits(session: Any, truth: dict[str, str], reviewer: Actor) -> None:
-    """The audit verdicts of a history chunk: the past reviewer decides every case still
-    waiting (only audited ones are: the outcomes resolved the rest) through the real review
-    path, so the ledger, the retrain counter and the live watch see them as in production."""
+def _review_audits(
+    session: Any,
+    truth: dict[str, str],
+    reviewers: list[Actor],
+    now: _Clock,
+    span: timedelta,
+    rng: random.Random,
+) -> None:
+    """The audit verdicts of a history slice, given over [now, now + span): the past
+    reviewers take turns deciding every case still waiting (only audited ones are: the
+    outcomes resolved the rest) through the real review path, so the ledger, the retrain
+    counter and the live watch see them as in production; a decision takes 15 s to 3 min."""
     from service.services import review
 
-    while (claimed := review.claim(session, DEMO_TASK, reviewer)) is not None:
+    first = now()
+    waiting = session.scalar(
+        select(func.count()).where(Case.id.in_(list(truth)), Case.queue_state == "waiting")
+    )
+    step = span / max(1, waiting or 1)
+    turn = 0
+    while True:
+        reviewer = reviewers[turn % len(reviewers)]
+        claimed = review.claim(session, DEMO_TASK, reviewer)
+        if claimed is None:
+            break
+        session.flush()
+        thinking = timedelta(seconds=min(15 + rng.expovariate(1 / 40), 180))
+        now.at(now() + min(thinking, step * 0.9))
         review.submit_review(session, claimed.case.id, truth[claimed.case.id], reviewer)
+        session.flush()
+        turn += 1
+        now.at(first + step * turn)

@@ -27,11 +27,32 @@
     return new window.Chart($(id), config);
   }
 
+  /* A glossary term (review_ui/glossary.py): its plain sentence as tooltip, "?" to the help page. */
+  function term(key, text) {
+    const g = (cfg.glossary || {})[key];
+    if (!g) return document.createTextNode(text || key);
+    const span = T.el("span", { class: "term" });
+    span.append(T.el("abbr", { title: g.title }, text || g.label),
+      T.el("a", { class: "term-help", href: "/help#" + key, title: "What is " + g.label + "?", "aria-label": "What is " + g.label + "?" }, "?"));
+    return span;
+  }
+
   function tile(label, value, hint) {
     const t = T.el("div", { class: "tile" });
-    t.append(T.el("div", { class: "tile-label" }, label), T.el("div", { class: "tile-value" }, value));
+    const head = T.el("div", { class: "tile-label" });
+    if (typeof label === "string") head.textContent = label; else head.append(label);
+    t.append(head, T.el("div", { class: "tile-value" }, value));
     if (hint) t.append(T.el("div", { class: "tile-hint" }, hint));
     return t;
+  }
+
+  /* Seconds as a person says them: 45 s, 12 min, 3 h 5 min, 2 d 4 h. */
+  function age(sec) {
+    const s = Math.round(sec);
+    if (s < 60) return s + " s";
+    if (s < 3600) return Math.floor(s / 60) + " min";
+    if (s < 86400) return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
+    return Math.floor(s / 86400) + " d " + Math.floor((s % 86400) / 3600) + " h";
   }
 
   function renderTiles(s) {
@@ -43,12 +64,12 @@
     const ag = s.audit_agreement || {};
     const agHint = ag.n ? "n = " + ag.n + (ag.lower !== null && ag.lower !== undefined ? " · " + T.pct(ag.lower, 0) + "–" + T.pct(ag.upper, 0) : "") : "no doubly reviewed audit yet";
     $("tiles").replaceChildren(
-      tile("Automation", a.rate ? T.pct(a.rate.estimate) : "—", (a.state || "manual") + (a.threshold ? " · τ " + a.threshold.toFixed(3) : "")),
-      tile("Live error", le.estimate !== undefined && le.estimate !== null ? T.pct(le.estimate) : "—",
-        le.target !== undefined ? "target " + T.pct(le.target) + (le.upper !== null && le.upper !== undefined ? " · upper " + T.pct(le.upper) : "") : ""),
-      tile("Queue", q.depth !== undefined ? String(q.depth) : "—", q.oldest_pending_seconds ? "oldest " + Math.round(q.oldest_pending_seconds / 60) + " min" : ""),
-      tile("Time to decision", ttd.median_seconds ? ttd.median_seconds.toFixed(0) + " s" : "—", ttd.p90_seconds ? "p90 " + ttd.p90_seconds.toFixed(0) + " s" : ""),
-      tile("Override rate", orr.estimate !== undefined && orr.estimate !== null ? T.pct(orr.estimate) : "—", orr.n ? "n = " + orr.n : ""),
+      tile(term("automation"), a.rate ? T.pct(a.rate.estimate) : "—", (a.state || "manual") + (a.threshold ? " · threshold τ " + a.threshold.toFixed(3) : "")),
+      tile(term("live_error"), le.estimate !== undefined && le.estimate !== null ? T.pct(le.estimate) : "—",
+        le.target !== undefined ? "target α " + T.pct(le.target) + (le.upper !== null && le.upper !== undefined ? " · upper " + T.pct(le.upper) : "") : ""),
+      tile("Queue", q.depth !== undefined ? String(q.depth) : "—", q.oldest_pending_seconds ? "oldest waiting " + age(q.oldest_pending_seconds) : ""),
+      tile("Time to decision", ttd.median_seconds ? age(ttd.median_seconds) : "—", ttd.p90_seconds ? "9 in 10 within " + age(ttd.p90_seconds) : ""),
+      tile(term("override_rate"), orr.estimate !== undefined && orr.estimate !== null ? T.pct(orr.estimate) : "—", orr.n ? "n = " + orr.n : ""),
       tile("Audit agreement", ag.n ? T.pct(ag.estimate) : "—", agHint)
     );
   }
@@ -77,11 +98,13 @@
           { label: "Upper bound", data: errPoints.map((p) => p.live_error_upper), borderColor: "transparent", backgroundColor: COLORS.band, fill: "+1", pointRadius: 0 },
           { label: "Lower bound", data: errPoints.map((p) => p.live_error_lower), borderColor: "transparent", pointRadius: 0 },
           { label: "Live error", data: errPoints.map((p) => p.live_error), borderColor: COLORS.blue },
-          { label: "Target α", data: errPoints.map(() => target), borderColor: COLORS.red, borderDash: [4, 4], pointRadius: 0 },
+          { label: "Target error α", data: errPoints.map(() => target), borderColor: COLORS.red, borderDash: [4, 4], pointRadius: 0 },
         ] },
         options: { scales: { y: { min: 0, title: { display: true, text: "error rate" } } } },
       });
     }
+    const q = s.queue || {};
+    $("queue-age").textContent = q.depth ? q.depth + " waiting now; the oldest has waited " + age(q.oldest_pending_seconds || 0) + "." : "Nobody is waiting now.";
     empty("chart-queue", series.length === 0);
     if (series.length) {
       chart("chart-queue", {
@@ -97,7 +120,7 @@
     if (reviewers.length) {
       chart("chart-reviewers", {
         data: { labels: reviewers.map((r) => r.reviewer_id), datasets: [
-          { type: "bar", label: "Reviews", data: reviewers.map((r) => r.reviews), backgroundColor: "rgba(31,95,191,0.6)", yAxisID: "y" },
+          { type: "bar", label: "Decisions", data: reviewers.map((r) => r.reviews), backgroundColor: "rgba(31,95,191,0.6)", yAxisID: "y" },
           { type: "line", label: "Override rate", data: reviewers.map((r) => r.override_rate), borderColor: COLORS.orange, yAxisID: "y1" },
         ] },
         options: { scales: { y: { min: 0 }, y1: { position: "right", min: 0, max: 1, grid: { drawOnChartArea: false } } } },
@@ -110,23 +133,45 @@
     if (!d || (d.psi === null && !Object.keys(d.fields || {}).length)) return;
     box.replaceChildren();
     box.append(T.el("p", { class: d.warning ? "flash flash-error" : "flash flash-ok" },
-      (d.warning ? "Drift warning: widening of automation is paused." : "No drift detected.") + (d.psi !== null && d.psi !== undefined ? " PSI " + Number(d.psi).toFixed(3) : "")));
-    const fields = Object.entries(d.fields || {});
+      (d.warning ? "Drift warning: widening of automation is paused." : "No drift detected.") + (d.psi !== null && d.psi !== undefined ? " Model scores: PSI " + Number(d.psi).toFixed(2) + " (" + driftLevel(Number(d.psi)) + ")." : "")));
+    const fields = Object.entries(d.fields || {}).map(([name, info]) => [name, info || {}, driftScore(info || {})]);
+    fields.sort((a, b) => b[2] - a[2] || a[0].localeCompare(b[0]));
     if (fields.length) {
-      const table = T.el("table");
+      const table = T.el("table", { id: "drift-fields" });
+      table.append(T.el("caption", { class: "sr-only" }, "Change per field, largest first"));
       const head = T.el("tr");
-      ["Field", "Details"].forEach((h) => head.append(T.el("th", { scope: "col" }, h)));
+      ["Field", "Change", "Outside the training range", "Values never seen in training", "Missing now (in training)"].forEach((h) => head.append(T.el("th", { scope: "col" }, h)));
       table.append(T.el("thead")); table.tHead.append(head);
       const body = T.el("tbody");
-      for (const [name, info] of fields) {
-        const tr = T.el("tr");
-        const text = Object.entries(info || {}).map(([k, v]) => k + ": " + (typeof v === "number" ? v.toFixed(3) : JSON.stringify(v))).join(" · ");
-        tr.append(T.el("td", null, name), T.el("td", null, text));
+      for (const [name, info, score] of fields) {
+        const level = driftLevel(score);
+        const tr = T.el("tr", level === "large" ? { class: "drift-large" } : null);
+        const change = T.el("td");
+        change.append(T.el("span", { class: "badge " + (level === "large" ? "alarm" : level === "moderate" ? "warn" : "calm") }, level === "large" ? "large change" : level === "moderate" ? "moderate change" : "stable"));
+        if (info.psi !== null && info.psi !== undefined) change.append(" PSI " + Number(info.psi).toFixed(2));
+        tr.append(
+          T.el("th", { scope: "row" }, name),
+          change,
+          T.el("td", null, info.out_of_range_rate !== undefined ? T.pct(info.out_of_range_rate, 0) : "—"),
+          T.el("td", null, info.unseen_rate !== undefined ? T.pct(info.unseen_rate, 0) : "—"),
+          T.el("td", null, info.missing_rate !== undefined ? T.pct(info.missing_rate, 0) + " (" + T.pct(info.missing_rate_train || 0, 0) + ")" : "—")
+        );
         body.append(tr);
       }
       table.append(body);
       const wrap = T.el("div", { class: "table-wrap" }); wrap.append(table); box.append(wrap);
+      box.append(T.el("p", { class: "muted" }, "Based on the latest " + (fields[0][1].n || 0) + " cases."));
     }
+  }
+
+  /* How much a field changed, on the PSI scale: PSI for numbers, the share of unseen
+     categories, values outside the training range or the change in missing values. */
+  function driftScore(info) {
+    return Math.max(Number(info.psi) || 0, Number(info.unseen_rate) || 0, Number(info.out_of_range_rate) || 0, Math.abs(Number(info.missing_rate_change) || 0));
+  }
+
+  function driftLevel(score) {
+    return score >= 0.25 ? "large" : score >= 0.1 ? "moderate" : "stable";
   }
 
   function renderModels(models) {

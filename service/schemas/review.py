@@ -88,6 +88,17 @@ class QueueArgsSchema(Schema):
     audit = fields.Boolean()
     min_age_seconds = fields.Integer(validate=validate.Range(0, 10**9))
     max_age_seconds = fields.Integer(validate=validate.Range(0, 10**9))
+    external_id = fields.String(
+        validate=validate.Length(1, 200), metadata={"description": "Exact external id."}
+    )
+    field = fields.String(
+        validate=validate.Length(1, 200),
+        metadata={"description": "An input field; with `value`, cases whose field equals it."},
+    )
+    value = fields.String(
+        validate=validate.Length(1, 1000),
+        metadata={"description": "The value `field` must equal (numbers compared as numbers)."},
+    )
     page = fields.Integer(load_default=1, validate=validate.Range(1, 10**7))
     per_page = fields.Integer(load_default=50, validate=validate.Range(1, 500))
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, exists, func, select
+from sqlalchemy import ColumnElement, Select, and_, exists, func, select
 from sqlalchemy.orm import Session
 
 from service.db import is_postgres, utcnow
@@ -237,6 +237,100 @@ def claim(
         task_id=task.id,
         case_id=case.id,
         details={"lease_expires_at": _iso(expires), "sla_breached": case.created_at < cutoff},
+        request_id=request_id,
+    )
+    return Claimed(case=case, task=task, renewed=False)
+
+
+def reviewable_by(case: Case, user_id: int, now: datetime | None = None) -> bool:
+    """Whether :func:`claim_case` would give this case to this person now: it waits in the
+    queue (or its lease lapsed, or they hold it) and they have not reviewed it yet."""
+    now = now or utcnow()
+    if case.queue_state is None:
+        return False
+    if any(r.reviewer_id == user_id for r in active_reviews(case)):
+        return False
+    if case.queue_state == "waiting" or case.lease_owner_id == user_id:
+        return True
+    return case.lease_expires_at is not None and case.lease_expires_at < now
+
+
+def claim_case(
+    session: Session, case_id: str, actor: Actor, *, request_id: str | None = None
+) -> Claimed:
+    """Lease one chosen case to the reviewer (the case page's "Review this case"), with the
+    rules of :func:`claim`: one lease per reviewer and task (the one they held is given back
+    first), the task's lease length, the same ``case.claimed`` audit event (``chosen`` says
+    the reviewer picked it). A case that is resolved, leased by someone else, or already
+    reviewed by this person is refused with a conflict and nothing changes."""
+    user_id = require_person(actor)
+    case = get_case(session, case_id, actor, for_update=True)
+    task = get_task_for_case(session, case)
+    lease_seconds, _, sla_seconds = _review_settings(task)
+    now = utcnow()
+    expires = now + timedelta(seconds=lease_seconds)
+    if _holds_live_lease(case, user_id, now):
+        case.lease_expires_at = expires
+        return Claimed(case=case, task=task, renewed=True)
+    if not reviewable_by(case, user_id, now):
+        if case.queue_state is not None and any(
+            r.reviewer_id == user_id for r in active_reviews(case)
+        ):
+            raise Conflict(
+                "you already reviewed this case", {"case_id": case.id, "reason": "already_reviewed"}
+            )
+        if case.queue_state == "leased":
+            raise Conflict(
+                "someone else is reviewing this case", {"case_id": case.id, "reason": "leased"}
+            )
+        raise _conflict_for(case, user_id)
+    if case.queue_state == "leased":  # a lapsed lease of someone else's
+        owner = case.lease_owner_id
+        _unlease(case)
+        audit.record(
+            session,
+            "case.lease_expired",
+            audit.SYSTEM,
+            task_id=task.id,
+            case_id=case.id,
+            details={"reviewer_id": owner},
+        )
+    held = session.scalars(
+        select(Case).where(
+            Case.task_id == task.id,
+            Case.queue_state == "leased",
+            Case.lease_owner_id == user_id,
+            Case.id != case.id,
+        )
+    ).all()
+    for other in held:
+        _unlease(other)
+        audit.record(
+            session,
+            "case.released",
+            actor,
+            task_id=task.id,
+            case_id=other.id,
+            details={"implicit": True},
+            request_id=request_id,
+        )
+    case.queue_state = "leased"
+    case.lease_owner_id = user_id
+    case.lease_expires_at = expires
+    case.claimed_at = now
+    if case.status == "pending":
+        case.status = "in_review"
+    audit.record(
+        session,
+        "case.claimed",
+        actor,
+        task_id=task.id,
+        case_id=case.id,
+        details={
+            "lease_expires_at": _iso(expires),
+            "sla_breached": case.created_at < now - timedelta(seconds=sla_seconds),
+            "chosen": True,
+        },
         request_id=request_id,
     )
     return Claimed(case=case, task=task, renewed=False)
@@ -556,6 +650,61 @@ def undo(session: Session, case_id: str, actor: Actor, *, request_id: str | None
     return case
 
 
+#: Cases an admin may release at once from the queue page.
+MAX_BULK = 500
+
+
+def release_cases(
+    session: Session,
+    task_name: str,
+    case_ids: list[str],
+    actor: Actor,
+    *,
+    request_id: str | None = None,
+) -> list[str]:
+    """An admin gives leased cases of a task back to the queue, whoever holds them (a
+    reviewer who left for the day). Each release is its own ``case.released`` audit event
+    naming the reviewer whose lease ended. Every id must be a case of the task currently
+    leased; otherwise nothing changes. Returns the released ids."""
+    if actor.role != "admin":
+        raise Forbidden("only admins release other people's cases")
+    task = get_task(session, task_name, actor)
+    ids = list(dict.fromkeys(case_ids))
+    if not ids:
+        raise ValidationFailed("choose at least one case", {"case_ids": ["Choose a case."]})
+    if len(ids) > MAX_BULK:
+        raise ValidationFailed(
+            f"at most {MAX_BULK} cases at once", {"case_ids": [f"At most {MAX_BULK}."]}
+        )
+    stmt = select(Case).where(Case.task_id == task.id, Case.id.in_(ids))
+    if is_postgres(session):
+        stmt = stmt.with_for_update()
+    rows = {c.id: c for c in session.scalars(stmt)}
+    missing = [i for i in ids if i not in rows]
+    if missing:
+        raise NotFound(f"no case {missing[0]} in task {task.name}", {"case_ids": missing})
+    not_leased = [i for i in ids if rows[i].queue_state != "leased"]
+    if not_leased:
+        raise Conflict(
+            f"{len(not_leased)} of the chosen cases are not being reviewed; nothing was released",
+            {"case_ids": not_leased, "reason": "not_leased"},
+        )
+    for case_id in ids:
+        case = rows[case_id]
+        owner = case.lease_owner_id
+        _unlease(case)
+        audit.record(
+            session,
+            "case.released",
+            actor,
+            task_id=task.id,
+            case_id=case.id,
+            details={"by_admin": True, "reviewer_id": owner},
+            request_id=request_id,
+        )
+    return ids
+
+
 # ---------------------------------------------------------------------------- queue
 
 
@@ -567,6 +716,9 @@ class QueueFilter:
     audit: bool | None = None
     min_age_seconds: int | None = None
     max_age_seconds: int | None = None
+    external_id: str | None = None  # exact (the task's external-id index)
+    field: str | None = None  # with ``value``: cases whose input field equals it
+    value: str | None = None
     page: int = 1
     per_page: int = 50
 
@@ -602,6 +754,10 @@ def queue_page(session: Session, task_name: str, actor: Actor, flt: QueueFilter)
         conds.append(Case.created_at <= now - timedelta(seconds=flt.min_age_seconds))
     if flt.max_age_seconds is not None:
         conds.append(Case.created_at >= now - timedelta(seconds=flt.max_age_seconds))
+    if flt.external_id:
+        conds.append(Case.external_id == flt.external_id)
+    if flt.field is not None or flt.value is not None:
+        conds.append(_field_condition(task, flt.field, flt.value))
     where = and_(*conds)
     total = session.scalar(select(func.count()).select_from(Case).where(where)) or 0
     rows = session.scalars(
@@ -654,6 +810,32 @@ def queue_page(session: Session, task_name: str, actor: Actor, flt: QueueFilter)
         "total": total,
         "pages": max(1, -(-total // flt.per_page)),
     }
+
+
+def _field_condition(task: Task, field: str | None, value: str | None) -> ColumnElement[bool]:
+    """Input ``field`` equal to ``value`` (numbers compared as numbers, booleans as
+    true/false, other fields as text); an unknown field or an unreadable value is refused."""
+    kinds = {f["name"]: f.get("type", "text") for f in task.fields}
+    if not field or value is None or value.strip() == "":
+        raise ValidationFailed(
+            "search by field needs a field and a value",
+            {"field" if not field else "value": ["Give both a field and a value."]},
+        )
+    if field not in kinds:
+        raise ValidationFailed(f"no field {field!r} in task {task.name}", {"field": ["Unknown."]})
+    text = value.strip()
+    element = Case.input[field]
+    if kinds[field] == "number":
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValidationFailed(f"{field} is a number", {"value": ["Give a number."]}) from None
+        return element.as_float() == number
+    if kinds[field] == "boolean":
+        if text.lower() not in ("true", "false", "yes", "no"):
+            raise ValidationFailed(f"{field} is true or false", {"value": ["true or false."]})
+        return element.as_boolean() == (text.lower() in ("true", "yes"))
+    return element.as_string() == text
 
 
 # ------------------------------------------------------------------------ summaries

@@ -315,6 +315,38 @@ def task_stats(
     }
 
 
+def task_health(session: Session, task: Task, *, now: datetime | None = None) -> dict[str, Any]:
+    """What the task list and the dashboard flag (issue #19): the automation state, and the
+    live error of automatic answers over the default window (the dashboard's) against the
+    task's target α. ``above_target`` is the point estimate above α: the promise is at risk
+    before the live watch's confidence bound falls back (docs/stats.md)."""
+    now = now or utcnow()
+    policy = Policy.from_dict(task.policy)
+    rows = session.execute(
+        select(Case.label_probability, _disagrees().label("v"), func.count())
+        .where(
+            Case.task_id == task.id,
+            Case.created_at >= now - DEFAULT_WINDOW,
+            Case.created_at < now,
+            Case.audit == True,  # noqa: E712 (plain equality matches the ledger index)
+            in_automatic_region(),
+            Case.human_label.is_not(None),
+            Case.suggestion_label.is_not(None),
+        )
+        .group_by(Case.label_probability, "v")
+    ).all()
+    live = weighted_from_counts([(p, int(v), int(n)) for p, v, n in rows], policy.confidence)
+    estimate = live["estimate"]
+    return {
+        "state": task.automation_state,
+        "fallback": task.automation_state == "fallback",
+        "live_error": estimate,
+        "live_error_n": live["n"],
+        "target": policy.target_error,
+        "above_target": estimate is not None and estimate > policy.target_error,
+    }
+
+
 def _decision_filter() -> ColumnElement[bool]:
     """A decision people made on a case routed to them (not an audit of an automatic one)."""
     return and_(

@@ -1,0 +1,87 @@
+"""A case's audit events as sentences a person reads (the case page's "History"), and
+one name per person on that page: the pseudonym the dashboard uses (issue #19)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.models import AuditEvent, Case, User
+
+SYSTEM_NAMES = {"demo-history": "the application", "demo-seed": "setup", "system": "Tandem"}
+
+
+@dataclass(frozen=True)
+class Event:
+    at: datetime
+    text: str
+    action: str
+
+
+def people(session: Session, case: Case, events: list[AuditEvent]) -> dict[Any, str]:
+    """Pseudonyms of everyone on the case page, by user id and by e-mail (events name
+    their actor by e-mail, reviews by id): one identity per person."""
+    ids: set[Any] = {r.reviewer_id for r in case.reviews}
+    ids |= {e.details.get("reviewer_id") for e in events if isinstance(e.details, dict)}
+    emails = {e.actor for e in events if e.actor_type == "user"}
+    ids.discard(None)
+    rows = session.execute(
+        select(User.id, User.email, User.pseudonym).where(User.id.in_(ids) | User.email.in_(emails))
+    ).all()
+    out: dict[Any, str] = {}
+    for uid, email, pseudonym in rows:
+        out[uid] = pseudonym
+        out[email] = pseudonym
+    return out
+
+
+def _label(details: dict[str, Any], key: str = "label") -> str:
+    value = details.get(key)
+    return f"“{value}”" if value is not None else "a label"
+
+
+def describe(event: AuditEvent, names: dict[Any, str]) -> str:
+    d = event.details if isinstance(event.details, dict) else {}
+    if event.actor_type == "user":
+        who = names.get(event.actor, "a person")
+    elif event.actor_type == "token":
+        who = f"the application ({event.actor})"
+    else:
+        who = SYSTEM_NAMES.get(event.actor, "Tandem")
+    other = names.get(d.get("reviewer_id"), "a reviewer")
+    action = event.action
+    if action == "case.claimed":
+        chosen = " (chosen from the case page)" if d.get("chosen") else ""
+        return f"{who} started reviewing{chosen}"
+    if action == "case.released":
+        if d.get("by_admin"):
+            return f"{who} released the case from {other}; it is back in the queue"
+        return f"{who} put the case back in the queue"
+    if action == "case.lease_expired":
+        return f"{other}'s review time ran out; the case is back in the queue"
+    if action == "case.reviewed":
+        return f"{who} decided {_label(d)}"
+    if action == "case.resolved":
+        return f"Resolved as {_label(d)}"
+    if action == "case.outcome":
+        return f"The application reported the outcome {_label(d)}"
+    if action == "case.corrected":
+        return f"{who} corrected the label to {_label(d)}"
+    if action == "case.review_undone":
+        return f"{who} undid their decision"
+    if action == "case.repaired":
+        fields = ", ".join(d.get("changed") or []) or "its input"
+        return f"{who} repaired {fields}"
+    return f"{action.replace('case.', '').replace('_', ' ').capitalize()} by {who}"
+
+
+def timeline(case: Case, events: list[AuditEvent], names: dict[Any, str]) -> list[Event]:
+    """Arrival first, then every event in order, each as a sentence."""
+    route = "sent to people" if case.route == "review" else "answered automatically"
+    out = [Event(case.created_at, f"Received from the application, {route}", "case.received")]
+    out += [Event(e.created_at, describe(e, names), e.action) for e in events]
+    return out
