@@ -32,6 +32,9 @@ ALLOWED: dict[str, set[str]] = {
     "review_ui.admin_user_reactivate": set(),
     "review_ui.admin_user_password": set(),
     "review_ui.admin_policy": set(),
+    "review_ui.help_page": {"reviewer", "analyst"},
+    "review_ui.review_case": {"reviewer"},
+    "review_ui.queue_release": set(),
 }
 PUBLIC = {"review_ui.login", "review_ui.static", "review_ui.favicon"}
 TASK_PAGES = {
@@ -41,6 +44,8 @@ TASK_PAGES = {
     "review_ui.dashboard",
     "review_ui.export_page",
     "review_ui.case_page",
+    "review_ui.queue_release",
+    "review_ui.review_case",
 }
 
 
