@@ -11,7 +11,7 @@ from flask_smorest import Blueprint
 
 from service.api.auth import current_actor, require_roles, roles_doc
 from service.api.common import json_body, request_id, unit_of_work
-from service.db import db_session, read_only, utcnow
+from service.db import SessionFactory, db_session, read_only, utcnow
 from service.errors import ExportFailed, ValidationFailed
 from service.models import CASE_STATUSES, LABEL_SOURCES, REASONS, ROUTES, Task
 from service.schemas.common import ApiErrorSchema
@@ -141,7 +141,10 @@ def stream_export(task: str) -> Response:
     db_session.remove()
 
     def generate() -> Iterator[bytes]:
-        session = read_only(db_session())
+        # A session of its own, not the request's: Flask tears the request down (removing the
+        # request's session) when the view returns, before the body is sent; on PostgreSQL
+        # that ended the transaction holding the export's server-side cursor mid-download.
+        session = read_only(SessionFactory())
         failure: Exception | None = None
         try:
             task_row = session.get(Task, task_id)
@@ -152,7 +155,7 @@ def stream_export(task: str) -> Response:
             raise
         finally:
             session.rollback()
-            db_session.remove()
+            session.close()
             if failure is not None:
                 # Never a silent truncated 200: logged, audited, and (before the first byte)
                 # an error status; after it the transfer is cut short and the client sees so.

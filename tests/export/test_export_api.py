@@ -468,3 +468,47 @@ def test_a_streaming_export_never_holds_back_writers(committed_db, flask_app, ba
         rest = b"".join(chunks)
         resp.close()
     assert (first + rest).count(b"\n") == 4
+
+
+def test_a_streamed_export_reads_every_batch_after_the_request_ended(
+    committed_db, flask_app, monkeypatch
+) -> None:
+    """The body is sent after the view returns, when Flask has already torn the request
+    down (and removed the request's session). The stream reads on a session of its own: on
+    PostgreSQL the request's removal ended the transaction holding the export's server-side
+    cursor, and every streamed download broke after its first batch (a Parquet file without
+    its footer, ``InvalidCursorName`` in the log). Tests inside a rolled-back outer
+    transaction never saw it; real commits do."""
+    from flask.globals import _cv_app
+
+    from service.db import transaction
+    from service.schemas.tasks import TaskCreateSchema
+    from service.services import export as export_service
+    from service.services.audit import SYSTEM
+    from service.services.tasks import create_task
+    from tests.export.conftest import _case
+
+    monkeypatch.setattr(export_service, "BATCH_ROWS", 2)  # several batches from 5 cases
+    with transaction() as session:
+        task = create_task(session, TaskCreateSchema().load(SIMPLE_TASK), SYSTEM)
+        session.add_all([_case(task, n) for n in range(5)])
+    token = make_token("analyst")
+    committed_db.remove()
+    client = flask_app.test_client()
+    # As a server runs it: no application context around the request (the fixture's would
+    # keep Flask from tearing the request's context down when the view returns).
+    outer = _cv_app.get()
+    outer.pop()
+    try:
+        bodies = {}
+        for fmt in ("csv", "jsonl", "parquet"):
+            resp = client.get(URL, query_string={"format": fmt}, headers=auth(token))
+            assert resp.status_code == 200
+            bodies[fmt] = resp.get_data()
+    finally:
+        outer.push()
+    assert pq.read_table(io.BytesIO(bodies["parquet"])).num_rows == 5
+    assert len(bodies["csv"].splitlines()) == 6 and len(bodies["jsonl"].splitlines()) == 5
+    with transaction() as session:
+        failed = session.scalars(select(AuditEvent).where(AuditEvent.action == "export.failed"))
+        assert failed.all() == []
