@@ -27,10 +27,16 @@ def request_training(
     session: Session, task: Task, actor: Actor, *, reason: str, request_id: str | None = None
 ) -> Job:
     """Queue training unless a job for this task is already queued or running (then that
-    job is returned: it will see every label committed before it reads the data)."""
-    task.labels_since_training = 0
+    job is returned).
+
+    The retrain counter starts afresh only for a job that has yet to read its data: a queued
+    one sees every label committed before it starts, a running one has read them already, so
+    the labels counted meanwhile stay counted and trigger the next job after it."""
     existing = session.scalar(select(Job).where(Job.id == training_job_id(task)).with_for_update())
-    if existing is not None and existing.state in ("queued", "started"):
+    if existing is not None and existing.state == "started":
+        return existing
+    task.labels_since_training = 0
+    if existing is not None and existing.state == "queued":
         return existing
     if existing is None:
         existing = Job(id=training_job_id(task), kind="train", task_id=task.id)
