@@ -18,7 +18,22 @@ window.Tandem = (function () {
     if (resp.status !== 204) {
       try { data = await resp.json(); } catch (e) { data = null; }
     }
+    if (resp.status === 401) signedOut();
     return { status: resp.status, ok: resp.ok, data: data };
+  }
+
+  const SIGNED_OUT = "You are signed out: your session ended (signed out elsewhere, " +
+    "password reset or account deactivated). Nothing more can be saved until you sign in.";
+
+  /* The session is gone (the API answers 401 to a page whose sign-in ended): say so once,
+     at the top of the page, with the way back in, instead of the API's token wording. */
+  function signedOut() {
+    if (document.getElementById("signed-out")) return;
+    const main = document.getElementById("main") || document.body;
+    const note = el("p", { id: "signed-out", class: "flash flash-error", role: "alert" }, SIGNED_OUT + " ");
+    const next = window.location.pathname + window.location.search;
+    note.appendChild(el("a", { href: "/login?next=" + encodeURIComponent(next) }, "Sign in again"));
+    main.insertBefore(note, main.firstChild);
   }
 
   function el(tag, attrs, text) {
@@ -41,6 +56,7 @@ window.Tandem = (function () {
   }
 
   function errorText(resp) {
+    if (resp.status === 401) return "you are signed out — sign in again (see the top of the page)";
     if (resp.data && resp.data.error) return resp.data.error.message;
     return "Request failed (" + resp.status + ")";
   }

@@ -155,6 +155,31 @@ def test_a_decision_refused_in_a_second_tab_is_said_and_stays(page_for, live_ser
     assert errors == [] and errors_b == []
 
 
+def test_a_session_that_ended_is_said_with_the_way_back_in(page_for, live_server):
+    """Signed out elsewhere, password reset or deactivated while the page is open: the next
+    decision says the person is signed out and links to the sign-in (it said "missing bearer
+    token", the API's wording for a call without credentials)."""
+    from service.models import User
+    from service.services.accounts import end_sessions
+
+    (case_id,) = _setup(1)
+    page = page_for(EMAIL, PASSWORD)
+    _open(page, live_server)
+    assert _case_on_screen(page, None) == case_id
+    with transaction() as session:
+        user = session.scalar(select(User).where(User.email == EMAIL))
+        assert user is not None
+        end_sessions(user)
+    page.keyboard.press("1")
+    note = page.wait_for_selector("#signed-out")
+    assert "You are signed out" in note.inner_text()
+    link = page.get_attribute("#signed-out a", "href") or ""
+    assert link.startswith("/login?next=") and f"tasks%2F{NAME}%2Freview" in link
+    assert "signed out" in page.inner_text("#status")
+    assert "bearer" not in page.inner_text("body").lower()
+    assert _row(case_id).final_label is None  # nothing was saved
+
+
 def test_an_expired_hold_is_said_and_the_case_claimed_again(page_for, live_server):
     (case_id,) = _setup(1)
     page = page_for(EMAIL, PASSWORD)
