@@ -20,6 +20,7 @@ from service.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from service.models import ROLES, ApiToken, Task, User
 from service.services import audit
 from service.services.audit import Actor
+from service.services.review import release_held_by
 
 TOKEN_PREFIX = "tdm_"  # noqa: S105 (a public marker, not a secret)
 #: Password hashing: argon2id with OWASP's first recommended setting (46 MiB, one pass, one
@@ -384,6 +385,7 @@ def deactivate_user(session: Session, user: User, actor: Actor) -> User:
         session, user, actor, "user.deactivated",
         before={"active": was_active}, after={"active": False},
     )  # fmt: skip
+    release_held_by(session, user.id, actor, why="user deactivated")
     return user
 
 

@@ -705,6 +705,27 @@ def release_cases(
     return ids
 
 
+def release_held_by(session: Session, user_id: int, actor: Actor, *, why: str) -> int:
+    """Every case ``user_id`` holds goes back to the queue now (the person was deactivated:
+    their lease would otherwise keep the case from everyone until it ran out). One
+    ``case.released`` event per case, naming the reviewer and why."""
+    stmt = select(Case).where(Case.queue_state == "leased", Case.lease_owner_id == user_id)
+    if is_postgres(session):
+        stmt = stmt.with_for_update()
+    cases = session.scalars(stmt).all()
+    for case in cases:
+        _unlease(case)
+        audit.record(
+            session,
+            "case.released",
+            actor,
+            task_id=case.task_id,
+            case_id=case.id,
+            details={"reviewer_id": user_id, "why": why},
+        )
+    return len(cases)
+
+
 # ---------------------------------------------------------------------------- queue
 
 

@@ -231,3 +231,30 @@ def test_passwords_use_the_documented_argon2_parameters_and_old_hashes_are_rehas
         assert db.get(User, ann.id).password_hash == old
     finally:
         flask_app.config["WTF_CSRF_ENABLED"] = True
+
+
+def test_deactivation_gives_the_persons_cases_back_to_the_queue(
+    flask_app: Any, people: Any, db: Any, tokens: dict[str, str]
+) -> None:
+    """A deactivated reviewer's lease would keep the case from everyone until it ran out."""
+    from service.models import Case
+
+    client = flask_app.test_client()
+    case_id = client.post(
+        "/api/v1/tasks/loan-review/predict",
+        json={"input": {"review": "late", "state": "CA"}},
+        headers=auth(tokens["app"]),
+    ).json["case_id"]
+    claimed = client.post("/api/v1/tasks/loan-review/queue/claim", headers=auth(people["ann"]))
+    assert claimed.status_code == 200 and claimed.json["case_id"] == case_id
+    ann = people["ids"]["ann@example.com"]
+    assert client.post(f"/api/v1/users/{ann}/deactivate",
+                       headers=auth(people["boss"])).status_code == 200  # fmt: skip
+    case = db.get(Case, case_id)
+    db.refresh(case)
+    assert (case.queue_state, case.lease_owner_id, case.status) == ("waiting", None, "pending")
+    released = select(AuditEvent).where(
+        AuditEvent.action == "case.released", AuditEvent.case_id == case_id
+    )
+    (event,) = db.scalars(released).all()
+    assert event.details == {"reviewer_id": ann, "why": "user deactivated"}
