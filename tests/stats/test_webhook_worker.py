@@ -224,3 +224,35 @@ def test_an_in_process_delivery_keeps_its_job_heartbeating(
     watcher.join(5)
     assert beaten.is_set(), f"heartbeats seen while the receiver held the delivery: {beats}"
     assert _statuses(committed_db) == [("delivered", 1)]
+
+
+def test_a_lost_outcome_is_sent_again_with_the_same_webhook_id(
+    flask_app, committed_db, redis_conn, receiver, worker_app, own_pool
+):
+    """The outcome of a delivery is committed without waiting for the WAL flush on
+    PostgreSQL: a database crash may lose a "delivered" (never the delivery). The delivery is
+    then pending again, and the sweeper sends it again under the same ``webhook-id``."""
+    from sqlalchemy import update
+
+    from workers.jobs.maintenance import STUCK_DELIVERY_AFTER, redeliver_webhooks
+
+    client = flask_app.test_client()
+    _create_task(client, make_token("admin"), receiver.url)
+    _resolve_one(client, make_token("app"))
+    run_worker(redis_conn)
+    assert _statuses(committed_db) == [("delivered", 1)]
+    # As if the crash happened right after that commit, long enough ago for the sweeper.
+    committed_db.execute(
+        update(WebhookDelivery).values(
+            status="pending",
+            attempts=0,
+            delivered_at=None,
+            created_at=utcnow() - STUCK_DELIVERY_AFTER - timedelta(minutes=1),
+        )
+    )
+    committed_db.commit()
+    assert redeliver_webhooks() == 1
+    run_worker(redis_conn)
+    assert _statuses(committed_db) == [("delivered", 1)]
+    message_id = committed_db.scalar(select(WebhookDelivery.message_id))
+    assert [h["webhook-id"] for h, _, _ in receiver.requests] == [message_id] * 2
