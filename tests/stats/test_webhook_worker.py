@@ -145,6 +145,9 @@ def test_the_worker_delivers_in_process_over_one_kept_alive_connection(
     sent = {headers["webhook-id"] for headers, _, _ in receiver.requests}
     assert sent == set(committed_db.scalars(select(WebhookDelivery.message_id)).all())
     assert _statuses(committed_db) == [("delivered", 1)] * 5
+    # Nothing of a delivered job stays in Redis: the delivery row is the record.
+    assert not any(Job.exists(f"webhook-{i}", redis_conn) for i in sent)
+    assert not redis_conn.keys("rq:results:*")
 
 
 def test_a_500_is_retried_on_the_backoff_then_delivered_with_the_same_id(
