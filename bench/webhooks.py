@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import itertools
 import json
 import logging
 import multiprocessing
@@ -86,6 +87,7 @@ def run_receiver(port: int, delay: float) -> None:
     verifier = Webhook(receiver_key())
     lock = threading.Lock()
     state: dict[str, Any] = {"arrivals": [], "bad": 0, "connections": 0}
+    numbers = itertools.count(1)
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: a client may reuse its connection
@@ -94,7 +96,7 @@ def run_receiver(port: int, delay: float) -> None:
             super().setup()
             with lock:
                 state["connections"] += 1
-                self.connection_no = state["connections"]
+                self.connection_no = next(numbers)  # never reset: unique over the run
 
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
@@ -319,6 +321,16 @@ def start_workers(
     return procs
 
 
+def worker_rss_mb(pid: int) -> float:
+    """Resident memory of one worker process (its scheduler children not included)."""
+    import psutil
+
+    try:
+        return round(psutil.Process(pid).memory_info().rss / 2**20, 1)
+    except psutil.Error:
+        return 0.0
+
+
 def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
     for proc in procs:
         if proc.poll() is None:
@@ -372,7 +384,8 @@ def summarise(stats: dict[str, Any]) -> dict[str, Any]:
         "arrived": len(arrivals),
         "unique": len(set(ids)),
         "bad_signatures": stats["bad"],
-        "connections": stats["connections"],
+        # Connections that carried deliveries (not the script's own /stats requests).
+        "connections": len({a[3] for a in arrivals}),
         "per_second": (len(arrivals) - 1) / span if span else 0.0,
         "lag_p50": statistics.median(lags) if lags else 0.0,
         "lag_p99": pct(lags, 0.99) if lags else 0.0,
@@ -434,7 +447,7 @@ def main() -> None:
         payload = sample_payload(app)
         receiver.reset()
         limit = bare_loop(receiver.url, payload, args.deliveries)
-        limit_stats = receiver.stats()
+        limit_stats = summarise(receiver.stats())
         results["limit"] = {"per_second": limit, "connections": limit_stats["connections"]}
         print(
             f"limit (bare loop, one kept-alive httpx.Client): {limit:,.0f} deliveries/s over"
@@ -451,6 +464,7 @@ def main() -> None:
             workers[0].wait(timeout=120)
         backlog = summarise(stats)
         backlog["seconds_from_start"] = time.monotonic() - started
+        backlog["worker_rss_mb"] = [worker_rss_mb(p.pid) for p in workers]
         results["backlog"] = backlog
         print(
             f"backlog: {backlog['unique']}/{args.deliveries} delivered by {args.workers}"
@@ -458,7 +472,7 @@ def main() -> None:
             f" {backlog['seconds_from_start']:.1f} s from the worker's start), over"
             f" {backlog['connections']} connection(s); {backlog['bad_signatures']} bad"
             f" signature(s); {limit / max(backlog['per_second'], 1e-9):.1f}x the limit's"
-            " time per delivery",
+            f" time per delivery; worker RSS {backlog['worker_rss_mb']} MB",
             flush=True,
         )
         failed |= backlog["unique"] < args.deliveries or backlog["bad_signatures"] > 0
