@@ -45,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -169,11 +170,19 @@ class Receiver:
     def stats(self) -> dict[str, Any]:
         return dict(self.http.get("/stats").json())
 
-    def wait_for(self, expected: int, timeout: float) -> dict[str, Any]:
+    def wait_for(
+        self, expected: int, timeout: float, on_first: Callable[[int], None] | None = None
+    ) -> dict[str, Any]:
+        """Wait until ``expected`` distinct deliveries arrived; ``on_first(count)`` is
+        called once, when the first ones are seen."""
         deadline = time.monotonic() + timeout
         while True:
             stats = self.stats()
-            if len({a[0] for a in stats["arrivals"]}) >= expected or time.monotonic() > deadline:
+            arrived = len({a[0] for a in stats["arrivals"]})
+            if arrived and on_first is not None:
+                on_first(arrived)
+                on_first = None
+            if arrived >= expected or time.monotonic() > deadline:
                 return stats
             time.sleep(0.2)
 
@@ -321,6 +330,21 @@ def start_workers(
     return procs
 
 
+def cpu_seconds(procs: list[subprocess.Popen[bytes]]) -> float:
+    """CPU time of the worker processes, with that of the children they have reaped (the
+    work horses a forking worker runs its jobs in)."""
+    import psutil
+
+    total = 0.0
+    for proc in procs:
+        try:
+            t = psutil.Process(proc.pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
 def worker_rss_mb(pid: int) -> float:
     """Resident memory of one worker process (its scheduler children not included)."""
     import psutil
@@ -459,11 +483,22 @@ def main() -> None:
         log = home / "worker.log"
         started = time.monotonic()
         workers = start_workers(args.workers, env, args.worker_queues, log, args.profile)
-        stats = receiver.wait_for(args.deliveries, timeout=max(120, args.deliveries * 1.0))
+        first: list[tuple[int, float]] = []
+        stats = receiver.wait_for(
+            args.deliveries,
+            timeout=max(120, args.deliveries * 1.0),
+            on_first=lambda n: first.append((n, cpu_seconds(workers))),
+        )
+        spent = cpu_seconds(workers)
         if args.profile is not None:
             workers[0].wait(timeout=120)
         backlog = summarise(stats)
         backlog["seconds_from_start"] = time.monotonic() - started
+        # CPU of the worker processes (and of the work horses they reaped) per delivery,
+        # from the first arrivals on: what a delivery costs the worker, start-up excluded,
+        # and less sensitive than the rate to what else the machine runs.
+        counted = backlog["unique"] - first[0][0] if first else 0
+        backlog["worker_cpu_ms"] = (spent - first[0][1]) / counted * 1000 if counted else 0.0
         backlog["worker_rss_mb"] = [worker_rss_mb(p.pid) for p in workers]
         results["backlog"] = backlog
         print(
@@ -472,7 +507,8 @@ def main() -> None:
             f" {backlog['seconds_from_start']:.1f} s from the worker's start), over"
             f" {backlog['connections']} connection(s); {backlog['bad_signatures']} bad"
             f" signature(s); {limit / max(backlog['per_second'], 1e-9):.1f}x the limit's"
-            f" time per delivery; worker RSS {backlog['worker_rss_mb']} MB",
+            f" time per delivery; worker CPU {backlog['worker_cpu_ms']:.1f} ms a delivery;"
+            f" worker RSS {backlog['worker_rss_mb']} MB",
             flush=True,
         )
         failed |= backlog["unique"] < args.deliveries or backlog["bad_signatures"] > 0
