@@ -19,7 +19,7 @@ from sqlalchemy import select, text
 from standardwebhooks.webhooks import Webhook
 
 from service import queues
-from service.db import is_postgres, read_only, transaction, utcnow
+from service.db import is_postgres, transaction, utcnow
 from service.models import Task, WebhookDelivery
 from service.services.webhooks import redact_url
 from workers.context import job
@@ -90,7 +90,6 @@ def retry_delay(attempts: int) -> timedelta:
 @job
 def deliver(delivery_id: int) -> str:
     with transaction() as session:
-        read_only(session)  # on SQLite, no write lock while the body is signed
         found = session.execute(
             select(WebhookDelivery, Task)
             .join(Task, Task.id == WebhookDelivery.task_id)
