@@ -29,9 +29,10 @@ MAINTENANCE_SECONDS = 30
 #: its own timeouts; forking the worker (which has the whole app and ML stack loaded) cost
 #: it ~0.1-0.2 s every time, and the fork threw away what the next delivery could reuse
 #: (the HTTP connection pool and TLS context, the database pool, SQLAlchemy's compiled
-#: statements): bench/README.md, "Webhooks". Training and exports keep their work horse:
-#: they change process state (thread counts, nice level), allocate hundreds of MB and run
-#: native code for minutes, so a crash or a leak there must not take the worker with it.
+#: statements): bench/README.md, "Webhooks". Training, exports and maintenance keep their
+#: work horse: training changes process state (thread counts, nice level), training and
+#: exports allocate hundreds of MB and run native code for minutes, so a crash or a leak
+#: there must not take the worker with it.
 IN_PROCESS_QUEUES = frozenset({queue_specs.WEBHOOKS.name})
 
 
@@ -72,7 +73,7 @@ class TandemWorker(Worker):
         execution = self.prepare_execution(job)
         # Nobody watches an in-process job from outside, so beat from a thread as the
         # forked worker's monitor loop would: a slow receiver is not mistaken for a dead
-        # worker, and a dead worker's job is still found within HEARTBEAT_SLACK_SECONDS.
+        # worker, and a dead worker's job still lapses 30 s after its last beat.
         done = threading.Event()
 
         def beat() -> None:
