@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 from flask import Flask
-from rq import Worker
+from redis.exceptions import RedisError
+from rq import Queue, Worker
+from rq.job import Job
+from rq.worker import WorkerStatus
 
 from service import queues as queue_specs
 from service.redis_conn import get_redis
@@ -20,6 +24,16 @@ JOB_HEARTBEAT_SECONDS = 10
 HEARTBEAT_SLACK_SECONDS = 20
 #: How often each worker looks for abandoned jobs (RQ's default is 10 minutes).
 MAINTENANCE_SECONDS = 30
+#: Queues whose jobs run in the worker process itself rather than in a work horse forked
+#: per job. A webhook delivery is a few milliseconds of plain Python and one HTTP call under
+#: its own timeouts; forking the worker (which has the whole app and ML stack loaded) cost
+#: it ~0.1-0.2 s every time, and the fork threw away what the next delivery could reuse
+#: (the HTTP connection pool and TLS context, the database pool, SQLAlchemy's compiled
+#: statements): bench/README.md, "Webhooks". Training, exports and maintenance keep their
+#: work horse: training changes process state (thread counts, nice level), training and
+#: exports allocate hundreds of MB and run native code for minutes, so a crash or a leak
+#: there must not take the worker with it.
+IN_PROCESS_QUEUES = frozenset({queue_specs.WEBHOOKS.name})
 
 
 class TandemWorker(Worker):
@@ -35,6 +49,48 @@ class TandemWorker(Worker):
     def get_heartbeat_ttl(self, job: Any, working_time: float = 0.0) -> int:
         ttl = super().get_heartbeat_ttl(job, working_time)
         return int(ttl) - 60 + HEARTBEAT_SLACK_SECONDS
+
+    @property
+    def dequeue_timeout(self) -> int:
+        """How long an idle worker blocks waiting for a job. RQ sweeps only between two
+        waits, and waits up to 405 s: a worker of a quiet queue (a dedicated webhooks worker)
+        found the job of a killed worker minutes late. Now it wakes every sweep interval."""
+        return MAINTENANCE_SECONDS
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """Jobs of IN_PROCESS_QUEUES run here, as RQ's SimpleWorker runs every job; the rest
+        in a forked work horse, as RQ's Worker does.
+
+        What crash isolation means for an in-process job: its timeout still applies (RQ's
+        SIGALRM death penalty raises in the job); an exception fails it and RQ retries it
+        as before; a process that dies mid-job (``kill -9``, OOM) is the worker itself, and
+        the job, no longer heartbeating, is swept as abandoned within a minute by any live
+        worker and retried (the delivery is at-least-once, the same ``webhook-id``).
+        """
+        if job.origin not in IN_PROCESS_QUEUES:
+            super().execute_job(job, queue)
+            return
+        execution = self.prepare_execution(job)
+        # Nobody watches an in-process job from outside, so beat from a thread as the
+        # forked worker's monitor loop would: a slow receiver is not mistaken for a dead
+        # worker, and a dead worker's job still lapses 30 s after its last beat.
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(self.job_monitoring_interval):
+                try:
+                    self.maintain_heartbeats(job, execution)
+                except RedisError as exc:
+                    log.warning("job heartbeat failed: %s", type(exc).__name__)
+
+        beater = threading.Thread(target=beat, name="tandem-job-heartbeat", daemon=True)
+        beater.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            done.set()
+            beater.join()
+        self.set_state(WorkerStatus.IDLE)
 
 
 def run_worker(

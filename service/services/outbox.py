@@ -73,7 +73,7 @@ def relay(session: Session, redis: Redis, *, limit: int = 500) -> int:
                     job_id=entry.job_id,
                     job_timeout=spec.job_timeout,
                     retry=Retry(max=spec.max_retries, interval=list(spec.retry_intervals)),
-                    result_ttl=86_400,
+                    result_ttl=spec.result_ttl,
                     failure_ttl=7 * 86_400,
                     meta=meta,
                     description=f"{entry.func}({entry.kwargs})",
