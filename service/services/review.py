@@ -153,6 +153,15 @@ def expire_task_leases(session: Session, task_id: int, now: datetime) -> int:
     return len(expired)
 
 
+def _lease(case: Case, user_id: int, expires: datetime, now: datetime) -> None:
+    case.queue_state = "leased"
+    case.lease_owner_id = user_id
+    case.lease_expires_at = expires
+    case.claimed_at = now
+    if case.status == "pending":
+        case.status = "in_review"
+
+
 def _unlease(case: Case) -> None:
     case.queue_state = "waiting"
     case.lease_owner_id = None
@@ -224,12 +233,7 @@ def claim(
     case = _lock_first(session, base.where(Case.created_at < cutoff)) or _lock_first(session, base)
     if case is None:
         return None
-    case.queue_state = "leased"
-    case.lease_owner_id = user_id
-    case.lease_expires_at = expires
-    case.claimed_at = now
-    if case.status == "pending":
-        case.status = "in_review"
+    _lease(case, user_id, expires, now)
     audit.record(
         session,
         "case.claimed",
@@ -314,12 +318,7 @@ def claim_case(
             details={"implicit": True},
             request_id=request_id,
         )
-    case.queue_state = "leased"
-    case.lease_owner_id = user_id
-    case.lease_expires_at = expires
-    case.claimed_at = now
-    if case.status == "pending":
-        case.status = "in_review"
+    _lease(case, user_id, expires, now)
     audit.record(
         session,
         "case.claimed",
