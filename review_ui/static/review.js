@@ -170,8 +170,12 @@
         if (reason === "already_resolved") {
           text = "Not saved: " + which + " was already decided (in another tab or by another reviewer).";
         } else if (reason === "lease_expired" || reason === "lease_lost") {
-          text = "Not saved: your hold on " + which + " expired" +
-            (again ? "; it was claimed again — decide it again." : " and it went back to the queue.");
+          // lease_lost: the hold ran out and someone else's claim or an admin's release
+          // ended it; the page cannot tell which, so it says what is sure.
+          const ended = reason === "lease_expired" ? " expired" :
+            " ended (it ran out, or an admin gave the case back to the queue)";
+          text = "Not saved: your hold on " + which + ended +
+            (again ? "; it was claimed again — decide it again." : ".");
         } else {
           text = "Not saved (" + which + "): " + T.errorText(resp) + (again ? " — try again." : ".");
         }
@@ -179,10 +183,10 @@
         setStatus(text, "error");
         return;
       }
-      state.lastDecided = { id: c.case_id, label: label };
+      state.lastDecided = { id: c.case_id, label: label, comment: comment };
       addDone(1);
       await claim();
-      setStatus("Saved " + label + " for case " + short(c.case_id) + ". Press u to undo.", "ok");
+      setStatus("Saved " + label + " for case " + short(c.case_id) + ". " + UNDO_HINT, "ok");
     });
   }
 
@@ -197,6 +201,10 @@
       setStatus("Skipped case " + short(c.case_id) + ".", "ok");
     });
   }
+
+  // Touch screens have no keys to press: the hint names the button there.
+  const UNDO_HINT = window.matchMedia("(hover: none) and (pointer: coarse)").matches ?
+    "Undo with the Undo button." : "Press u to undo.";
 
   function undo() {
     return run(async () => {
@@ -215,6 +223,7 @@
       addDone(-1);
       state.current = null;
       render(resp.data, false);
+      $("comment").value = last.comment || "";  // the comment goes back with the decision
       refreshProgress();
       setStatus("Undone: decide case " + short(last.id) + " again.", "ok");
     });

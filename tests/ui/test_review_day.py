@@ -180,6 +180,25 @@ def test_a_session_that_ended_is_said_with_the_way_back_in(page_for, live_server
     assert _row(case_id).final_label is None  # nothing was saved
 
 
+def test_a_hold_an_admin_ended_is_not_called_expired(page_for, live_server):
+    """An admin gave the reviewer's case back to the queue: the refusal says the hold
+    ended, and why it may have, rather than claiming it expired."""
+    from service.services.review import release_cases
+
+    ids = _setup(2)
+    page = page_for(EMAIL, PASSWORD)
+    _open(page, live_server)
+    held = _case_on_screen(page, None)
+    with transaction() as session:
+        release_cases(session, NAME, [held], SYSTEM)
+    page.keyboard.press("1")
+    _status(page, "Not saved")
+    status = page.inner_text("#status")
+    assert held[-8:] in status and "ended" in status and "an admin" in status
+    assert "expired" not in status
+    assert _row(held).final_label is None and set(ids) >= {held}
+
+
 def test_an_expired_hold_is_said_and_the_case_claimed_again(page_for, live_server):
     (case_id,) = _setup(1)
     page = page_for(EMAIL, PASSWORD)
@@ -283,6 +302,9 @@ def test_a_phone_keeps_the_decision_in_reach_without_keyboard_hints(page_for, li
     page.tap("#labels button >> nth=1")
     assert _case_on_screen(page, shown) in ids
     assert _row(shown).final_label == "bad"
+    _status(page, "Saved")
+    assert "Undo with the Undo button" in page.inner_text("#status")  # no key to press
+    assert "Press u" not in page.inner_text("#status")
     assert errors == []
 
 
@@ -349,6 +371,27 @@ def test_the_page_counts_what_is_left_and_names_the_saved_case(page_for, live_se
         "() => document.getElementById('progress').textContent.includes('0 done')"
     )
     assert errors == []
+
+
+def test_an_undone_decision_gives_its_comment_back(page_for, live_server):
+    """Undo brings the case back to be decided again, and the comment written for it with
+    it (the box came back empty: the reviewer had to type it again)."""
+    _setup(2)
+    page = page_for(EMAIL, PASSWORD)
+    _open(page, live_server)
+    case_id = _case_on_screen(page, None)
+    page.keyboard.press("c")
+    page.keyboard.type("looks risky")
+    page.keyboard.press("Escape")
+    page.keyboard.press("2")
+    _case_on_screen(page, case_id)
+    assert page.input_value("#comment") == ""  # the next case starts with an empty box
+    page.keyboard.press("u")
+    page.wait_for_function(
+        "id => document.getElementById('workspace').dataset.caseId === id", arg=case_id
+    )
+    _status(page, "Undone")
+    assert page.input_value("#comment") == "looks risky"
 
 
 def test_the_comment_box_has_a_key(page_for, live_server):
