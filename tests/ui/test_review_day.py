@@ -292,6 +292,9 @@ def test_a_phone_keeps_the_decision_in_reach_without_keyboard_hints(page_for, li
     shown = _case_on_screen(page, None)
     for i in range(2):
         assert _in_view(page, f"#labels button >> nth={i}", 844)
+    # Why the case is here is read first, not after scrolling past every field.
+    why, fields = page.locator("#why").bounding_box(), page.locator("#fields").bounding_box()
+    assert why is not None and fields is not None and why["y"] < fields["y"]
     # Touch users get no keyboard hints (the buttons still say what they do).
     assert not page.locator(".key-hints").is_visible()
     assert page.locator("#decide kbd:visible").count() == 0
