@@ -205,7 +205,7 @@ def task_status(session: Session, task: Task, actor: Actor | None = None) -> dic
         "labels": task.labels,
         "fields": task.fields,
         "policy": task.policy,
-        "review": task.review,
+        "review": {"primary_fields": [], **task.review},  # every key, set or not
         # Webhook settings are an admin's business; credentials in the URL are never shown.
         "webhook": {"url": redact_url(task.webhook_url)}
         if task.webhook_url and (actor is None or actor.role == "admin")

@@ -15,7 +15,7 @@ from service.schemas.tasks import (
     TaskCreateSchema,
     WebhookSchema,
 )
-from tests.helpers import auth
+from tests.helpers import SIMPLE_TASK, auth
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "tasks.md"
@@ -76,3 +76,12 @@ def test_every_key_the_schema_takes_is_documented_and_set_in_the_example():
             key = field.data_key or field.name
             assert f"| `{key}` |" in text, f"{part}.{key} has no row in docs/tasks.md"
             assert key in shown, f"{part}.{key} is not set in docs/examples/task.json"
+
+
+def test_a_task_read_back_names_every_review_setting(client, tokens):
+    """Optional review settings are shown with their default when not set (an integrator
+    reading the task should not have to know which keys may be missing)."""
+    created = client.post("/api/v1/tasks", json=SIMPLE_TASK, headers=auth(tokens["admin"]))
+    assert created.status_code == 201
+    read = client.get(f"/api/v1/tasks/{SIMPLE_TASK['name']}", headers=auth(tokens["admin"]))
+    assert read.json["review"]["primary_fields"] == []
