@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 from sqlalchemy import func, select, update
 
 from service.db import db_session, transaction, utcnow
@@ -107,7 +108,9 @@ def test_the_demo_dashboard_draws_its_seeded_history(page_for, live_server, flas
     if state == "automating":
         assert max(automation) > 0.3, automation
         error = _chart_points(page, "chart-error", "Live error")
-        assert len(error) >= 3, error
+        # Two days at least: when the first version fails and the one trained at 3,000 cases
+        # certifies (service/demo.py), automatic answers cover the last day or two only.
+        assert len(error) >= 2, error
         assert set(_chart_points(page, "chart-error", "Target error α")) == {0.15}
     # Queue size over time, and a real time to decision (not "0 s").
     depth = _chart_points(page, "chart-queue", "Queue depth")
@@ -316,19 +319,22 @@ def test_the_queue_is_searched_and_an_admin_releases_cases(page_for, live_server
     _people(("admin@example.com", "admin"), ("rev@example.com", "reviewer"))
     _task()
     ids = queue_cases(NAME, 6)
-    with transaction() as session:
-        session.execute(
-            update(Case)
-            .where(Case.id == ids[4])
-            .values(
-                input={"review": "Late twice.", "state": "NV", "amount": 700.0, "verified": False}
-            )
-        )
     reviewer = _actor("rev@example.com")
     with transaction() as session:
         claimed = review_service.claim(session, NAME, reviewer)
         assert claimed is not None
         leased = claimed.case.id
+    # The searches look for waiting cases: which case the reviewer holds depends on the
+    # order of cases queued within the same millisecond, so pick among the others.
+    by_id, by_field = [k for k, case_id in enumerate(ids) if case_id != leased][:2]
+    with transaction() as session:
+        session.execute(
+            update(Case)
+            .where(Case.id == ids[by_field])
+            .values(
+                input={"review": "Late twice.", "state": "NV", "amount": 700.0, "verified": False}
+            )
+        )
     db_session.remove()  # no stale copy of the case: the server changes it
     page = page_for("admin@example.com", PASSWORD)
     errors = _errors(page)
@@ -336,24 +342,28 @@ def test_the_queue_is_searched_and_an_admin_releases_cases(page_for, live_server
     # Reasons in words (cold start: no model yet), in the list and in the filter.
     assert "No model yet" in page.locator("tbody").inner_text()
     assert "cold_start" not in page.locator("main").inner_text()
-    # Search by external id (exact) and by a field's value.
-    page.fill("#external_id", "x3")
+    # Search by external id (exact) and by a field's value (to_have_count waits for the
+    # filtered page: a plain count could read the page while it loads).
+    rows = page.locator("tbody tr")
+    page.fill("#external_id", f"x{by_id}")
     page.get_by_role("button", name="Filter").click()
-    assert page.locator("tbody tr").count() == 1
-    assert ids[3][-8:] in page.locator("tbody").inner_text()
+    expect(rows).to_have_count(1)
+    assert ids[by_id][-8:] in page.locator("tbody").inner_text()
     page.fill("#external_id", "")
     page.select_option("#field", "state")
     page.fill("#value", "NV")
     page.get_by_role("button", name="Filter").click()
-    assert page.locator("tbody tr").count() == 1
-    assert ids[4][-8:] in page.locator("tbody").inner_text()
+    expect(page).to_have_url(re.compile(r"value=NV"))
+    expect(rows).to_have_count(1)
+    assert ids[by_field][-8:] in page.locator("tbody").inner_text()
     page.select_option("#field", "amount")
     page.fill("#value", "700")
     page.get_by_role("button", name="Filter").click()
-    assert page.locator("tbody tr").count() == 1
+    expect(page).to_have_url(re.compile(r"value=700"))
+    expect(rows).to_have_count(1)
     # Bulk release: the reviewer's case goes back to the queue, recorded.
     page.goto(live_server + f"/tasks/{NAME}/queue?state=leased")
-    assert page.locator("tbody tr").count() == 1
+    expect(rows).to_have_count(1)
     page.get_by_label(f"Choose case {leased[-8:]}").check()
     page.get_by_test_id("release-chosen").click()
     page.locator(".flash-ok", has_text="1 case released").wait_for()
