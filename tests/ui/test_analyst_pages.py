@@ -106,7 +106,9 @@ def test_the_demo_dashboard_draws_its_seeded_history(page_for, live_server, flas
     # Whether the seeded history certifies is the demo's luck of the audit draw (docs/policy.md;
     # tests/foundation/test_demo_seed.py): with a certified model its error has a history too.
     if state == "automating":
-        assert max(automation) > 0.3, automation
+        # Above zero, not a set level: how much is automated per day depends on which
+        # version certified first (the one at 2,000 or at 3,000 history cases).
+        assert max(automation) > 0, automation
         error = _chart_points(page, "chart-error", "Live error")
         # Two days at least: when the first version fails and the one trained at 3,000 cases
         # certifies (service/demo.py), automatic answers cover the last day or two only.
