@@ -484,7 +484,9 @@ def admin_user_access(user_id: int) -> Response:
             before, after = done.changed["task_scope"]
             said.append(f"tasks {_scope_text(before)} → {_scope_text(after)}")
         tail = (
-            f"; {done.tokens_revoked} of their tokens exceeded the new rights and were revoked"
+            f"; {done.tokens_revoked} of their tokens "
+            f"{'exceeds' if done.tokens_revoked == 1 else 'exceed'} the new rights and "
+            f"{'was' if done.tokens_revoked == 1 else 'were'} revoked"
             if done.tokens_revoked
             else ""
         )
@@ -498,7 +500,10 @@ def admin_user_access(user_id: int) -> Response:
 def admin_user_deactivate(user_id: int) -> Response:
     def change(session: Any, user: User, me: Actor) -> str:
         accounts.deactivate_user(session, user, me)
-        return f"{user.email} deactivated: signed out everywhere, their tokens revoked."
+        return (
+            f"{user.email} deactivated: signed out everywhere, their tokens revoked, the cases "
+            "they held back in the queue."
+        )
 
     return _manage_user(user_id, change)
 

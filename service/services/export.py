@@ -687,15 +687,22 @@ def _iter_rows(session: Session, stmt: Select[Any], size: int) -> Generator[list
         result.close()
 
 
+def _arrow_batches(
+    session: Session, stmt: Select[Any], convert: Any, batch_rows: int | None
+) -> Generator[pa.RecordBatch]:
+    """``stmt``'s rows as Arrow batches, one per round trip (constant memory)."""
+    with closing(_iter_rows(session, stmt, batch_rows or BATCH_ROWS)) as parts:
+        for rows in parts:
+            yield convert(rows)
+
+
 def iter_batches(
     session: Session, task: Task, spec: ExportSpec, *, batch_rows: int | None = None
 ) -> Generator[pa.RecordBatch]:
     """Stream the export as Arrow batches (one per round trip, constant memory)."""
     schema = export_schema(task)
     stmt = build_query(task, spec, _dialect(session))
-    with closing(_iter_rows(session, stmt, batch_rows or BATCH_ROWS)) as parts:
-        for rows in parts:
-            yield _to_batch(rows, task, schema)
+    return _arrow_batches(session, stmt, lambda rows: _to_batch(rows, task, schema), batch_rows)
 
 
 def iter_review_batches(
@@ -704,9 +711,7 @@ def iter_review_batches(
     """The reviews file's rows as Arrow batches (constant memory)."""
     schema = reviews_schema(task)
     stmt = build_reviews_query(task, spec, _dialect(session))
-    with closing(_iter_rows(session, stmt, batch_rows or BATCH_ROWS)) as parts:
-        for rows in parts:
-            yield _reviews_batch(rows, schema)
+    return _arrow_batches(session, stmt, lambda rows: _reviews_batch(rows, schema), batch_rows)
 
 
 # --- writers -------------------------------------------------------------------------------

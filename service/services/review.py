@@ -141,13 +141,11 @@ def expire_task_leases(session: Session, task_id: int, now: datetime) -> int:
     expired = session.scalars(stmt).all()
     for case in expired:
         owner = case.lease_owner_id
-        _unlease(case)
-        audit.record(
+        _give_back(
             session,
-            "case.lease_expired",
+            case,
             audit.SYSTEM,
-            task_id=task_id,
-            case_id=case.id,
+            "case.lease_expired",
             details={"reviewer_id": owner},
         )
     return len(expired)
@@ -160,6 +158,28 @@ def _lease(case: Case, user_id: int, expires: datetime, now: datetime) -> None:
     case.claimed_at = now
     if case.status == "pending":
         case.status = "in_review"
+
+
+def _give_back(
+    session: Session,
+    case: Case,
+    actor: Actor,
+    action: str,
+    *,
+    details: dict[str, Any] | None = None,
+    request_id: str | None = None,
+) -> None:
+    """The case goes back to the queue, and why is on record (released, lease expired)."""
+    _unlease(case)
+    audit.record(
+        session,
+        action,
+        actor,
+        task_id=case.task_id,
+        case_id=case.id,
+        details=details,
+        request_id=request_id,
+    )
 
 
 def _unlease(case: Case) -> None:
@@ -213,13 +233,11 @@ def claim(
         return Claimed(case=held, task=task, renewed=True)
     if held is not None:
         # The reviewer moved on from the case they held: give it back first.
-        _unlease(held)
-        audit.record(
+        _give_back(
             session,
-            "case.released",
+            held,
             actor,
-            task_id=task.id,
-            case_id=held.id,
+            "case.released",
             details={"implicit": True},
             request_id=request_id,
         )
@@ -290,13 +308,11 @@ def claim_case(
         raise _conflict_for(case, user_id)
     if case.queue_state == "leased":  # a lapsed lease of someone else's
         owner = case.lease_owner_id
-        _unlease(case)
-        audit.record(
+        _give_back(
             session,
-            "case.lease_expired",
+            case,
             audit.SYSTEM,
-            task_id=task.id,
-            case_id=case.id,
+            "case.lease_expired",
             details={"reviewer_id": owner},
         )
     held = session.scalars(
@@ -308,13 +324,11 @@ def claim_case(
         )
     ).all()
     for other in held:
-        _unlease(other)
-        audit.record(
+        _give_back(
             session,
-            "case.released",
+            other,
             actor,
-            task_id=task.id,
-            case_id=other.id,
+            "case.released",
             details={"implicit": True},
             request_id=request_id,
         )
@@ -561,15 +575,7 @@ def release(session: Session, case_id: str, actor: Actor, *, request_id: str | N
     case = get_case(session, case_id, actor, for_update=True)
     if case.queue_state != "leased" or case.lease_owner_id != user_id:
         raise _conflict_for(case, user_id)
-    _unlease(case)
-    audit.record(
-        session,
-        "case.released",
-        actor,
-        task_id=case.task_id,
-        case_id=case.id,
-        request_id=request_id,
-    )
+    _give_back(session, case, actor, "case.released", request_id=request_id)
     return case
 
 
@@ -691,13 +697,11 @@ def release_cases(
     for case_id in ids:
         case = rows[case_id]
         owner = case.lease_owner_id
-        _unlease(case)
-        audit.record(
+        _give_back(
             session,
-            "case.released",
+            case,
             actor,
-            task_id=task.id,
-            case_id=case.id,
+            "case.released",
             details={"by_admin": True, "reviewer_id": owner},
             request_id=request_id,
         )
@@ -713,13 +717,11 @@ def release_held_by(session: Session, user_id: int, actor: Actor, *, why: str) -
         stmt = stmt.with_for_update()
     cases = session.scalars(stmt).all()
     for case in cases:
-        _unlease(case)
-        audit.record(
+        _give_back(
             session,
-            "case.released",
+            case,
             actor,
-            task_id=case.task_id,
-            case_id=case.id,
+            "case.released",
             details={"reviewer_id": user_id, "why": why},
         )
     return len(cases)
