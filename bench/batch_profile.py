@@ -41,9 +41,9 @@ def main() -> None:
 
     from service import create_app
     from service.config import Settings
-    from service.db import transaction
     from service.services import predict as svc
     from service.services.accounts import authenticate_token
+    from service.uow import unit_of_work
 
     settings = Settings(
         database_url=db_url,
@@ -75,13 +75,13 @@ def main() -> None:
     per_batch: dict[str, list[float]] = defaultdict(list)
     totals: list[float] = []
     with app.app_context():
-        with transaction() as session:
+        with unit_of_work() as session:
             actor = authenticate_token(session, ctx["token"])
         assert actor is not None
         for n in range(args.batches + 3):
             spent.clear()
             t0 = time.perf_counter()
-            with transaction() as session:
+            with unit_of_work() as session:
                 results = svc.predict_batch(session, TASK, items, actor)
                 t_commit = time.perf_counter()
             spent["commit"] = time.perf_counter() - t_commit

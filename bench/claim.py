@@ -29,10 +29,11 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from service import migrate
-from service.db import SessionFactory, db_session, make_engine, transaction
+from service.db import SessionFactory, db_session, make_engine
 from service.models import AuditEvent, Case, Task, User
 from service.services import review
 from service.services.accounts import user_actor
+from service.uow import unit_of_work
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/tandem_bench_claim"
 
@@ -77,7 +78,7 @@ def load(engine, n_cases: int, reviewers: int) -> tuple[str, list]:  # type: ign
         print(f"inserted {n_cases:,} cases in {time.perf_counter() - started:.1f}s")
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE cases"))
-    with transaction() as session:
+    with unit_of_work() as session:
         users = []
         for i in range(reviewers):
             user = User(
@@ -128,7 +129,7 @@ def main() -> None:
         try:
             while time.perf_counter() < deadline:
                 t0 = time.perf_counter()
-                with transaction() as session:
+                with unit_of_work() as session:
                     claimed = review.claim(session, task_name, actor)
                     case_id = claimed.case.id if claimed else None
                 t1 = time.perf_counter()
@@ -136,7 +137,7 @@ def main() -> None:
                 if case_id is None:
                     break
                 try:
-                    with transaction() as session:
+                    with unit_of_work() as session:
                         review.submit_review(session, case_id, "good", actor)
                 except review.Conflict:
                     conflicts[0] += 1
@@ -155,7 +156,7 @@ def main() -> None:
         t.join()
     elapsed = time.perf_counter() - started
 
-    with transaction() as session:
+    with unit_of_work() as session:
         resolved = session.scalar(
             select(func.count()).where(Case.task_id.isnot(None), Case.status == "resolved")
         )

@@ -72,12 +72,13 @@ def task_definition() -> dict[str, Any]:
 def setup_database(n_rows: int) -> str:
     """Create the database, the schema, task, users, token; COPY cases and reviews."""
     from service import migrate
-    from service.db import configure, make_engine, transaction
+    from service.db import configure, make_engine
     from service.models import Task
     from service.schemas.tasks import TaskCreateSchema
     from service.services.accounts import create_token, create_user
     from service.services.audit import SYSTEM
     from service.services.tasks import create_task
+    from service.uow import unit_of_work
 
     admin = create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -87,7 +88,7 @@ def setup_database(n_rows: int) -> str:
     engine = make_engine(f"{PG}/{DB_NAME}")
     migrate.upgrade(engine)
     configure(engine)
-    with transaction() as session:
+    with unit_of_work() as session:
         task = create_task(session, TaskCreateSchema().load(task_definition()), SYSTEM)
         users = [
             create_user(
@@ -184,14 +185,15 @@ def setup_database(n_rows: int) -> str:
 def new_token() -> str:
     """An analyst token on the already loaded database (``--keep-data``)."""
     from service import migrate
-    from service.db import configure, make_engine, transaction
+    from service.db import configure, make_engine
     from service.services.accounts import create_token
     from service.services.audit import SYSTEM
+    from service.uow import unit_of_work
 
     engine = make_engine(f"{PG}/{DB_NAME}")
     migrate.upgrade(engine)  # data loaded by an older checkout: bring the schema to head
     configure(engine)
-    with transaction() as session:
+    with unit_of_work() as session:
         return create_token(
             session, role="analyst", name="bench", task_scope=None, actor=SYSTEM
         ).token

@@ -62,12 +62,12 @@ def setup(db_url: str, workdir: Path) -> dict[str, Any]:
     from bench.common import activate_model
     from service import create_app, migrate
     from service.config import Settings
-    from service.db import transaction
     from service.demo import CREDIT_FIELDS, read_rows
     from service.ml.artifacts import dump_model
     from service.ml.pipeline import train_model
     from service.services import accounts, tasks
     from service.services.audit import SYSTEM
+    from service.uow import unit_of_work
 
     settings = Settings(
         database_url=db_url, redis_url=REDIS_URL, home=workdir, secret_key="bench", embedded=False
@@ -82,7 +82,7 @@ def setup(db_url: str, workdir: Path) -> dict[str, Any]:
     )
     artefact = dump_model(trained.pipeline)
     (workdir / "model.skops").write_bytes(artefact)
-    with app.app_context(), transaction() as session:
+    with app.app_context(), unit_of_work() as session:
         from service.api.tasks import load
         from service.schemas.tasks import TaskCreateSchema
 

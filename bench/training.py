@@ -68,9 +68,10 @@ def setup_app() -> tuple[Any, str]:
 
     from service import create_app, migrate
     from service.config import Settings
-    from service.db import make_engine, transaction
+    from service.db import make_engine
     from service.services import accounts
     from service.services.audit import SYSTEM
+    from service.uow import unit_of_work
 
     admin = create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -90,7 +91,7 @@ def setup_app() -> tuple[Any, str]:
         session_cookie_secure=False,
     )
     app = create_app(settings)
-    with app.app_context(), transaction() as session:
+    with app.app_context(), unit_of_work() as session:
         token = accounts.create_token(
             session, role="admin", name="bench", task_scope=None, actor=SYSTEM
         ).token
@@ -102,10 +103,10 @@ def install_letter_model(app: Any, token: str) -> list[dict[str, Any]]:
     from sqlalchemy import select
 
     from bench.common import activate_model
-    from service.db import transaction
     from service.ml.artifacts import dump_model
     from service.ml.pipeline import train_model
     from service.models import Task
+    from service.uow import unit_of_work
 
     rows, labels, fields, label_set = resample(5000, seed=1)
     client = app.test_client()
@@ -117,7 +118,7 @@ def install_letter_model(app: Any, token: str) -> list[dict[str, Any]]:
     assert resp.status_code == 201, resp.json
     trained = train_model(rows, labels, fields, label_set, hgb_max_iter=50)
     art = dump_model(trained.pipeline)
-    with app.app_context(), transaction() as session:
+    with app.app_context(), unit_of_work() as session:
         task = session.scalar(select(Task).where(Task.name == "letter"))
         activate_model(session, task, trained, art, rows)
     return rows

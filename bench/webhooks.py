@@ -210,10 +210,10 @@ def setup(db_url: str, redis_url: str, home: Path, hook_url: str, cases: int) ->
     from service import create_app, migrate
     from service.api.tasks import load
     from service.config import Settings
-    from service.db import transaction
     from service.schemas.tasks import TaskCreateSchema
     from service.services import accounts, predict, tasks
     from service.services.audit import SYSTEM
+    from service.uow import unit_of_work
 
     settings = Settings(
         database_url=db_url, redis_url=redis_url, home=home, secret_key="bench", embedded=False
@@ -221,7 +221,7 @@ def setup(db_url: str, redis_url: str, home: Path, hook_url: str, cases: int) ->
     app = create_app(settings)
     migrate.upgrade(app.extensions["tandem_engine"])
     with app.app_context():
-        with transaction() as session:
+        with unit_of_work() as session:
             definition = {
                 "name": TASK,
                 "labels": ["good", "bad"],
@@ -248,7 +248,7 @@ def setup(db_url: str, redis_url: str, home: Path, hook_url: str, cases: int) ->
                 predict.PredictRequest(input={"review": f"case {i}", "state": "CA"})
                 for i in range(start, min(cases, start + 1000))
             ]
-            with transaction() as session:
+            with unit_of_work() as session:
                 predict.predict_batch(session, TASK, items, app_actor)
     return app
 
@@ -258,8 +258,8 @@ def decide(app: Any, count: int, rate: float | None) -> None:
     ``case.resolved`` in the same transaction), relay the outbox after the commit. At most
     ``rate`` per second when given."""
     from service.api.common import relay_outbox
-    from service.db import transaction
     from service.services import review
+    from service.uow import unit_of_work
 
     actor = app.config["BENCH_REVIEWER"]
     started = time.monotonic()
@@ -269,11 +269,11 @@ def decide(app: Any, count: int, rate: float | None) -> None:
                 wait = started + i / rate - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)
-            with transaction() as session:
+            with unit_of_work() as session:
                 claimed = review.claim(session, TASK, actor)
                 assert claimed is not None, "no case left to decide"
                 case_id = claimed.case.id
-            with transaction() as session:
+            with unit_of_work() as session:
                 decision = review.submit_review(session, case_id, "good", actor)
                 assert decision.event == "case.resolved", decision.event
             relay_outbox()
@@ -282,10 +282,10 @@ def decide(app: Any, count: int, rate: float | None) -> None:
 def delivered_count(app: Any) -> dict[str, int]:
     from sqlalchemy import func, select
 
-    from service.db import transaction
     from service.models import WebhookDelivery
+    from service.uow import unit_of_work
 
-    with app.app_context(), transaction() as session:
+    with app.app_context(), unit_of_work() as session:
         rows = session.execute(
             select(WebhookDelivery.status, func.count()).group_by(WebhookDelivery.status)
         ).all()
@@ -295,10 +295,10 @@ def delivered_count(app: Any) -> dict[str, int]:
 def sample_payload(app: Any) -> dict[str, Any]:
     from sqlalchemy import select
 
-    from service.db import transaction
     from service.models import WebhookDelivery
+    from service.uow import unit_of_work
 
-    with app.app_context(), transaction() as session:
+    with app.app_context(), unit_of_work() as session:
         payload = session.scalar(select(WebhookDelivery.payload).limit(1))
     assert payload is not None
     return dict(payload)

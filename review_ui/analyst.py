@@ -16,9 +16,9 @@ from werkzeug.wrappers import Response
 
 from review_ui.glossary import REASON_NAMES, STATE_TEXT, entries
 from review_ui.views import actor, bp, roles
-from service.db import transaction
 from service.errors import ServiceError
 from service.services import review as review_service
+from service.uow import unit_of_work
 
 GLOSSARY = entries()
 
@@ -75,7 +75,7 @@ def review_case(case_id: str) -> Response:
     """ "Review this case": lease this case to the signed-in reviewer and open the review
     page, which serves the case they hold."""
     try:
-        with transaction() as session:
+        with unit_of_work() as session:
             claimed = review_service.claim_case(session, case_id, actor())
             task = claimed.task.name
     except ServiceError as exc:
@@ -90,7 +90,7 @@ def queue_release(task: str) -> Response:
     """Admins give the chosen leased cases back to the queue (one audit event each)."""
     ids = request.form.getlist("case_id")
     try:
-        with transaction() as session:
+        with unit_of_work() as session:
             released = review_service.release_cases(session, task, ids, actor())
         flash(
             f"{len(released)} case{'' if len(released) == 1 else 's'} released to the queue.",

@@ -37,7 +37,7 @@ from werkzeug.wrappers import Response
 
 from review_ui import history as case_history
 from service.api.review import parse_queue_args
-from service.db import db_session, transaction, utcnow
+from service.db import db_session, utcnow
 from service.errors import ServiceError, ValidationFailed, error_response, http_exception_response
 from service.login import LoginUser
 from service.models import REASONS, ROLES, AuditEvent, Case, User
@@ -49,6 +49,7 @@ from service.services import stats as stats_service
 from service.services import tasks as task_service
 from service.services.accounts import user_actor
 from service.services.audit import Actor
+from service.uow import unit_of_work
 
 bp = Blueprint(
     "review_ui",
@@ -193,7 +194,7 @@ def login() -> Any:
     if request.method == "POST":
         email = (request.form.get("email") or "").strip().lower()
         password = request.form.get("password") or ""
-        with transaction() as session:
+        with unit_of_work() as session:
             user = accounts.authenticate_password(session, email, password)
             if user is not None:
                 user.last_login_at = utcnow()
@@ -225,7 +226,7 @@ def same_origin_path(target: str) -> str | None:
 @bp.post("/logout")
 @login_required
 def logout() -> Response:
-    with transaction() as session:
+    with unit_of_work() as session:
         user = session.get(User, current_user.user.id)
         if user is not None:
             accounts.log_out_everywhere(session, user)
@@ -419,7 +420,7 @@ def _scope(text: str) -> list[str] | None:
 def admin_users() -> Any:
     if request.method == "POST":
         try:
-            with transaction() as session:
+            with unit_of_work() as session:
                 user = accounts.create_user(
                     session,
                     email=request.form.get("email", ""),
@@ -453,7 +454,7 @@ def admin_user(user_id: int) -> str:
 def _manage_user(user_id: int, change: Callable[[Any, User, Actor], str]) -> Response:
     """Run one account change through the service, commit once, say what happened."""
     try:
-        with transaction() as session:
+        with unit_of_work() as session:
             me = actor()
             message = change(session, accounts.find_user(session, me, user_id=user_id), me)
         flash(message, "ok")
@@ -544,7 +545,7 @@ def admin_tokens() -> Any:
     creates nothing; the secret is shown once, on the page the redirect lands on."""
     if request.method == "POST":
         try:
-            with transaction() as session:
+            with unit_of_work() as session:
                 new = accounts.create_token(
                     session,
                     role=request.form.get("role", ""),
@@ -582,7 +583,7 @@ def admin_confirm_revoke_token(token_id: int) -> Any:
 @roles("admin")
 def admin_revoke_token(token_id: int) -> Response:
     try:
-        with transaction() as session:
+        with unit_of_work() as session:
             row = accounts.revoke_token(session, token_id, actor())
             flash(f"Token {row.name} ({row.prefix}…) revoked: it no longer works.", "ok")
     except ServiceError as exc:
@@ -672,7 +673,7 @@ def admin_policy(task: str) -> Any:
         else:
             try:
                 data = TaskPatchSchema().load({k: v for k, v in patch.items() if v})
-                with transaction() as session:
+                with unit_of_work() as session:
                     row = task_service.get_task(session, task, actor())
                     was_automating = row.automation_state == "automating"
                     task_service.update_task(session, row, data, actor())

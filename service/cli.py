@@ -111,11 +111,11 @@ def token_create(
     role: str, tasks: tuple[str, ...], name: str | None, user_email: str | None
 ) -> None:
     """Create a token and print it, alone, on stdout (it is shown once, stored hashed)."""
-    from service.db import transaction
     from service.services.accounts import create_token
+    from service.uow import unit_of_work
 
     app = make_app()
-    with app.app_context(), transaction() as session:
+    with app.app_context(), unit_of_work() as session:
         new = create_token(
             session,
             role=role,
@@ -140,15 +140,15 @@ def user() -> None:
 @friendly_errors
 def user_create(email: str, role: str, tasks: tuple[str, ...], password_stdin: bool) -> None:
     """Create a UI user. Without --password-stdin you are prompted (input hidden)."""
-    from service.db import transaction
     from service.services.accounts import create_user
+    from service.uow import unit_of_work
 
     if password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     app = make_app()
-    with app.app_context(), transaction() as session:
+    with app.app_context(), unit_of_work() as session:
         created = create_user(
             session,
             email=email,
@@ -190,11 +190,11 @@ def user_reset_password(email: str, password_stdin: bool) -> None:
 
 
 def _user_change(email: str, change: str, password: str = "") -> None:
-    from service.db import transaction
     from service.services import accounts
+    from service.uow import unit_of_work
 
     app = make_app()
-    with app.app_context(), transaction() as session:
+    with app.app_context(), unit_of_work() as session:
         target = accounts.find_user(session, cli_actor(), email=email)
         if change == "deactivate":
             accounts.deactivate_user(session, target, cli_actor())
@@ -223,10 +223,10 @@ def task_create(file: Path) -> None:
     example to start from: docs/examples/task.json. Prints the task's name on stdout.
     """
     from service.api.tasks import load
-    from service.db import transaction
     from service.schemas.tasks import TaskCreateSchema
     from service.services.tasks import create_task
     from service.text_check import ensure_valid_text
+    from service.uow import unit_of_work
 
     try:
         definition = json.loads(file.read_text())
@@ -235,7 +235,7 @@ def task_create(file: Path) -> None:
     ensure_valid_text(definition)
     data = load(TaskCreateSchema(), definition)
     app = make_app()
-    with app.app_context(), transaction() as session:
+    with app.app_context(), unit_of_work() as session:
         created = create_task(session, data, cli_actor())
         click.echo(f"created task {created.name}", err=True)
     click.echo(created.name)
@@ -279,14 +279,14 @@ def export_cmd(
 ) -> None:
     """Write a feedback dataset (same bytes as the API) and print its manifest to stderr.
     With ``--out -`` the file goes to standard output and nothing else does."""
-    from service.db import transaction
     from service.services import export as export_service
     from service.services.tasks import get_task
+    from service.uow import unit_of_work
 
     raw = {"from": filters.pop("created_from"), "to": filters.pop("created_to"), **filters}
     params = {k: v for k, v in raw.items() if v is not None and v != ()}
     app = make_app()
-    with app.app_context(), transaction() as session:
+    with app.app_context(), unit_of_work() as session:
         row = get_task(session, task_name)
         spec = export_service.parse_request(
             {**params, "format": fmt, "identity": identity}, cli_actor(), session, task=row
@@ -377,24 +377,22 @@ def train(task_name: str, wait: bool, timeout: int) -> None:
     """Queue training for TASK now (one job per task) and print the job id."""
     import time
 
-    from service.api.common import relay_outbox
-    from service.db import transaction
     from service.models import Job
     from service.services.tasks import get_task
     from service.services.training import request_training
+    from service.uow import unit_of_work
 
     app = make_app()
     with app.app_context():
-        with transaction() as session:
+        with unit_of_work() as session:
             task_row = get_task(session, task_name)
             job_id = request_training(session, task_row, cli_actor(), reason="on_demand").id
-        relay_outbox()
         click.echo(job_id)
         if not wait:
             return
         deadline = time.monotonic() + timeout
         while True:
-            with transaction() as session:
+            with unit_of_work() as session:
                 job_row = session.get(Job, job_id, populate_existing=True)
                 state = job_row.state if job_row else "missing"
                 result, error = (job_row.result, job_row.error) if job_row else (None, None)

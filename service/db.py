@@ -1,8 +1,6 @@
-"""Database engine, the request/job session and the unit-of-work helper.
+"""Database engine, the scoped session, the clock and the backend listeners.
 
-Lower layers (``service.services.*``) only ``flush``; the outermost layer (one API request or
-one job) commits once through :func:`transaction`. This keeps every request atomic: bad input
-stores nothing, and a failure half way leaves nothing behind.
+Nothing here commits: every entry point commits once through :func:`service.uow.unit_of_work`.
 """
 
 from __future__ import annotations
@@ -12,8 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from functools import wraps
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from sqlalchemy import DateTime, MetaData, TypeDecorator, create_engine, event
 from sqlalchemy.engine import Dialect, Engine
@@ -153,30 +150,3 @@ def is_postgres(session: Session) -> bool:
 def configure(engine: Engine) -> None:
     db_session.remove()
     SessionFactory.configure(bind=engine)
-
-
-@contextmanager
-def transaction() -> Iterator[Session]:
-    """One unit of work: commit on success, roll back on any exception."""
-    session = db_session()
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def transactional(func: Callable[P, R]) -> Callable[P, R]:
-    """Decorator form of :func:`transaction` for API views, CLI commands and jobs."""
-
-    @wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        with transaction():
-            return func(*args, **kwargs)
-
-    return wrapper

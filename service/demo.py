@@ -35,10 +35,11 @@ from typing import Any
 from flask import Flask
 from sqlalchemy import func, insert, select, update
 
-from service.db import clock, transaction, utcnow
+from service.db import clock, utcnow
 from service.models import AuditEvent, Case, Task, User
 from service.services import accounts, predict, tasks, training
 from service.services.audit import Actor
+from service.uow import unit_of_work
 
 DEMO_TASK = "loan-review"
 DEMO_PASSWORD = "tandem-demo"  # noqa: S105 (printed to the person running the demo)
@@ -145,11 +146,11 @@ def seed_demo(app: Flask) -> dict[str, Any]:
     history = rows[:HISTORY_ROWS]
     live = rows[HISTORY_ROWS : HISTORY_ROWS + LIVE_ROWS]
     end = utcnow()
-    with transaction() as session:
+    with unit_of_work() as session:
         fresh = session.scalar(select(Task.id).where(Task.name == DEMO_TASK)) is None
     # A fresh demo's task and accounts exist an hour before its history starts.
     setup = _Clock(_timeline(end)[0] - timedelta(hours=1)) if fresh else utcnow
-    with clock(setup), transaction() as session:
+    with clock(setup), unit_of_work() as session:
         if fresh:
             tasks.create_task(session, load(TaskCreateSchema(), task_definition()), DEMO_ACTOR)
         for email, role in DEMO_USERS:
@@ -174,7 +175,7 @@ def seed_demo(app: Flask) -> dict[str, Any]:
                 )
     token_file = home / "demo_app_token"
     if not token_file.exists():
-        with transaction() as session:
+        with unit_of_work() as session:
             new = accounts.create_token(
                 session, role="app", name="demo-app", task_scope=[DEMO_TASK], actor=DEMO_ACTOR
             )
@@ -235,7 +236,7 @@ def _seed_history(
     width = (live_start - history_start) / slices
     now = _Clock(history_start)
     app_actor = Actor(kind="system", id=None, name="demo-history", role="app", task_scope=None)
-    with transaction() as session:
+    with unit_of_work() as session:
         users = session.scalars(select(User).where(User.email.in_(HISTORY_REVIEWERS))).all()
         reviewers = [accounts.user_actor(u) for u in sorted(users, key=lambda u: u.email)]
     assert reviewers
@@ -243,7 +244,7 @@ def _seed_history(
         for start in range(0, len(history), SLICE):
             chunk = history[start : start + SLICE]
             slice_start = history_start + width * (start // SLICE)
-            with transaction() as session:
+            with unit_of_work() as session:
                 results = _arrive(session, chunk, slice_start, width * 0.6, now, rng, app_actor)
                 labels = [label for _, label in chunk]
                 now.at(slice_start + width * 0.6)
@@ -260,7 +261,7 @@ def _seed_history(
             done = start + len(chunk)
             if done in TRAIN_AT or done == len(history):
                 now.at(slice_start + width * 0.99)
-                with transaction() as session:
+                with unit_of_work() as session:
                     task = session.scalar(select(Task).where(Task.name == DEMO_TASK))
                     assert task is not None
                     task_id, job_id = task.id, training_job_id(task)
@@ -268,7 +269,7 @@ def _seed_history(
                 # Logistic regression wins the family comparison on credit_data; comparing
                 # boosting too would double the seeding time. Later retrains compare both.
                 run_training(task_id, job_id, only_families=("logistic_regression",))
-        with transaction() as session:
+        with unit_of_work() as session:
             span = end - live_start - timedelta(minutes=2)
             _arrive(session, live, live_start, span, now, rng, app_actor)
 

@@ -42,13 +42,11 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from service import queues
 from service.db import read_only
-from service.models import Case, Job, OutboxEntry, Task, WebhookDelivery
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +139,7 @@ class StateCollector(Collector):
         return out
 
     def _database(self) -> list[GaugeMetricFamily]:
-        from service.services import automation
+        from service.services.metrics import metrics_snapshot
 
         engine: Engine = self.app.extensions["tandem_engine"]
         now = datetime.now(UTC)
@@ -209,97 +207,33 @@ class StateCollector(Collector):
         # A read: on SQLite it must not queue for (or hold) the write lock while it scrapes.
         with Session(engine) as session:
             read_only(session)
-            tasks = session.execute(
-                select(
-                    Task.id,
-                    Task.name,
-                    Task.automation_state,
-                    Task.threshold,
-                    Task.coverage,
-                    Task.certified_error_bound,
-                )
-            ).all()
-            names = {t.id: t.name for t in tasks}
-            for t in tasks:
-                coverage.add_metric([t.name], float(t.coverage or 0.0))
-                if t.threshold is not None:
-                    threshold.add_metric([t.name], float(t.threshold))
-                if t.certified_error_bound is not None:
-                    bound.add_metric([t.name], float(t.certified_error_bound))
-                for s in ("manual", "automating", "fallback"):
-                    state.add_metric([t.name, s], 1.0 if t.automation_state == s else 0.0)
-            counts = session.execute(
-                select(Case.task_id, Case.queue_state, func.count())
-                .where(Case.queue_state.is_not(None))
-                .group_by(Case.task_id, Case.queue_state)
-            ).all()
-            seen = {(r[0], r[1]): int(r[2]) for r in counts}
-            for tid, name in names.items():
-                for s in ("waiting", "leased"):
-                    depth.add_metric([name, s], float(seen.get((tid, s), 0)))
-            ages = dict(
-                session.execute(
-                    select(Case.task_id, func.min(Case.created_at))
-                    .where(Case.queue_state == "waiting")
-                    .group_by(Case.task_id)
-                ).all()
-            )
-            for tid, name in names.items():
-                first = ages.get(tid)
-                oldest.add_metric([name], _age(now, first))
-            for t in tasks:
-                if t.automation_state != "automating":
-                    continue
-                task = session.get(Task, t.id)
-                if task is None:
-                    continue
-                status = automation.live_status(session, task)
-                live_n.add_metric([t.name], float(status.n))
-                if status.n:
-                    live.add_metric([t.name], float(status.estimate))
-                    live_upper.add_metric([t.name], float(status.upper))
-            for tid, s, n in session.execute(
-                select(Job.task_id, Job.state, func.count())
-                .where(Job.kind == "train")
-                .group_by(Job.task_id, Job.state)
-            ).all():
-                training.add_metric([names.get(tid, str(tid)), s], float(n))
-            for tid, name in names.items():
-                last = session.execute(
-                    select(Job.started_at, Job.finished_at)
-                    .where(
-                        Job.kind == "train",
-                        Job.task_id == tid,
-                        Job.state == "finished",
-                        Job.started_at.is_not(None),
-                        Job.finished_at.is_not(None),
-                    )
-                    .order_by(Job.finished_at.desc())
-                    .limit(1)
-                ).first()
-                if last is not None:
-                    training_last.add_metric(
-                        [name], max(0.0, (last.finished_at - last.started_at).total_seconds())
-                    )
-            for tid, s, n in session.execute(
-                select(WebhookDelivery.task_id, WebhookDelivery.status, func.count()).group_by(
-                    WebhookDelivery.task_id, WebhookDelivery.status
-                )
-            ).all():
-                webhooks.add_metric([names.get(tid, str(tid)), s], float(n))
-            for tid, n in session.execute(
-                select(WebhookDelivery.task_id, func.count())
-                .where(WebhookDelivery.status == "pending", WebhookDelivery.attempts > 0)
-                .group_by(WebhookDelivery.task_id)
-            ).all():
-                webhook_retrying.add_metric([names.get(tid, str(tid))], float(n))
-            pending, first_pending = session.execute(
-                select(func.count(), func.min(OutboxEntry.created_at)).where(
-                    OutboxEntry.enqueued_at.is_(None)
-                )
-            ).one()
-            outbox_pending.add_metric([], float(pending or 0))
-            outbox_age.add_metric([], _age(now, first_pending))
+            snapshot = metrics_snapshot(session)
+        for t in snapshot.tasks:
+            coverage.add_metric([t.name], float(t.coverage or 0.0))
+            if t.threshold is not None:
+                threshold.add_metric([t.name], float(t.threshold))
+            if t.certified_error_bound is not None:
+                bound.add_metric([t.name], float(t.certified_error_bound))
+            for s in ("manual", "automating", "fallback"):
+                state.add_metric([t.name, s], 1.0 if t.automation_state == s else 0.0)
+            for s, n in t.queue.items():
+                depth.add_metric([t.name, s], float(n))
+            oldest.add_metric([t.name], _age(now, t.oldest_waiting))
+            if t.live is not None:
+                live_n.add_metric([t.name], float(t.live.n))
+                if t.live.n:
+                    live.add_metric([t.name], float(t.live.estimate))
+                    live_upper.add_metric([t.name], float(t.live.upper))
+        for name, s, n in snapshot.training_jobs:
+            training.add_metric([name, s], float(n))
+        for name, seconds in snapshot.training_last_seconds.items():
+            training_last.add_metric([name], seconds)
+        for name, s, n in snapshot.webhook_deliveries:
+            webhooks.add_metric([name, s], float(n))
+        for name, n in snapshot.webhooks_retrying.items():
+            webhook_retrying.add_metric([name], float(n))
+        outbox_pending.add_metric([], float(snapshot.outbox_pending))
+        outbox_age.add_metric([], _age(now, snapshot.outbox_oldest))
         return [
             depth,
             oldest,

@@ -8,11 +8,11 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 
 def make_token(role: str, tasks: list[str] | None = None, name: str | None = None) -> str:
-    from service.db import transaction
     from service.services.accounts import create_token
     from service.services.audit import SYSTEM
+    from service.uow import unit_of_work
 
-    with transaction() as session:
+    with unit_of_work() as session:
         return create_token(
             session, role=role, name=name or f"test-{role}", task_scope=tasks, actor=SYSTEM
         ).token

@@ -8,7 +8,7 @@ from flask import request
 from flask_smorest import Blueprint
 
 from service.api.auth import current_actor, require_roles, roles_doc
-from service.api.common import json_body, request_id, unit_of_work
+from service.api.common import json_body, request_id
 from service.api.tasks import load
 from service.schemas.cases import (
     CaseDetailSchema,
@@ -21,6 +21,7 @@ from service.schemas.common import ApiErrorSchema
 from service.schemas.review import BlindCaseSchema
 from service.services import cases as case_service
 from service.services.tasks import get_task
+from service.uow import unit_of_work
 
 blp = Blueprint("cases", __name__, url_prefix="/api/v1", description="Cases and outcomes")
 

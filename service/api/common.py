@@ -1,18 +1,12 @@
-"""Helpers every API blueprint uses: strict JSON bodies and the unit of work."""
+"""Helpers every API blueprint uses: strict JSON bodies and the request id."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-from flask import current_app, g, request
-from sqlalchemy.orm import Session
+from flask import g, request
 
-from service.db import db_session, transaction
 from service.errors import BadRequest, UnsupportedMediaType
-from service.redis_conn import get_redis
-from service.services import outbox
 from service.text_check import ensure_valid_text, may_hold_surrogates
 
 ERROR_RESPONSES = {
@@ -43,24 +37,6 @@ def json_body(*, check_text: bool = True) -> Any:
     if check_text and may_hold_surrogates(request.get_data(cache=True)):
         ensure_valid_text(data)
     return data
-
-
-@contextmanager
-def unit_of_work() -> Iterator[Session]:
-    """One transaction per request; queued jobs are pushed to Redis only after it commits."""
-    with transaction() as session:
-        yield session
-    if session.info.pop("outbox_dirty", False):
-        relay_outbox()
-
-
-def relay_outbox() -> None:
-    try:
-        with transaction() as session:
-            outbox.relay(session, get_redis())
-    except Exception:  # Redis down or a race with the sweeper: the sweeper retries later.
-        current_app.logger.warning("outbox relay deferred", exc_info=False)
-        db_session.remove()
 
 
 def request_id() -> str | None:

@@ -10,7 +10,7 @@ from flask import Response, current_app, request, send_file, stream_with_context
 from flask_smorest import Blueprint
 
 from service.api.auth import current_actor, require_roles, roles_doc
-from service.api.common import json_body, request_id, unit_of_work
+from service.api.common import json_body, request_id
 from service.db import SessionFactory, db_session, read_only, utcnow
 from service.errors import ExportFailed, ValidationFailed
 from service.models import CASE_STATUSES, LABEL_SOURCES, REASONS, ROUTES, Task
@@ -25,6 +25,7 @@ from service.schemas.export import (
 from service.services import audit
 from service.services import export as export_service
 from service.services.tasks import get_task
+from service.uow import unit_of_work
 
 blp = Blueprint(
     "export", __name__, url_prefix="/api/v1", description="Feedback datasets for analysts"

@@ -11,13 +11,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import aliased
 
 from service.api.auth import current_actor, require_roles, roles_doc
-from service.api.common import request_id, unit_of_work
+from service.api.common import request_id
 from service.errors import Forbidden, NotFound
 from service.models import MODEL_STATUSES, Job, ModelVersion, Task
 from service.schemas.common import ApiErrorSchema, Timestamp
 from service.schemas.tasks import TaskSchema
 from service.services import automation, learning, training
 from service.services import tasks as task_service
+from service.uow import unit_of_work
 
 MAX_VERSION = 2**31 - 1
 

@@ -8,7 +8,7 @@ from flask import Response, current_app, jsonify, request
 from flask_smorest import Blueprint
 
 from service.api.auth import current_actor, require_roles, roles_doc
-from service.api.common import json_body, request_id, unit_of_work
+from service.api.common import json_body, request_id
 from service.errors import ValidationFailed
 from service.observability import count_cases
 from service.schemas.cases import (
@@ -20,6 +20,7 @@ from service.schemas.cases import (
 from service.schemas.common import ApiErrorSchema
 from service.services import predict as predict_service
 from service.text_check import ensure_valid_text, may_hold_surrogates
+from service.uow import unit_of_work
 
 REPLAYED_DOC: dict[str, Any] = {
     "description": "`true` when this answer replays the case stored earlier under the same "

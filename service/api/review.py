@@ -9,7 +9,7 @@ from flask_smorest import Blueprint
 from marshmallow import ValidationError
 
 from service.api.auth import current_actor, require_roles, roles_doc
-from service.api.common import json_body, request_id, unit_of_work
+from service.api.common import json_body, request_id
 from service.api.tasks import load
 from service.errors import ValidationFailed
 from service.schemas.common import ApiErrorSchema
@@ -23,6 +23,7 @@ from service.schemas.review import (
 )
 from service.services import cases as case_service
 from service.services import review as review_service
+from service.uow import unit_of_work
 
 blp = Blueprint("review", __name__, url_prefix="/api/v1", description="Review queue")
 

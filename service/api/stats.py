@@ -7,11 +7,11 @@ from typing import Any
 from flask_smorest import Blueprint
 
 from service.api.auth import current_actor, require_roles, roles_doc
-from service.api.common import unit_of_work
 from service.schemas.common import ApiErrorSchema
 from service.schemas.stats import StatsArgsSchema, TaskStatsSchema
 from service.services import stats as stats_service
 from service.services import tasks as task_service
+from service.uow import unit_of_work
 
 blp = Blueprint("stats", __name__, url_prefix="/api/v1", description="Automation and quality stats")
 

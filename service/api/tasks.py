@@ -8,11 +8,12 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from service.api.auth import ANY_ROLE, current_actor, require_roles, roles_doc
-from service.api.common import json_body, unit_of_work
+from service.api.common import json_body
 from service.errors import ValidationFailed
 from service.schemas.common import ApiErrorSchema
 from service.schemas.tasks import TaskCreateSchema, TaskListSchema, TaskPatchSchema, TaskSchema
 from service.services import tasks as task_service
+from service.uow import unit_of_work
 
 blp = Blueprint("tasks", __name__, url_prefix="/api/v1", description="Define and read tasks")
 

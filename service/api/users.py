@@ -8,7 +8,7 @@ from typing import Any
 from flask_smorest import Blueprint
 
 from service.api.auth import current_actor, require_roles, roles_doc
-from service.api.common import json_body, unit_of_work
+from service.api.common import json_body
 from service.api.tasks import load
 from service.models import User
 from service.schemas.common import ApiErrorSchema
@@ -19,6 +19,7 @@ from service.schemas.users import (
     UserViewSchema,
 )
 from service.services import accounts
+from service.uow import unit_of_work
 
 blp = Blueprint("users", __name__, url_prefix="/api/v1", description="People's accounts")
 

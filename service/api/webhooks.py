@@ -7,11 +7,12 @@ from typing import Any
 from flask_smorest import Blueprint
 
 from service.api.auth import current_actor, require_roles, roles_doc
-from service.api.common import request_id, unit_of_work
+from service.api.common import request_id
 from service.schemas.common import ApiErrorSchema
 from service.schemas.webhooks import DeliveryArgsSchema, DeliveryPageSchema, ReplayResultSchema
 from service.services import tasks as task_service
 from service.services import webhooks as webhook_service
+from service.uow import unit_of_work
 
 blp = Blueprint("webhooks", __name__, url_prefix="/api/v1", description="Webhook deliveries")
 

@@ -1065,3 +1065,17 @@ def drift_check(session: Session, task: Task) -> dict[str, Any]:
         )
     report["frozen"] = task.widening_frozen
     return report
+
+
+def drift_check_all(session: Session) -> dict[str, Any]:
+    """The periodic label-free drift check of every task with an active model; a short report
+    per task name."""
+    reports: dict[str, Any] = {}
+    for task in session.scalars(
+        select(Task).where(Task.active_model_id.is_not(None)).order_by(Task.id)
+    ).all():
+        report = drift_check(session, task)
+        reports[task.name] = {
+            k: report.get(k) for k in ("checked", "n", "score_psi", "warnings", "frozen")
+        }
+    return reports

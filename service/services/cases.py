@@ -248,17 +248,28 @@ def record_outcome(
         details=details,
         request_id=request_id,
     )
-    if first_human_label:
-        labels.label_recorded(session, task, case, request_id=request_id)
-    notify(session, task, case, event, request_id=request_id)
+    after_human_label(
+        session, task, case, event, new_label=first_human_label, request_id=request_id
+    )
     return case
 
 
-def notify(
-    session: Session, task: Task, case: Case, event: str | None, *, request_id: str | None = None
+def after_human_label(
+    session: Session,
+    task: Task,
+    case: Case,
+    event: str | None,
+    *,
+    new_label: bool,
+    request_id: str | None = None,
 ) -> None:
-    """Fire a case webhook, only when the task has one (building the payload reads the case
-    and its reviews). Every resolution path (review, outcome) announces itself here."""
+    """The tail of every path that gives a case a person's answer (a review, an application
+    outcome): a new human label is counted (retraining and the live watch follow from it,
+    :func:`service.services.labels.label_recorded`), and a resolution (``event``) is
+    announced by webhook when the task has one (building the payload reads the case and its
+    reviews)."""
+    if new_label:
+        labels.label_recorded(session, task, case, request_id=request_id)
     if event is not None and task.webhook_url:
         webhooks.emit(session, task, event, case_detail(session, case), request_id=request_id)
 

@@ -49,7 +49,7 @@ from service.models import (
     Task,
     User,
 )
-from service.services import audit, outbox
+from service.services import audit, jobs
 from service.services.audit import Actor
 
 FORMATS = ("csv", "jsonl", "parquet")
@@ -1075,24 +1075,13 @@ def request_snapshot(
     session.add(export)
     session.flush()
     export.job_id = export_job_id(export.id)
-    session.add(
-        Job(
-            id=export.job_id, kind="export", task_id=task.id, state="queued", created_by=actor.label
-        )
-    )
-    outbox.defer(
+    jobs.queue_job(
         session,
+        Job(id=export.job_id, kind="export", task_id=task.id),
         EXPORT_JOB,
         queue=queues.EXPORTS,
-        job_id=export.job_id,
-        request_id=request_id,
-        export_id=export.id,
-    )
-    audit.record(
-        session,
-        "export.requested",
-        actor,
-        task_id=task.id,
+        actor=actor,
+        event="export.requested",
         details={
             "export_id": export.id,
             "format": spec.format,
@@ -1102,6 +1091,7 @@ def request_snapshot(
             **({"reviews": True} if spec.reviews else {}),
         },
         request_id=request_id,
+        export_id=export.id,
     )
     return export
 

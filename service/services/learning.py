@@ -1,22 +1,28 @@
-"""The training run behind the ``train_task`` job (docs/learning.md), kept in ``service`` so
-the demo can run it in-process (``service`` never imports ``workers``).
+"""One training run, the work behind the ``train_task`` job (docs/learning.md), kept in the
+library so the demo and the simulator can run it in-process.
 
-Shape of one run, chosen so a worker killed at any instant leaves nothing half-done:
+A run is a fixed sequence of steps with named commit points, chosen so a worker killed at any
+instant leaves nothing half-done and RQ's Retry may run the whole job again:
 
-1. mark the ``jobs`` row started (own short transaction);
-2. read the cases: TRAINING SET = labelled cases NOT flagged for audit (reviews below
-   threshold, cold start, application outcomes); LEDGER = every flagged case of the current
-   ledger epoch in arrival order, labelled or not (never trained on, so it can certify; an
-   attempt waits until its first n_j are all labelled); RECENT = the newest cases of all
-   traffic. Automatic answers' model labels are never read: only
-   ``human_label``;
-3. train (minutes, no transaction or row lock held);
-4. ONE final transaction: write the version row, certify it, maybe promote it, finish the
-   job row. A kill before 4 commits writes nothing; RQ's Retry runs the job again.
+1. **start** — the ``jobs`` row is marked ``started`` (its own unit of work);
+2. **read** — one read of the cases: TRAINING SET = labelled cases NOT flagged for audit
+   (reviews below threshold, cold start, application outcomes); LEDGER = every flagged case
+   of the current ledger epoch in arrival order, labelled or not (never trained on, so it
+   can certify; an attempt waits until its first n_j are all labelled); RECENT = the newest
+   cases of all traffic. Automatic answers' model labels are never read: only
+   ``human_label``. Writes nothing;
+3. **fit** — the job's progress says ``training`` (a unit of work of its own), then the model
+   is trained with no transaction or row lock held (minutes); when the newest version was
+   trained on exactly the same cases (same SHA-256 of the ordered case-id list) its artefact
+   is read instead and nothing is retrained;
+4. **score** — progress ``certifying``; the new (or reused) version and the active one score
+   the ledger and recent traffic. Reads only;
+5. **record** — ONE unit of work writes the version row, certifies it, maybe promotes it and
+   finishes the job row. The version is found again by its snapshot SHA-256, so a retry
+   after this commit creates no second version; a kill before it commits writes nothing.
 
-Idempotent: when the newest version was trained on exactly the same cases (same SHA-256 of
-the ordered case-id list) nothing is retrained; that version is only (re-)certified if the
-ledger reached a new checkpoint.
+Every step before **record** writes only the job row's progress, so running the job again
+from the start is always safe.
 """
 
 from __future__ import annotations
@@ -33,13 +39,14 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.db import db_session, transaction, utcnow
+from service.db import db_session, utcnow
 from service.ml.artifacts import dump_model, load_model
 from service.ml.pipeline import FAMILIES, TrainedModel, pipeline_proba, train_model
 from service.ml.profile import DataProfile, build_profile, range_checker
 from service.models import Case, Job, ModelVersion, Task
 from service.services import audit, automation
 from service.services.audit import SYSTEM
+from service.uow import unit_of_work
 
 log = logging.getLogger(__name__)
 
@@ -193,9 +200,10 @@ def _scores(
 
 
 def _set_job(job_id: str | None, **values: Any) -> None:
+    """Update the job row people follow (state, progress, result), in its own unit of work."""
     if job_id is None:
         return
-    with transaction() as session:
+    with unit_of_work() as session:
         job = session.get(Job, job_id, with_for_update=True)
         if job is None:
             return
@@ -203,6 +211,11 @@ def _set_job(job_id: str | None, **values: Any) -> None:
             if key == "progress":
                 value = {**(job.progress or {}), **value}
             setattr(job, key, value)
+
+
+def _release_connection() -> None:
+    """Hand the session's connection back: none is held while training or scoring."""
+    db_session.remove()
 
 
 def run_training(
@@ -214,29 +227,30 @@ def run_training(
 ) -> dict[str, Any]:
     """Train, certify and maybe promote; returns the job result (also stored on the job row).
 
-    ``retries_left`` (from RQ) decides whether a failure leaves the job row ``queued`` (RQ
-    will run it again) or ``failed``. ``only_families`` narrows the model families compared
-    (the demo uses it to stay within its time budget); default: :func:`families`.
+    The steps and their commit points are in this module's docstring. ``retries_left`` (from
+    RQ) decides whether a failure leaves the job row ``queued`` (RQ will run it again) or
+    ``failed``. ``only_families`` narrows the model families compared (the demo uses it to
+    stay within its time budget); default: :func:`families`.
     """
     started = time.perf_counter()
     try:
-        if job_id is not None:
-            with transaction() as session:
-                job = session.get(Job, job_id, with_for_update=True)
-                if job is not None:
-                    job.state = "started"
-                    job.attempts = (job.attempts or 0) + 1
-                    job.started_at = utcnow()
-                    job.finished_at = None
-                    job.error = None
-                    job.progress = {
-                        **(job.progress or {}),
-                        "stage": "reading",
-                        "pid": os.getpid(),
-                    }
-        result = _train_and_release(task_id, job_id, started, only_families or families())
+        _start(job_id)
+        read = _read(task_id)
+        if read.reuse_id is None and not read.enough:
+            result = read.skipped_result()
+            _set_job(
+                job_id,
+                state="finished",
+                result=result,
+                finished_at=utcnow(),
+                progress={"stage": "finished"},
+            )
+            return result
+        fitted = _fit(read, job_id, only_families or families())
+        scored = _score(read, fitted, job_id)
+        result = _record(task_id, job_id, read, fitted, scored, started)
     except Exception as exc:
-        db_session.remove()
+        _release_connection()
         final = retries_left is None or retries_left <= 0
         _set_job(
             job_id,
@@ -246,18 +260,59 @@ def run_training(
             progress={"stage": "failed" if final else "retrying"},
         )
         raise
+    log.info("training task %s: %s", task_id, result)
     return result
 
 
-def _train_and_release(
-    task_id: int, job_id: str | None, started: float, use_families: tuple[str, ...]
-) -> dict[str, Any]:
-    with transaction() as session:
+# ----------------------------------------------------------------------- 1. start
+
+
+def _start(job_id: str | None) -> None:
+    if job_id is None:
+        return
+    with unit_of_work() as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is not None:
+            job.state = "started"
+            job.attempts = (job.attempts or 0) + 1
+            job.started_at = utcnow()
+            job.finished_at = None
+            job.error = None
+            job.progress = {**(job.progress or {}), "stage": "reading", "pid": os.getpid()}
+
+
+# ----------------------------------------------------------------------- 2. read
+
+
+@dataclass
+class Read:
+    """What the run knows after its read (plain values: no session is open after it)."""
+
+    fields: list[dict[str, Any]]
+    labels: list[str]
+    data: LabelledData
+    reuse_id: int | None  # the newest version, when it was trained on exactly these cases
+    active_id: int | None
+
+    @property
+    def enough(self) -> bool:
+        distinct = set(self.data.train_labels)
+        return len(self.data.train_ids) >= MIN_TRAINING_CASES and len(distinct) >= 2
+
+    def skipped_result(self) -> dict[str, Any]:
+        distinct = sorted(set(self.data.train_labels))
+        return {
+            "outcome": "skipped",
+            "reason": f"need {MIN_TRAINING_CASES} labelled cases of at least 2 labels "
+            f"outside the audit ledger (have {len(self.data.train_ids)}, labels {distinct})",
+        }
+
+
+def _read(task_id: int) -> Read:
+    with unit_of_work() as session:
         task = session.get(Task, task_id)
         if task is None:
             raise LookupError(f"task {task_id} no longer exists")
-        fields = list(task.fields)
-        labels = list(task.labels)
         data = collect(session, task)
         newest = session.scalar(
             select(ModelVersion)
@@ -265,84 +320,116 @@ def _train_and_release(
             .order_by(ModelVersion.version.desc())
             .limit(1)
         )
-        reuse_id: int | None = None
-        if (
+        same_cases = (
             newest is not None
-            and (newest.training_snapshot or {}).get("sha256") == (data.snapshot["sha256"])
-        ):
-            reuse_id = newest.id
-        active_id = task.active_model_id
-    db_session.remove()  # no connection held while training
-
-    distinct = set(data.train_labels)
-    if reuse_id is None and (len(data.train_ids) < MIN_TRAINING_CASES or len(distinct) < 2):
-        result: dict[str, Any] = {
-            "outcome": "skipped",
-            "reason": f"need {MIN_TRAINING_CASES} labelled cases of at least 2 labels "
-            f"outside the audit ledger (have {len(data.train_ids)}, labels {sorted(distinct)})",
-        }
-        _set_job(
-            job_id,
-            state="finished",
-            result=result,
-            finished_at=utcnow(),
-            progress={"stage": "finished"},
+            and (newest.training_snapshot or {}).get("sha256") == data.snapshot["sha256"]
         )
-        return result
+        read = Read(
+            fields=list(task.fields),
+            labels=list(task.labels),
+            data=data,
+            reuse_id=newest.id if same_cases and newest is not None else None,
+            active_id=task.active_model_id,
+        )
+    _release_connection()
+    return read
 
-    trained = None
-    profile: DataProfile | None = None
-    oof: dict[str, list[Any]] | None = None
-    t_train = time.perf_counter()
-    if reuse_id is None:
+
+# ----------------------------------------------------------------------- 3. fit
+
+
+@dataclass
+class Fitted:
+    pipeline: Any
+    artefact: bytes
+    trained: TrainedModel | None  # None: the reused version's
+    fields: list[dict[str, Any]]  # the fields and labels the pipeline was trained with
+    labels: list[str]
+    profile: DataProfile | None
+    oof: dict[str, list[Any]] | None
+    seconds: float
+
+
+def _fit(read: Read, job_id: str | None, use_families: tuple[str, ...]) -> Fitted:
+    started = time.perf_counter()
+    data = read.data
+    if read.reuse_id is None:
         _set_job(job_id, progress={"stage": "training", "cases": len(data.train_ids)})
         trained = train_model(
             data.train_rows,
             data.train_labels,
-            fields,
-            labels,
+            read.fields,
+            read.labels,
             families=use_families,
             hgb_max_iter=hgb_max_iter(),
         )
-        pipeline = trained.pipeline
-        train_fields, train_labels = fields, labels
-        artefact = dump_model(pipeline)
-        profile = build_profile(data.train_rows, fields)
-        oof = readiness_sample(trained, data.train_representative, labels)
-    else:
-        with transaction() as session:
-            row = session.get(ModelVersion, reuse_id)
-            assert row is not None and row.artefact is not None
-            artefact = row.artefact
-            train_fields = (row.profile or {}).get("fields_spec") or fields
-            train_labels = (row.profile or {}).get("labels") or labels
-            stored = (row.profile or {}).get("data")
-            profile = DataProfile.from_dict(stored) if stored else None
-            oof = (row.profile or {}).get("readiness")
-        db_session.remove()
-        pipeline = load_model(artefact)
-    train_seconds = time.perf_counter() - t_train
+        return Fitted(
+            pipeline=trained.pipeline,
+            artefact=dump_model(trained.pipeline),
+            trained=trained,
+            fields=read.fields,
+            labels=read.labels,
+            profile=build_profile(data.train_rows, read.fields),
+            oof=readiness_sample(trained, data.train_representative, read.labels),
+            seconds=time.perf_counter() - started,
+        )
+    with unit_of_work() as session:
+        row = session.get(ModelVersion, read.reuse_id)
+        assert row is not None and row.artefact is not None
+        artefact = row.artefact
+        stored = dict(row.profile or {})
+    _release_connection()
+    data_profile = stored.get("data")
+    return Fitted(
+        pipeline=load_model(artefact),
+        artefact=artefact,
+        trained=None,
+        fields=stored.get("fields_spec") or read.fields,
+        labels=stored.get("labels") or read.labels,
+        profile=DataProfile.from_dict(data_profile) if data_profile else None,
+        oof=stored.get("readiness"),
+        seconds=time.perf_counter() - started,
+    )
 
+
+# ----------------------------------------------------------------------- 4. score
+
+
+@dataclass
+class Scored:
+    evidence: automation.Evidence
+    ledger_pred: list[str]
+    reference: list[float]  # held-out score quantiles for the drift check
+    reference_cases: int
+    seconds: float
+
+
+def _score(read: Read, fitted: Fitted, job_id: str | None) -> Scored:
     _set_job(job_id, progress={"stage": "certifying"})
-    t_cert = time.perf_counter()
-    ledger_scores, ledger_pred = _scores(pipeline, data.ledger_rows, train_fields, train_labels)
-    recent_scores, recent_pred = _scores(pipeline, data.recent_rows, train_fields, train_labels)
+    started = time.perf_counter()
+    data = read.data
+    ledger_scores, ledger_pred = _scores(
+        fitted.pipeline, data.ledger_rows, fitted.fields, fitted.labels
+    )
+    recent_scores, recent_pred = _scores(
+        fitted.pipeline, data.recent_rows, fitted.fields, fitted.labels
+    )
     active_scores: np.ndarray | None = None
     active_pred: list[str] | None = None
-    if active_id is not None and active_id != reuse_id:
-        with transaction() as session:
-            act = session.get(ModelVersion, active_id)
+    if read.active_id is not None and read.active_id != read.reuse_id:
+        with unit_of_work() as session:
+            act = session.get(ModelVersion, read.active_id)
             act_bytes = act.artefact if act is not None else None
             act_profile = dict(act.profile or {}) if act is not None else {}
-        db_session.remove()
+        _release_connection()
         if act_bytes is not None:
             active_scores, active_pred = _scores(
                 load_model(act_bytes),
                 data.recent_rows,
-                act_profile.get("fields_spec") or fields,
-                act_profile.get("labels") or labels,
+                act_profile.get("fields_spec") or read.fields,
+                act_profile.get("labels") or read.labels,
             )
-    elif active_id is not None:
+    elif read.active_id is not None:
         active_scores, active_pred = recent_scores, recent_pred
     evidence = automation.Evidence(
         ledger_scores=ledger_scores,
@@ -352,9 +439,9 @@ def _train_and_release(
         recent_pred=recent_pred,
         active_recent_scores=active_scores,
         active_recent_pred=active_pred,
-        ledger_blocked=blocked(data.ledger_rows, data.ledger_forced, profile),
-        recent_blocked=blocked(data.recent_rows, data.recent_forced, profile),
-        oof=oof,
+        ledger_blocked=blocked(data.ledger_rows, data.ledger_forced, fitted.profile),
+        recent_blocked=blocked(data.recent_rows, data.recent_forced, fitted.profile),
+        oof=fitted.oof,
     )
     # Held-out reference for the label-free drift check: the ledger is a uniform sample of
     # traffic the model never saw (recent traffic would include its own training cases).
@@ -364,15 +451,34 @@ def _train_and_release(
         if ref_src.size
         else []
     )
-    score_seconds = time.perf_counter() - t_cert
+    return Scored(
+        evidence=evidence,
+        ledger_pred=ledger_pred,
+        reference=reference,
+        reference_cases=int(ref_src.size),
+        seconds=time.perf_counter() - started,
+    )
 
-    with transaction() as session:
+
+# ----------------------------------------------------------------------- 5. record
+
+
+def _record(
+    task_id: int,
+    job_id: str | None,
+    read: Read,
+    fitted: Fitted,
+    scored: Scored,
+    started: float,
+) -> dict[str, Any]:
+    data = read.data
+    with unit_of_work() as session:
         task = lock_task(session, task_id)
         if task is None:
             raise LookupError(f"task {task_id} no longer exists")
         version: ModelVersion | None
         created = False
-        if reuse_id is None:
+        if read.reuse_id is None:
             version = session.scalar(
                 select(ModelVersion).where(
                     ModelVersion.task_id == task.id,
@@ -380,68 +486,12 @@ def _train_and_release(
                 )
             )
             if version is None:
-                assert trained is not None
-                number = (
-                    session.scalar(
-                        select(func.max(ModelVersion.version)).where(
-                            ModelVersion.task_id == task.id
-                        )
-                    )
-                    or 0
-                ) + 1
-                version = ModelVersion(
-                    task_id=task.id,
-                    version=number,
-                    status="candidate",
-                    family=trained.family,
-                    artefact=artefact,
-                    artefact_sha256=hashlib.sha256(artefact).hexdigest(),
-                    metrics=trained.metrics,
-                    training_snapshot=data.snapshot,
-                    profile={
-                        "fields_spec": fields,
-                        "labels": labels,
-                        "data": profile.to_dict() if profile is not None else None,
-                        "reference_scores": reference,
-                        "reference_cases": int(ref_src.size),
-                        # The suggested labels on the same held-out cases, for the drift
-                        # check's label half (a class turning shows there before scores).
-                        "reference_label_counts": dict(Counter(ledger_pred[-REFERENCE_CASES:])),
-                        "readiness": oof,
-                    },
-                    certification={},
-                    timings={
-                        **{k: round(v, 4) for k, v in trained.timings.items()},
-                        "train_job": round(train_seconds, 4),
-                        "scoring": round(score_seconds, 4),
-                    },
-                    parent_id=task.active_model_id,
-                    job_id=job_id,
-                    trained_at=utcnow(),
-                )
-                session.add(version)
-                session.flush()
+                version = _new_version(session, task, job_id, read, fitted, scored)
                 created = True
-                audit.record(
-                    session,
-                    "model.trained",
-                    SYSTEM,
-                    task_id=task.id,
-                    details={
-                        "version": number,
-                        "family": trained.family,
-                        "training_cases": data.snapshot["cases"],
-                        "snapshot_sha256": data.snapshot["sha256"],
-                        "metrics": {
-                            k: trained.metrics.get(k) for k in ("accuracy", "log_loss", "ece")
-                        },
-                        "job_id": job_id,
-                    },
-                )
         else:
-            version = session.get(ModelVersion, reuse_id)
+            version = session.get(ModelVersion, read.reuse_id)
         assert version is not None
-        outcome = automation.certify_version(session, task, version, evidence)
+        outcome = automation.certify_version(session, task, version, scored.evidence)
         promoted = False
         if outcome.promote:
             automation.promote(session, task, version, SYSTEM, version.certification)
@@ -458,7 +508,7 @@ def _train_and_release(
             "family": version.family,
             "training_cases": data.snapshot["cases"],
             "ledger_cases": data.labelled_ledger,
-            "flagged_cases": int(ledger_scores.size),
+            "flagged_cases": int(scored.evidence.ledger_scores.size),
             "certification": {
                 "attempted": outcome.attempted,
                 "certified": outcome.certified,
@@ -479,5 +529,70 @@ def _train_and_release(
                 job.error = None
                 job.finished_at = utcnow()
                 job.progress = {**(job.progress or {}), "stage": "finished"}
-    log.info("training task %s: %s", task_id, result)
     return result
+
+
+def _new_version(
+    session: Session,
+    task: Task,
+    job_id: str | None,
+    read: Read,
+    fitted: Fitted,
+    scored: Scored,
+) -> ModelVersion:
+    trained = fitted.trained
+    assert trained is not None
+    data = read.data
+    number = (
+        session.scalar(
+            select(func.max(ModelVersion.version)).where(ModelVersion.task_id == task.id)
+        )
+        or 0
+    ) + 1
+    version = ModelVersion(
+        task_id=task.id,
+        version=number,
+        status="candidate",
+        family=trained.family,
+        artefact=fitted.artefact,
+        artefact_sha256=hashlib.sha256(fitted.artefact).hexdigest(),
+        metrics=trained.metrics,
+        training_snapshot=data.snapshot,
+        profile={
+            "fields_spec": read.fields,
+            "labels": read.labels,
+            "data": fitted.profile.to_dict() if fitted.profile is not None else None,
+            "reference_scores": scored.reference,
+            "reference_cases": scored.reference_cases,
+            # The suggested labels on the same held-out cases, for the drift check's label
+            # half (a class turning shows there before scores).
+            "reference_label_counts": dict(Counter(scored.ledger_pred[-REFERENCE_CASES:])),
+            "readiness": fitted.oof,
+        },
+        certification={},
+        timings={
+            **{k: round(v, 4) for k, v in trained.timings.items()},
+            "train_job": round(fitted.seconds, 4),
+            "scoring": round(scored.seconds, 4),
+        },
+        parent_id=task.active_model_id,
+        job_id=job_id,
+        trained_at=utcnow(),
+    )
+    session.add(version)
+    session.flush()
+    audit.record(
+        session,
+        "model.trained",
+        SYSTEM,
+        task_id=task.id,
+        details={
+            "version": number,
+            "family": trained.family,
+            "training_cases": data.snapshot["cases"],
+            "snapshot_sha256": data.snapshot["sha256"],
+            "metrics": {k: trained.metrics.get(k) for k in ("accuracy", "log_loss", "ece")},
+            "job_id": job_id,
+        },
+    )
+    return version

@@ -1,5 +1,6 @@
 """Transactional outbox: jobs are recorded with the change that needs them and pushed to
-Redis only after that change committed. A Redis outage delays work; it never loses it."""
+Redis only after that change committed (by :func:`service.uow.unit_of_work`, or the periodic
+``relay_outbox`` job). A Redis outage delays work; it never loses it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import Queue, Retry
+from rq import Retry
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -18,6 +19,9 @@ from service.db import utcnow
 from service.models import OutboxEntry
 
 log = logging.getLogger(__name__)
+
+#: ``session.info`` key: this transaction recorded jobs, so push them once it has committed.
+RECORDED = "outbox_recorded"
 
 
 def defer(
@@ -34,8 +38,13 @@ def defer(
         queue=queue.name, func=func, kwargs=kwargs, job_id=job_id, request_id=request_id
     )
     session.add(entry)
-    session.info["outbox_dirty"] = True
+    session.info[RECORDED] = True
     return entry
+
+
+def clear_recorded(session: Session) -> bool:
+    """Whether the transaction that just ended recorded jobs; forgets it either way."""
+    return bool(session.info.pop(RECORDED, False))
 
 
 def relay(session: Session, redis: Redis, *, limit: int = 500) -> int:
@@ -57,7 +66,7 @@ def relay(session: Session, redis: Redis, *, limit: int = 500) -> int:
         queue = queues.rq_queue(spec.name, redis)
         meta = {"request_id": entry.request_id} if entry.request_id else {}
         try:
-            live = _live_job_created_at(queue, entry.job_id) if entry.job_id else None
+            live = live_job_created_at(redis, entry.job_id) if entry.job_id else None
             if live is not None and live < entry.created_at:
                 # An earlier run with this id is still queued or running (a training job
                 # that has just finished its work but not yet returned): enqueueing now would
@@ -88,13 +97,13 @@ def relay(session: Session, redis: Redis, *, limit: int = 500) -> int:
     return sent
 
 
-def _live_job_created_at(queue: Queue, job_id: str) -> datetime | None:
+def live_job_created_at(redis: Redis, job_id: str) -> datetime | None:
     """When the job with this id that is waiting or running was created; None if none is
     (so one may be enqueued now)."""
     from rq.job import Job, JobStatus
 
     try:
-        job = Job.fetch(job_id, connection=queue.connection, serializer=queues.SERIALIZER)
+        job = Job.fetch(job_id, connection=redis, serializer=queues.SERIALIZER)
     except Exception:  # NoSuchJobError and deserialisation problems alike: not live
         return None
     status = job.get_status(refresh=False)

@@ -37,9 +37,9 @@ from service.db import is_postgres, utcnow
 from service.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from service.models import AuditEvent, Case, Review, Task, User
 from service.policy import Policy
-from service.services import audit, labels
+from service.services import audit
 from service.services.audit import Actor
-from service.services.cases import FULL_VIEW_ROLES, blind_view, get_case, notify
+from service.services.cases import FULL_VIEW_ROLES, after_human_label, blind_view, get_case
 from service.services.tasks import get_task
 
 #: Extra reviewers asked after disagreements, beyond ``reviewers_per_case``.
@@ -149,6 +149,25 @@ def expire_task_leases(session: Session, task_id: int, now: datetime) -> int:
             details={"reviewer_id": owner},
         )
     return len(expired)
+
+
+def expire_leases(session: Session) -> int:
+    """Return every task's expired leases to the queue (the periodic sweep, for leases no
+    claim has come to expire); how many."""
+    now = utcnow()
+    task_ids = session.scalars(
+        select(Case.task_id)
+        .where(Case.queue_state == "leased", Case.lease_expires_at < now)
+        .distinct()
+    ).all()
+    total = 0
+    for task_id in task_ids:
+        while True:
+            expired = expire_task_leases(session, task_id, now)
+            total += expired
+            if expired < EXPIRE_BATCH:
+                break
+    return total
 
 
 def _lease(case: Case, user_id: int, expires: datetime, now: datetime) -> None:
@@ -560,9 +579,7 @@ def submit_review(
         details=details,
         request_id=request_id,
     )
-    if count_label:
-        labels.label_recorded(session, task, case, request_id=request_id)
-    notify(session, task, case, event, request_id=request_id)
+    after_human_label(session, task, case, event, new_label=count_label, request_id=request_id)
     return Decision(case=case, review=review, resolved=True, event=event or "case.resolved")
 
 

@@ -1,14 +1,20 @@
-"""Requesting training: at most one training job per task at a time (deterministic job id)."""
+"""Requesting training: at most one training job per task at a time (deterministic job id),
+on demand, every ``retrain_every`` labels, or by the periodic trigger (:func:`retrain_due`).
+The run itself is :mod:`service.services.learning`."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from datetime import timedelta
+
+from redis import Redis
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service import queues
-from service.models import Job, Task
-from service.services import audit, outbox
-from service.services.audit import Actor
+from service.db import utcnow
+from service.models import Case, Job, ModelVersion, Task
+from service.services import audit, jobs, outbox
+from service.services.audit import SYSTEM, Actor
 
 TRAIN_JOB = "workers.jobs.training.train_task"
 
@@ -40,30 +46,69 @@ def request_training(
         return existing
     if existing is None:
         existing = Job(id=training_job_id(task), kind="train", task_id=task.id)
-        session.add(existing)
-    existing.state = "queued"
-    existing.progress = {"reason": reason}
-    existing.result = None
-    existing.error = None
-    existing.attempts = 0
-    existing.created_by = actor.label
-    existing.started_at = None
-    existing.finished_at = None
-    session.flush()
-    outbox.defer(
+    return jobs.queue_job(
         session,
+        existing,
         TRAIN_JOB,
         queue=queues.TRAINING,
-        job_id=existing.id,
-        request_id=request_id,
-        task_id=task.id,
-    )
-    audit.record(
-        session,
-        "training.requested",
-        actor,
-        task_id=task.id,
+        actor=actor,
+        event="training.requested",
         details={"reason": reason, "job_id": existing.id},
         request_id=request_id,
+        progress={"reason": reason},
+        task_id=task.id,
     )
-    return existing
+
+
+#: The periodic retrain trigger: labels below ``retrain_every`` still reach a model within
+#: this long after the last version was trained.
+RETRAIN_AFTER = timedelta(hours=1)
+#: A training job row left queued/started this long while RQ no longer knows the job (its
+#: worker machine died and the registry was cleaned) is taken as lost and requested again.
+LOST_JOB_AFTER = timedelta(minutes=5)
+
+
+def retrain_due(session: Session, redis: Redis) -> list[str]:
+    """The periodic retrain trigger (docs/learning.md): a task with human labels newer than
+    its latest version (older than ``RETRAIN_AFTER``), or with labels and no version at all,
+    gets a training job unless one is queued or running. Lost job rows are recovered first.
+    Returns the names of the tasks for which training was requested."""
+    now = utcnow()
+    requested: list[str] = []
+    for task in session.scalars(select(Task).order_by(Task.id)).all():
+        running = active_training_job(session, task)
+        if running is not None:
+            stamp = running.started_at or running.created_at
+            lost = (
+                stamp is not None
+                and now - stamp > LOST_JOB_AFTER
+                and outbox.live_job_created_at(redis, running.id) is None
+            )
+            if not lost:
+                continue
+            running.state = "failed"
+            running.error = "lost: the queue no longer holds this job"
+            running.finished_at = now
+            audit.record(
+                session, "training.lost", SYSTEM, task_id=task.id, details={"job_id": running.id}
+            )
+        latest = session.scalar(
+            select(ModelVersion.trained_at)
+            .where(ModelVersion.task_id == task.id, ModelVersion.trained_at.is_not(None))
+            .order_by(ModelVersion.trained_at.desc())
+            .limit(1)
+        )
+        newer = (
+            select(func.count())
+            .select_from(Case)
+            .where(Case.task_id == task.id, Case.human_label.is_not(None))
+        )
+        if latest is not None:
+            if now - latest < RETRAIN_AFTER:
+                continue
+            newer = newer.where(Case.human_labelled_at > latest)
+        if int(session.scalar(newer) or 0) == 0:
+            continue
+        request_training(session, task, SYSTEM, reason="schedule")
+        requested.append(task.name)
+    return requested

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,6 +27,8 @@ EVENT_TYPES = (
     "drift.detected",
 )
 DELIVER_JOB = "workers.jobs.webhooks.deliver"
+#: A pending delivery this old whose job is gone (e.g. Redis flushed) is queued again.
+STUCK_DELIVERY_AFTER = timedelta(minutes=10)
 
 
 def emit(
@@ -67,6 +70,27 @@ def emit(
         delivery_id=delivery.id,
     )
     return delivery
+
+
+def redeliver_stuck(session: Session) -> int:
+    """Queue again the pending deliveries whose job was lost (e.g. Redis flushed); how many.
+    RQ's own retries handle ordinary failures, and the deterministic job id prevents two
+    delivery jobs for one message."""
+    cutoff = utcnow() - STUCK_DELIVERY_AFTER
+    stuck = session.scalars(
+        select(WebhookDelivery).where(
+            WebhookDelivery.status == "pending", WebhookDelivery.created_at < cutoff
+        )
+    ).all()
+    for delivery in stuck:
+        outbox.defer(
+            session,
+            DELIVER_JOB,
+            queue=queues.WEBHOOKS,
+            job_id=f"webhook-{delivery.message_id}",
+            delivery_id=delivery.id,
+        )
+    return len(stuck)
 
 
 DELIVERY_STATUSES = ("pending", "delivered", "failed")

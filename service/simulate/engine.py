@@ -253,12 +253,12 @@ class Replay:
     # -- setup -----------------------------------------------------------------------
     def _setup(self) -> None:
         from service.api.tasks import load
-        from service.db import transaction
         from service.schemas.tasks import TaskCreateSchema
         from service.services import accounts, tasks
+        from service.uow import unit_of_work
 
         definition = _task_definition(self.data, self.opt.target_error)
-        with transaction() as session:
+        with unit_of_work() as session:
             task = tasks.create_task(
                 session, load(TaskCreateSchema(), definition), self.admin_actor
             )
@@ -283,11 +283,11 @@ class Replay:
     # -- state ------------------------------------------------------------------------
     def _rule_now(self, position: int) -> dict[str, Any]:
         """The deployed rule before a chunk arrives (promotion happens only between chunks)."""
-        from service.db import transaction
         from service.models import Task
         from service.services.tasks import current_audit_rate
+        from service.uow import unit_of_work
 
-        with transaction() as session:
+        with unit_of_work() as session:
             task = session.get(Task, self.task_id)
             assert task is not None
             session.refresh(task)
@@ -311,9 +311,9 @@ class Replay:
     def _predict(self, positions: np.ndarray, chunk_index: int) -> None:
         from sqlalchemy import select
 
-        from service.api.common import unit_of_work
         from service.models import Case
         from service.services.predict import PredictRequest, predict_batch
+        from service.uow import unit_of_work
 
         items = [
             PredictRequest(
@@ -350,8 +350,8 @@ class Replay:
             }
 
     def _review_queue(self, chunk_index: int) -> None:
-        from service.api.common import unit_of_work
         from service.services import review
+        from service.uow import unit_of_work
 
         while True:
             with unit_of_work() as session:
@@ -370,9 +370,9 @@ class Replay:
         from rq import SimpleWorker
 
         from service import queues
-        from service.db import transaction
         from service.models import Job
         from service.redis_conn import get_redis
+        from service.uow import unit_of_work
 
         redis = get_redis(self.app)
         training_q = queues.rq_queue(queues.TRAINING.name, redis)
@@ -402,7 +402,7 @@ class Replay:
             # job finished cleanly); now stop the replay, as the signal asked.
             stop_replay()
         self.training_jobs += pending
-        with transaction() as session:
+        with unit_of_work() as session:
             job = session.get(Job, f"train-task-{self.task_id}")
             if job is not None and job.state != "finished":
                 raise RuntimeError(
@@ -498,10 +498,10 @@ class Replay:
     def _event_counts(self) -> dict[str, int]:
         from sqlalchemy import func, select
 
-        from service.db import transaction
         from service.models import AuditEvent
+        from service.uow import unit_of_work
 
-        with transaction() as session:
+        with unit_of_work() as session:
             rows = session.execute(
                 select(AuditEvent.action, func.count())
                 .where(AuditEvent.task_id == self.task_id)
@@ -516,14 +516,14 @@ class Replay:
         from sqlalchemy import select
 
         from service import model_cache
-        from service.db import transaction
         from service.models import Case, ModelVersion
+        from service.uow import unit_of_work
 
         out: dict[int, VersionScores] = {}
         rows_info: list[dict[str, Any]] = []
         labels = set(self.data.labels)
         active_versions = {int(r["version"]) for r in self.chunk_rules if r["version"]}
-        with transaction() as session:
+        with unit_of_work() as session:
             versions = session.scalars(
                 select(ModelVersion)
                 .where(ModelVersion.task_id == self.task_id)

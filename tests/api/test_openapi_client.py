@@ -84,14 +84,14 @@ def test_generated_client_makes_the_main_calls_with_typed_answers(
     def call(path: str, **kwargs: Any) -> Any:
         return _mod(generated, f"api.{path}").sync_detailed(**kwargs)
 
-    from service.db import transaction
     from service.services.accounts import create_token, create_user
     from service.services.audit import SYSTEM
+    from service.uow import unit_of_work
 
     admin = client(make_token("admin"))
     app_client = client(make_token("app"))
     analyst = client(make_token("analyst"))
-    with transaction() as session:
+    with unit_of_work() as session:
         create_user(
             session,
             email="rev@example.org",
@@ -100,7 +100,7 @@ def test_generated_client_makes_the_main_calls_with_typed_answers(
             task_scope=None,
             actor=SYSTEM,
         )
-    with transaction() as session:
+    with unit_of_work() as session:
         reviewer_token = create_token(
             session,
             role="reviewer",

@@ -83,11 +83,11 @@ def _case(task: Task, n: int, **values: Any) -> Case:
 
 @pytest.fixture
 def seed(app: Any, task: dict[str, Any]) -> Seed:
-    from service.db import transaction
     from service.services.accounts import create_user
     from service.services.audit import SYSTEM
+    from service.uow import unit_of_work
 
-    with transaction() as session:
+    with unit_of_work() as session:
         row = session.query(Task).filter_by(name=task["name"]).one()
         passwords = {"alice": "alice-password-1", "bob": "bob-password-22"}
         users = {

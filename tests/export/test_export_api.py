@@ -440,14 +440,14 @@ def test_a_streaming_export_never_holds_back_writers(committed_db, flask_app, ba
         pytest.skip("SQLite only: PostgreSQL readers never block writers")
     import sqlite3
 
-    from service.db import transaction
     from service.schemas.tasks import TaskCreateSchema
     from service.services.audit import SYSTEM
     from service.services.tasks import create_task
+    from service.uow import unit_of_work
     from tests.export.conftest import _case
     from tests.helpers import SIMPLE_TASK, make_token
 
-    with transaction() as session:
+    with unit_of_work() as session:
         task = create_task(session, TaskCreateSchema().load(SIMPLE_TASK), SYSTEM)
         session.add_all([_case(task, n) for n in range(3)])
     token = make_token("analyst")
@@ -481,15 +481,15 @@ def test_a_streamed_export_reads_every_batch_after_the_request_ended(
     transaction never saw it; real commits do."""
     from flask.globals import _cv_app
 
-    from service.db import transaction
     from service.schemas.tasks import TaskCreateSchema
     from service.services import export as export_service
     from service.services.audit import SYSTEM
     from service.services.tasks import create_task
+    from service.uow import unit_of_work
     from tests.export.conftest import _case
 
     monkeypatch.setattr(export_service, "BATCH_ROWS", 2)  # several batches from 5 cases
-    with transaction() as session:
+    with unit_of_work() as session:
         task = create_task(session, TaskCreateSchema().load(SIMPLE_TASK), SYSTEM)
         session.add_all([_case(task, n) for n in range(5)])
     token = make_token("analyst")
@@ -509,6 +509,6 @@ def test_a_streamed_export_reads_every_batch_after_the_request_ended(
         outer.push()
     assert pq.read_table(io.BytesIO(bodies["parquet"])).num_rows == 5
     assert len(bodies["csv"].splitlines()) == 6 and len(bodies["jsonl"].splitlines()) == 5
-    with transaction() as session:
+    with unit_of_work() as session:
         failed = session.scalars(select(AuditEvent).where(AuditEvent.action == "export.failed"))
         assert failed.all() == []

@@ -152,13 +152,13 @@ def test_cli_export_writes_the_same_bytes_as_the_api(
     from click.testing import CliRunner
 
     from service.cli import main
-    from service.db import transaction
     from service.schemas.tasks import TaskCreateSchema
     from service.services.audit import SYSTEM
     from service.services.tasks import create_task
+    from service.uow import unit_of_work
     from tests.helpers import SIMPLE_TASK, make_token
 
-    with transaction() as session:
+    with unit_of_work() as session:
         task = create_task(session, TaskCreateSchema().load(SIMPLE_TASK), SYSTEM)
         from tests.export.conftest import _case
 
@@ -189,7 +189,7 @@ def test_cli_export_writes_the_same_bytes_as_the_api(
         main, ["export", "loan-review", "--format", "csv", "--out", str(out), "--audit", "maybe"]
     )
     assert bad.exit_code == 2 and "audit" in bad.stderr
-    with transaction() as session:
+    with unit_of_work() as session:
         events = session.query(AuditEvent).filter_by(action="export.created").all()
         assert [e.details["channel"] for e in events] == ["cli", "api"]
         assert events[0].details["row_count"] == 3
@@ -315,14 +315,14 @@ def test_cli_multi_valued_options(committed_db, flask_app, settings, tmp_path, m
     from click.testing import CliRunner
 
     from service.cli import main
-    from service.db import transaction
     from service.schemas.tasks import TaskCreateSchema
     from service.services.audit import SYSTEM
     from service.services.tasks import create_task
+    from service.uow import unit_of_work
     from tests.export.conftest import _case
     from tests.helpers import SIMPLE_TASK
 
-    with transaction() as session:
+    with unit_of_work() as session:
         task = create_task(session, TaskCreateSchema().load(SIMPLE_TASK), SYSTEM)
         session.add_all([_case(task, 0, status="resolved", final_label="good"),
                          _case(task, 1, status="pending"),
@@ -351,15 +351,15 @@ def test_cli_export_to_standard_output(committed_db, flask_app, settings, tmp_pa
     import subprocess
     import sys
 
-    from service.db import transaction
     from service.schemas.tasks import TaskCreateSchema
     from service.services.audit import SYSTEM
     from service.services.tasks import create_task
+    from service.uow import unit_of_work
     from tests.conftest import backend_env
     from tests.export.conftest import _case
     from tests.helpers import SIMPLE_TASK, make_token
 
-    with transaction() as session:
+    with unit_of_work() as session:
         task = create_task(session, TaskCreateSchema().load(SIMPLE_TASK), SYSTEM)
         session.add_all([_case(task, n, input={"review": f"r{n}", "state": "CA"})
                          for n in range(4)])  # fmt: skip
@@ -394,15 +394,15 @@ def test_cli_export_to_standard_output_that_fails_part_way(
     from click.testing import CliRunner
 
     from service.cli import main
-    from service.db import transaction
     from service.schemas.tasks import TaskCreateSchema
     from service.services import export as export_service
     from service.services.audit import SYSTEM
     from service.services.tasks import create_task
+    from service.uow import unit_of_work
     from tests.export.conftest import _case
     from tests.helpers import SIMPLE_TASK
 
-    with transaction() as session:
+    with unit_of_work() as session:
         task = create_task(session, TaskCreateSchema().load(SIMPLE_TASK), SYSTEM)
         session.add_all([_case(task, n) for n in range(5)])
     for name, value in (("DATABASE_URL", settings.database_url),
@@ -424,5 +424,5 @@ def test_cli_export_to_standard_output_that_fails_part_way(
     assert result.exit_code == 1
     assert result.stderr.strip() == "tandem: OSError: disk full"
     assert result.stdout_bytes.count(b"\n") == 3  # the header and the first batch only
-    with transaction() as session:
+    with unit_of_work() as session:
         assert session.query(AuditEvent).filter_by(action="export.created").count() == 0

@@ -103,12 +103,12 @@ def _reviewer_token(task_name: str) -> str:
     """A token bound to a new reviewer account (reviews are decisions of people)."""
     import secrets
 
-    from service.db import transaction
     from service.services import accounts
     from service.services.audit import SYSTEM
+    from service.uow import unit_of_work
 
     email = f"replay-{secrets.token_hex(4)}@example.com"
-    with transaction() as session:
+    with unit_of_work() as session:
         accounts.create_user(
             session,
             email=email,

@@ -16,11 +16,11 @@ def _review_audits(truth: dict[str, str]) -> None:
     the application's outcome (docs/api.md, "Outcomes"), the same true label."""
     import secrets
 
-    from service.db import transaction
     from service.services import accounts, review
     from service.services.audit import SYSTEM
+    from service.uow import unit_of_work
 
-    with transaction() as session:
+    with unit_of_work() as session:
         user = accounts.create_user(
             session,
             email=f"feed-{secrets.token_hex(4)}@example.com",

@@ -155,12 +155,12 @@ def test_json_log_lines_carry_the_request_id(client: Any) -> None:
 def test_job_logs_carry_the_request_id_from_the_outbox(
     committed_db: Any, flask_app: Any, redis_conn: Any
 ) -> None:
-    from service.db import transaction
     from service.services import outbox
+    from service.uow import unit_of_work
     from workers import context
 
     context.set_app(flask_app)
-    with transaction() as session:
+    with unit_of_work() as session:
         outbox.defer(
             session,
             "tests.ops.ops_jobs.log_line",
@@ -168,8 +168,10 @@ def test_job_logs_carry_the_request_id_from_the_outbox(
             request_id="req-from-api",
             text="hi",
         )
-    with transaction() as session:
-        assert outbox.relay(session, redis_conn) == 1
+    # pushed by the unit of work once it committed
+    assert queues.rq_queue(queues.MAINTENANCE.name, redis_conn).count == 1
+    with unit_of_work() as session:
+        assert outbox.pending_count(session) == 0
     handler, buf = json_capture()
     logger = logging.getLogger("tandem.test.job")
     logger.addHandler(handler)

@@ -43,9 +43,9 @@ def people(app: Any, db: Any) -> Callable[..., Any]:
 
 def queue_cases(task_name: str, n: int, **item: Any) -> list[str]:
     """Queue ``n`` cases through the real predict service (no model: all go to review)."""
-    from service.db import transaction
     from service.services.audit import SYSTEM
     from service.services.predict import PredictRequest, predict_batch
+    from service.uow import unit_of_work
     from tests.helpers import good_input
 
     ids: list[str] = []
@@ -54,7 +54,7 @@ def queue_cases(task_name: str, n: int, **item: Any) -> list[str]:
             PredictRequest(input=good_input(review=f"case {i}"), external_id=f"x{i}", **item)
             for i in range(start, min(n, start + 1000))
         ]
-        with transaction() as session:
+        with unit_of_work() as session:
             results = predict_batch(session, task_name, items, SYSTEM)
         ids.extend(r["case_id"] for r in results)
     # Cold start draws audit flags at random; tests set the flags they need explicitly.
@@ -62,7 +62,7 @@ def queue_cases(task_name: str, n: int, **item: Any) -> list[str]:
 
     from service.models import Case
 
-    with transaction() as session:
+    with unit_of_work() as session:
         session.execute(update(Case).where(Case.id.in_(ids)).values(audit=False))
     return ids
 

@@ -13,10 +13,11 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from service.db import transaction, utcnow
+from service.db import utcnow
 from service.models import Case, Review
 from service.services.accounts import create_token
 from service.services.audit import SYSTEM
+from service.uow import unit_of_work
 from tests.helpers import auth
 from tests.review.conftest import make_user
 
@@ -52,7 +53,7 @@ def fill(value: Any, case_id: str | None) -> Any:
 def reviewer_token(db: Any, task_scope: list[str] | None = None) -> tuple[str, Any]:
     user = make_user(db())
     db.commit()
-    with transaction() as session:
+    with unit_of_work() as session:
         token = create_token(
             session,
             role="reviewer",

@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from service.db import db_session, transaction
+from service.db import db_session
 from service.errors import Conflict
 from service.models import AuditEvent, Case, Review
 from service.services import review
 from service.services.accounts import user_actor
+from service.uow import unit_of_work
 from tests.helpers import SIMPLE_TASK
 from tests.review.conftest import make_user, queue_cases
 
@@ -54,7 +55,7 @@ def _race() -> None:
     from service.services.audit import SYSTEM
     from service.services.tasks import create_task
 
-    with transaction() as session:
+    with unit_of_work() as session:
         create_task(session, TaskCreateSchema().load(SIMPLE_TASK), SYSTEM)
         actors = [user_actor(make_user(session)) for _ in range(REVIEWERS)]
     ids = set(queue_cases(SIMPLE_TASK["name"], CASES))
@@ -68,11 +69,11 @@ def _race() -> None:
         try:
             start.wait()
             while True:
-                with transaction() as session:
+                with unit_of_work() as session:
                     claimed = review.claim(session, SIMPLE_TASK["name"], actor)
                     case_id = claimed.case.id if claimed else None
                 if case_id is None:
-                    with transaction() as session:
+                    with unit_of_work() as session:
                         left = session.scalar(
                             select(func.count()).where(Case.queue_state.is_not(None))
                         )
@@ -81,12 +82,12 @@ def _race() -> None:
                     time.sleep(0.02)
                     continue
                 if rng.random() < 0.1:
-                    with transaction() as session:
+                    with unit_of_work() as session:
                         review.release(session, case_id, actor)
                     continue
                 label = rng.choice(["good", "bad"])
                 try:
-                    with transaction() as session:
+                    with unit_of_work() as session:
                         review.submit_review(session, case_id, label, actor)
                 except Conflict:
                     continue

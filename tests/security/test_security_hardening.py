@@ -30,10 +30,10 @@ PASSWORD = "correct horse battery"
 
 
 def make_user(email: str, role: str = "reviewer", scope: list[str] | None = None) -> None:
-    from service.db import transaction
     from service.services.accounts import create_user
+    from service.uow import unit_of_work
 
-    with transaction() as session:
+    with unit_of_work() as session:
         create_user(
             session, email=email, password=PASSWORD, role=role, task_scope=scope, actor=SYSTEM
         )

@@ -18,10 +18,10 @@ PASSWORD = "correct horse battery"
 
 @pytest.fixture
 def people(flask_app: Any, db: Any, redis_conn: Any, task: Any) -> Iterator[dict[str, Any]]:
-    from service.db import transaction
     from service.services.accounts import create_token, create_user
+    from service.uow import unit_of_work
 
-    with transaction() as session:
+    with unit_of_work() as session:
         ids = {}
         for email, role, scope in (
             ("ann@example.com", "reviewer", None),
@@ -119,10 +119,10 @@ def test_a_password_reset_ends_every_session_and_token(
 
 
 def test_admins_manage_only_accounts_within_their_scope(flask_app: Any, people: Any) -> None:
-    from service.db import transaction
     from service.services.accounts import create_token
+    from service.uow import unit_of_work
 
-    with transaction() as session:
+    with unit_of_work() as session:
         local = create_token(
             session, role="admin", name="local-admin", task_scope=["loan-review"], actor=SYSTEM,
             user_email="local@example.com",
@@ -145,11 +145,11 @@ def test_the_cli_deactivates_reactivates_and_resets(
     import subprocess
     import sys
 
-    from service.db import transaction
     from service.services.accounts import create_user
+    from service.uow import unit_of_work
     from tests.conftest import backend_env
 
-    with transaction() as session:
+    with unit_of_work() as session:
         create_user(session, email="cli@example.com", password=PASSWORD, role="reviewer",
                     task_scope=None, actor=SYSTEM)  # fmt: skip
     committed_db.remove()
@@ -195,10 +195,10 @@ def test_a_bound_token_stops_at_once_when_another_process_deactivates_its_person
 
 
 def test_only_an_admin_of_every_task_creates_tasks(flask_app: Any, people: Any) -> None:
-    from service.db import transaction
     from service.services.accounts import create_token
+    from service.uow import unit_of_work
 
-    with transaction() as session:
+    with unit_of_work() as session:
         local = create_token(
             session, role="admin", name="local", task_scope=["loan-review"], actor=SYSTEM
         ).token

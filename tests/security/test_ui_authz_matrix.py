@@ -70,14 +70,14 @@ def fill(rule: str, case_id: str) -> str:
 
 @pytest.fixture
 def setup(client: Any, tokens: dict[str, str], task: Any, flask_app: Any) -> dict[str, Any]:
-    from service.db import transaction
     from service.services.accounts import create_user
+    from service.uow import unit_of_work
 
     other = dict(SIMPLE_TASK, name="other-task")
     assert (
         client.post("/api/v1/tasks", json=other, headers=auth(tokens["admin"])).status_code == 201
     )
-    with transaction() as session:
+    with unit_of_work() as session:
         for role in ROLES:
             create_user(
                 session,

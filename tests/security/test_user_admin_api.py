@@ -21,11 +21,11 @@ PASSWORD = "correct horse battery"
 
 @pytest.fixture
 def people(flask_app: Any, db: Any, redis_conn: Any, task: Any) -> Iterator[dict[str, Any]]:
-    from service.db import transaction
     from service.services.accounts import create_token, create_user
+    from service.uow import unit_of_work
     from tests.helpers import SIMPLE_TASK
 
-    with transaction() as session:
+    with unit_of_work() as session:
         ids = {}
         for email, role, scope in (
             ("ann@example.com", "reviewer", None),
@@ -51,7 +51,7 @@ def people(flask_app: Any, db: Any, redis_conn: Any, task: Any) -> Iterator[dict
     from service.schemas.tasks import TaskCreateSchema
     from service.services.tasks import create_task
 
-    with transaction() as session:
+    with unit_of_work() as session:
         create_task(session, TaskCreateSchema().load(dict(SIMPLE_TASK, name="claims")), SYSTEM)
     yield {
         "ids": ids,

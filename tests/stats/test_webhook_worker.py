@@ -237,7 +237,8 @@ def test_a_lost_outcome_is_sent_again_with_the_same_webhook_id(
     then pending again, and the sweeper sends it again under the same ``webhook-id``."""
     from sqlalchemy import update
 
-    from workers.jobs.maintenance import STUCK_DELIVERY_AFTER, redeliver_webhooks
+    from service.services.webhooks import STUCK_DELIVERY_AFTER
+    from workers.jobs.maintenance import redeliver_webhooks
 
     client = flask_app.test_client()
     _create_task(client, make_token("admin"), receiver.url)

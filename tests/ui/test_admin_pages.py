@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from service.db import db_session, transaction
+from service.db import db_session
 from service.models import ApiToken, AuditEvent, Task, User
 from service.schemas.tasks import TaskCreateSchema
 from service.services.accounts import create_token, create_user
 from service.services.audit import SYSTEM
 from service.services.tasks import create_task
+from service.uow import unit_of_work
 from tests.helpers import SIMPLE_TASK
 from tests.ui.conftest import shot
 
@@ -33,7 +34,7 @@ NAME = SIMPLE_TASK["name"]
 def _setup() -> str:
     """A task, an unscoped admin and a reviewer with a token of her own; the reviewer's
     token is returned."""
-    with transaction() as session:
+    with unit_of_work() as session:
         create_task(session, TaskCreateSchema().load(SIMPLE_TASK), SYSTEM)
         create_task(session, TaskCreateSchema().load(dict(SIMPLE_TASK, name="claims")), SYSTEM)
         for email, role in ((ADMIN, "admin"), (ANN, "reviewer")):

@@ -12,13 +12,14 @@ import pytest
 from playwright.sync_api import expect
 from sqlalchemy import func, select, update
 
-from service.db import db_session, transaction, utcnow
+from service.db import db_session, utcnow
 from service.models import AuditEvent, Case, Task, User
 from service.schemas.tasks import TaskCreateSchema
 from service.services import review as review_service
 from service.services.accounts import create_user, user_actor
 from service.services.audit import SYSTEM
 from service.services.tasks import create_task
+from service.uow import unit_of_work
 from tests.helpers import SIMPLE_TASK, audited_auto_answer
 from tests.review.conftest import queue_cases
 from tests.ui import conftest as ui
@@ -29,7 +30,7 @@ NAME = SIMPLE_TASK["name"]
 
 
 def _people(*users: tuple[str, str]) -> None:
-    with transaction() as session:
+    with unit_of_work() as session:
         for email, role in users:
             create_user(
                 session, email=email, password=PASSWORD, role=role, task_scope=None, actor=SYSTEM
@@ -38,7 +39,7 @@ def _people(*users: tuple[str, str]) -> None:
 
 def _task(policy: dict[str, Any] | None = None) -> None:
     definition = dict(SIMPLE_TASK, policy=policy or {"target_error": 0.05})
-    with transaction() as session:
+    with unit_of_work() as session:
         create_task(session, TaskCreateSchema().load(definition), SYSTEM)
 
 
@@ -82,7 +83,7 @@ def test_the_demo_dashboard_draws_its_seeded_history(page_for, live_server, flas
     from service.demo import DEMO_PASSWORD, seed_demo
 
     seed_demo(flask_app)
-    with transaction() as session:
+    with unit_of_work() as session:
         # Consistent times: decided after claimed after created, outcomes after arrival.
         bad = session.scalar(
             select(func.count()).where(
@@ -101,7 +102,7 @@ def test_the_demo_dashboard_draws_its_seeded_history(page_for, live_server, flas
     # Automation and live error over several days, against α drawn as a line.
     automation = _chart_points(page, "chart-automation", "Automation rate")
     assert len(automation) >= 5, automation
-    with transaction() as session:
+    with unit_of_work() as session:
         state = session.scalar(select(Task.automation_state))
     # Whether the seeded history certifies is the demo's luck of the audit draw (docs/policy.md;
     # tests/foundation/test_demo_seed.py): with a certified model its error has a history too.
@@ -139,7 +140,7 @@ def _alarming_task() -> None:
     """A task in fallback whose audited automatic answers were wrong 2 times in 4 (α 5%)."""
     _task({"target_error": 0.05})
     ids = queue_cases(NAME, 4)
-    with transaction() as session:
+    with unit_of_work() as session:
         for i, case_id in enumerate(ids):
             values = audited_auto_answer() | {"human_label": "bad" if i < 2 else "good"}
             values |= {"human_labelled_at": utcnow(), "queue_state": None}
@@ -262,7 +263,7 @@ def test_a_case_reads_as_a_story_and_can_be_reviewed_from_its_page(page_for, liv
     _people(("admin@example.com", "admin"), ("rev@example.com", "reviewer"))
     _task()
     ids = queue_cases(NAME, 2)
-    with transaction() as session:
+    with unit_of_work() as session:
         session.execute(
             update(Case)
             .where(Case.id == ids[0])
@@ -276,12 +277,12 @@ def test_a_case_reads_as_a_story_and_can_be_reviewed_from_its_page(page_for, liv
             )
         )
     reviewer = _actor("rev@example.com")
-    with transaction() as session:
+    with unit_of_work() as session:
         claimed = review_service.claim_case(session, ids[0], reviewer)
         assert claimed.case.id == ids[0]
         review_service.release(session, ids[0], reviewer)
         review_service.claim_case(session, ids[0], reviewer)
-    with transaction() as session:
+    with unit_of_work() as session:
         pseudonym = session.scalar(select(User.pseudonym).where(User.email == "rev@example.com"))
     db_session.remove()  # no stale copies of the cases: the server changes them
     page = page_for("admin@example.com", PASSWORD)
@@ -304,7 +305,7 @@ def test_a_case_reads_as_a_story_and_can_be_reviewed_from_its_page(page_for, liv
     page.wait_for_function(
         "id => document.getElementById('workspace').dataset.caseId === id", arg=ids[1]
     )
-    with transaction() as session:
+    with unit_of_work() as session:
         case = session.get(Case, ids[1])
         assert case is not None and case.queue_state == "leased"
         event = session.scalar(
@@ -322,14 +323,14 @@ def test_the_queue_is_searched_and_an_admin_releases_cases(page_for, live_server
     _task()
     ids = queue_cases(NAME, 6)
     reviewer = _actor("rev@example.com")
-    with transaction() as session:
+    with unit_of_work() as session:
         claimed = review_service.claim(session, NAME, reviewer)
         assert claimed is not None
         leased = claimed.case.id
     # The searches look for waiting cases: which case the reviewer holds depends on the
     # order of cases queued within the same millisecond, so pick among the others.
     by_id, by_field = [k for k, case_id in enumerate(ids) if case_id != leased][:2]
-    with transaction() as session:
+    with unit_of_work() as session:
         session.execute(
             update(Case)
             .where(Case.id == ids[by_field])
@@ -370,7 +371,7 @@ def test_the_queue_is_searched_and_an_admin_releases_cases(page_for, live_server
     page.get_by_test_id("release-chosen").click()
     page.locator(".flash-ok", has_text="1 case released").wait_for()
     assert page.locator("p.empty", has_text="No case matches").is_visible()
-    with transaction() as session:
+    with unit_of_work() as session:
         case = session.get(Case, leased)
         assert case is not None and case.queue_state == "waiting" and case.lease_owner_id is None
         event = session.scalar(

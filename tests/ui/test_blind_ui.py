@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from service.db import db_session, transaction, utcnow
+from service.db import db_session, utcnow
 from service.models import Case
 from service.schemas.tasks import TaskCreateSchema
 from service.services.accounts import create_user
 from service.services.audit import SYSTEM
 from service.services.tasks import create_task
+from service.uow import unit_of_work
 from tests.helpers import SIMPLE_TASK, audited_auto_answer
 from tests.review.conftest import queue_cases
 
@@ -32,7 +33,7 @@ SKELETON = """() => Array.from(document.querySelectorAll('#workspace, #workspace
 
 
 def _setup() -> tuple[str, str]:
-    with transaction() as session:
+    with unit_of_work() as session:
         create_task(session, TaskCreateSchema().load(SIMPLE_TASK), SYSTEM)
         create_user(
             session,
@@ -45,7 +46,7 @@ def _setup() -> tuple[str, str]:
     audited, plain = queue_cases(SIMPLE_TASK["name"], 2)
     now = utcnow()
     model = {"model_version": 1, "threshold": 0.9}
-    with transaction() as session:
+    with unit_of_work() as session:
         session.execute(
             update(Case)
             .where(Case.id == audited)

@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from service.db import db_session, transaction, utcnow
+from service.db import db_session, utcnow
 from service.models import Case
 from service.schemas.tasks import TaskCreateSchema
 from service.services.accounts import create_user
 from service.services.audit import SYSTEM
 from service.services.tasks import create_task
+from service.uow import unit_of_work
 from tests.helpers import SIMPLE_TASK, audited_auto_answer
 from tests.review.conftest import queue_cases
 from tests.ui import conftest as ui
@@ -63,7 +64,7 @@ LOAN_INPUT = {
 
 
 def _setup(n_cases: int = 0, task: dict[str, Any] | None = None) -> list[str]:
-    with transaction() as session:
+    with unit_of_work() as session:
         create_task(session, TaskCreateSchema().load(task or SIMPLE_TASK), SYSTEM)
         create_user(
             session, email=EMAIL, password=PASSWORD, role="reviewer", task_scope=None, actor=SYSTEM
@@ -166,7 +167,7 @@ def test_a_session_that_ended_is_said_with_the_way_back_in(page_for, live_server
     page = page_for(EMAIL, PASSWORD)
     _open(page, live_server)
     assert _case_on_screen(page, None) == case_id
-    with transaction() as session:
+    with unit_of_work() as session:
         user = session.scalar(select(User).where(User.email == EMAIL))
         assert user is not None
         end_sessions(user)
@@ -189,7 +190,7 @@ def test_a_hold_an_admin_ended_is_not_called_expired(page_for, live_server):
     page = page_for(EMAIL, PASSWORD)
     _open(page, live_server)
     held = _case_on_screen(page, None)
-    with transaction() as session:
+    with unit_of_work() as session:
         release_cases(session, NAME, [held], SYSTEM)
     page.keyboard.press("1")
     _status(page, "Not saved")
@@ -205,7 +206,7 @@ def test_an_expired_hold_is_said_and_the_case_claimed_again(page_for, live_serve
     errors = _errors(page)
     _open(page, live_server)
     assert _case_on_screen(page, None) == case_id
-    with transaction() as session:
+    with unit_of_work() as session:
         session.execute(
             update(Case)
             .where(Case.id == case_id)
@@ -244,7 +245,7 @@ def _loan_task(primary: list[str] | None = None) -> dict[str, Any]:
 def _queue_loan(n: int = 1) -> list[str]:
     from service.services.predict import PredictRequest, predict_batch
 
-    with transaction() as session:
+    with unit_of_work() as session:
         results = predict_batch(
             session, NAME, [PredictRequest(input=dict(LOAN_INPUT)) for _ in range(n)], SYSTEM
         )
@@ -417,7 +418,7 @@ def test_the_comment_box_has_a_key(page_for, live_server):
 
 def test_analyst_score_bars_keep_the_task_label_order(page_for, live_server):
     (case_id,) = _setup(1)
-    with transaction() as session:
+    with unit_of_work() as session:
         create_user(
             session,
             email="analyst@example.com",
@@ -477,7 +478,7 @@ def test_every_case_gives_one_true_reason_and_audits_read_like_the_rest(page_for
         },
         "cold_start": {"reason": "cold_start", "audit": True},
     }
-    with transaction() as session:
+    with unit_of_work() as session:
         for i, (kind, case_id) in enumerate(zip(kinds, ids, strict=True)):
             session.execute(
                 update(Case)

@@ -7,12 +7,13 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from service.db import db_session, transaction
+from service.db import db_session
 from service.models import Case, Review, User
 from service.schemas.tasks import TaskCreateSchema
 from service.services.accounts import create_user
 from service.services.audit import SYSTEM
 from service.services.tasks import create_task
+from service.uow import unit_of_work
 from tests.helpers import SIMPLE_TASK
 from tests.review.conftest import queue_cases
 from tests.ui.conftest import shot
@@ -28,7 +29,7 @@ INSTRUCTIONS = (
 def _setup(n_cases: int, roles: tuple[str, ...] = ("reviewer",)) -> dict[str, str]:
     definition = dict(SIMPLE_TASK, review={"instructions": INSTRUCTIONS})
     emails = {}
-    with transaction() as session:
+    with unit_of_work() as session:
         create_task(session, TaskCreateSchema().load(definition), SYSTEM)
         for i, role in enumerate(roles):
             email = f"{role}{i}@example.com"
@@ -195,7 +196,7 @@ def test_a_failed_snapshot_says_why(page_for, live_server):
     from service.models import Export, Task
 
     users = _setup(0, roles=("analyst",))
-    with transaction() as session:
+    with unit_of_work() as session:
         task_id = session.scalar(select(Task.id).where(Task.name == SIMPLE_TASK["name"]))
         session.add(
             Export(

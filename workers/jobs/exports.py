@@ -12,11 +12,12 @@ from typing import Any
 
 from flask import current_app
 
-from service.db import db_session, transaction, utcnow
+from service.db import db_session, utcnow
 from service.models import Export, Job, Task
 from service.services import audit
 from service.services import export as export_service
 from service.services.audit import SYSTEM, Actor
+from service.uow import unit_of_work
 from workers.context import job
 
 
@@ -31,7 +32,7 @@ def _creator(export: Export) -> Actor:
 @job
 def run_export(export_id: str) -> dict[str, Any]:
     export_dir = current_app.config["TANDEM"].export_dir
-    with transaction() as session:
+    with unit_of_work() as session:
         export = session.get(Export, export_id, with_for_update=True)
         if export is None:
             return {"export_id": export_id, "state": "missing"}
@@ -46,7 +47,7 @@ def run_export(export_id: str) -> dict[str, Any]:
             job_row.started_at = utcnow()
             job_row.error = None
     try:
-        with transaction() as session:
+        with unit_of_work() as session:
             export = session.get(Export, export_id)
             task = session.get(Task, export.task_id) if export is not None else None
             if export is None or task is None:
@@ -90,7 +91,7 @@ def run_export(export_id: str) -> dict[str, Any]:
 
 
 def _mark_failed(export_id: str, error: str) -> None:
-    with transaction() as session:
+    with unit_of_work() as session:
         export = session.get(Export, export_id)
         if export is None:
             return

@@ -19,9 +19,10 @@ from sqlalchemy import select, text
 from standardwebhooks.webhooks import Webhook
 
 from service import queues
-from service.db import is_postgres, transaction, utcnow
+from service.db import is_postgres, utcnow
 from service.models import Task, WebhookDelivery
 from service.services.webhooks import redact_url
+from service.uow import unit_of_work
 from workers.context import job
 
 TIMEOUT_SECONDS = 10.0
@@ -89,7 +90,7 @@ def retry_delay(attempts: int) -> timedelta:
 
 @job
 def deliver(delivery_id: int) -> str:
-    with transaction() as session:
+    with unit_of_work() as session:
         found = session.execute(
             select(WebhookDelivery, Task)
             .join(Task, Task.id == WebhookDelivery.task_id)
@@ -111,7 +112,7 @@ def deliver(delivery_id: int) -> str:
     except httpx.HTTPError as exc:
         # httpx may quote the URL: never store or log the credentials it may hold.
         error = f"{type(exc).__name__}: {exc}".replace(url, redact_url(url))[:500]
-    with transaction() as session:
+    with unit_of_work() as session:
         if is_postgres(session):
             # Don't wait for this commit's WAL flush (~4 ms a commit measured while the
             # disk was busy: bench/README.md, "Webhooks"). What a database crash can lose
