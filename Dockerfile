@@ -14,6 +14,7 @@ RUN apt-get update \
 WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./
 COPY service ./service
+COPY tandem ./tandem
 COPY review_ui ./review_ui
 COPY workers ./workers
 COPY migrations ./migrations

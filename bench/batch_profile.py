@@ -39,11 +39,11 @@ def main() -> None:
     db_url = reset_database()
     ctx = setup(db_url, Path(tempfile.mkdtemp(prefix="tandem-bench-")))
 
-    from service import create_app
     from service.config import Settings
     from service.services import predict as svc
     from service.services.accounts import authenticate_token
     from service.uow import unit_of_work
+    from tandem.app import create_app
 
     settings = Settings(
         database_url=db_url,

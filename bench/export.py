@@ -272,7 +272,7 @@ def main() -> None:
         "SECRET_KEY": secrets.token_hex(16),
         "TANDEM_HOME": str(home),
     }
-    # The production web server (service/runner.py): one process, 4 request threads.
+    # The production web server (tandem/processes.py): one process, 4 request threads.
     server = subprocess.Popen(
         [
             str(ROOT / ".venv" / "bin" / "tandem"), "serve", "--host", "127.0.0.1",

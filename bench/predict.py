@@ -60,14 +60,15 @@ def reset_database() -> str:
 def setup(db_url: str, workdir: Path) -> dict[str, Any]:
     """Migrate, create the task, train LR on credit_data, activate it, make tokens."""
     from bench.common import activate_model
-    from service import create_app, migrate
+    from service import migrate
     from service.config import Settings
-    from service.demo import CREDIT_FIELDS, read_rows
     from service.ml.artifacts import dump_model
     from service.ml.pipeline import train_model
     from service.services import accounts, tasks
     from service.services.audit import SYSTEM
     from service.uow import unit_of_work
+    from tandem.app import create_app
+    from tandem.demo import CREDIT_FIELDS, read_rows
 
     settings = Settings(
         database_url=db_url, redis_url=REDIS_URL, home=workdir, secret_key="bench", embedded=False
@@ -83,7 +84,7 @@ def setup(db_url: str, workdir: Path) -> dict[str, Any]:
     artefact = dump_model(trained.pipeline)
     (workdir / "model.skops").write_bytes(artefact)
     with app.app_context(), unit_of_work() as session:
-        from service.api.tasks import load
+        from service.schemas.common import load
         from service.schemas.tasks import TaskCreateSchema
 
         task = tasks.create_task(
@@ -249,8 +250,8 @@ def batch_throughput(
 
 
 def raw_model_rate(pipeline: Any, inputs: list[dict[str, Any]]) -> float:
-    from service.demo import CREDIT_FIELDS
     from service.ml.frame import rows_to_frame
+    from tandem.demo import CREDIT_FIELDS
 
     frame = rows_to_frame(inputs[:1000], CREDIT_FIELDS)
     runs = []

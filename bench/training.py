@@ -66,12 +66,13 @@ def train_once(n: int, hgb_max_iter: int) -> dict[str, Any]:
 def setup_app() -> tuple[Any, str]:
     from sqlalchemy import create_engine, text
 
-    from service import create_app, migrate
+    from service import migrate
     from service.config import Settings
     from service.db import make_engine
     from service.services import accounts
     from service.services.audit import SYSTEM
     from service.uow import unit_of_work
+    from tandem.app import create_app
 
     admin = create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:

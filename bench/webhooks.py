@@ -207,13 +207,14 @@ def reset_database() -> str:
 def setup(db_url: str, redis_url: str, home: Path, hook_url: str, cases: int) -> Any:
     """Migrate, create the task (webhook to the receiver), a reviewer and ``cases`` queued
     cases (no model yet: every prediction waits for a person)."""
-    from service import create_app, migrate
-    from service.api.tasks import load
+    from service import migrate
     from service.config import Settings
+    from service.schemas.common import load
     from service.schemas.tasks import TaskCreateSchema
     from service.services import accounts, predict, tasks
     from service.services.audit import SYSTEM
     from service.uow import unit_of_work
+    from tandem.app import create_app
 
     settings = Settings(
         database_url=db_url, redis_url=redis_url, home=home, secret_key="bench", embedded=False
@@ -314,7 +315,7 @@ def start_workers(
         argv = [sys.executable]
         if profile is not None:
             argv += ["-m", "cProfile", "-o", str(profile)]
-        argv += ["-m", "service.cli", "worker"]
+        argv += ["-m", "tandem.cli", "worker"]
         if queues:
             argv += ["--queues", queues]
         if i > 0:

@@ -7,10 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from service.models import AuditEvent, Case, User
+from service.models import AuditEvent, Case
 
 SYSTEM_NAMES = {"demo-history": "the application", "demo-seed": "setup", "system": "Tandem"}
 
@@ -20,23 +17,6 @@ class Event:
     at: datetime
     text: str
     action: str
-
-
-def people(session: Session, case: Case, events: list[AuditEvent]) -> dict[Any, str]:
-    """Pseudonyms of everyone on the case page, by user id and by e-mail (events name
-    their actor by e-mail, reviews by id): one identity per person."""
-    ids: set[Any] = {r.reviewer_id for r in case.reviews}
-    ids |= {e.details.get("reviewer_id") for e in events if isinstance(e.details, dict)}
-    emails = {e.actor for e in events if e.actor_type == "user"}
-    ids.discard(None)
-    rows = session.execute(
-        select(User.id, User.email, User.pseudonym).where(User.id.in_(ids) | User.email.in_(emails))
-    ).all()
-    out: dict[Any, str] = {}
-    for uid, email, pseudonym in rows:
-        out[uid] = pseudonym
-        out[email] = pseudonym
-    return out
 
 
 def _label(details: dict[str, Any], key: str = "label") -> str:

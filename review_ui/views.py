@@ -31,16 +31,15 @@ from flask import session as flask_session
 from flask_login import current_user, login_required, login_user, logout_user
 from flask_wtf.csrf import CSRFError
 from marshmallow import ValidationError
-from sqlalchemy import func, select
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from review_ui import history as case_history
-from service.api.review import parse_queue_args
 from service.db import db_session, utcnow
 from service.errors import ServiceError, ValidationFailed, error_response, http_exception_response
 from service.login import LoginUser
-from service.models import REASONS, ROLES, AuditEvent, Case, User
+from service.models import REASONS, ROLES, User
+from service.schemas.review import parse_queue_args
 from service.schemas.tasks import TaskPatchSchema
 from service.services import accounts, audit
 from service.services import cases as case_service
@@ -90,14 +89,6 @@ REVIEWER_REASON_TEXT = {
     "invalid_input": REASON_TEXT["invalid_input"],
     "forced": REASON_TEXT["forced"],
 }
-
-
-@bp.before_app_request
-def _fresh_login_user() -> None:
-    """Resolve the signed-in user per request, never from an app context kept open across
-    requests (tests and embedded callers do that; Flask-Login caches the user on ``g``)."""
-    g.pop("_login_user", None)
-    g.pop("csrf_token", None)
 
 
 @bp.after_request
@@ -244,17 +235,13 @@ def index() -> str:
     me = actor()
     rows = []
     for task in task_service.list_tasks(session, me):
-        counts = session.execute(
-            select(func.count(), func.count().filter(Case.route == "auto")).where(
-                Case.task_id == task.id
-            )
-        ).one()
+        cases, automatic = task_service.case_counts(session, task)
         rows.append(
             {
                 "task": task,
                 "queue": review_service.queue_summary(session, task),
-                "automation_rate": (counts[1] / counts[0]) if counts[0] else None,
-                "cases": counts[0],
+                "automation_rate": (automatic / cases) if cases else None,
+                "cases": cases,
                 "today": review_service.reviewer_today(session, task, current_user.user.id),
                 "health": stats_service.task_health(session, task),
             }
@@ -352,12 +339,8 @@ def case_page(case_id: str) -> str:
         )
     detail = case_service.case_detail(session, case, everything=True)
     comments = {r.id: r.comment for r in case.reviews}
-    events = list(
-        session.scalars(
-            select(AuditEvent).where(AuditEvent.case_id == case.id).order_by(AuditEvent.id)
-        ).all()
-    )
-    names = case_history.people(session, case, events)
+    events = audit.case_events(session, case.id)
+    names = case_service.people_on_case(session, case, events)
     return render_template(
         "case.html",
         case=case,

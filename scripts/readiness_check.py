@@ -25,7 +25,7 @@ import numpy as np
 from service.ml.pipeline import pipeline_proba, train_model
 from service.policy import certify, threshold_grid
 from service.policy.readiness import assess
-from service.simulate.data import load_dataset
+from tandem.simulate.data import load_dataset
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install Tandem with its test dependencies and run the whole test suite against real
 # PostgreSQL and Redis. Starts them (and installs headless Chromium for the browser tests)
-# when they are missing, creates the test databases, then runs lint, types and pytest.
+# when they are missing, creates the test databases, then runs lint, types, the import
+# contracts and pytest.
 #
 # pytest runs on TANDEM_TEST_WORKERS pytest-xdist workers (2 by default; 0 runs serially).
 # Each worker has its own PostgreSQL database (tandem_test_gw0, tandem_test_gw1, or the name in
@@ -82,6 +83,8 @@ fi
 # --- checks ------------------------------------------------------------------------------
 .venv/bin/ruff check .
 .venv/bin/mypy
+# the layering contracts in pyproject.toml ([tool.importlinter]; docs/architecture.md)
+.venv/bin/lint-imports
 if [ "$WORKERS" = "0" ]; then
   exec .venv/bin/pytest -q -p no:cacheprovider "$@"
 fi

@@ -53,16 +53,8 @@ class Settings:
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
-    def model_store(self) -> Path:
-        return self.home / "models"
-
-    @property
     def export_dir(self) -> Path:
         return self.home / "exports"
-
-    @property
-    def embedded_redis_db(self) -> Path:
-        return self.home / "redis.db"
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

@@ -1,5 +1,6 @@
-"""Named queues and their limits. Shared by the service (which enqueues by dotted path
-through the outbox) and the workers (which consume); the service never imports workers."""
+"""Named queues and their limits. Shared by the library (which enqueues by dotted path
+through the outbox) and the workers (which consume); the library never imports the workers
+(an import contract, docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -36,9 +36,9 @@ def unit_of_work() -> Iterator[Session]:
         session.commit()
     except BaseException:
         session.rollback()
-        outbox.clear_recorded(session)
+        session.info.pop(outbox.RECORDED, None)
         raise
-    if outbox.clear_recorded(session):
+    if session.info.pop(outbox.RECORDED, False):
         relay_recorded()
 
 

@@ -1,14 +1,11 @@
-"""Tandem: a human-in-the-loop augmentation service.
+"""The app factory: the library (``service``), the JSON API and the review UI wired into one
+Flask app.
 
-``create_app`` is the only entry point: the CLI, the web server, the workers and the tests all
-build the app through it, so every process is configured the same way.
+``create_app`` is the only way an app is built: the CLI, the web server, the workers and the
+tests all go through it, so every process is configured the same way.
 """
 
 from __future__ import annotations
-
-from service.resources import inference_thread_defaults
-
-inference_thread_defaults()  # before NumPy / OpenMP load (service/resources.py says why)
 
 import dataclasses
 import logging
@@ -55,7 +52,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     api.init_app(app)
     # The API authenticates by bearer token (or checks the CSRF header itself for browser
-    # sessions, see service.api.auth), so the form-based CSRF check does not apply to it.
+    # sessions, see service.api.common), so the form-based CSRF check does not apply to it.
     for name in ("tasks", "predict", "cases", "health"):
         if name in app.blueprints:
             csrf.exempt(app.blueprints[name])
@@ -69,11 +66,16 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     security.init_app(app)
 
     @app.before_request
-    def _request_id() -> None:
+    def _start_request() -> None:
+        """A request id, and the signed-in user resolved afresh: never from an app context
+        kept open across requests (tests and embedded callers do that; Flask-Login caches the
+        user on ``g``, Flask-WTF the CSRF token)."""
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = (
             incoming[:64] if incoming.isprintable() and incoming else secrets.token_hex(8)
         )
+        g.pop("_login_user", None)
+        g.pop("csrf_token", None)
 
     @app.after_request
     def _headers(response: Response) -> Response:
@@ -85,7 +87,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     def _remove_session(_exc: BaseException | None) -> None:
         db_session.remove()
 
-    logging.getLogger("service").setLevel(logging.INFO)
+    for name in ("service", "tandem"):
+        logging.getLogger(name).setLevel(logging.INFO)
     return app
 
 

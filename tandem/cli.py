@@ -48,7 +48,7 @@ def friendly_errors(func: Callable[P, R]) -> Callable[P, R]:
 
 
 def make_app(**overrides: Any) -> Any:
-    from service import create_app
+    from tandem.app import create_app
 
     return create_app(Settings.from_env(), **overrides)
 
@@ -222,7 +222,7 @@ def task_create(file: Path) -> None:
     Every key, its default and allowed range: docs/tasks.md ("Defining a task"); a complete
     example to start from: docs/examples/task.json. Prints the task's name on stdout.
     """
-    from service.api.tasks import load
+    from service.schemas.common import load
     from service.schemas.tasks import TaskCreateSchema
     from service.services.tasks import create_task
     from service.text_check import ensure_valid_text
@@ -325,7 +325,7 @@ VERBOSE = click.option(
 @friendly_errors
 def serve(host: str, port: int, web_workers: int | None, verbose: bool) -> None:
     """Run the web app; in embedded mode also the embedded Redis and one RQ worker."""
-    from service.runner import serve as run_serve
+    from tandem.processes import serve as run_serve
 
     _set_verbose(verbose)
     run_serve(host=host, port=port, web_workers=web_workers)
@@ -338,7 +338,7 @@ def serve(host: str, port: int, web_workers: int | None, verbose: bool) -> None:
 @friendly_errors
 def demo(host: str, port: int, verbose: bool) -> None:
     """`serve` plus a demo task, demo users and seeded history; prints URL and logins."""
-    from service.runner import serve as run_serve
+    from tandem.processes import serve as run_serve
 
     _set_verbose(verbose)
     run_serve(host=host, port=port, web_workers=None, demo=True)
@@ -465,7 +465,7 @@ def train(task_name: str, wait: bool, timeout: int) -> None:
 def simulate_cmd(**options: Any) -> None:
     """Replay labelled history DATA through an isolated Tandem and write a report
     (docs/backtest.md)."""
-    from service.simulate.cli import simulate_command
+    from tandem.simulate.cli import simulate_command
 
     simulate_command(**options)
 
@@ -487,7 +487,7 @@ def simulate_cmd(**options: Any) -> None:
 def simulate_table_cmd(folders: tuple[Path, ...], out: Path) -> None:
     """One table across the seeds of several `simulate --seeds` folders (runs split across
     machines or sessions); refuses runs that differ in anything but the seed."""
-    from service.simulate.runner import combine
+    from tandem.simulate.seeds import combine
 
     try:
         summaries, _, md = combine(list(folders), out)

@@ -133,7 +133,7 @@ def task_definition() -> dict[str, Any]:
 
 
 def seed_demo(app: Flask) -> dict[str, Any]:
-    from service.api.tasks import load
+    from service.schemas.common import load
     from service.schemas.tasks import TaskCreateSchema
 
     home = Path(str(app.config["TANDEM"].home))
@@ -227,8 +227,8 @@ def _seed_history(
     minutes to an hour later, a review taking tens of seconds), the live tail over the last
     ``LIVE_HOURS`` hours, all before ``end``; so the dashboard shows a history, not one point.
     """
-    from service.services.learning import run_training
     from service.services.training import training_job_id
+    from service.services.training_run import run_training
 
     rng = random.Random(DEMO_SHUFFLE_SEED)
     history_start, live_start = _timeline(end)

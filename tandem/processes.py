@@ -160,7 +160,8 @@ def serve(*, host: str, port: int, web_workers: int | None, demo: bool = False) 
     if settings.embedded:
         embedded_redis = EmbeddedRedis(settings.home)
         atexit.register(embedded_redis.close)
-    from service import create_app, migrate
+    from service import migrate
+    from tandem.app import create_app
 
     app = create_app(settings)
     if settings.embedded:
@@ -168,14 +169,14 @@ def serve(*, host: str, port: int, web_workers: int | None, demo: bool = False) 
         migrate.upgrade(app.extensions["tandem_engine"])
     url = f"http://{host}:{port}"
     if demo:
-        from service.demo import seed_demo
+        from tandem.demo import seed_demo
 
         with app.app_context():
             info = seed_demo(app)
         _print_demo(url, info, None if _verbose() else log_file(settings.home))
     if settings.embedded:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "worker"],
+            [sys.executable, "-m", "tandem.cli", "worker"],
             env={**os.environ, "TANDEM_HOME": str(settings.home)},
         )
 
@@ -213,7 +214,7 @@ def _announce_when_ready(url: str, timeout: float = 120.0) -> subprocess.Popen[b
     timed out on /readyz once in a few runs on a busy machine).
     """
     code = (
-        "import sys; from service.runner import wait_and_announce; "
+        "import sys; from tandem.processes import wait_and_announce; "
         "wait_and_announce(sys.argv[1], float(sys.argv[2]))"
     )
     announcer = subprocess.Popen([sys.executable, "-c", code, url, str(timeout)])

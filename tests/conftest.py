@@ -112,7 +112,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def settings(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from service.config import Settings
-    from service.runner import EmbeddedRedis
+    from tandem.processes import EmbeddedRedis
 
     home = tmp_path_factory.mktemp(f"tandem-home-{backend}")
     # SQLite gets the product's own embedded Redis: the URL file under home, as `serve` does.
@@ -180,7 +180,7 @@ def _ensure_database(url: str) -> None:
 
 @pytest.fixture(scope="session")
 def flask_app(settings: Any, engine: Engine) -> Any:
-    from service import create_app
+    from tandem.app import create_app
 
     app = create_app(settings)
     app.config["WTF_CSRF_ENABLED"] = True

@@ -10,7 +10,7 @@ import os
 import time
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 from flask import Flask
 from sqlalchemy.orm import configure_mappers
@@ -31,11 +31,10 @@ def set_app(app: Flask) -> None:
 
 
 def get_app() -> Flask:
-    global _app
+    """The app the process that runs jobs set (``tandem worker``, the simulator, tests): the
+    workers use the library and are wired to an app by the shell, never build one."""
     if _app is None:
-        from service import create_app
-
-        _app = create_app()
+        raise RuntimeError("no app for jobs: run them through `tandem worker` (or set_app)")
     return _app
 
 
@@ -92,10 +91,3 @@ def current_job_id() -> str | None:
 
     current = get_current_job()
     return current.id if current is not None else None
-
-
-def job_meta(key: str, default: Any = None) -> Any:
-    from rq import get_current_job
-
-    current = get_current_job()
-    return current.meta.get(key, default) if current is not None else default

@@ -52,7 +52,7 @@ def init_app(app: Flask) -> None:
         cases,
         export,
         health,
-        models,
+        model_versions,
         predict,
         review,
         stats,
@@ -61,7 +61,17 @@ def init_app(app: Flask) -> None:
         webhooks,
     )
 
-    for module in (tasks, predict, cases, review, stats, webhooks, export, models, users):
+    for module in (
+        tasks,
+        predict,
+        cases,
+        review,
+        stats,
+        webhooks,
+        export,
+        model_versions,
+        users,
+    ):
         api.register_blueprint(module.blp)
     app.register_blueprint(health.blp)
     _document_auth_errors()

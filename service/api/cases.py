@@ -7,9 +7,7 @@ from typing import Any
 from flask import request
 from flask_smorest import Blueprint
 
-from service.api.auth import current_actor, require_roles, roles_doc
-from service.api.common import json_body, request_id
-from service.api.tasks import load
+from service.api.common import current_actor, json_body, request_id, require_roles, roles_doc
 from service.schemas.cases import (
     CaseDetailSchema,
     CaseListSchema,
@@ -17,7 +15,7 @@ from service.schemas.cases import (
     CaseRepairSchema,
     OutcomeRequestSchema,
 )
-from service.schemas.common import ApiErrorSchema
+from service.schemas.common import ApiErrorSchema, load
 from service.schemas.review import BlindCaseSchema
 from service.services import cases as case_service
 from service.services.tasks import get_task

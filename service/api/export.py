@@ -9,8 +9,7 @@ from typing import Any
 from flask import Response, current_app, request, send_file, stream_with_context
 from flask_smorest import Blueprint
 
-from service.api.auth import current_actor, require_roles, roles_doc
-from service.api.common import json_body, request_id
+from service.api.common import current_actor, json_body, request_id, require_roles, roles_doc
 from service.db import SessionFactory, db_session, read_only, utcnow
 from service.errors import ExportFailed, ValidationFailed
 from service.models import CASE_STATUSES, LABEL_SOURCES, REASONS, ROUTES, Task

@@ -7,16 +7,13 @@ from typing import Any
 
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
-from sqlalchemy import select
-from sqlalchemy.orm import aliased
 
-from service.api.auth import current_actor, require_roles, roles_doc
-from service.api.common import request_id
-from service.errors import Forbidden, NotFound
-from service.models import MODEL_STATUSES, Job, ModelVersion, Task
+from service.api.common import current_actor, request_id, require_roles, roles_doc
+from service.errors import NotFound
+from service.models import MODEL_STATUSES, ModelVersion
 from service.schemas.common import ApiErrorSchema, Timestamp
 from service.schemas.tasks import TaskSchema
-from service.services import automation, learning, training
+from service.services import automation, jobs, training, training_run
 from service.services import tasks as task_service
 from service.uow import unit_of_work
 
@@ -121,14 +118,7 @@ def list_models(task: str) -> dict[str, Any]:
     """Versions, newest first, with metrics, certified threshold, error bound and status."""
     with unit_of_work() as session:
         row = task_service.get_task(session, task, current_actor())
-        parent = aliased(ModelVersion)
-        rows = session.execute(
-            select(ModelVersion, parent.version)
-            .outerjoin(parent, parent.id == ModelVersion.parent_id)
-            .where(ModelVersion.task_id == row.id)
-            .order_by(ModelVersion.version.desc())
-        ).all()
-        return {"models": [model_view(v, p) for v, p in rows]}
+        return {"models": [model_view(v, p) for v, p in automation.versions(session, row)]}
 
 
 @blp.route("/tasks/<string:task>/models/train", methods=["POST"])
@@ -162,7 +152,7 @@ def activate(task: str, version: int) -> dict[str, Any]:
         row = task_service.get_task(session, task, actor)
         if version > MAX_VERSION:  # 32-bit in the database: simply no such version
             raise NotFound(f"no model version {version}", {"version": version})
-        locked = learning.lock_task(session, row.id)
+        locked = training_run.lock_task(session, row.id)
         assert locked is not None
         automation.activate(session, row, version, actor, request_id=request_id())
         session.flush()
@@ -177,25 +167,4 @@ def activate(task: str, version: int) -> dict[str, Any]:
 def get_job(job_id: str) -> dict[str, Any]:
     """A background job's state, progress, result or error."""
     with unit_of_work() as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            raise NotFound("job not found", {"job_id": job_id})
-        task_name = None
-        if job.task_id is not None:
-            task_name = session.scalar(select(Task.name).where(Task.id == job.task_id))
-            if task_name is not None and not current_actor().may_access(task_name):
-                raise Forbidden("not allowed to read this job", {"job_id": job_id})
-        return {
-            "id": job.id,
-            "kind": job.kind,
-            "task": task_name,
-            "state": job.state,
-            "progress": job.progress or {},
-            "result": job.result,
-            "error": job.error,
-            "attempts": job.attempts,
-            "created_by": job.created_by,
-            "created_at": _iso(job.created_at),
-            "started_at": _iso(job.started_at),
-            "finished_at": _iso(job.finished_at),
-        }
+        return jobs.job_view(session, job_id, current_actor())

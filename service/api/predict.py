@@ -7,8 +7,7 @@ from typing import Any
 from flask import Response, current_app, jsonify, request
 from flask_smorest import Blueprint
 
-from service.api.auth import current_actor, require_roles, roles_doc
-from service.api.common import json_body, request_id
+from service.api.common import current_actor, json_body, request_id, require_roles, roles_doc
 from service.errors import ValidationFailed
 from service.observability import count_cases
 from service.schemas.cases import (

@@ -6,13 +6,9 @@ from typing import Any
 
 from flask import Response, request
 from flask_smorest import Blueprint
-from marshmallow import ValidationError
 
-from service.api.auth import current_actor, require_roles, roles_doc
-from service.api.common import json_body, request_id
-from service.api.tasks import load
-from service.errors import ValidationFailed
-from service.schemas.common import ApiErrorSchema
+from service.api.common import current_actor, json_body, request_id, require_roles, roles_doc
+from service.schemas.common import ApiErrorSchema, load
 from service.schemas.review import (
     BlindCaseSchema,
     ClaimRequestSchema,
@@ -149,11 +145,3 @@ def queue(args: dict[str, Any], task: str) -> dict[str, Any]:
         return review_service.queue_page(
             session, task, current_actor(), review_service.QueueFilter(**args)
         )
-
-
-def parse_queue_args(values: dict[str, Any]) -> dict[str, Any]:
-    """Validate queue filters given as strings (used by the review UI)."""
-    try:
-        return dict(QueueArgsSchema().load({k: v for k, v in values.items() if v != ""}))
-    except ValidationError as exc:
-        raise ValidationFailed("Invalid filters", exc.messages_dict) from exc

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask_smorest import Blueprint
 
-from service.api.auth import current_actor, require_roles, roles_doc
+from service.api.common import current_actor, require_roles, roles_doc
 from service.schemas.common import ApiErrorSchema
 from service.schemas.stats import StatsArgsSchema, TaskStatsSchema
 from service.services import stats as stats_service

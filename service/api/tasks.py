@@ -7,27 +7,13 @@ from typing import Any
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from service.api.auth import ANY_ROLE, current_actor, require_roles, roles_doc
-from service.api.common import json_body
-from service.errors import ValidationFailed
-from service.schemas.common import ApiErrorSchema
+from service.api.common import ANY_ROLE, current_actor, json_body, require_roles, roles_doc
+from service.schemas.common import ApiErrorSchema, load
 from service.schemas.tasks import TaskCreateSchema, TaskListSchema, TaskPatchSchema, TaskSchema
 from service.services import tasks as task_service
 from service.uow import unit_of_work
 
 blp = Blueprint("tasks", __name__, url_prefix="/api/v1", description="Define and read tasks")
-
-
-def load(schema: Any, data: Any) -> dict[str, Any]:
-    from marshmallow import ValidationError
-
-    if not isinstance(data, dict):
-        raise ValidationFailed("The body must be a JSON object", {"_schema": ["Not an object."]})
-    try:
-        return schema.load(data)
-    except ValidationError as exc:
-        details = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
-        raise ValidationFailed("Invalid fields: " + ", ".join(sorted(details)), details) from exc
 
 
 @blp.route("/tasks")

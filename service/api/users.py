@@ -7,11 +7,9 @@ from typing import Any
 
 from flask_smorest import Blueprint
 
-from service.api.auth import current_actor, require_roles, roles_doc
-from service.api.common import json_body
-from service.api.tasks import load
+from service.api.common import current_actor, json_body, require_roles, roles_doc
 from service.models import User
-from service.schemas.common import ApiErrorSchema
+from service.schemas.common import ApiErrorSchema, load
 from service.schemas.users import (
     PasswordResetSchema,
     UserListSchema,

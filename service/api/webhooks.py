@@ -6,8 +6,7 @@ from typing import Any
 
 from flask_smorest import Blueprint
 
-from service.api.auth import current_actor, require_roles, roles_doc
-from service.api.common import request_id
+from service.api.common import current_actor, request_id, require_roles, roles_doc
 from service.schemas.common import ApiErrorSchema
 from service.schemas.webhooks import DeliveryArgsSchema, DeliveryPageSchema, ReplayResultSchema
 from service.services import tasks as task_service

@@ -4,12 +4,20 @@ The promise: among cases answered automatically, the error rate is at most α wi
 at least 1 − δ, and automation grows only as evidence allows. See docs/policy.md.
 """
 
-from .audit import (
+from .audit_sample import (
     DRIFT_AUDIT_MULTIPLIER,
     FALLBACK_AUDIT_MULTIPLIER,
     audit_draw,
     effective_audit_rate,
     is_audited,
+)
+from .bounds import (
+    WeightedRate,
+    binom_p_value,
+    clopper_pearson_lower,
+    clopper_pearson_upper,
+    min_cases_to_pass,
+    weighted_rate,
 )
 from .certify import (
     DEFAULT_GRID_POINTS,
@@ -49,14 +57,6 @@ from .multiplicity import (
     due_attempt,
 )
 from .params import Policy, label_is_automatable, learning_blockers
-from .stats import (
-    WeightedRate,
-    binom_p_value,
-    clopper_pearson_lower,
-    clopper_pearson_upper,
-    min_cases_to_pass,
-    weighted_rate,
-)
 from .widening import CASES_PER_STEP, allowed_coverage, cap_threshold
 
 __all__ = [

@@ -16,8 +16,8 @@ import numpy as np
 from mapie.risk_control import control_fwer
 from scipy import stats
 
+from .bounds import min_cases_to_pass
 from .params import Policy, label_is_automatable
-from .stats import min_cases_to_pass
 
 #: The walk starts where at least this share of the ledger lies above τ₁ (docs/policy.md:
 #: starting at the bare minimum drifts into the most extreme scores as the ledger grows).

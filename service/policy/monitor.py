@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from .stats import clopper_pearson_lower, clopper_pearson_upper
+from .bounds import clopper_pearson_lower, clopper_pearson_upper
 
 DEFAULT_WINDOW = 300
 PSI_WARNING = 0.2  # customary "significant shift" level for the population stability index

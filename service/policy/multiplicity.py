@@ -31,8 +31,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .bounds import min_cases_to_pass
 from .certify import Certification
-from .stats import min_cases_to_pass
 
 CHECKPOINT_GROWTH = 1.5
 DELTA_DECAY = 0.5

@@ -103,9 +103,9 @@ def learning_blockers(policy: Policy) -> dict[str, str]:
 
     Training reads only labelled cases NOT drawn for the audit sample (docs/learning.md), and
     while nothing is automated every case is drawn at max(audit_rate, cold_start_audit_rate)
-    (:func:`service.policy.audit.effective_audit_rate`). At a rate of 1 every case is audited,
-    no case is ever training data, no model is trained and nothing is ever automated. A rate
-    just below 1 still leaves a share for training (slowly), so only 1 itself is refused.
+    (:func:`service.policy.audit_sample.effective_audit_rate`). At a rate of 1 every case is
+    audited, no case is ever training data, no model is trained and nothing is ever automated.
+    A rate just below 1 still leaves a share for training (slowly), so only 1 itself is refused.
     Kept apart from ``_validate``: tasks stored before this rule must still load.
     """
     found: dict[str, str] = {}

@@ -6,7 +6,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from marshmallow import Schema, fields
+from marshmallow import Schema, ValidationError, fields
+
+from service.errors import ValidationFailed
+
+
+def load(schema: Schema, data: Any) -> dict[str, Any]:
+    """``data`` loaded by ``schema``, or :class:`ValidationFailed` (422) naming the fields:
+    how the API, the CLI, the demo and the simulator read a definition alike."""
+    if not isinstance(data, dict):
+        raise ValidationFailed("The body must be a JSON object", {"_schema": ["Not an object."]})
+    try:
+        return dict(schema.load(data))
+    except ValidationError as exc:
+        details = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+        raise ValidationFailed("Invalid fields: " + ", ".join(sorted(details)), details) from exc
+
 
 #: One value of a case's ``input``: what the task's field types take (text and category:
 #: string, number: number, boolean: true/false; an optional field may be null).
@@ -60,8 +75,3 @@ class ApiErrorSchema(Schema):
     """The one error shape (docs/api.md, "Errors")."""
 
     error = fields.Nested(ErrorDetailSchema, required=True)
-
-
-class PageQuerySchema(Schema):
-    limit = fields.Integer(load_default=50, validate=lambda n: 1 <= n <= 500)
-    offset = fields.Integer(load_default=0, validate=lambda n: n >= 0)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from typing import Any
 
+from marshmallow import Schema, ValidationError, fields, validate
+
+from service.errors import ValidationFailed
 from service.models import CASE_STATUSES, REASONS
 from service.schemas.common import Timestamp, input_map
 from service.services.cases import REVIEWER_REASONS
@@ -140,3 +143,12 @@ class QueuePageSchema(Schema):
     per_page = fields.Integer()
     total = fields.Integer()
     pages = fields.Integer()
+
+
+def parse_queue_args(values: dict[str, Any]) -> dict[str, Any]:
+    """Queue filters given as strings (the review UI's query string), validated as the API
+    validates them; :class:`ValidationFailed` names the bad ones."""
+    try:
+        return dict(QueueArgsSchema().load({k: v for k, v in values.items() if v != ""}))
+    except ValidationError as exc:
+        raise ValidationFailed("Invalid filters", exc.messages_dict) from exc

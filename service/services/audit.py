@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.models import AuditEvent
@@ -52,3 +53,12 @@ def record(
     )
     session.add(event)
     return event
+
+
+def case_events(session: Session, case_id: str) -> list[AuditEvent]:
+    """The case's audit trail, oldest first."""
+    return list(
+        session.scalars(
+            select(AuditEvent).where(AuditEvent.case_id == case_id).order_by(AuditEvent.id)
+        ).all()
+    )

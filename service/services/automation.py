@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from service.db import utcnow
 from service.errors import Conflict, NotFound
@@ -1079,3 +1079,15 @@ def drift_check_all(session: Session) -> dict[str, Any]:
             k: report.get(k) for k in ("checked", "n", "score_psi", "warnings", "frozen")
         }
     return reports
+
+
+def versions(session: Session, task: Task) -> list[tuple[ModelVersion, int | None]]:
+    """The task's model versions, newest first, each with its parent's version number."""
+    parent = aliased(ModelVersion)
+    rows = session.execute(
+        select(ModelVersion, parent.version)
+        .outerjoin(parent, parent.id == ModelVersion.parent_id)
+        .where(ModelVersion.task_id == task.id)
+        .order_by(ModelVersion.version.desc())
+    ).all()
+    return [(version, number) for version, number in rows]

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, selectinload
 from service.db import utcnow
 from service.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from service.input_schema import validate_input
-from service.models import Case, Review, Task, User
+from service.models import AuditEvent, Case, Review, Task, User
 from service.services import audit, labels, webhooks
 from service.services.audit import Actor
 from service.services.predict import case_view
@@ -71,6 +71,23 @@ def _pseudonyms(session: Session, reviews: list[Review]) -> dict[int, str]:
     if not ids:
         return {}
     return dict(session.execute(select(User.id, User.pseudonym).where(User.id.in_(ids))).all())
+
+
+def people_on_case(session: Session, case: Case, events: list[AuditEvent]) -> dict[Any, str]:
+    """Pseudonyms of everyone on the case page, by user id and by e-mail (events name
+    their actor by e-mail, reviews by id): one identity per person."""
+    ids: set[Any] = {r.reviewer_id for r in case.reviews}
+    ids |= {e.details.get("reviewer_id") for e in events if isinstance(e.details, dict)}
+    emails = {e.actor for e in events if e.actor_type == "user"}
+    ids.discard(None)
+    rows = session.execute(
+        select(User.id, User.email, User.pseudonym).where(User.id.in_(ids) | User.email.in_(emails))
+    ).all()
+    out: dict[Any, str] = {}
+    for uid, email, pseudonym in rows:
+        out[uid] = pseudonym
+        out[email] = pseudonym
+    return out
 
 
 def case_detail(session: Session, case: Case, *, everything: bool = False) -> dict[str, Any]:

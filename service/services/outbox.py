@@ -20,7 +20,8 @@ from service.models import OutboxEntry
 
 log = logging.getLogger(__name__)
 
-#: ``session.info`` key: this transaction recorded jobs, so push them once it has committed.
+#: ``session.info`` key: this transaction recorded jobs, so the unit of work pushes them once
+#: it has committed (and forgets the mark either way).
 RECORDED = "outbox_recorded"
 
 
@@ -40,11 +41,6 @@ def defer(
     session.add(entry)
     session.info[RECORDED] = True
     return entry
-
-
-def clear_recorded(session: Session) -> bool:
-    """Whether the transaction that just ended recorded jobs; forgets it either way."""
-    return bool(session.info.pop(RECORDED, False))
 
 
 def relay(session: Session, redis: Redis, *, limit: int = 500) -> int:
@@ -116,14 +112,3 @@ def live_job_created_at(redis: Redis, job_id: str) -> datetime | None:
         return None
     created = job.created_at or datetime.now(UTC)
     return created if created.tzinfo else created.replace(tzinfo=UTC)
-
-
-def pending_count(session: Session) -> int:
-    from sqlalchemy import func
-
-    return int(
-        session.scalar(
-            select(func.count()).select_from(OutboxEntry).where(OutboxEntry.enqueued_at.is_(None))
-        )
-        or 0
-    )

@@ -399,7 +399,7 @@ def authorize(session: Session, task: str | TaskRuntime, actor: Actor) -> TaskRu
 
 def predict_one(
     session: Session,
-    task_name: str | TaskRuntime,
+    task: str | TaskRuntime,
     item: PredictRequest,
     actor: Actor,
     *,
@@ -408,7 +408,7 @@ def predict_one(
     max_text: int = 100_000,
 ) -> tuple[dict[str, Any], bool]:
     """Returns (case view, created). ``created`` is False for an idempotent replay."""
-    rt = authorize(session, task_name, actor)
+    rt = authorize(session, task, actor)
     digest = None
     if item.idempotency_key is not None:
         if not 1 <= len(item.idempotency_key) <= 200:
@@ -450,7 +450,7 @@ def _replay(session: Session, task_id: int, key: str, digest: str | None) -> dic
 
 def predict_batch(
     session: Session,
-    task_name: str | TaskRuntime,
+    task: str | TaskRuntime,
     items: list[PredictRequest],
     actor: Actor,
     *,
@@ -466,7 +466,7 @@ def predict_batch(
     case. Keyed cases are inserted with ``ON CONFLICT DO NOTHING``, so a concurrent retry
     that stored a key first wins and this request replays its case.
     """
-    rt = authorize(session, task_name, actor)
+    rt = authorize(session, task, actor)
     current = session.execute(select(Task.revision).where(Task.id == rt.id)).scalar()
     if current != rt.revision:
         forget(rt.name)

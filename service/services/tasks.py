@@ -234,3 +234,14 @@ def task_status(session: Session, task: Task, actor: Actor | None = None) -> dic
         "created_at": task.created_at,
         "updated_at": task.updated_at,
     }
+
+
+def case_counts(session: Session, task: Task) -> tuple[int, int]:
+    """How many cases the task has received, and how many of them were answered
+    automatically (the task list's automation rate)."""
+    total, auto = session.execute(
+        select(func.count(), func.count().filter(Case.route == "auto")).where(
+            Case.task_id == task.id
+        )
+    ).one()
+    return int(total), int(auto)

@@ -1,6 +1,6 @@
 """Requesting training: at most one training job per task at a time (deterministic job id),
 on demand, every ``retrain_every`` labels, or by the periodic trigger (:func:`retrain_due`).
-The run itself is :mod:`service.services.learning`."""
+The run itself is :mod:`service.services.training_run`."""
 
 from __future__ import annotations
 

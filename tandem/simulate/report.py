@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from service.policy import Policy
-from service.simulate import policies as pol
-from service.simulate.engine import Recorded
+from tandem.simulate import policies as pol
+from tandem.simulate.engine import Recorded
 
 PLOTS = ("automation.png", "error.png", "labels.png", "versions.png")
 POLICY_ORDER = ("tandem", "fixed", "naive", "oracle")

@@ -31,9 +31,6 @@ class SimulatedReviewer:
         self.answered = 0
         self.wrong_answers = 0
 
-    def is_wrong(self, row: int) -> bool:
-        return bool(self._wrong[row])
-
     def answer(self, row: int) -> str:
         """The reviewer's label for dataset row ``row`` (counts what it answered)."""
         true = self.truth[row]

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from service.simulate.data import Dataset, load_dataset
-from service.simulate.engine import SimOptions, simulate, stop_replay
-from service.simulate.report import POLICY_ORDER, POLICY_TITLES, write_outputs
+from tandem.simulate.data import Dataset, load_dataset
+from tandem.simulate.engine import SimOptions, simulate, stop_replay
+from tandem.simulate.report import POLICY_ORDER, POLICY_TITLES, write_outputs
 
 
 def exit_on_sigterm() -> None:

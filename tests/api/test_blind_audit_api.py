@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from service.models import Case, Task, WebhookDelivery
-from service.services import learning, review
+from service.services import review, training_run
 from service.services.accounts import user_actor
 from service.services.audit import SYSTEM
 from service.services.tasks import update_task
@@ -151,7 +151,7 @@ def test_outcome_on_an_audited_automatic_answer_keeps_the_audit_review(client, t
     case = db.get(Case, case_id)
     assert case.human_label == model_label and case.queue_state is None
     assert case.final_label == other and case.outcome_label == other
-    ledger = learning.collect(db(), db.get(Task, case.task_id))
+    ledger = training_run.collect(db(), db.get(Task, case.task_id))
     assert labelled(ledger.ledger_labels) == [model_label]
 
 
@@ -172,7 +172,8 @@ def test_outcome_on_an_audited_queued_case_resolves_it_for_the_application_only(
     assert (case.human_label, case.final_label, case.status) == ("good", "bad", "resolved")
     # the ledger holds every flagged case, labelled or not (docs/policy.md, "Which audits
     # count"); its one labelled case carries the reviewer's verdict
-    assert labelled(learning.collect(db(), db.get(Task, case.task_id)).ledger_labels) == ["good"]
+    ledger = training_run.collect(db(), db.get(Task, case.task_id)).ledger_labels
+    assert labelled(ledger) == ["good"]
     # On a case not drawn for audit the outcome is the human label, as it always was.
     plain = _first(client, tokens["app"], db, audited=False, route="review")
     client.post(
@@ -182,7 +183,7 @@ def test_outcome_on_an_audited_queued_case_resolves_it_for_the_application_only(
     )
     case = db.get(Case, plain["case_id"])
     assert case.human_label == "bad" and case.queue_state is None
-    data = learning.collect(db(), db.get(Task, case.task_id))
+    data = training_run.collect(db(), db.get(Task, case.task_id))
     assert data.train_labels == ["bad"] and labelled(data.ledger_labels) == ["good"]
 
 

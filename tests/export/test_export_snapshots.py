@@ -151,11 +151,11 @@ def test_cli_export_writes_the_same_bytes_as_the_api(
 ) -> None:
     from click.testing import CliRunner
 
-    from service.cli import main
     from service.schemas.tasks import TaskCreateSchema
     from service.services.audit import SYSTEM
     from service.services.tasks import create_task
     from service.uow import unit_of_work
+    from tandem.cli import main
     from tests.helpers import SIMPLE_TASK, make_token
 
     with unit_of_work() as session:
@@ -314,11 +314,11 @@ def test_snapshot_with_the_reviews_file(client, tokens, seed, db, redis_conn, wo
 def test_cli_multi_valued_options(committed_db, flask_app, settings, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from service.cli import main
     from service.schemas.tasks import TaskCreateSchema
     from service.services.audit import SYSTEM
     from service.services.tasks import create_task
     from service.uow import unit_of_work
+    from tandem.cli import main
     from tests.export.conftest import _case
     from tests.helpers import SIMPLE_TASK
 
@@ -368,7 +368,7 @@ def test_cli_export_to_standard_output(committed_db, flask_app, settings, tmp_pa
     root = Path(__file__).resolve().parents[2]
     for fmt in ("parquet", "csv"):
         proc = subprocess.run(
-            [sys.executable, "-m", "service.cli", "export", "loan-review", "--format", fmt,
+            [sys.executable, "-m", "tandem.cli", "export", "loan-review", "--format", fmt,
              "--out", "-", "--from", "2024-03-01T10:00:00Z"],
             cwd=tmp_path, env={**backend_env(settings), "PYTHONPATH": str(root)},
             capture_output=True, timeout=120, check=False,
@@ -393,12 +393,12 @@ def test_cli_export_to_standard_output_that_fails_part_way(
     and a non-zero exit: never a clean exit on a truncated file."""
     from click.testing import CliRunner
 
-    from service.cli import main
     from service.schemas.tasks import TaskCreateSchema
     from service.services import export as export_service
     from service.services.audit import SYSTEM
     from service.services.tasks import create_task
     from service.uow import unit_of_work
+    from tandem.cli import main
     from tests.export.conftest import _case
     from tests.helpers import SIMPLE_TASK
 

@@ -47,7 +47,7 @@ def run_python(env: dict[str, str], code: str, timeout: float = 60) -> str:
 
 
 RELAY = (
-    "from service import create_app\n"
+    "from tandem.app import create_app\n"
     "from workers import context\n"
     "app = create_app(); context.set_app(app)\n"
     "from workers.jobs.maintenance import relay_outbox\n"

@@ -36,7 +36,7 @@ def run_cli(
     args: tuple[str, ...], env: dict[str, str], stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
+        [sys.executable, "-m", "tandem.cli", *args],
         input=stdin,
         capture_output=True,
         text=True,

@@ -8,13 +8,14 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from service import create_app, migrate
+from service import migrate
 from service.config import Settings
 from service.db import db_session
-from service.demo import DEMO_TASK, HISTORY_ROWS, LIVE_ROWS, seed_demo
 from service.models import AuditEvent, Case, ModelVersion, Task
 from service.services.automation import drift_check
 from service.services.stats import task_stats
+from tandem.app import create_app
+from tandem.demo import DEMO_TASK, HISTORY_ROWS, LIVE_ROWS, seed_demo
 
 
 def test_demo_seed_certifies_and_automates(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ def embedded_env(home: Path) -> dict[str, str]:
 
 def start(home: Path, port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "tandem.cli", "serve", "--port", str(port)],
         env=embedded_env(home),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -75,7 +75,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
+        [sys.executable, "-m", "tandem.cli", *args],
         env=embedded_env(home),
         capture_output=True,
         text=True,
@@ -154,7 +154,7 @@ def test_two_embedded_instances_serve_predict_and_run_a_worker(tmp_path: Path):
 def test_embedded_redis_close_stops_the_server_only_in_its_owner(tmp_path: Path) -> None:
     import psutil
 
-    from service.runner import EmbeddedRedis
+    from tandem.processes import EmbeddedRedis
 
     embedded = EmbeddedRedis(tmp_path)
     pid = embedded.server.pid

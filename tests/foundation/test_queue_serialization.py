@@ -21,7 +21,7 @@ def record(job_id: str, task_id: int) -> OutboxEntry:
     entry = outbox.defer(session, "workers.jobs.training.train_task", queue=TRAINING,
                          job_id=job_id, task_id=task_id)
     session.commit()
-    outbox.clear_recorded(session)
+    session.info.pop(outbox.RECORDED)
     return entry
 
 

@@ -111,7 +111,7 @@ def test_cli_command(
 ):
     from click.testing import CliRunner
 
-    from service.cli import main
+    from tandem.cli import main
 
     _create_task(flask_app.test_client(), admin_token)
     monkeypatch.setenv("DATABASE_URL", settings.database_url)
@@ -172,9 +172,9 @@ def test_simulate(backend: str, settings: Any, tmp_path: Path):
     """The simulator's reviewer labels cases; the tenth (``retrain_every: 10``) requests
     training."""
     from service.redis_conn import get_redis
-    from service.simulate.data import load_dataset
-    from service.simulate.engine import Replay, SimOptions, isolated_instance
     from service.uow import unit_of_work
+    from tandem.simulate.data import load_dataset
+    from tandem.simulate.engine import Replay, SimOptions, isolated_instance
 
     data = tmp_path / "tiny.csv"
     _tiny_csv(data)

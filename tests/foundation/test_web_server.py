@@ -1,4 +1,4 @@
-"""How `tandem serve` configures its web server (service/runner.py): production and embedded
+"""How `tandem serve` configures its web server (tandem/processes.py): production and embedded
 defaults, the operator's environment, and an access log that is JSON without query strings."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from service.runner import ACCESS_LOG_FORMAT, web_server_options
+from tandem.processes import ACCESS_LOG_FORMAT, web_server_options
 
 KNOBS = (
     "WEB_CONCURRENCY",
@@ -104,7 +104,7 @@ def test_serve_refuses_a_bad_setting_before_starting_anything(tmp_path, monkeypa
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.update(TANDEM_HOME=str(tmp_path / "home"), WEB_CONCURRENCY="many")
     done = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", "--port", "1"],
+        [sys.executable, "-m", "tandem.cli", "serve", "--port", "1"],
         env=env,
         capture_output=True,
         text=True,
@@ -122,7 +122,7 @@ def test_serve_refuses_a_bad_setting_before_starting_anything(tmp_path, monkeypa
 def test_serve_refuses_zero_workers_on_the_command_line():
     from click.testing import CliRunner
 
-    from service.cli import main
+    from tandem.cli import main
 
     result = CliRunner().invoke(main, ["serve", "--workers", "0"])
     assert result.exit_code == 2
@@ -139,7 +139,7 @@ def test_embedded_serve_runs_no_other_thread_when_the_web_server_forks(tmp_path)
 
     probe = (
         "import sys, threading\n"
-        "import service.runner as runner\n"
+        "import tandem.processes as runner\n"
         "def fake_granian(app, host, port, options):\n"
         "    print('threads at fork:', sorted(t.name for t in threading.enumerate()))\n"
         "runner._granian = fake_granian\n"

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(180)
 
 def start_worker(settings: Any) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "worker", "--queues", "maintenance"],
+        [sys.executable, "-m", "tandem.cli", "worker", "--queues", "maintenance"],
         env=backend_env(settings),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -64,7 +64,7 @@ def test_no_child_of_a_worker_outlives_it(settings: Any, redis_conn: Any, how: i
             worker.kill()
             worker.wait()
         for child in psutil.Process().children(recursive=True):
-            if "service.cli" in " ".join(child.cmdline()):
+            if "tandem.cli" in " ".join(child.cmdline()):
                 child.kill()
 
 

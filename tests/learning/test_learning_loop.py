@@ -24,14 +24,14 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from service.demo import CREDIT_FIELDS, read_rows
 from service.models import Case, Job, ModelVersion, Task
 from service.policy import clopper_pearson_lower
+from tandem.demo import CREDIT_FIELDS, read_rows
 from tests.conftest import backend_env
 from tests.helpers import auth, make_token, stop_process
 
 # Real worker processes and several trainings per replay: minutes, more on a loaded machine.
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 FOODS_FIELDS = [
     {"name": "review", "type": "text"},
@@ -52,7 +52,7 @@ def start_worker(committed_db: Any, redis_conn: Any, settings: Any) -> Iterator[
             "TANDEM_HGB_MAX_ITER": "40",
             **extra_env,
         }
-        cmd = [sys.executable, "-m", "service.cli", "worker", "--queues", "training"]
+        cmd = [sys.executable, "-m", "tandem.cli", "worker", "--queues", "training"]
         proc = subprocess.Popen(
             [*cmd, "--no-scheduler"],
             env=env,

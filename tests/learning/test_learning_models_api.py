@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from service.models import ModelVersion, OutboxEntry
-from service.services import learning
+from service.services import training_run
 from tests.helpers import SIMPLE_TASK, auth, make_token, synthetic_rows
 
 
@@ -99,7 +99,7 @@ def test_train_activate_rollback_and_roles(
 
     task_id = committed_db.scalar(select(Task.id).where(Task.name == "loan-review"))
     committed_db.remove()
-    result = learning.run_training(task_id, job_id)
+    result = training_run.run_training(task_id, job_id)
     assert result["outcome"] == "trained" and result["version"] == 1
 
     assert client.get(f"/api/v1/jobs/{job_id}", headers=auth(tok["app"])).status_code == 403
@@ -124,13 +124,13 @@ def test_train_activate_rollback_and_roles(
     assert status["automation"]["coverage"] > 0
 
     # Same data again: idempotent, no duplicate version.
-    again_result = learning.run_training(task_id, None)
+    again_result = training_run.run_training(task_id, None)
     assert again_result["outcome"] == "reused" and again_result["version"] == 1
     assert committed_db.scalar(select(func.count()).select_from(ModelVersion)) == 1
 
     # New labels → version 2 (parent 1); then roll back to 1 and forward again.
     _feed(client, tok["app"], 300, seed=2)
-    r2 = learning.run_training(task_id, None)
+    r2 = training_run.run_training(task_id, None)
     assert r2["outcome"] == "trained" and r2["version"] == 2
     models = client.get("/api/v1/tasks/loan-review/models", headers=auth(tok["admin"])).json
     assert [m["version"] for m in models["models"]] == [2, 1]

@@ -14,7 +14,7 @@ from sqlalchemy import insert, select
 from service.db import utcnow
 from service.models import AuditEvent, Case, Task, new_id
 from service.policy import Policy, checkpoint_delta, checkpoint_schedule
-from service.services import automation, labels, learning
+from service.services import automation, labels, training_run
 from service.services.audit import SYSTEM
 from tests.helpers import auth, good_input, install_model
 from tests.learning.evidence import evidence, labelled_cases, make_task, version
@@ -205,9 +205,9 @@ def test_blocked_marks_forced_and_out_of_range_cases():
     fields = [{"name": "amount", "type": "number"}]
     profile = build_profile([{"amount": float(i)} for i in range(100)], fields)
     rows = [{"amount": 50.0}, {"amount": 1e9}, {"amount": 10.0}]
-    flags = learning.blocked(rows, [False, False, True], profile)
+    flags = training_run.blocked(rows, [False, False, True], profile)
     assert flags.tolist() == [False, True, True]
-    assert learning.blocked(rows, [False, False, False], None).tolist() == [False] * 3
+    assert training_run.blocked(rows, [False, False, False], None).tolist() == [False] * 3
 
 
 # --- 6. a checkpoint's ledger is its first n_j flagged arrivals, all labelled -----------------
@@ -251,7 +251,7 @@ def test_collect_returns_every_flagged_case_in_arrival_order(app, db, client, to
         )
     db.execute(insert(Case), rows)
     db.flush()
-    data = learning.collect(db, task)
+    data = training_run.collect(db, task)
     newest_last = sorted(rows, key=lambda r: r["created_at"])
     assert [r["review"] for r in data.ledger_rows] == [r["input"]["review"] for r in newest_last]
     assert data.ledger_labels == [r["human_label"] for r in newest_last]
@@ -304,7 +304,7 @@ def test_collect_reads_only_the_current_ledger_epoch(app, db, client, tokens):
     )
     task.ledger_since = now
     db.flush()
-    assert [r["review"] for r in learning.collect(db, task).ledger_rows] == ["after"]
+    assert [r["review"] for r in training_run.collect(db, task).ledger_rows] == ["after"]
 
 
 # --- 8. no certification while traffic differs from the ledger ------------------------------

@@ -98,8 +98,8 @@ def test_session_cookie_is_permanent_httponly_samesite(
 ) -> None:
     from dataclasses import replace
 
-    from service import create_app
     from service.db import SessionFactory
+    from tandem.app import create_app
 
     bind = SessionFactory.kw.get("bind")
     secure_app = create_app(replace(settings, session_cookie_secure=True))

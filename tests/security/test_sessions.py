@@ -156,7 +156,7 @@ def test_the_cli_deactivates_reactivates_and_resets(
 
     def tandem(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "service.cli", "user", *args],
+            [sys.executable, "-m", "tandem.cli", "user", *args],
             input=stdin, capture_output=True, text=True, env=backend_env(settings), timeout=120,
         )  # fmt: skip
 

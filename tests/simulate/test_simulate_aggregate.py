@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from service.simulate.runner import aggregate, combine, table_markdown
+from tandem.simulate.seeds import aggregate, combine, table_markdown
 
 
 def _policy(exceeded: bool, deployed: bool | None, auto: float, fq: float, share: float | None):
@@ -145,7 +145,7 @@ def test_combine_refuses_a_seed_counted_twice(tmp_path: Path) -> None:
 def test_simulate_table_command(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from service.cli import main
+    from tandem.cli import main
 
     _write_run(tmp_path / "a", 0)
     _write_run(tmp_path / "b", 1)

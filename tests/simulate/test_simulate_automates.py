@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from service.simulate.data import load_dataset
-from service.simulate.engine import SimOptions
-from service.simulate.runner import run_one
+from tandem.simulate.data import load_dataset
+from tandem.simulate.engine import SimOptions
+from tandem.simulate.seeds import run_one
 
 
 def _easy_csv(path: Path, n: int, seed: int = 0) -> None:

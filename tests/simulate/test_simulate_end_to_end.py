@@ -10,7 +10,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from service.cli import main
+from tandem.cli import main
 
 DATASETS = Path(__file__).resolve().parents[2] / "service" / "datasets"
 

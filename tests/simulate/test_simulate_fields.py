@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.simulate.data import convert, infer_fields, infer_type, load_dataset
+from tandem.simulate.data import convert, infer_fields, infer_type, load_dataset
 
 DATASETS = Path(__file__).resolve().parents[2] / "service" / "datasets"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.simulate import policies as pol
+from tandem.simulate import policies as pol
 
 SCORES = np.array([0.95, 0.9, 0.8, 0.6, 0.97, 0.85, 0.92, 0.5])
 CORRECT = np.array([True, True, False, True, True, True, False, True])

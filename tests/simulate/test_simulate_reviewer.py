@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.simulate.reviewer import SimulatedReviewer
+from tandem.simulate.reviewer import SimulatedReviewer
 
 LABELS = ["a", "b", "c"]
 

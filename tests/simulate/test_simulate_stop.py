@@ -20,7 +20,7 @@ def test_stopped_parallel_replay_leaves_no_redis_running(tmp_path: Path) -> None
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env["TMPDIR"] = str(tmp_path)  # each replay's scratch folder, and so its Redis, lands here
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "simulate", str(DATASETS / "credit_data.csv"),
+        [sys.executable, "-m", "tandem.cli", "simulate", str(DATASETS / "credit_data.csv"),
          "--label", "Status", "--rows", "400", "--seeds", "2", "--jobs", "2",
          "--out", str(tmp_path / "out")],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.simulate.report import _why_not_automated
+from tandem.simulate.report import _why_not_automated
 
 
 def test_the_newest_deferral_or_failed_attempt_is_the_reason() -> None:

@@ -80,7 +80,7 @@ def _actor(email: str) -> Any:
 
 
 def test_the_demo_dashboard_draws_its_seeded_history(page_for, live_server, flask_app):
-    from service.demo import DEMO_PASSWORD, seed_demo
+    from tandem.demo import DEMO_PASSWORD, seed_demo
 
     seed_demo(flask_app)
     with unit_of_work() as session:
@@ -112,7 +112,7 @@ def test_the_demo_dashboard_draws_its_seeded_history(page_for, live_server, flas
         assert max(automation) > 0, automation
         error = _chart_points(page, "chart-error", "Live error")
         # Two days at least: when the first version fails and the one trained at 3,000 cases
-        # certifies (service/demo.py), automatic answers cover the last day or two only.
+        # certifies (tandem/demo.py), automatic answers cover the last day or two only.
         assert len(error) >= 2, error
         assert set(_chart_points(page, "chart-error", "Target error α")) == {0.15}
     # Queue size over time, and a real time to decision (not "0 s").

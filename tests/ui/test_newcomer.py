@@ -26,7 +26,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from service.demo import CREDIT_FIELDS, read_rows
+from tandem.demo import CREDIT_FIELDS, read_rows
 from tests.foundation.test_embedded_mode import free_port, wait_ready
 from tests.helpers import redis_servers_under, stop_process
 
@@ -61,7 +61,7 @@ def test_a_newcomer_runs_the_demo_loses_nothing_and_stops_it_cleanly(
     out_path = tmp_path / "terminal.txt"
     with out_path.open("wb") as terminal:
         demo = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "demo", "--port", str(port)],
+            [sys.executable, "-m", "tandem.cli", "demo", "--port", str(port)],
             env=newcomer_env(home),
             stdout=terminal,
             stderr=subprocess.STDOUT,

@@ -1,6 +1,6 @@
 """The training job: one per task at a time (job id ``train-task-{id}``), retried by RQ.
 
-The work itself lives in :mod:`service.services.learning` so ``tandem demo`` can run it
+The work itself lives in :mod:`service.services.training_run` so ``tandem demo`` can run it
 in-process; this wrapper gives it the worker's app context and RQ's retry budget.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from service.resources import training_resources
-from service.services import learning
+from service.services import training_run
 from workers.context import current_job_id, job
 
 
@@ -30,4 +30,4 @@ def train_task(task_id: int) -> dict[str, Any]:
     worker sharing cores with the web process does not stall predict requests.
     """
     with training_resources():
-        return learning.run_training(task_id, current_job_id(), retries_left=_retries_left())
+        return training_run.run_training(task_id, current_job_id(), retries_left=_retries_left())
