@@ -24,12 +24,8 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
 from sqlalchemy import DateTime, Select, Text, and_, cast, func, select, true, type_coerce
 from sqlalchemy import case as sql_case
 from sqlalchemy.orm import Session, aliased
@@ -37,6 +33,7 @@ from sqlalchemy.orm import Session, aliased
 from service import queues
 from service.db import utcnow
 from service.errors import Forbidden, NotFound, ValidationFailed
+from service.ml.lazy import lazy_module
 from service.models import (
     CASE_STATUSES,
     LABEL_SOURCES,
@@ -51,6 +48,17 @@ from service.models import (
 )
 from service.services import audit, outbox
 from service.services.audit import Actor
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+else:  # pyarrow (~40 MB) loads with the first export, not with every web process
+    pa = lazy_module("pyarrow")
+    pc = lazy_module("pyarrow.compute")
+    pa_csv = lazy_module("pyarrow.csv")
+    pq = lazy_module("pyarrow.parquet")
 
 FORMATS = ("csv", "jsonl", "parquet")
 CONTENT_TYPES = {
@@ -93,9 +101,17 @@ EXPORT_JOB = "workers.jobs.exports.run_export"
 # were added; the labels and the optional reviews file joined the manifest.
 SCHEMA_VERSION = "2"
 _TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # Arrow's %S carries the microseconds: fixed width
-_TS_TYPE = pa.timestamp("us", tz="UTC")
-_INPUT_TYPES = {"text": pa.string(), "category": pa.string(), "number": pa.float64()}
-_INPUT_TYPES["boolean"] = pa.bool_()
+
+
+def _ts_type() -> pa.DataType:
+    return pa.timestamp("us", tz="UTC")
+
+
+def _input_type(field_type: str) -> pa.DataType:
+    return {"text": pa.string(), "category": pa.string(), "number": pa.float64()}.get(
+        field_type, pa.bool_()
+    )
+
 _FILENAME_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 STDOUT_NAME = "<stdout>"
 
@@ -348,7 +364,7 @@ def export_schema(task: Task) -> pa.Schema:
     """Column names and Arrow types, in file order (the manifest's ``schema``). The one
     declaration every format is written from (docs/export.md, "Columns")."""
     cols: list[tuple[str, pa.DataType]] = [("case_id", pa.string()), ("external_id", pa.string())]
-    cols += [(f"input.{f['name']}", _INPUT_TYPES[f["type"]]) for f in task.fields]
+    cols += [(f"input.{f['name']}", _input_type(f["type"])) for f in task.fields]
     cols += [("suggestion", pa.string()), ("confidence", pa.float64())]
     cols += [(f"score.{label}", pa.float64()) for label in task.labels]
     cols += [
@@ -365,11 +381,11 @@ def export_schema(task: Task) -> pa.Schema:
         ("outcome", pa.string()),
         ("overridden", pa.bool_()),
         ("reviewer", pa.string()),
-        ("review_time", _TS_TYPE),
+        ("review_time", _ts_type()),
         ("review_seconds", pa.float64()),
         ("time_to_decision_seconds", pa.float64()),
-        ("created_at", _TS_TYPE),
-        ("resolved_at", _TS_TYPE),
+        ("created_at", _ts_type()),
+        ("resolved_at", _ts_type()),
     ]
     return pa.schema([pa.field(n, t) for n, t in cols], metadata=_metadata(task, "cases"))
 
@@ -384,10 +400,10 @@ def reviews_schema(task: Task) -> pa.Schema:
         ("comment", pa.string()),
         ("suggested_label", pa.string()),
         ("agreed_with_model", pa.bool_()),
-        ("claimed_at", _TS_TYPE),
-        ("decided_at", _TS_TYPE),
+        ("claimed_at", _ts_type()),
+        ("decided_at", _ts_type()),
         ("review_seconds", pa.float64()),
-        ("retracted_at", _TS_TYPE),
+        ("retracted_at", _ts_type()),
     ]
     return pa.schema([pa.field(n, t) for n, t in cols], metadata=_metadata(task, "reviews"))
 
@@ -606,13 +622,13 @@ def _to_batch(rows: list[Any], task: Task, schema: pa.Schema) -> pa.RecordBatch:
     arrays: list[pa.Array] = [pa.array(case_id, string), pa.array(external_id, string)]
     for f in task.fields:
         name = f["name"]
-        arrays.append(_column([d.get(name) for d in docs], _INPUT_TYPES[f["type"]]))
+        arrays.append(_column([d.get(name) for d in docs], _input_type(f["type"])))
     suggested = pa.array(suggestion, string)
     arrays += [suggested, pa.array(confidence, pa.float64())]
     for label in task.labels:
         arrays.append(_column([d.get(label) for d in score_docs], pa.float64()))
-    created = pa.array(created_at, _TS_TYPE)
-    resolved = pa.array(resolved_at, _TS_TYPE)
+    created = pa.array(created_at, _ts_type())
+    resolved = pa.array(resolved_at, _ts_type())
     human = pa.array(human_label, string)
     micros = pc.subtract(pc.cast(resolved, pa.int64()), pc.cast(created, pa.int64()))
     arrays += [
@@ -629,7 +645,7 @@ def _to_batch(rows: list[Any], task: Task, schema: pa.Schema) -> pa.RecordBatch:
         pa.array(outcome, string),
         pc.not_equal(human, suggested),  # null unless both exist, as /stats counts it
         pa.array(reviewer, string),
-        pa.array(review_time, _TS_TYPE),
+        pa.array(review_time, _ts_type()),
         _seconds(review_ms),
         pc.divide(pc.cast(micros, pa.float64()), 1_000_000.0),
         created,
@@ -651,10 +667,10 @@ def _reviews_batch(rows: list[Any], schema: pa.Schema) -> pa.RecordBatch:
         pa.array(comment, string),
         pa.array(suggested, string),
         pa.array(agreed, pa.bool_()),
-        pa.array(claimed_at, _TS_TYPE),
-        pa.array(decided_at, _TS_TYPE),
+        pa.array(claimed_at, _ts_type()),
+        pa.array(decided_at, _ts_type()),
         _seconds(duration_ms),
-        pa.array(retracted_at, _TS_TYPE),
+        pa.array(retracted_at, _ts_type()),
     ]
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 

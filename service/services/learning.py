@@ -27,19 +27,20 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.db import db_session, transaction, utcnow
-from service.ml.artifacts import dump_model, load_model
-from service.ml.pipeline import FAMILIES, TrainedModel, pipeline_proba, train_model
 from service.ml.profile import DataProfile, build_profile, range_checker
 from service.models import Case, Job, ModelVersion, Task
 from service.services import audit, automation
 from service.services.audit import SYSTEM
+
+if TYPE_CHECKING:
+    from service.ml.pipeline import TrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ def hgb_max_iter() -> int:
 
 def families() -> tuple[str, ...]:
     """Model families compared by CV log loss (``TANDEM_TRAIN_FAMILIES``, comma-separated)."""
+    from service.ml.pipeline import FAMILIES  # the training stack loads where it trains
+
     raw = os.environ.get("TANDEM_TRAIN_FAMILIES", "")
     chosen = tuple(f.strip() for f in raw.split(",") if f.strip() in FAMILIES)
     return chosen or FAMILIES
@@ -187,9 +190,22 @@ def _scores(
 ) -> tuple[np.ndarray, list[str]]:
     if not rows:
         return np.zeros(0), []
+    from service.ml.pipeline import pipeline_proba
+
     proba = pipeline_proba(pipeline, rows, fields, labels)
     top = proba.argmax(axis=1)
     return proba.max(axis=1), [labels[int(i)] for i in top]
+
+
+def stored_predictor(
+    pipeline: Any, fields: list[dict[str, Any]], labels: list[str]
+) -> bytes | None:
+    """The compiled predictor's stored form (service/ml/fast.py, ``predictor_state``): the
+    web processes score the version from it with NumPy alone. None when it has none."""
+    from service.ml.fast import compile_predictor, predictor_state
+
+    predictor = compile_predictor(pipeline, fields, labels)
+    return predictor_state(predictor, pipeline, fields, labels)
 
 
 def _set_job(job_id: str | None, **values: Any) -> None:
@@ -252,6 +268,11 @@ def run_training(
 def _train_and_release(
     task_id: int, job_id: str | None, started: float, use_families: tuple[str, ...]
 ) -> dict[str, Any]:
+    # scikit-learn, skops, pandas: loaded in the training job, never by a web process that
+    # imports this module for lock_task.
+    from service.ml.artifacts import dump_model, load_model
+    from service.ml.pipeline import train_model
+
     with transaction() as session:
         task = session.get(Task, task_id)
         if task is None:
@@ -396,6 +417,7 @@ def _train_and_release(
                     family=trained.family,
                     artefact=artefact,
                     artefact_sha256=hashlib.sha256(artefact).hexdigest(),
+                    predictor=stored_predictor(pipeline, fields, labels),
                     metrics=trained.metrics,
                     training_snapshot=data.snapshot,
                     profile={
