@@ -407,10 +407,88 @@ class CompiledPredictor(Predictor):
             return dec
         return np.asarray(self.clf.predict_proba(self._dense(rows)), dtype=np.float64)
 
+    def _one_plan(self) -> tuple[list[float], list[list[float]], list[tuple[Any, ...]]] | None:
+        """What ``_proba_one`` needs as Python lists, built on first use; None: not LR, or a
+        text field (TF-IDF stays vectorised)."""
+        if "_plan" not in self.__dict__:
+            plan: Any = None
+            if self.kind == "lr" and not any(isinstance(b, _TextBlock) for b, _ in self.blocks):
+                steps: list[tuple[Any, ...]] = []
+                for block, off in self.blocks:
+                    if isinstance(block, _CategoryBlock):
+                        steps.append(
+                            ("category", off, block.name, block.map, block.unknown_col,
+                             block.missing_col)
+                        )  # fmt: skip
+                    elif isinstance(block, _NumericBlock):
+                        steps.append(
+                            ("numeric", off, list(zip(block.names, block.convert, strict=True)),
+                             block.medians.tolist(), block.indicator.tolist(),
+                             list(zip(block.mean.tolist(), block.scale.tolist(), strict=True)))
+                        )  # fmt: skip
+                plan = (self.intercept.tolist(), self.coef_t.tolist(), steps)
+            self.__dict__["_plan"] = plan
+        result: tuple[list[float], list[list[float]], list[tuple[Any, ...]]] | None
+        result = self.__dict__["_plan"]
+        return result
+
+    def _proba_one(self, row: Row) -> np.ndarray | None:
+        """One row of a logistic regression without text fields, in Python floats.
+
+        Why: a single predict is one row, and the vectorised path spent ~25 NumPy calls
+        (~3 µs each) on it. The same operations in the same order: imputing, scaling and the
+        one-hot columns are bit-identical; only the dot product may sum in another order
+        (last bits), which the self-check compares like everything else. None: use NumPy.
+        """
+        plan = self._one_plan()
+        if plan is None:
+            return None
+        intercept, w, steps = plan
+        dec = list(intercept)
+        width = len(dec)
+        for step in steps:
+            off = step[1]
+            if step[0] == "category":
+                _, _, name, mapping, unknown, missing_col = step
+                v = row.get(name)
+                if type(v) is not str:
+                    v = to_text(v)
+                col = mapping.get(v, unknown) if isinstance(v, str) else missing_col
+                if col >= 0:
+                    wc = w[off + col]
+                    for k in range(width):
+                        dec[k] += wc[k]
+                continue
+            _, _, convert, medians, indicator, standard = step
+            x = [conv(row.get(name)) for name, conv in convert]
+            missing = [v != v for v in x]  # NaN
+            x = [m if miss else v for v, m, miss in zip(x, medians, missing, strict=True)]
+            x += [1.0 if missing[i] else 0.0 for i in indicator]
+            sums = [0.0] * width
+            for j, (v, (mean, scale)) in enumerate(zip(x, standard, strict=True)):
+                z = (v - mean) / scale
+                wj = w[off + j]
+                for k in range(width):
+                    sums[k] += z * wj[k]
+            for k in range(width):
+                dec[k] += sums[k]
+        if width == 1:
+            try:
+                p = 1.0 / (1.0 + math.exp(-dec[0]))
+            except OverflowError:  # e^-x beyond a double: p = 0, as NumPy's path gives
+                p = 0.0
+            return np.array([[1.0 - p, p]])
+        top = max(dec)
+        exps = [math.exp(d - top) for d in dec]
+        total = sum(exps)
+        return np.array([[e / total for e in exps]])
+
     def predict_proba_rows(self, rows: Sequence[Row]) -> np.ndarray:
         if not rows:
             return np.zeros((0, len(self.label_set)), dtype=np.float64)
-        proba = self._proba_classes(rows)
+        proba = self._proba_one(rows[0]) if len(rows) == 1 else None
+        if proba is None:
+            proba = self._proba_classes(rows)
         if len(self.out_cols) == len(self.label_set) and np.array_equal(
             self.out_cols, np.arange(len(self.label_set))
         ):
@@ -482,6 +560,8 @@ def compile_predictor(
         expected = pipeline_proba(pipeline, rows, fields, label_set)
         got = predictor.predict_proba_rows(rows)
         ok = got.shape == expected.shape and bool(np.all(np.abs(got - expected) <= SELF_CHECK_TOL))
+        one = np.vstack([predictor.predict_proba_rows([row]) for row in rows])  # single path
+        ok = ok and bool(np.all(np.abs(one - expected) <= SELF_CHECK_TOL))
     except Exception as exc:  # compiled path broke on probes: the Pipeline decides
         return PipelinePredictor(pipeline, fields, label_set, reason=f"self-check error: {exc}")
     if not ok:
@@ -622,8 +702,12 @@ def predictor_state(
 
     rows = _probe_rows(predictor, fields)
     expected = pipeline_proba(pipeline, rows, fields, label_set)
-    got = load_predictor_state(data).predict_proba_rows(rows)
+    stored = load_predictor_state(data)
+    got = stored.predict_proba_rows(rows)
     if got.shape != expected.shape or not np.all(np.abs(got - expected) <= SELF_CHECK_TOL):
+        return None
+    one = np.vstack([stored.predict_proba_rows([row]) for row in rows])
+    if not np.all(np.abs(one - expected) <= SELF_CHECK_TOL):
         return None
     return data
 
