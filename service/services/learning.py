@@ -314,6 +314,7 @@ def _train_and_release(
     trained = None
     profile: DataProfile | None = None
     oof: dict[str, list[Any]] | None = None
+    predictor: bytes | None = None
     t_train = time.perf_counter()
     if reuse_id is None:
         _set_job(job_id, progress={"stage": "training", "cases": len(data.train_ids)})
@@ -328,6 +329,8 @@ def _train_and_release(
         pipeline = trained.pipeline
         train_fields, train_labels = fields, labels
         artefact = dump_model(pipeline)
+        # Before the final transaction: compiling and checking it must not hold the task lock.
+        predictor = stored_predictor(pipeline, fields, labels)
         profile = build_profile(data.train_rows, fields)
         oof = readiness_sample(trained, data.train_representative, labels)
     else:
@@ -417,7 +420,7 @@ def _train_and_release(
                     family=trained.family,
                     artefact=artefact,
                     artefact_sha256=hashlib.sha256(artefact).hexdigest(),
-                    predictor=stored_predictor(pipeline, fields, labels),
+                    predictor=predictor,
                     metrics=trained.metrics,
                     training_snapshot=data.snapshot,
                     profile={
