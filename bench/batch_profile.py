@@ -1,19 +1,28 @@
-"""Where a 1,000-case `POST /predict/batch` spends its time (issue #8), in-process.
+"""Where a 1,000-case `POST /predict/batch` spends its time (issues #8, #20), in-process,
+and how it compares with PostgreSQL's own COPY of the same rows, measured in the same run.
 
-Runs the service path the endpoint runs (``predict_service.predict_batch`` in one unit of
-work, then the JSON response) on PostgreSQL and times each phase with wrappers around the
-service's own functions: validation of every item, scoring, building the rows, PostgreSQL
-COPY, commit, and serialising the response. Prints the median per phase over ``--batches``
-batches, and what the whole costs per case.
+1. Phases: the service path the endpoint runs (``predict_service.predict_batch`` in one
+   unit of work, then the JSON response) with each phase timed by wrappers around the
+   service's own functions: validation of every item, scoring, building the rows, PostgreSQL
+   COPY, commit, and serialising the response.
+2. End to end: the same batch as a request through the Flask app (test client: routing,
+   token, body parsing, the service, commit, the response), no socket.
+3. The limit: the last 1,000 cases the app stored, read back with ``COPY ... TO STDOUT``
+   and written again (fresh ids) with ``COPY cases FROM STDIN`` + commit: what PostgreSQL
+   alone needs to store the same rows, with every index and foreign key.
+Prints the medians over ``--batches`` batches and the ratio end to end / COPY alone
+(issue #20's goal: <= 1.5).
 
 Usage:  .venv/bin/python bench/batch_profile.py [--batches 30]
-Needs:  PostgreSQL on 127.0.0.1:5432 (database ``tandem_bench_predict`` is recreated).
+Needs:  PostgreSQL on 127.0.0.1:5432 (database ``tandem_bench_thru_batch`` is recreated).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -26,7 +35,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.predict import REDIS_URL, TASK, reset_database, setup  # noqa: E402
+from bench.common import reset_database  # noqa: E402
+from bench.predict import TASK, setup  # noqa: E402
+
+DB_NAME = "tandem_bench_thru_batch"
+REDIS_URL = "redis://127.0.0.1:6379/5"
 
 PHASES = ("validate", "score", "build rows", "COPY", "commit", "response JSON")
 
@@ -36,9 +49,10 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=30)
     args = parser.parse_args()
 
-    db_url = reset_database()
+    db_url = reset_database(DB_NAME)
     ctx = setup(db_url, Path(tempfile.mkdtemp(prefix="tandem-bench-")))
 
+    from service.api.predict import json_response
     from service.config import Settings
     from service.services import predict as svc
     from service.services.accounts import authenticate_token
@@ -53,6 +67,7 @@ def main() -> None:
         embedded=False,
     )
     app = create_app(settings)
+    gc.freeze()  # as `tandem serve` does before it forks its workers (tandem/processes.py)
     spent: dict[str, float] = defaultdict(float)
 
     def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -69,7 +84,7 @@ def main() -> None:
     svc._check_item = timed("validate", svc._check_item)
     svc._score = timed("score", svc._score)
     svc._build_rows = timed("build rows", svc._build_rows)
-    svc._insert = timed("COPY", svc._insert)
+    svc._write_rows = timed("COPY", svc._write_rows)
 
     items = [svc.PredictRequest(input=ctx["inputs"][i % len(ctx["inputs"])]) for i in range(1000)]
     per_batch: dict[str, list[float]] = defaultdict(list)
@@ -86,7 +101,7 @@ def main() -> None:
                 t_commit = time.perf_counter()
             spent["commit"] = time.perf_counter() - t_commit
             t = time.perf_counter()
-            json.dumps({"results": results})
+            json_response({"results": results})
             spent["response JSON"] = time.perf_counter() - t
             total = time.perf_counter() - t0
             spent["build rows"] -= spent["score"]
@@ -94,6 +109,9 @@ def main() -> None:
                 totals.append(total)
                 for phase in PHASES:
                     per_batch[phase].append(spent[phase])
+
+        end_to_end = _end_to_end(app, ctx["token"], items, args.batches)
+    copy_alone = _copy_alone(db_url, args.batches)
 
     total = statistics.median(totals)
     print(f"\n1,000-case batches, median of {args.batches} (in-process, PostgreSQL):")
@@ -104,6 +122,71 @@ def main() -> None:
     other = total - sum(statistics.median(per_batch[phase]) for phase in PHASES)
     print(f"{'other':<16}{1000 * other:>8.1f}{other / total:>8.0%}  (authorize, case views)")
     print(f"{'total':<16}{1000 * total:>8.1f}  -> {1000 / total:,.0f} cases/s on one core")
+    load = os.getloadavg()
+    print(f"\nsame run, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}:")
+    print(f"{'end to end (Flask app, no socket)':<40}{1000 * end_to_end:>8.1f} ms")
+    print(f"{'limit: PostgreSQL COPY of the same rows':<40}{1000 * copy_alone:>8.1f} ms")
+    print(f"{'ratio end to end / COPY alone':<40}{end_to_end / copy_alone:>8.2f}  (goal <= 1.5)")
+
+
+def _end_to_end(app: Any, token: str, items: list[Any], batches: int) -> float:
+    """Median seconds of one 1,000-item batch request through the app, as a client sends it."""
+    client = app.test_client()
+    body = json.dumps({"items": [{"input": item.input} for item in items]})
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    url = f"/api/v1/tasks/{TASK}/predict/batch"
+    runs = []
+    for n in range(batches + 2):
+        t = time.perf_counter()
+        resp = client.post(url, data=body, headers=headers)
+        elapsed = time.perf_counter() - t
+        assert resp.status_code == 200, resp.get_data(as_text=True)[:300]
+        if n >= 2:
+            runs.append(elapsed)
+    return statistics.median(runs)
+
+
+def _copy_alone(db_url: str, batches: int) -> float:
+    """Median seconds to COPY + commit 1,000 case rows the app stored, with fresh ids."""
+    import psycopg
+
+    from service.models import new_ids
+
+    dsn = db_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn) as conn:
+        columns = [
+            r[0]
+            for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name = 'cases' ORDER BY ordinal_position"
+            )
+        ]
+        assert columns[0] == "id"
+        quoted = ", ".join(f'"{c}"' for c in columns)
+        data = bytearray()
+        with conn.cursor().copy(
+            f"COPY (SELECT {quoted} FROM cases ORDER BY created_at DESC LIMIT 1000) TO STDOUT"
+        ) as copy:
+            for chunk in copy:
+                data += chunk
+        conn.commit()
+        lines = bytes(data).rstrip(b"\n").split(b"\n")
+        assert len(lines) == 1000
+        tails = [line[line.index(b"\t") :] for line in lines]
+        runs = []
+        for n in range(batches + 2):
+            ids = new_ids(len(tails))
+            buf = b"".join(i.encode() + tail + b"\n" for i, tail in zip(ids, tails, strict=True))
+            t = time.perf_counter()
+            with (
+                conn.transaction(),
+                conn.cursor().copy(f"COPY cases ({quoted}) FROM STDIN") as copy,
+            ):
+                copy.write(buf)
+            elapsed = time.perf_counter() - t
+            if n >= 2:
+                runs.append(elapsed)
+    return statistics.median(runs)
 
 
 if __name__ == "__main__":

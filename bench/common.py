@@ -20,6 +20,7 @@ def activate_model(
     or certification: a benchmark measures serving, not learning."""
     from service.ml.profile import build_profile
     from service.models import ModelVersion
+    from service.services.training_run import stored_predictor
 
     version = ModelVersion(
         task_id=task.id,
@@ -28,6 +29,8 @@ def activate_model(
         family=trained.family,
         artefact=artefact,
         artefact_sha256=hashlib.sha256(artefact).hexdigest(),
+        # As the training job stores it: the web processes score with NumPy alone.
+        predictor=stored_predictor(trained.pipeline, task.fields, task.labels),
         metrics=trained.metrics,
         profile={
             "fields_spec": task.fields,
@@ -46,3 +49,15 @@ def activate_model(
     task.automation_state = "automating"
     task.revision += 1
     return version
+
+
+def reset_database(name: str, pg: str = "postgresql+psycopg://postgres@127.0.0.1:5432") -> str:
+    """Drop and create the benchmark database ``name``; its SQLAlchemy URL."""
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(f"{pg}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return f"{pg}/{name}"

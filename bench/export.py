@@ -7,7 +7,15 @@ and Parquet at
 100k and 1M rows, measuring rows per second and the peak RSS of the serving process (psutil,
 sampled every 20 ms). Results go to stdout as a Markdown table.
 
+The limit each download is compared with, measured in the same run right after it: the
+export's own query (the same columns, filters and order, compiled by the service) wrapped in
+``COPY (...) TO STDOUT (FORMAT csv)`` and read to the end by psycopg: what PostgreSQL needs to
+produce the same rows as text. The ratio download time / COPY time is the result (issue #20:
+<= 2).
+
     .venv/bin/python bench/export.py [--rows 1000000] [--small 100000] [--keep-data]
+        [--formats csv,jsonl,parquet]
+    BENCH_DB=tandem_bench_thru_export BENCH_REDIS_URL=redis://127.0.0.1:6379/5 ... (names)
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 PG = os.environ.get("BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
-DB_NAME = "tandem_bench_export"
+DB_NAME = os.environ.get("BENCH_DB", "tandem_bench_export")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/6")
 TASK = "credit-bench"
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -254,12 +262,39 @@ def fetch(url: str, params: dict[str, str], headers: dict[str, str]) -> tuple[fl
     return first, chunks
 
 
+def copy_seconds(created_to: datetime | None) -> float:
+    """Seconds PostgreSQL takes to COPY the export's rows (same query) TO STDOUT as CSV."""
+    import psycopg
+
+    from service.db import make_engine
+    from service.models import Task
+    from service.services.export import ExportFilters, ExportSpec, build_query
+
+    engine = make_engine(f"{PG}/{DB_NAME}")
+    with engine.connect() as conn:
+        task = conn.execute(text("SELECT * FROM tasks WHERE name = :n"), {"n": TASK}).one()
+        row = Task(id=task.id, name=task.name, fields=task.fields, labels=task.labels)
+        stmt = build_query(row, ExportSpec("csv", ExportFilters(created_to=created_to)))
+        sql = str(stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+    engine.dispose()
+    dsn = f"{PG}/{DB_NAME}".replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn) as raw:
+        start = time.perf_counter()
+        size = 0
+        with raw.cursor().copy(f"COPY ({sql}) TO STDOUT (FORMAT csv)") as copy:
+            for chunk in copy:
+                size += len(chunk)
+        return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--small", type=int, default=100_000)
     parser.add_argument("--keep-data", action="store_true", help="reuse the loaded database")
+    parser.add_argument("--formats", default="csv,jsonl,parquet")
     args = parser.parse_args()
+    formats = [f for f in args.formats.split(",") if f]
 
     token = new_token() if args.keep_data else setup_database(args.rows)
     port = free_port()
@@ -302,8 +337,10 @@ def main() -> None:
         baseline = psutil.Process(worker_pid).memory_info().rss
         print(f"serving process RSS after warm-up: {baseline / 2**20:.0f} MB", file=sys.stderr)
         results = []
-        for rows, extra in ((args.small, {"to": small_to}), (args.rows, {})):
-            for fmt in ("csv", "jsonl", "parquet"):
+        sizes = [(args.small, {"to": small_to})] if args.small else []
+        sizes.append((args.rows, {}))
+        for rows, extra in sizes:
+            for fmt in formats:
                 with PeakRss(worker_pid) as rss:
                     start = time.perf_counter()
                     first, chunks = fetch(url, {"format": fmt, **extra}, headers)
@@ -312,21 +349,31 @@ def main() -> None:
                 data = b"".join(chunks)
                 n = count_rows(fmt, data)
                 assert n == rows, (fmt, n, rows)
-                results.append((fmt, n, elapsed, first or 0.0, len(data), rss.peak))
+                limit = copy_seconds(
+                    T0 + timedelta(milliseconds=250 * args.small) if "to" in extra else None
+                )
+                results.append((fmt, n, elapsed, first or 0.0, len(data), rss.peak, limit))
                 print(
                     f"{fmt:8} {n:>9,} rows {elapsed:6.1f} s {n / elapsed:>9,.0f} rows/s "
                     f"first byte {first:.2f} s, {len(data) / 2**20:7.1f} MB, "
-                    f"peak RSS {rss.peak / 2**20:.0f} MB",
+                    f"peak RSS {rss.peak / 2**20:.0f} MB; COPY TO STDOUT {limit:.1f} s "
+                    f"-> ratio {elapsed / limit:.2f}",
                     file=sys.stderr,
                 )
                 del data, chunks
-        print(f"\nbaseline RSS after warm-up: {baseline / 2**20:.0f} MB\n")
-        print("| format | rows | seconds | rows/s | first byte | file size | peak RSS |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
-        for fmt, n, elapsed, first, size, peak in results:
+        load = os.getloadavg()
+        print(f"\nbaseline RSS after warm-up: {baseline / 2**20:.0f} MB; load average "
+              f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n")  # fmt: skip
+        print(
+            "| format | rows | seconds | rows/s | first byte | file size | peak RSS "
+            "| limit: COPY TO STDOUT | ratio |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for fmt, n, elapsed, first, size, peak, limit in results:
             print(
                 f"| {fmt} | {n:,} | {elapsed:.1f} | {n / elapsed:,.0f} | {first:.2f} s "
-                f"| {size / 2**20:.0f} MB | {peak / 2**20:.0f} MB |"
+                f"| {size / 2**20:.0f} MB | {peak / 2**20:.0f} MB | {limit:.1f} s "
+                f"| {elapsed / limit:.2f} |"
             )
     finally:
         server.send_signal(signal.SIGTERM)

@@ -15,8 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.ml.artifacts import load_model
-from service.ml.fast import Predictor, compile_predictor
+from service.ml.fast import Predictor, compile_predictor, load_predictor_state
 from service.ml.profile import DataProfile, range_checker
 from service.models import ModelVersion
 
@@ -53,20 +52,19 @@ def load(
         return cached
     row = session.execute(
         select(
-            ModelVersion.artefact,
+            ModelVersion.predictor,
             ModelVersion.version,
             ModelVersion.profile,
             ModelVersion.certification,
         ).where(ModelVersion.id == model_id)
     ).one()
-    if row.artefact is None:
-        raise RuntimeError(f"model version {model_id} has no artefact")
-    pipeline = load_model(row.artefact)
     # The model was trained on the fields the task had then; later optional fields are
     # ignored by the pipeline, so compile against the training-time field list if known.
     train_fields = (row.profile or {}).get("fields_spec") or fields
     train_labels = (row.profile or {}).get("labels") or labels
-    predictor = compile_predictor(pipeline, train_fields, train_labels)
+    predictor = _stored(row.predictor) or _compiled(
+        session, model_id, train_fields, train_labels
+    )
     profile = (
         DataProfile.from_dict(row.profile["data"]) if (row.profile or {}).get("data") else None
     )
@@ -84,6 +82,29 @@ def load(
             _models.pop(next(iter(_models)))
         _models[model_id] = loaded
     return loaded
+
+
+def _stored(data: bytes | None) -> Predictor | None:
+    """The version's stored compiled form: NumPy only, no scikit-learn in this process."""
+    if data is None:
+        return None
+    try:
+        return load_predictor_state(data)
+    except (ValueError, KeyError, OSError):  # another format: compile from the artefact
+        return None
+
+
+def _compiled(
+    session: Session, model_id: int, fields: list[dict[str, Any]], labels: list[str]
+) -> Predictor:
+    """Load the skops artefact and compile it (boosted trees, versions stored before the
+    compiled form was): this loads scikit-learn, skops and pandas into the process."""
+    from service.ml.artifacts import load_model
+
+    artefact = session.scalar(select(ModelVersion.artefact).where(ModelVersion.id == model_id))
+    if artefact is None:
+        raise RuntimeError(f"model version {model_id} has no artefact")
+    return compile_predictor(load_model(artefact), fields, labels)
 
 
 def clear() -> None:

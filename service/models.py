@@ -60,6 +60,17 @@ def new_id() -> str:
     return f"{value:032x}"
 
 
+def new_ids(n: int) -> list[str]:
+    """``n`` ids as :func:`new_id` makes them, from one read of the random source."""
+    ms = int(time.time() * 1000) << 80
+    rand = os.urandom(10 * n)
+    clear, version = ~(0xF << 76), 0x7 << 76
+    return [
+        f"{((ms | int.from_bytes(rand[10 * i : 10 * i + 10], 'big')) & clear) | version:032x}"
+        for i in range(n)
+    ]
+
+
 class User(Base):
     __tablename__ = "users"
 
@@ -149,6 +160,9 @@ class ModelVersion(Base):
     family: Mapped[str | None] = mapped_column(String(64), nullable=True)
     artefact: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
     artefact_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The compiled predictor as NumPy arrays (service/ml/fast.py, ``predictor_state``): a web
+    # process scores from it without loading scikit-learn. None: compile from the artefact.
+    predictor: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # Which labelled cases trained it: count, id range, hash of the ordered id list.
     training_snapshot: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

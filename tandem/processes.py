@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import os
 import shutil
 import signal
@@ -200,6 +201,11 @@ def serve(*, host: str, port: int, web_workers: int | None, demo: bool = False) 
         atexit.register(print, "Tandem stopped.", file=sys.stderr, flush=True)
         _announce_when_ready(url)
     time.sleep(0.1)
+    # Everything built so far (the app, its libraries) lives as long as the process: frozen,
+    # the workers' garbage collector never walks it again. A 1,000-case batch allocates
+    # enough to trigger full collections, which walked ~1M such objects each time
+    # (bench/README.md, "Batch predict"); forked workers also keep sharing those pages.
+    gc.freeze()
     _granian(app, host, port, server_options)
 
 

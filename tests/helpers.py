@@ -77,9 +77,12 @@ def install_model(
     rows: list[dict[str, Any]] | None = None,
     labels: list[str] | None = None,
     label_thresholds: dict[str, float] | None = None,
+    stored_predictor: bool = True,
 ) -> Any:
     """Train a real (small) model and make it the task's active version, as a promotion
-    would. Test-only shortcut around the training job."""
+    would. Test-only shortcut around the training job. The version carries the compiled
+    predictor's stored form as the training job writes it (``stored_predictor=False``: an
+    older version without one, compiled from its artefact when first used)."""
     import hashlib
 
     from sqlalchemy import select
@@ -88,6 +91,7 @@ def install_model(
     from service.ml.pipeline import train_model
     from service.ml.profile import build_profile
     from service.models import ModelVersion, Task
+    from service.services.training_run import stored_predictor as stored_form
 
     task = session.scalar(select(Task).where(Task.name == task_name))
     if rows is None or labels is None:
@@ -102,6 +106,9 @@ def install_model(
         family=trained.family,
         artefact=artefact,
         artefact_sha256=hashlib.sha256(artefact).hexdigest(),
+        predictor=(
+            stored_form(trained.pipeline, task.fields, task.labels) if stored_predictor else None
+        ),
         metrics=trained.metrics,
         profile={
             "fields_spec": task.fields,

@@ -13,25 +13,29 @@ Pipeline on probe rows) returns a predictor that simply calls the Pipeline.
 from __future__ import annotations
 
 import abc
+import io
+import json
 import math
+import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-import scipy.sparse as sp
-from scipy.special import expit
-from sklearn.compose import ColumnTransformer
-from sklearn.decomposition import TruncatedSVD
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from service.ml.frame import Field, Row, field_types, to_boolean, to_number, to_text
-from service.ml.pipeline import fill_text, pipeline_proba
+from service.ml.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import scipy.sparse as sp
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import Pipeline
+else:
+    # Scoring a compiled model needs NumPy only (and SciPy's sparse matrices for text);
+    # scikit-learn, pandas and the Pipeline are needed to compile one, and load there.
+    pd = lazy_module("pandas")
+    sp = lazy_module("scipy.sparse")
 
 SELF_CHECK_TOL = 1e-9
 _UNSEEN_PROBE = "\x00tandem-unseen-probe\x00"
@@ -72,6 +76,8 @@ class PipelinePredictor(Predictor):
     def predict_proba_rows(self, rows: Sequence[Row]) -> np.ndarray:
         if not rows:
             return np.zeros((0, len(self.label_set)), dtype=np.float64)
+        from service.ml.pipeline import pipeline_proba
+
         return pipeline_proba(self.pipeline, rows, self.fields, self.label_set)
 
 
@@ -80,10 +86,18 @@ class _Unsupported(Exception):
 
 
 # --------------------------------------------------------------------------------- blocks
+_NUMBER_TYPES = frozenset({float, int, bool, type(None)})
+_BOOLEAN_TYPES = frozenset({bool, type(None)})
+
+
 class _NumericBlock:
     """SimpleImputer(add_indicator) -> StandardScaler over number/boolean columns."""
 
     def __init__(self, names: list[str], types: dict[str, str], pipe: Any) -> None:
+        from sklearn.impute import SimpleImputer
+        from sklearn.pipeline import Pipeline
+        from sklearn.preprocessing import StandardScaler
+
         if not (
             isinstance(pipe, Pipeline)
             and [type(s) for _, s in pipe.steps] == [SimpleImputer, StandardScaler]
@@ -116,14 +130,36 @@ class _NumericBlock:
         if self.mean.shape != (n_out,) or self.scale.shape != (n_out,):
             raise _Unsupported("scaler width does not match imputer output")
 
+    def _plain(self, rows: Sequence[Row]) -> np.ndarray | None:
+        """The values as floats when every one is what validated input holds (a JSON number,
+        a boolean where the field is boolean, or null): NumPy converts those exactly as
+        ``to_number`` / ``to_boolean`` do (null -> NaN), without a Python call per value.
+        None when any value needs the converters (strings, a number in a boolean field)."""
+        names = self.names
+        values = [row.get(name) for row in rows for name in names]
+        k = len(names)
+        for j, conv in enumerate(self.convert):
+            allowed = _BOOLEAN_TYPES if conv is to_boolean else _NUMBER_TYPES
+            if not allowed.issuperset(map(type, values[j::k])):
+                return None
+        try:
+            return np.array(values, dtype=np.float64).reshape(len(rows), k)
+        except (OverflowError, ValueError, TypeError):  # e.g. an int beyond a double
+            return None
+
     def dense(self, rows: Sequence[Row]) -> np.ndarray:
-        x = np.array(
-            [
-                [conv(row.get(name)) for name, conv in zip(self.names, self.convert, strict=True)]
-                for row in rows
-            ],
-            dtype=np.float64,
-        ).reshape(len(rows), len(self.names))
+        x = self._plain(rows)
+        if x is None:
+            x = np.array(
+                [
+                    [
+                        conv(row.get(name))
+                        for name, conv in zip(self.names, self.convert, strict=True)
+                    ]
+                    for row in rows
+                ],
+                dtype=np.float64,
+            ).reshape(len(rows), len(self.names))
         missing = np.isnan(x)
         x = np.where(missing, self.medians, x)
         if len(self.indicator):
@@ -137,6 +173,8 @@ class _CategoryBlock:
     """Imputer + one-hot for one category field, reduced to value -> column (or -1)."""
 
     def __init__(self, name: str, pipe: Any) -> None:
+        from sklearn.pipeline import Pipeline
+
         if not isinstance(pipe, Pipeline):
             raise _Unsupported("category block is not a Pipeline")
         encoder = pipe.steps[-1][1]
@@ -162,12 +200,12 @@ class _CategoryBlock:
     def columns(self, rows: Sequence[Row]) -> np.ndarray:
         out = np.empty(len(rows), dtype=np.intp)
         name, mapping = self.name, self.map
+        unknown, missing = self.unknown_col, self.missing_col
         for i, row in enumerate(rows):
-            v = to_text(row.get(name))
-            if isinstance(v, str):
-                out[i] = mapping.get(v, self.unknown_col)
-            else:
-                out[i] = self.missing_col
+            v = row.get(name)
+            if type(v) is not str:  # validated input holds str or None: the rest converts
+                v = to_text(v)
+            out[i] = mapping.get(v, unknown) if isinstance(v, str) else missing
         return out
 
 
@@ -175,6 +213,13 @@ class _TextBlock:
     """fill "" -> TF-IDF (-> TruncatedSVD) for one text field."""
 
     def __init__(self, name: str, pipe: Any) -> None:
+        from sklearn.decomposition import TruncatedSVD
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.pipeline import Pipeline
+        from sklearn.preprocessing import FunctionTransformer
+
+        from service.ml.pipeline import fill_text
+
         steps = pipe.steps if isinstance(pipe, Pipeline) else []
         kinds = [type(s) for _, s in steps]
         if len(steps) not in (2, 3) or not (
@@ -263,6 +308,10 @@ class CompiledPredictor(Predictor):
         fields: Sequence[Field],
         label_set: Sequence[str],
     ) -> None:
+        from sklearn.compose import ColumnTransformer
+        from sklearn.ensemble import HistGradientBoostingClassifier
+        from sklearn.linear_model import LogisticRegression
+
         super().__init__(label_set)
         if [n for n, _ in pipeline.steps] != ["features", "clf"]:
             raise _Unsupported("pipeline steps are not ['features', 'clf']")
@@ -350,7 +399,7 @@ class CompiledPredictor(Predictor):
         if self.kind == "lr":
             dec = self._decision_lr(rows)
             if dec.shape[1] == 1:
-                p = expit(dec[:, 0])  # as scikit-learn does; no overflow warnings
+                p = _expit(dec[:, 0])
                 return np.column_stack([1.0 - p, p])
             dec -= dec.max(axis=1, keepdims=True)
             np.exp(dec, out=dec)
@@ -358,10 +407,88 @@ class CompiledPredictor(Predictor):
             return dec
         return np.asarray(self.clf.predict_proba(self._dense(rows)), dtype=np.float64)
 
+    def _one_plan(self) -> tuple[list[float], list[list[float]], list[tuple[Any, ...]]] | None:
+        """What ``_proba_one`` needs as Python lists, built on first use; None: not LR, or a
+        text field (TF-IDF stays vectorised)."""
+        if "_plan" not in self.__dict__:
+            plan: Any = None
+            if self.kind == "lr" and not any(isinstance(b, _TextBlock) for b, _ in self.blocks):
+                steps: list[tuple[Any, ...]] = []
+                for block, off in self.blocks:
+                    if isinstance(block, _CategoryBlock):
+                        steps.append(
+                            ("category", off, block.name, block.map, block.unknown_col,
+                             block.missing_col)
+                        )  # fmt: skip
+                    elif isinstance(block, _NumericBlock):
+                        steps.append(
+                            ("numeric", off, list(zip(block.names, block.convert, strict=True)),
+                             block.medians.tolist(), block.indicator.tolist(),
+                             list(zip(block.mean.tolist(), block.scale.tolist(), strict=True)))
+                        )  # fmt: skip
+                plan = (self.intercept.tolist(), self.coef_t.tolist(), steps)
+            self.__dict__["_plan"] = plan
+        result: tuple[list[float], list[list[float]], list[tuple[Any, ...]]] | None
+        result = self.__dict__["_plan"]
+        return result
+
+    def _proba_one(self, row: Row) -> np.ndarray | None:
+        """One row of a logistic regression without text fields, in Python floats.
+
+        Why: a single predict is one row, and the vectorised path spent ~25 NumPy calls
+        (~3 µs each) on it. The same operations in the same order: imputing, scaling and the
+        one-hot columns are bit-identical; only the dot product may sum in another order
+        (last bits), which the self-check compares like everything else. None: use NumPy.
+        """
+        plan = self._one_plan()
+        if plan is None:
+            return None
+        intercept, w, steps = plan
+        dec = list(intercept)
+        width = len(dec)
+        for step in steps:
+            off = step[1]
+            if step[0] == "category":
+                _, _, name, mapping, unknown, missing_col = step
+                v = row.get(name)
+                if type(v) is not str:
+                    v = to_text(v)
+                col = mapping.get(v, unknown) if isinstance(v, str) else missing_col
+                if col >= 0:
+                    wc = w[off + col]
+                    for k in range(width):
+                        dec[k] += wc[k]
+                continue
+            _, _, convert, medians, indicator, standard = step
+            x = [conv(row.get(name)) for name, conv in convert]
+            missing = [v != v for v in x]  # NaN
+            x = [m if miss else v for v, m, miss in zip(x, medians, missing, strict=True)]
+            x += [1.0 if missing[i] else 0.0 for i in indicator]
+            sums = [0.0] * width
+            for j, (v, (mean, scale)) in enumerate(zip(x, standard, strict=True)):
+                z = (v - mean) / scale
+                wj = w[off + j]
+                for k in range(width):
+                    sums[k] += z * wj[k]
+            for k in range(width):
+                dec[k] += sums[k]
+        if width == 1:
+            try:
+                p = 1.0 / (1.0 + math.exp(-dec[0]))
+            except OverflowError:  # e^-x beyond a double: p = 0, as NumPy's path gives
+                p = 0.0
+            return np.array([[1.0 - p, p]])
+        top = max(dec)
+        exps = [math.exp(d - top) for d in dec]
+        total = sum(exps)
+        return np.array([[e / total for e in exps]])
+
     def predict_proba_rows(self, rows: Sequence[Row]) -> np.ndarray:
         if not rows:
             return np.zeros((0, len(self.label_set)), dtype=np.float64)
-        proba = self._proba_classes(rows)
+        proba = self._proba_one(rows[0]) if len(rows) == 1 else None
+        if proba is None:
+            proba = self._proba_classes(rows)
         if len(self.out_cols) == len(self.label_set) and np.array_equal(
             self.out_cols, np.arange(len(self.label_set))
         ):
@@ -369,6 +496,14 @@ class CompiledPredictor(Predictor):
         out = np.zeros((len(rows), len(self.label_set)), dtype=np.float64)
         out[:, self.out_cols] = proba
         return out
+
+
+def _expit(x: np.ndarray) -> np.ndarray:
+    """The logistic function as ``scipy.special.expit`` computes it (1 / (1 + e^-x), to the
+    last bits; the self-check below compares), without loading SciPy into a process that
+    only scores."""
+    with np.errstate(over="ignore"):  # e^-x overflows to inf for x < -709: p = 0, as expit
+        return 1.0 / (1.0 + np.exp(-x))
 
 
 def _probe_rows(predictor: CompiledPredictor, fields: Sequence[Field]) -> list[dict[str, Any]]:
@@ -418,15 +553,215 @@ def compile_predictor(
         predictor = CompiledPredictor(pipeline, fields, label_set)
     except _Unsupported as exc:
         return PipelinePredictor(pipeline, fields, label_set, reason=str(exc))
+    from service.ml.pipeline import pipeline_proba
+
     rows = _probe_rows(predictor, fields) + list(check_rows or [])
     try:
         expected = pipeline_proba(pipeline, rows, fields, label_set)
         got = predictor.predict_proba_rows(rows)
         ok = got.shape == expected.shape and bool(np.all(np.abs(got - expected) <= SELF_CHECK_TOL))
+        one = np.vstack([predictor.predict_proba_rows([row]) for row in rows])  # single path
+        ok = ok and bool(np.all(np.abs(one - expected) <= SELF_CHECK_TOL))
     except Exception as exc:  # compiled path broke on probes: the Pipeline decides
         return PipelinePredictor(pipeline, fields, label_set, reason=f"self-check error: {exc}")
     if not ok:
         return PipelinePredictor(
             pipeline, fields, label_set, reason="self-check disagreed with the Pipeline"
         )
+    return predictor
+
+
+# --------------------------------------------------------------------------- stored form
+#: Bumped when the layout below changes; a form of another version is not used (the model is
+#: then compiled from its skops artefact, as before stored forms existed).
+STATE_FORMAT = 1
+
+
+def _word_analyzer(lowercase: bool, pattern: str, ngram_range: tuple[int, int]) -> Callable:
+    """scikit-learn's word analyzer (``_VectorizerMixin.build_analyzer`` for ``analyzer="word"``
+    with no stop words, accents kept, no custom preprocessor or tokenizer), without
+    scikit-learn: lower-case, ``re.findall`` of the token pattern, then n-grams joined by a
+    space in the order ``_word_ngrams`` makes them."""
+    import re
+
+    findall = re.compile(pattern).findall
+    min_n, max_n = ngram_range
+
+    def analyze(doc: str) -> list[str]:
+        tokens: list[str] = findall(doc.lower() if lowercase else doc)
+        if max_n == 1:
+            return tokens
+        out = list(tokens) if min_n == 1 else []
+        for n in range(max(min_n, 2), min(max_n + 1, len(tokens) + 1)):
+            out.extend(" ".join(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+        return out
+
+    return analyze
+
+
+def _text_options(vec: Any) -> dict[str, Any] | None:
+    """The TF-IDF options ``_word_analyzer`` reproduces, or None when it cannot."""
+    if not (
+        vec.analyzer == "word"
+        and vec.preprocessor is None
+        and vec.tokenizer is None
+        and vec.stop_words is None
+        and vec.strip_accents is None
+        and vec.input == "content"
+    ):
+        return None
+    pattern = vec.token_pattern
+    if pattern is None or re.compile(pattern).groups > 1:
+        return None
+    return {
+        "lowercase": bool(vec.lowercase),
+        "token_pattern": str(pattern),
+        "ngram_range": [int(vec.ngram_range[0]), int(vec.ngram_range[1])],
+    }
+
+
+def predictor_state(
+    predictor: Predictor, pipeline: Pipeline, fields: Sequence[Field], label_set: Sequence[str]
+) -> bytes | None:
+    """The compiled logistic-regression predictor as an ``.npz`` (NumPy arrays and one JSON
+    header: no pickle), so a web process scores with NumPy alone and never loads
+    scikit-learn, skops or pandas to read the skops artefact (bench/README.md, "Memory").
+
+    None when there is nothing to store: boosted trees (scored by scikit-learn itself), a
+    Pipeline fallback, TF-IDF options the stored analyzer does not reproduce, or a stored
+    form that does not agree with the Pipeline within ``SELF_CHECK_TOL`` on the probe rows.
+    """
+    if not isinstance(predictor, CompiledPredictor) or predictor.kind != "lr":
+        return None
+    arrays: dict[str, np.ndarray] = {
+        "coef_t": predictor.coef_t,
+        "intercept": predictor.intercept,
+        "out_cols": predictor.out_cols,
+    }
+    blocks: list[dict[str, Any]] = []
+    for i, (block, off) in enumerate(predictor.blocks):
+        key = f"b{i}_"
+        if isinstance(block, _NumericBlock):
+            blocks.append(
+                {
+                    "kind": "numeric",
+                    "names": block.names,
+                    "boolean": [conv is to_boolean for conv in block.convert],
+                }
+            )
+            arrays |= {
+                key + "medians": block.medians,
+                key + "indicator": block.indicator,
+                key + "mean": block.mean,
+                key + "scale": block.scale,
+            }
+        elif isinstance(block, _CategoryBlock):
+            blocks.append(
+                {
+                    "kind": "category",
+                    "name": block.name,
+                    "map": block.map,
+                    "missing_col": block.missing_col,
+                    "unknown_col": block.unknown_col,
+                }
+            )
+        else:
+            options = _text_options(block.vectorizer)
+            if options is None:
+                return None
+            terms = [""] * block.n_terms
+            for term, j in block.vocab.items():
+                terms[j] = term
+            blocks.append(
+                {
+                    "kind": "text",
+                    "name": block.name,
+                    "sublinear": block.sublinear,
+                    "l2": block.l2,
+                    **options,
+                }
+            )
+            arrays[key + "terms"] = np.array(terms, dtype=str)
+            if block.idf is not None:
+                arrays[key + "idf"] = block.idf
+            if block.components is not None:
+                arrays[key + "components"] = block.components
+        blocks[-1] |= {"offset": off, "width": block.width}
+    header = {
+        "format": STATE_FORMAT,
+        "label_set": predictor.label_set,
+        "n_features": predictor.n_features,
+        "blocks": blocks,
+    }
+    arrays["header"] = np.array(json.dumps(header))
+    buf = io.BytesIO()
+    np.savez(buf, allow_pickle=False, **arrays)
+    data = buf.getvalue()
+    # The stored form must score exactly as the Pipeline does, like the compiled one.
+    from service.ml.pipeline import pipeline_proba
+
+    rows = _probe_rows(predictor, fields)
+    expected = pipeline_proba(pipeline, rows, fields, label_set)
+    stored = load_predictor_state(data)
+    got = stored.predict_proba_rows(rows)
+    if got.shape != expected.shape or not np.all(np.abs(got - expected) <= SELF_CHECK_TOL):
+        return None
+    one = np.vstack([stored.predict_proba_rows([row]) for row in rows])
+    if not np.all(np.abs(one - expected) <= SELF_CHECK_TOL):
+        return None
+    return data
+
+
+def load_predictor_state(data: bytes) -> CompiledPredictor:
+    """The predictor ``predictor_state`` stored; NumPy only (SciPy's sparse matrices for text).
+    Raises ``ValueError`` for a form of another ``STATE_FORMAT``."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    header = json.loads(str(arrays.pop("header")))
+    if header.get("format") != STATE_FORMAT:
+        raise ValueError(f"stored predictor format {header.get('format')!r} is not {STATE_FORMAT}")
+    predictor = CompiledPredictor.__new__(CompiledPredictor)
+    Predictor.__init__(predictor, header["label_set"])
+    predictor.blocks = []
+    for i, spec in enumerate(header["blocks"]):
+        key = f"b{i}_"
+        block: _Block
+        if spec["kind"] == "numeric":
+            block = _NumericBlock.__new__(_NumericBlock)
+            block.names = list(spec["names"])
+            block.convert = [to_boolean if b else to_number for b in spec["boolean"]]
+            block.medians = arrays[key + "medians"]
+            block.indicator = arrays[key + "indicator"].astype(np.intp)
+            block.mean = arrays[key + "mean"]
+            block.scale = arrays[key + "scale"]
+        elif spec["kind"] == "category":
+            block = _CategoryBlock.__new__(_CategoryBlock)
+            block.name = spec["name"]
+            block.map = {str(k): int(v) for k, v in spec["map"].items()}
+            block.missing_col = int(spec["missing_col"])
+            block.unknown_col = int(spec["unknown_col"])
+        elif spec["kind"] == "text":
+            block = _TextBlock.__new__(_TextBlock)
+            block.name = spec["name"]
+            block.analyzer = _word_analyzer(
+                bool(spec["lowercase"]), spec["token_pattern"], tuple(spec["ngram_range"])
+            )
+            block.vocab = {str(t): j for j, t in enumerate(arrays[key + "terms"].tolist())}
+            block.n_terms = len(block.vocab)
+            block.idf = arrays.get(key + "idf")
+            block.sublinear = bool(spec["sublinear"])
+            block.l2 = bool(spec["l2"])
+            block.vectorizer = None
+            block.svd = None
+            block.components = arrays.get(key + "components")
+        else:
+            raise ValueError(f"unknown block kind {spec['kind']!r}")
+        block.width = int(spec["width"])
+        predictor.blocks.append((block, int(spec["offset"])))
+    predictor.n_features = int(header["n_features"])
+    predictor.out_cols = arrays["out_cols"].astype(np.intp)
+    predictor.clf = None
+    predictor.kind = "lr"
+    predictor.coef_t = arrays["coef_t"]
+    predictor.intercept = arrays["intercept"]
     return predictor

@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+
+from service.ml.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import pandas as pd
+else:  # only rows_to_frame (training, the Pipeline fallback) needs pandas (~85 MB)
+    pd = lazy_module("pandas")
 
 Field = Mapping[str, Any]
 Row = Mapping[str, Any]

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from service.ml.frame import Field, Row, field_types, to_boolean, to_number, to_text
 
@@ -131,6 +130,8 @@ def _homogeneity_p(expected_counts: np.ndarray, actual_counts: np.ndarray) -> fl
     table = np.vstack([expected_counts[keep], actual_counts[keep]])
     if table.shape[1] < 2 or table.sum(axis=1).min() <= 0:
         return 1.0
+    from scipy import stats  # ~80 MB: loaded where a drift test runs, not at import
+
     return float(stats.chi2_contingency(table, correction=False).pvalue)
 
 
@@ -197,16 +198,17 @@ def range_checker(profile: DataProfile) -> Callable[[Row], list[str]]:
             value = row.get(name)
             if value is None:
                 continue
+            # Validated input holds floats and strings: converted only when it does not.
             if typ == "number":
-                x = to_number(value)
+                x = value if type(value) is float else to_number(value)
                 if not math.isnan(x) and not rule[0] <= x <= rule[1]:
                     bad.append(name)
             elif typ == "category":
-                v = to_text(value)
+                v = value if type(value) is str else to_text(value)
                 if isinstance(v, str) and v not in rule:
                     bad.append(name)
             else:
-                v = to_text(value)
+                v = value if type(value) is str else to_text(value)
                 if isinstance(v, str) and len(v) > rule:
                     bad.append(name)
         return bad

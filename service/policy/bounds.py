@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy import stats
 
 
 def _check(k: int, n: int, confidence: float) -> None:
@@ -32,6 +31,8 @@ def clopper_pearson_upper(k: int, n: int, confidence: float) -> float:
     _check(k, n, confidence)
     if k >= n:
         return 1.0
+    from scipy import stats  # ~80 MB: loaded where a bound is computed, not at import
+
     return float(stats.beta.ppf(confidence, k + 1, n - k))
 
 
@@ -40,6 +41,8 @@ def clopper_pearson_lower(k: int, n: int, confidence: float) -> float:
     _check(k, n, confidence)
     if k == 0:
         return 0.0
+    from scipy import stats
+
     return float(stats.beta.ppf(1.0 - confidence, k, n - k + 1))
 
 
@@ -47,6 +50,8 @@ def binom_p_value(k: int, n: int, alpha: float) -> float:
     """p-value of H0: risk > α given k errors in n (BinomCDF(k; n, α)); 1.0 when n = 0."""
     if n <= 0:
         return 1.0
+    from scipy import stats
+
     return float(stats.binom.cdf(k, n, alpha))
 
 
@@ -129,6 +134,8 @@ def weighted_rate(
         raise ValueError("confidence must be in (0, 1)")
     if v.size == 0:
         return WeightedRate(float("nan"), 0.0, 1.0, 0, 0.0)
+    from scipy import stats
+
     w = 1.0 / p
     kish = float(np.sum(w) ** 2 / np.sum(w**2))
     est, n_eff = _effective_size(v, w, kish)

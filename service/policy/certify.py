@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from mapie.risk_control import control_fwer
-from scipy import stats
 
 from .bounds import min_cases_to_pass
 from .params import Policy, label_is_automatable
@@ -186,6 +184,11 @@ def certify(
     err_cum = np.concatenate([[0], np.cumsum(~correct[order][::-1])])  # errors in top-m
     n = _n_above(s_sorted, taus).astype(int)
     k = err_cum[n].astype(int)
+    # MAPIE and scipy.stats (~170 MB with the scikit-learn they pull in) load where a
+    # certification runs (the training job), never in a web process that only serves.
+    from mapie.risk_control import control_fwer
+    from scipy import stats
+
     p = np.where(n > 0, stats.binom.cdf(k, np.maximum(n, 1), alpha), 1.0)
     ub = np.where(k < n, stats.beta.ppf(1.0 - delta, k + 1, np.maximum(n - k, 1)), 1.0)
     cov_sorted = np.sort(cov_src)

@@ -38,7 +38,6 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 #: Attempt only when the widest step that would widen automation passes with at least this
 #: probability: a failure halves δ for every later attempt, waiting costs time (measured
@@ -84,6 +83,8 @@ def max_errors_to_pass(n: int, alpha: float, delta: float) -> int:
 
 
 def _k_star(n: np.ndarray, alpha: float, delta: float) -> np.ndarray:
+    from scipy import stats  # ~80 MB: loaded in the training job that uses it
+
     n = np.asarray(n, dtype=int)
     k = stats.binom.ppf(delta, n, alpha).astype(int)  # smallest k with CDF ≥ δ
     k = np.where(stats.binom.cdf(k, n, alpha) > delta, k - 1, k)
@@ -96,6 +97,8 @@ def pass_probabilities(
 ) -> np.ndarray:
     """P(the exact binomial test passes on n fresh cases) given e errors in m similar cases
     (each weighted OOF_WEIGHT), element-wise."""
+    from scipy import stats
+
     n = np.asarray(n, dtype=int)
     k_star = _k_star(n, alpha, delta)
     a = OOF_WEIGHT * np.asarray(errors, dtype=float) + 0.5

@@ -24,12 +24,9 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
+import orjson
 from sqlalchemy import DateTime, Select, Text, and_, cast, func, select, true, type_coerce
 from sqlalchemy import case as sql_case
 from sqlalchemy.orm import Session, aliased
@@ -37,6 +34,7 @@ from sqlalchemy.orm import Session, aliased
 from service import queues
 from service.db import utcnow
 from service.errors import Forbidden, NotFound, ValidationFailed
+from service.ml.lazy import lazy_module
 from service.models import (
     CASE_STATUSES,
     LABEL_SOURCES,
@@ -51,6 +49,19 @@ from service.models import (
 )
 from service.services import audit, jobs
 from service.services.audit import Actor
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pa_csv
+    import pyarrow.json as pa_json
+    import pyarrow.parquet as pq
+else:  # pyarrow (~40 MB) loads with the first export, not with every web process
+    pa = lazy_module("pyarrow")
+    pc = lazy_module("pyarrow.compute")
+    pa_csv = lazy_module("pyarrow.csv")
+    pa_json = lazy_module("pyarrow.json")
+    pq = lazy_module("pyarrow.parquet")
 
 FORMATS = ("csv", "jsonl", "parquet")
 CONTENT_TYPES = {
@@ -93,9 +104,17 @@ EXPORT_JOB = "workers.jobs.exports.run_export"
 # were added; the labels and the optional reviews file joined the manifest.
 SCHEMA_VERSION = "2"
 _TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # Arrow's %S carries the microseconds: fixed width
-_TS_TYPE = pa.timestamp("us", tz="UTC")
-_INPUT_TYPES = {"text": pa.string(), "category": pa.string(), "number": pa.float64()}
-_INPUT_TYPES["boolean"] = pa.bool_()
+
+
+def _ts_type() -> pa.DataType:
+    return pa.timestamp("us", tz="UTC")
+
+
+def _input_type(field_type: str) -> pa.DataType:
+    return {"text": pa.string(), "category": pa.string(), "number": pa.float64()}.get(
+        field_type, pa.bool_()
+    )
+
 _FILENAME_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 STDOUT_NAME = "<stdout>"
 
@@ -348,7 +367,7 @@ def export_schema(task: Task) -> pa.Schema:
     """Column names and Arrow types, in file order (the manifest's ``schema``). The one
     declaration every format is written from (docs/export.md, "Columns")."""
     cols: list[tuple[str, pa.DataType]] = [("case_id", pa.string()), ("external_id", pa.string())]
-    cols += [(f"input.{f['name']}", _INPUT_TYPES[f["type"]]) for f in task.fields]
+    cols += [(f"input.{f['name']}", _input_type(f["type"])) for f in task.fields]
     cols += [("suggestion", pa.string()), ("confidence", pa.float64())]
     cols += [(f"score.{label}", pa.float64()) for label in task.labels]
     cols += [
@@ -365,11 +384,11 @@ def export_schema(task: Task) -> pa.Schema:
         ("outcome", pa.string()),
         ("overridden", pa.bool_()),
         ("reviewer", pa.string()),
-        ("review_time", _TS_TYPE),
+        ("review_time", _ts_type()),
         ("review_seconds", pa.float64()),
         ("time_to_decision_seconds", pa.float64()),
-        ("created_at", _TS_TYPE),
-        ("resolved_at", _TS_TYPE),
+        ("created_at", _ts_type()),
+        ("resolved_at", _ts_type()),
     ]
     return pa.schema([pa.field(n, t) for n, t in cols], metadata=_metadata(task, "cases"))
 
@@ -384,10 +403,10 @@ def reviews_schema(task: Task) -> pa.Schema:
         ("comment", pa.string()),
         ("suggested_label", pa.string()),
         ("agreed_with_model", pa.bool_()),
-        ("claimed_at", _TS_TYPE),
-        ("decided_at", _TS_TYPE),
+        ("claimed_at", _ts_type()),
+        ("decided_at", _ts_type()),
         ("review_seconds", pa.float64()),
-        ("retracted_at", _TS_TYPE),
+        ("retracted_at", _ts_type()),
     ]
     return pa.schema([pa.field(n, t) for n, t in cols], metadata=_metadata(task, "reviews"))
 
@@ -586,6 +605,43 @@ def _column(values: list[Any], typ: pa.DataType) -> pa.Array:
         )  # fmt: skip
 
 
+def _loads(text: str) -> Any:
+    """A stored JSON column: orjson (~4x the standard library, which parsed every input and
+    score in an export); NaN/Infinity tokens or integers beyond 64 bits it refuses go through
+    the standard library, which reads them as it always did."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
+def _json_columns(texts: tuple[Any, ...], types: list[tuple[str, pa.DataType]]) -> list[pa.Array]:
+    """One typed column per key of a stored JSON object column (inputs, scores).
+
+    Arrow's JSON reader parses the batch's objects as one newline-delimited document, in C++:
+    picking every key out of a Python dict per row was half of an export's time
+    (bench/README.md, "Export"). A batch it cannot read as typed (a value stored before a
+    field's type was enforced, NaN) is read row by row as before, where ``_column`` keeps
+    such values visible."""
+    docs = [t if t and t != "null" else "{}" for t in texts]
+    data = "\n".join(docs).encode()
+    schema = pa.schema([pa.field(name, typ) for name, typ in types])
+    try:
+        table = pa_json.read_json(
+            pa.BufferReader(data),
+            read_options=pa_json.ReadOptions(use_threads=False, block_size=len(data) + 1),
+            parse_options=pa_json.ParseOptions(
+                explicit_schema=schema, unexpected_field_behavior="ignore"
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        table = None
+    if table is not None and table.num_rows == len(texts) and table.schema.equals(schema):
+        return [table.column(i).combine_chunks() for i in range(len(types))]
+    parsed = [_loads(t) for t in docs]
+    return [_column([d.get(name) for d in parsed], typ) for name, typ in types]
+
+
 def _seconds(ms: Any) -> pa.Array:
     return pc.divide(pc.cast(pa.array(ms, pa.int64()), pa.float64()), 1000.0)
 
@@ -599,20 +655,16 @@ def _to_batch(rows: list[Any], task: Task, schema: pa.Schema) -> pa.RecordBatch:
      human_source, outcome, reviewer, review_time, review_ms, created_at, resolved_at) = (
         zip(*rows, strict=True) if rows else [()] * 22
     )  # fmt: skip
-    loads = json.loads
-    docs = [loads(t) if t else {} for t in inputs]
-    score_docs = [loads(t) if t and t != "null" else {} for t in scores]
+    input_types = [(str(f["name"]), _input_type(f["type"])) for f in task.fields]
+    score_types = [(str(label), pa.float64()) for label in task.labels]
     string = pa.string()
     arrays: list[pa.Array] = [pa.array(case_id, string), pa.array(external_id, string)]
-    for f in task.fields:
-        name = f["name"]
-        arrays.append(_column([d.get(name) for d in docs], _INPUT_TYPES[f["type"]]))
+    arrays += _json_columns(inputs, input_types)
     suggested = pa.array(suggestion, string)
     arrays += [suggested, pa.array(confidence, pa.float64())]
-    for label in task.labels:
-        arrays.append(_column([d.get(label) for d in score_docs], pa.float64()))
-    created = pa.array(created_at, _TS_TYPE)
-    resolved = pa.array(resolved_at, _TS_TYPE)
+    arrays += _json_columns(scores, score_types)
+    created = pa.array(created_at, _ts_type())
+    resolved = pa.array(resolved_at, _ts_type())
     human = pa.array(human_label, string)
     micros = pc.subtract(pc.cast(resolved, pa.int64()), pc.cast(created, pa.int64()))
     arrays += [
@@ -629,7 +681,7 @@ def _to_batch(rows: list[Any], task: Task, schema: pa.Schema) -> pa.RecordBatch:
         pa.array(outcome, string),
         pc.not_equal(human, suggested),  # null unless both exist, as /stats counts it
         pa.array(reviewer, string),
-        pa.array(review_time, _TS_TYPE),
+        pa.array(review_time, _ts_type()),
         _seconds(review_ms),
         pc.divide(pc.cast(micros, pa.float64()), 1_000_000.0),
         created,
@@ -651,10 +703,10 @@ def _reviews_batch(rows: list[Any], schema: pa.Schema) -> pa.RecordBatch:
         pa.array(comment, string),
         pa.array(suggested, string),
         pa.array(agreed, pa.bool_()),
-        pa.array(claimed_at, _TS_TYPE),
-        pa.array(decided_at, _TS_TYPE),
+        pa.array(claimed_at, _ts_type()),
+        pa.array(decided_at, _ts_type()),
         _seconds(duration_ms),
-        pa.array(retracted_at, _TS_TYPE),
+        pa.array(retracted_at, _ts_type()),
     ]
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
@@ -676,8 +728,7 @@ def _iter_rows(session: Session, stmt: Select[Any], size: int) -> Generator[list
         with raw.cursor(name=f"tandem_export_{id(stmt):x}") as cursor:
             cursor.itersize = size
             cursor.execute(str(compiled), params)
-            while rows := cursor.fetchmany(size):
-                yield rows
+            yield from _prefetched(cursor, size)
         return
     result = session.execute(stmt, execution_options={"stream_results": True, "yield_per": size})
     try:
@@ -685,6 +736,25 @@ def _iter_rows(session: Session, stmt: Select[Any], size: int) -> Generator[list
             yield list(partition)
     finally:
         result.close()
+
+
+def _prefetched(cursor: Any, size: int) -> Generator[list[Any]]:
+    """The cursor's rows in lists of ``size``, the next list fetched in a thread while the
+    caller encodes this one: PostgreSQL produces the next rows (and psycopg reads them,
+    without the GIL while it waits) as the writer works, on the other core. Serially the two
+    took turns, each idle half the time (bench/README.md, "Export")."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="tandem-export-fetch") as pool:
+        pending = pool.submit(cursor.fetchmany, size)
+        try:
+            while rows := pending.result():
+                pending = pool.submit(cursor.fetchmany, size)
+                yield rows
+        finally:
+            # Closed early (a download cut short): a fetch not started never runs, one in
+            # flight is waited for by the pool's exit, before the cursor is closed.
+            pending.cancel()
 
 
 def _arrow_batches(

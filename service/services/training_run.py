@@ -33,20 +33,21 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from service.db import db_session, utcnow
-from service.ml.artifacts import dump_model, load_model
-from service.ml.pipeline import FAMILIES, TrainedModel, pipeline_proba, train_model
 from service.ml.profile import DataProfile, build_profile, range_checker
 from service.models import Case, Job, ModelVersion, Task
 from service.services import audit, automation
 from service.services.audit import SYSTEM
 from service.uow import unit_of_work
+
+if TYPE_CHECKING:
+    from service.ml.pipeline import TrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ def hgb_max_iter() -> int:
 
 def families() -> tuple[str, ...]:
     """Model families compared by CV log loss (``TANDEM_TRAIN_FAMILIES``, comma-separated)."""
+    from service.ml.pipeline import FAMILIES  # the training stack loads where it trains
+
     raw = os.environ.get("TANDEM_TRAIN_FAMILIES", "")
     chosen = tuple(f.strip() for f in raw.split(",") if f.strip() in FAMILIES)
     return chosen or FAMILIES
@@ -198,9 +201,22 @@ def _scores(
 ) -> tuple[np.ndarray, list[str]]:
     if not rows:
         return np.zeros(0), []
+    from service.ml.pipeline import pipeline_proba
+
     proba = pipeline_proba(pipeline, rows, fields, labels)
     top = proba.argmax(axis=1)
     return proba.max(axis=1), [labels[int(i)] for i in top]
+
+
+def stored_predictor(
+    pipeline: Any, fields: list[dict[str, Any]], labels: list[str]
+) -> bytes | None:
+    """The compiled predictor's stored form (service/ml/fast.py, ``predictor_state``): the
+    web processes score the version from it with NumPy alone. None when it has none."""
+    from service.ml.fast import compile_predictor, predictor_state
+
+    predictor = compile_predictor(pipeline, fields, labels)
+    return predictor_state(predictor, pipeline, fields, labels)
 
 
 def _set_job(job_id: str | None, **values: Any) -> None:
@@ -346,6 +362,7 @@ def _read(task_id: int) -> Read:
 class Fitted:
     pipeline: Any
     artefact: bytes
+    predictor: bytes | None  # the compiled predictor's stored form (None: reused version)
     trained: TrainedModel | None  # None: the reused version's
     fields: list[dict[str, Any]]  # the fields and labels the pipeline was trained with
     labels: list[str]
@@ -355,6 +372,11 @@ class Fitted:
 
 
 def _fit(read: Read, job_id: str | None, use_families: tuple[str, ...]) -> Fitted:
+    # scikit-learn, skops, pandas: loaded in the training job, never by a web process that
+    # imports this module for lock_task.
+    from service.ml.artifacts import dump_model, load_model
+    from service.ml.pipeline import train_model
+
     started = time.perf_counter()
     data = read.data
     if read.reuse_id is None:
@@ -370,6 +392,8 @@ def _fit(read: Read, job_id: str | None, use_families: tuple[str, ...]) -> Fitte
         return Fitted(
             pipeline=trained.pipeline,
             artefact=dump_model(trained.pipeline),
+            # Compiled and checked here: not while the final transaction holds the task lock.
+            predictor=stored_predictor(trained.pipeline, read.fields, read.labels),
             trained=trained,
             fields=read.fields,
             labels=read.labels,
@@ -387,6 +411,7 @@ def _fit(read: Read, job_id: str | None, use_families: tuple[str, ...]) -> Fitte
     return Fitted(
         pipeline=load_model(artefact),
         artefact=artefact,
+        predictor=None,
         trained=None,
         fields=stored.get("fields_spec") or read.fields,
         labels=stored.get("labels") or read.labels,
@@ -427,6 +452,8 @@ def _score(read: Read, fitted: Fitted, job_id: str | None) -> Scored:
             act_profile = dict(act.profile or {}) if act is not None else {}
         _release_connection()
         if act_bytes is not None:
+            from service.ml.artifacts import load_model
+
             active_scores, active_pred = _scores(
                 load_model(act_bytes),
                 data.recent_rows,
@@ -560,6 +587,7 @@ def _new_version(
         family=trained.family,
         artefact=fitted.artefact,
         artefact_sha256=hashlib.sha256(fitted.artefact).hexdigest(),
+        predictor=fitted.predictor,
         metrics=trained.metrics,
         training_snapshot=data.snapshot,
         profile={

@@ -101,6 +101,11 @@ def test_train_activate_rollback_and_roles(
     committed_db.remove()
     result = training_run.run_training(task_id, job_id)
     assert result["outcome"] == "trained" and result["version"] == 1
+    # The job stored the compiled predictor the web processes score from (no scikit-learn).
+    from service.ml.fast import load_predictor_state
+
+    stored = committed_db.scalar(select(ModelVersion.predictor).where(ModelVersion.version == 1))
+    assert stored is not None and load_predictor_state(stored).compiled
 
     assert client.get(f"/api/v1/jobs/{job_id}", headers=auth(tok["app"])).status_code == 403
     assert client.get(f"/api/v1/jobs/{job_id}", headers=auth(tok["reviewer"])).status_code == 403

@@ -1,9 +1,17 @@
+import io
+
 import numpy as np
 import pytest
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.pipeline import Pipeline
 
-from service.ml.fast import CompiledPredictor, PipelinePredictor, compile_predictor
+from service.ml.fast import (
+    CompiledPredictor,
+    PipelinePredictor,
+    compile_predictor,
+    load_predictor_state,
+    predictor_state,
+)
 from service.ml.frame import rows_to_frame
 from service.ml.pipeline import FAMILIES, build_pipeline, pipeline_proba
 
@@ -76,3 +84,49 @@ def test_self_check_failure_falls_back(datasets, fitted, monkeypatch):
     predictor = compile_predictor(pipe, d.fields, d.label_set)
     assert isinstance(predictor, PipelinePredictor)
     assert "self-check" in (predictor.reason or "")
+
+
+@pytest.mark.parametrize("name", ["credit_data", "fine_foods", "letter"])
+def test_stored_form_equals_pipeline_on_every_row(datasets, fitted, name):
+    """What a web process scores with (NumPy only, no scikit-learn): the stored form of the
+    compiled logistic regression, exact to the Pipeline on every row."""
+    d = datasets[name]
+    pipe = fitted[name, "logistic_regression"]
+    predictor = compile_predictor(pipe, d.fields, d.label_set)
+    data = predictor_state(predictor, pipe, d.fields, d.label_set)
+    assert data is not None
+    stored = load_predictor_state(data)
+    want = pipeline_proba(pipe, d.rows, d.fields, d.label_set)
+    got = stored.predict_proba_rows(d.rows)
+    assert got.shape == want.shape
+    assert np.max(np.abs(got - want)) <= TOL
+    for row in [{}, {"review": ""}, {"review": "zzzz qqqq"}, d.rows[0]]:
+        np.testing.assert_allclose(
+            stored.predict_proba_rows([row]),
+            pipeline_proba(pipe, [row], d.fields, d.label_set),
+            atol=TOL,
+        )
+
+
+def test_stored_form_only_for_what_it_reproduces(datasets, fitted):
+    d = datasets["fine_foods"]
+    hgb = fitted["fine_foods", "hist_gradient_boosting"]
+    predictor = compile_predictor(hgb, d.fields, d.label_set)
+    assert predictor_state(predictor, hgb, d.fields, d.label_set) is None  # trees: sklearn
+    lr = fitted["fine_foods", "logistic_regression"]
+    predictor = compile_predictor(lr, d.fields, d.label_set)
+    data = predictor_state(predictor, lr, d.fields, d.label_set)
+    assert data is not None
+    text_block = next(b for b, _ in predictor.blocks if hasattr(b, "vectorizer"))
+    text_block.vectorizer.set_params(strip_accents="unicode")
+    try:  # an option the stored analyzer does not reproduce: nothing is stored
+        assert predictor_state(predictor, lr, d.fields, d.label_set) is None
+    finally:
+        text_block.vectorizer.set_params(strip_accents=None)
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["header"] = np.array(str(arrays["header"]).replace('"format": 1', '"format": 9'))
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    with pytest.raises(ValueError, match="format"):
+        load_predictor_state(buf.getvalue())
