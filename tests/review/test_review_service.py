@@ -262,6 +262,26 @@ def test_two_reviewers_agree(db, task, people, queued):
     assert stats["cases"] == 1 and stats["case_agreement_rate"] == 1.0
 
 
+def test_a_reviewer_who_decided_the_head_of_the_queue_gets_the_next_case(
+    db, task, people, queued
+):
+    """The claim looks at the head of the queue first; a case the claimer already decided
+    (it waits for a second opinion) is passed over for the next one, not refused."""
+    update_task(db(), _task(db, task["name"]), {"review": {"reviewers_per_case": 2}}, SYSTEM)
+    db.commit()
+    first, second, third = queued(3)  # one batch: the same arrival time, claimed in its order
+    a, b = people(), people()
+    assert review.claim(db(), task["name"], a).case.id == first
+    review.submit_review(db(), first, "good", a)
+    db.commit()
+    assert db.get(Case, first).queue_state == "waiting"  # still the head of the queue
+    assert review.claim(db(), task["name"], a).case.id == second
+    review.submit_review(db(), second, "good", a)
+    db.commit()
+    assert review.claim(db(), task["name"], a).case.id == third
+    assert review.claim(db(), task["name"], b).case.id == first
+
+
 def test_disagreement_escalates_then_caps_with_plurality(db, task, people, queued):
     update_task(db(), _task(db, task["name"]), {"review": {"reviewers_per_case": 2}}, SYSTEM)
     db.commit()
