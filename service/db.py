@@ -155,16 +155,31 @@ def configure(engine: Engine) -> None:
     SessionFactory.configure(bind=engine)
 
 
+_AFTER_COMMIT = "tandem_after_commit"
+
+
+def after_commit(session: Session, key: str, action: Callable[[], None]) -> None:
+    """Run ``action`` once this unit of work (:func:`transaction`) has committed; once per
+    ``key`` however often it is asked for. Nothing runs if it rolls back. For work that must
+    see what other transactions committed alongside this one (the retrain trigger's second
+    look, service.services.labels); the action opens its own transaction."""
+    session.info.setdefault(_AFTER_COMMIT, {})[key] = action
+
+
 @contextmanager
 def transaction() -> Iterator[Session]:
-    """One unit of work: commit on success, roll back on any exception."""
+    """One unit of work: commit on success, roll back on any exception; then the actions
+    registered with :func:`after_commit`."""
     session = db_session()
     try:
         yield session
         session.commit()
     except BaseException:
         session.rollback()
+        session.info.pop(_AFTER_COMMIT, None)
         raise
+    for action in session.info.pop(_AFTER_COMMIT, {}).values():
+        action()
 
 
 P = ParamSpec("P")

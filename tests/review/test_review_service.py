@@ -14,6 +14,7 @@ from service.models import AuditEvent, Case, Review, Task, WebhookDelivery
 from service.services import review
 from service.services.audit import SYSTEM
 from service.services.tasks import update_task
+from service.services.training import labels_since_training
 
 
 def _set(db: Any, case_id: str, **values: Any) -> None:
@@ -115,7 +116,7 @@ def test_resolve_records_everything_once(db, task, people, queued):
     (row,) = db.scalars(select(Review).where(Review.case_id == case_id)).all()
     assert row.comment == "missed payments" and row.duration_ms is not None
     assert row.claimed_at is not None and row.agreed_with_model is None  # no model yet
-    assert _task(db, task["name"]).labels_since_training == 1
+    assert labels_since_training(db(), _task(db, task["name"]).id) == 1
     actions = db.scalars(select(AuditEvent.action).where(AuditEvent.case_id == case_id)).all()
     assert "case.claimed" in actions and "case.resolved" in actions
     with pytest.raises(Conflict) as exc:
@@ -218,7 +219,7 @@ def test_undo_retracts_and_returns_the_case_leased(db, task, people, queued):
     assert case.final_label == "good" and case.human_label == "good"
     assert len(db.scalars(select(Review).where(Review.case_id == case_id)).all()) == 2
     # The label consequences counted once, not once per decision.
-    assert _task(db, task["name"]).labels_since_training == 1
+    assert labels_since_training(db(), _task(db, task["name"]).id) == 1
 
 
 def test_undo_refused_for_others_and_after_window(db, task, people, queued):
