@@ -54,12 +54,12 @@ def load(engine, n_cases: int, reviewers: int) -> tuple[str, list]:  # type: ign
         task_id = conn.execute(
             text(
                 "INSERT INTO tasks (name, labels, fields, policy, review, automation_state,"
-                " audit_multiplier, widening_frozen, labels_since_training, revision,"
+                " audit_multiplier, widening_frozen, revision,"
                 " created_at, updated_at) VALUES ('bench', '[\"good\", \"bad\"]',"
                 ' \'[{"name": "text", "type": "text", "required": true}]\','
                 ' \'{"retrain_every": 100000000}\', \'{"lease_seconds": 300,'
                 ' "reviewers_per_case": 1, "sla_seconds": 86400}\', \'manual\', 1.0, false,'
-                " 0, 1, now(), now()) RETURNING id"
+                " 1, now(), now()) RETURNING id"
             )
         ).scalar_one()
         started = time.perf_counter()

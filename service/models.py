@@ -137,8 +137,6 @@ class Task(Base):
     # Start of the current ledger epoch (None: since the task began). A fallback starts a new
     # one: recovery is certified on audits drawn after the alarm only (docs/policy.md).
     ledger_since: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
-    # Human labels recorded since the last training was triggered (retrain_every trigger).
-    labels_since_training: Mapped[int] = mapped_column(Integer, default=0)
     # Bumped on every change so per-process caches can check freshness with one cheap query.
     revision: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
@@ -341,6 +339,24 @@ class AuditEvent(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class RetrainLabel(Base):
+    """Human labels counted toward the next training (the ``retrain_every`` trigger), one row
+    per label, summed when read (service.services.training.labels_since_training).
+
+    Append-only instead of a counter on the task row: an ``UPDATE tasks`` per decision made
+    every decision of a task wait for the one before it to commit (bench/README.md, "Decide
+    without a hot row"). Inserts never wait on each other. A request for training deletes
+    the rows it has counted; rows pile up to ``retrain_every`` at most, plus those compacted
+    into one row of ``n`` labels when a large ``retrain_every`` would let them grow."""
+
+    __tablename__ = "retrain_labels"
+    __table_args__ = (Index("ix_retrain_labels_task", "task_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    task_id: Mapped[int] = mapped_column(BigId, ForeignKey("tasks.id", ondelete="CASCADE"))
+    n: Mapped[int] = mapped_column(Integer, default=1)
 
 
 class Job(Base):

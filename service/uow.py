@@ -12,7 +12,7 @@ down, the process killed) the periodic ``relay_outbox`` job sends later.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from sqlalchemy.orm import Session
@@ -37,9 +37,24 @@ def unit_of_work() -> Iterator[Session]:
     except BaseException:
         session.rollback()
         session.info.pop(outbox.RECORDED, None)
+        session.info.pop(_AFTER_COMMIT, None)
         raise
+    actions = session.info.pop(_AFTER_COMMIT, {})
     if session.info.pop(outbox.RECORDED, False):
         relay_recorded()
+    for action in actions.values():
+        action()
+
+
+_AFTER_COMMIT = "tandem_after_commit"
+
+
+def after_commit(session: Session, key: str, action: Callable[[], None]) -> None:
+    """Run ``action`` once the unit of work ``session`` belongs to has committed; once per
+    ``key`` however often it is asked for; never if it rolls back. For work that must see what
+    other transactions committed alongside this one (the retrain trigger's second look,
+    service.services.labels); the action opens its own unit of work."""
+    session.info.setdefault(_AFTER_COMMIT, {})[key] = action
 
 
 def relay_recorded() -> int:

@@ -365,7 +365,9 @@ def _record_outcomes(
                 for r, label in pending
             ],
         )
-        task.labels_since_training += sum(1 for r, _ in pending if not audited[r["case_id"]])
+        training.count_labels(
+            session, task.id, sum(1 for r, _ in pending if not audited[r["case_id"]])
+        )
     for r, label in zip(results, labels, strict=True):
         if r["status"] != "pending":
             now.at(at[r["case_id"]])

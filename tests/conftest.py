@@ -229,6 +229,7 @@ TABLES = (
     "webhook_deliveries",
     "exports",
     "jobs",
+    "retrain_labels",
     "cases",
     "model_versions",
     "tasks",

@@ -7,20 +7,66 @@ from __future__ import annotations
 from datetime import timedelta
 
 from redis import Redis
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from service import queues
-from service.db import utcnow
-from service.models import Case, Job, ModelVersion, Task
+from service.db import is_postgres, utcnow
+from service.models import Case, Job, ModelVersion, RetrainLabel, Task
 from service.services import audit, jobs, outbox
 from service.services.audit import SYSTEM, Actor
 
 TRAIN_JOB = "workers.jobs.training.train_task"
 
 
+#: Rows of a task's count compacted into one above this many (a large ``retrain_every``).
+COMPACT_ROWS = 256
+
+
 def training_job_id(task: Task) -> str:
     return f"train-task-{task.id}"
+
+
+def count_labels(session: Session, task_id: int, n: int = 1) -> None:
+    """Count ``n`` new human labels toward the task's next training: one appended row, so
+    concurrent decisions never wait on each other (no row is updated)."""
+    session.execute(insert(RetrainLabel).values(task_id=task_id, n=n))
+
+
+def label_count(session: Session, task_id: int) -> tuple[int, int]:
+    """(labels counted since training was last requested, rows holding them): the rows
+    committed, and this transaction's own."""
+    total, rows = session.execute(
+        select(func.coalesce(func.sum(RetrainLabel.n), 0), func.count()).where(
+            RetrainLabel.task_id == task_id
+        )
+    ).one()
+    return int(total), int(rows)
+
+
+def labels_since_training(session: Session, task_id: int) -> int:
+    return label_count(session, task_id)[0]
+
+
+def compact_label_count(session: Session, task_id: int, rows: int) -> bool:
+    """Fold the task's ``rows`` count rows into one when there are many, if no one else
+    holds the task row (the reset in :func:`request_training` takes it first, so the two
+    never interleave: a fold committed after a reset began would bring back rows it
+    deleted). Returns whether it folded."""
+    if rows <= COMPACT_ROWS:
+        return False
+    lock = select(Task.id).where(Task.id == task_id)
+    if is_postgres(session):
+        lock = lock.with_for_update(key_share=True, skip_locked=True)
+    if session.scalar(lock) is None:
+        return False
+    # Exactly the rows this statement deleted (never a concurrent insert) go into the sum.
+    folded = session.scalars(
+        delete(RetrainLabel).where(RetrainLabel.task_id == task_id).returning(RetrainLabel.n)
+    ).all()
+    if folded:
+        count_labels(session, task_id, sum(folded))
+    return True
 
 
 def active_training_job(session: Session, task: Task) -> Job | None:
@@ -37,11 +83,21 @@ def request_training(
 
     The retrain counter starts afresh only for a job that has yet to read its data: a queued
     one sees every label committed before it starts, a running one has read them already, so
-    the labels counted meanwhile stay counted and trigger the next job after it."""
+    the labels counted meanwhile stay counted and trigger the next job after it.
+
+    Requests for one task are serialised on the task row (``FOR NO KEY UPDATE``: inserts
+    that reference the task go on), so two of them never both create the job row, and the
+    count's reset never interleaves with a compaction (:func:`compact_label_count`)."""
+    lock = select(Task.id).where(Task.id == task.id)
+    if is_postgres(session):
+        lock = lock.with_for_update(key_share=True)
+    session.scalar(lock)
     existing = session.scalar(select(Job).where(Job.id == training_job_id(task)).with_for_update())
     if existing is not None and existing.state == "started":
         return existing
-    task.labels_since_training = 0
+    # The labels this transaction sees (its own and every one committed) are this job's;
+    # one committed meanwhile by a concurrent decision stays, counted for the next.
+    session.execute(delete(RetrainLabel).where(RetrainLabel.task_id == task.id))
     if existing is not None and existing.state == "queued":
         return existing
     if existing is None:

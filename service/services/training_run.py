@@ -187,11 +187,17 @@ def readiness_sample(
 
 def lock_task(session: Session, task_id: int) -> Task | None:
     """The task row locked for this transaction (only the task: its joined active model is
-    on the nullable side of an outer join, which PostgreSQL cannot lock)."""
+    on the nullable side of an outer join, which PostgreSQL cannot lock).
+
+    ``FOR NO KEY UPDATE``, not ``FOR UPDATE``: it serialises the writers of the task's state
+    all the same, but leaves alone the ``FOR KEY SHARE`` lock every INSERT referencing the
+    task takes for its foreign key (cases, reviews, audit events). ``FOR UPDATE`` made every
+    predict, claim and decision of the task wait while a training job certified under this
+    lock — seconds on a large task: the soak's claim p99 of 3.1 s (bench/README.md)."""
     return session.scalar(
         select(Task)
         .where(Task.id == task_id)
-        .with_for_update(of=Task)
+        .with_for_update(of=Task, key_share=True)
         .execution_options(populate_existing=True)
     )
 

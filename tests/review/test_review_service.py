@@ -14,6 +14,7 @@ from service.models import AuditEvent, Case, Review, Task, WebhookDelivery
 from service.services import review
 from service.services.audit import SYSTEM
 from service.services.tasks import update_task
+from service.services.training import labels_since_training
 
 
 def _set(db: Any, case_id: str, **values: Any) -> None:
@@ -115,7 +116,7 @@ def test_resolve_records_everything_once(db, task, people, queued):
     (row,) = db.scalars(select(Review).where(Review.case_id == case_id)).all()
     assert row.comment == "missed payments" and row.duration_ms is not None
     assert row.claimed_at is not None and row.agreed_with_model is None  # no model yet
-    assert _task(db, task["name"]).labels_since_training == 1
+    assert labels_since_training(db(), _task(db, task["name"]).id) == 1
     actions = db.scalars(select(AuditEvent.action).where(AuditEvent.case_id == case_id)).all()
     assert "case.claimed" in actions and "case.resolved" in actions
     with pytest.raises(Conflict) as exc:
@@ -218,7 +219,7 @@ def test_undo_retracts_and_returns_the_case_leased(db, task, people, queued):
     assert case.final_label == "good" and case.human_label == "good"
     assert len(db.scalars(select(Review).where(Review.case_id == case_id)).all()) == 2
     # The label consequences counted once, not once per decision.
-    assert _task(db, task["name"]).labels_since_training == 1
+    assert labels_since_training(db(), _task(db, task["name"]).id) == 1
 
 
 def test_undo_refused_for_others_and_after_window(db, task, people, queued):
@@ -260,6 +261,26 @@ def test_two_reviewers_agree(db, task, people, queued):
     assert case.status == "resolved" and case.final_label == "good"
     stats = review.agreement_stats(db(), _task(db, task["name"]))
     assert stats["cases"] == 1 and stats["case_agreement_rate"] == 1.0
+
+
+def test_a_reviewer_who_decided_the_head_of_the_queue_gets_the_next_case(
+    db, task, people, queued
+):
+    """The claim looks at the head of the queue first; a case the claimer already decided
+    (it waits for a second opinion) is passed over for the next one, not refused."""
+    update_task(db(), _task(db, task["name"]), {"review": {"reviewers_per_case": 2}}, SYSTEM)
+    db.commit()
+    first, second, third = queued(3)  # one batch: the same arrival time, claimed in its order
+    a, b = people(), people()
+    assert review.claim(db(), task["name"], a).case.id == first
+    review.submit_review(db(), first, "good", a)
+    db.commit()
+    assert db.get(Case, first).queue_state == "waiting"  # still the head of the queue
+    assert review.claim(db(), task["name"], a).case.id == second
+    review.submit_review(db(), second, "good", a)
+    db.commit()
+    assert review.claim(db(), task["name"], a).case.id == third
+    assert review.claim(db(), task["name"], b).case.id == first
 
 
 def test_disagreement_escalates_then_caps_with_plurality(db, task, people, queued):
