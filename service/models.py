@@ -8,7 +8,11 @@ cases are strings (time-ordered, so inserts stay local in the primary-key index)
 from __future__ import annotations
 
 import os
+import random
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
 
@@ -51,17 +55,57 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 Timestamp = UTCDateTime()
 
 
-def new_id() -> str:
-    """Time-ordered 128-bit id as 32 hex chars (UUIDv7 layout: 48-bit ms clock + random)."""
-    ms = int(time.time() * 1000)
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms << 80) | rand
+#: Replaces :func:`new_id` in this context (``tandem simulate``: :func:`seeded_ids`).
+_ID_SOURCE: ContextVar[Callable[[], str] | None] = ContextVar("tandem_id_source", default=None)
+
+
+def _uuid7_layout(ms: int, rand: int) -> str:
+    value = (ms << 80) | (rand & ((1 << 80) - 1))
     value = (value & ~(0xF << 76)) | (0x7 << 76)  # version nibble
     return f"{value:032x}"
 
 
+def new_id() -> str:
+    """Time-ordered 128-bit id as 32 hex chars (UUIDv7 layout: 48-bit ms clock + random)."""
+    source = _ID_SOURCE.get()
+    if source is not None:
+        return source()
+    return _uuid7_layout(int(time.time() * 1000), int.from_bytes(os.urandom(10), "big"))
+
+
+def seeded_ids(seed: int, start_ms: int = 1_767_225_600_000) -> Callable[[], str]:
+    """Ids that are the same in every run with the same seed: the k-th id carries the clock
+    ``start_ms + k`` (so they stay time-ordered, in the order they were made) and random bits
+    from a generator seeded with ``seed``.
+
+    Why: the audit draw hashes the case id (docs/policy.md, "Audit draw"), so with fresh ids
+    two replays of the same arrival order audit different cases. With these, a replay is
+    repeatable, and two policies replayed with the same seed are compared on the same audit
+    sample (common random numbers: paired differences need far fewer seeds)."""
+    rng = random.Random(seed)
+    counter = iter(range(1 << 40))
+
+    def make() -> str:
+        return _uuid7_layout(start_ms + next(counter), rng.getrandbits(80))
+
+    return make
+
+
+@contextmanager
+def id_source(make: Callable[[], str]) -> Iterator[None]:
+    """Run the block with ``make`` generating every new id in this context."""
+    token = _ID_SOURCE.set(make)
+    try:
+        yield
+    finally:
+        _ID_SOURCE.reset(token)
+
+
 def new_ids(n: int) -> list[str]:
     """``n`` ids as :func:`new_id` makes them, from one read of the random source."""
+    source = _ID_SOURCE.get()
+    if source is not None:
+        return [source() for _ in range(n)]
     ms = int(time.time() * 1000) << 80
     rand = os.urandom(10 * n)
     clear, version = ~(0xF << 76), 0x7 << 76

@@ -461,6 +461,12 @@ def train(task_name: str, wait: bool, timeout: int) -> None:
     type=int,
     help="Seeds replayed in parallel (each its own instance).",
 )
+@click.option(
+    "--cache",
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder of trainings reused by later replays on identical cases (pickles: yours only).",
+)
 @friendly_errors
 def simulate_cmd(**options: Any) -> None:
     """Replay labelled history DATA through an isolated Tandem and write a report

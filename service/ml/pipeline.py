@@ -12,9 +12,15 @@ metrics, so the chosen family is never fitted twice for metrics. Total fits = 2*
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -283,7 +289,80 @@ def _text_vocabulary_sizes(frame: Any, fields: Sequence[Field]) -> dict[str, int
     return sizes
 
 
+#: Folder of finished trainings reused by :func:`train_model` (``tandem simulate --cache``).
+_TRAINING_CACHE: ContextVar[Path | None] = ContextVar("tandem_training_cache", default=None)
+
+
+@contextmanager
+def training_cache(folder: Path) -> Iterator[None]:
+    """Reuse trainings on identical inputs in this context (a file per training in ``folder``).
+
+    Why: training is most of a replay's time, and replays of two policies with the same seed
+    and seeded ids (``service.models.seeded_ids``) train on identical case sets until their
+    routing first differs. Training is deterministic given its inputs (fixed random state),
+    so a stored result is exactly what training again would give. Files are pickles: point
+    it only at a folder of your own.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    token = _TRAINING_CACHE.set(folder)
+    try:
+        yield
+    finally:
+        _TRAINING_CACHE.reset(token)
+
+
+def _training_key(rows: Sequence[Row], labels_y: Sequence[str], **params: Any) -> str:
+    import sklearn
+
+    digest = hashlib.sha256()
+    digest.update(json.dumps(params, sort_keys=True, default=str).encode())
+    digest.update(sklearn.__version__.encode())
+    for row, label in zip(rows, labels_y, strict=True):
+        digest.update(json.dumps(row, sort_keys=True, default=str).encode())
+        digest.update(b"\x00" + str(label).encode() + b"\x00")
+    return digest.hexdigest()
+
+
 def train_model(
+    rows: Sequence[Row],
+    labels_y: Sequence[str],
+    fields: Sequence[Field],
+    label_set: Sequence[str],
+    *,
+    random_state: int = 0,
+    families: Sequence[str] = FAMILIES,
+    n_splits: int = 3,
+    hgb_max_iter: int = 200,
+    max_cv_rows: int = MAX_CV_ROWS,
+) -> TrainedModel:
+    """Choose the family with the lowest cross-validated log loss, refit it on all rows
+    (:func:`_train_model`); from :func:`training_cache` when one is set and holds the result.
+    """
+    params: dict[str, Any] = {
+        "random_state": random_state,
+        "families": tuple(families),
+        "n_splits": n_splits,
+        "hgb_max_iter": hgb_max_iter,
+        "max_cv_rows": max_cv_rows,
+    }
+    folder = _TRAINING_CACHE.get()
+    if folder is None or len(rows) != len(labels_y):
+        return _train_model(rows, labels_y, fields, label_set, **params)
+    import joblib
+
+    key = _training_key(rows, labels_y, fields=list(fields), label_set=list(label_set), **params)
+    path = folder / f"{key}.joblib"
+    if path.exists():
+        cached: TrainedModel = joblib.load(path)
+        return cached
+    trained = _train_model(rows, labels_y, fields, label_set, **params)
+    partial = path.with_suffix(f".{os.getpid()}.part")
+    joblib.dump(trained, partial)
+    os.replace(partial, path)  # whole files only, also with seeds replayed in parallel
+    return trained
+
+
+def _train_model(
     rows: Sequence[Row],
     labels_y: Sequence[str],
     fields: Sequence[Field],

@@ -30,6 +30,7 @@ def simulate_command(
     hgb_max_iter: int | None,
     families: str | None,
     jobs: int,
+    cache: Path | None = None,
 ) -> None:
     task: dict[str, Any] | None = None
     if task_file is not None:
@@ -52,6 +53,7 @@ def simulate_command(
         hgb_max_iter=hgb_max_iter,
         families=families,
         database_url=os.environ.get("DATABASE_URL") or None,
+        cache=cache,
     )
     dataset = load_dataset(data, label, task=task, rows=rows)
     kinds = ", ".join(f"{f['name']}:{f['type']}" for f in dataset.fields)

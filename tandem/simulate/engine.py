@@ -54,6 +54,8 @@ class SimOptions:
     threads: int = 1  # BLAS/OpenMP threads for training (HGB oversubscribes a shared machine)
     database_url: str | None = None  # None: SQLite file in the work folder
     workdir: Path | None = None
+    #: trainings reused across replays (``--cache``, ``service.ml.pipeline.training_cache``)
+    cache: Path | None = None
 
 
 @dataclass
@@ -428,8 +430,19 @@ class Replay:
         n = len(self.data)
         from threadpoolctl import threadpool_limits
 
+        from service.ml.pipeline import training_cache
+        from service.models import id_source, seeded_ids
+
         quiet = _quiet_logs()
-        with self.app.app_context(), _env(**env), threadpool_limits(limits=self.opt.threads):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self.app.app_context())
+            stack.enter_context(_env(**env))
+            stack.enter_context(threadpool_limits(limits=self.opt.threads))
+            # The same seed gives the same case ids, hence the same audit draws: a replay is
+            # repeatable, and policies replayed with one seed share their audit sample.
+            stack.enter_context(id_source(seeded_ids(self.opt.seed)))
+            if self.opt.cache is not None:
+                stack.enter_context(training_cache(self.opt.cache))
             self._setup()
             bar = tqdm(
                 total=n,
