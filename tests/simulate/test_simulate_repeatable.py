@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tandem.cli import main
 from service.ml import pipeline
 from service.models import id_source, new_id, seeded_ids
+from tandem.cli import main
 
 DATASETS = Path(__file__).resolve().parents[2] / "service" / "datasets"
 
