@@ -64,8 +64,9 @@ def relay_recorded() -> int:
     periodic ``relay_outbox`` job sends when Redis is back.
     """
     try:
+        redis = get_redis()  # before any transaction: without Redis nothing is opened
         with unit_of_work() as session:
-            return outbox.relay(session, get_redis())
+            return outbox.relay(session, redis)
     except Exception:
         log.warning("outbox relay deferred", exc_info=False)
         db_session.remove()
