@@ -148,17 +148,18 @@ def setup(db_url: str, n_cases: int, reviewers: int, keep: bool) -> tuple[int, l
 
     from bench.claim import load, recreate_database
     from service import migrate
-    from service.db import SessionFactory, make_engine, transaction
+    from service.db import SessionFactory, make_engine
     from service.models import Task, User
     from service.services import accounts
     from service.services.audit import SYSTEM
+    from service.uow import unit_of_work
 
     if not keep:
         recreate_database(db_url)
     engine = make_engine(db_url)
     migrate.upgrade(engine)
     SessionFactory.configure(bind=engine)
-    with transaction() as session:
+    with unit_of_work() as session:
         task = session.query(Task).filter_by(name=TASK).one_or_none()
     if task is None:
         load(engine, n_cases, reviewers)
@@ -169,7 +170,7 @@ def setup(db_url: str, n_cases: int, reviewers: int, keep: bool) -> tuple[int, l
             .execute(text("SELECT count(*) FROM cases WHERE queue_state = 'waiting'"))
         )
         print(f"kept database: {waiting.scalar():,} cases waiting")
-    with transaction() as session:
+    with unit_of_work() as session:
         task_id = session.query(Task.id).filter_by(name=TASK).scalar()
         users = session.query(User).order_by(User.id).limit(reviewers).all()
         creds = []

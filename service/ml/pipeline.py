@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from sklearn.base import clone
@@ -289,29 +287,37 @@ def _text_vocabulary_sizes(frame: Any, fields: Sequence[Field]) -> dict[str, int
     return sizes
 
 
-#: Folder of finished trainings reused by :func:`train_model` (``tandem simulate --cache``).
-_TRAINING_CACHE: ContextVar[Path | None] = ContextVar("tandem_training_cache", default=None)
+class TrainingStore(Protocol):
+    """Where :func:`train_model` finds and keeps finished trainings (``tandem simulate
+    --cache``: ``tandem.simulate.cache.FolderCache``)."""
+
+    def load(self, key: str) -> TrainedModel | None: ...
+
+    def save(self, key: str, trained: TrainedModel) -> None: ...
+
+
+_TRAINING_STORE: ContextVar[TrainingStore | None] = ContextVar("tandem_training", default=None)
 
 
 @contextmanager
-def training_cache(folder: Path) -> Iterator[None]:
-    """Reuse trainings on identical inputs in this context (a file per training in ``folder``).
+def training_store(store: TrainingStore) -> Iterator[None]:
+    """Reuse trainings on identical inputs in this context.
 
     Why: training is most of a replay's time, and replays of two policies with the same seed
     and seeded ids (``service.models.seeded_ids``) train on identical case sets until their
     routing first differs. Training is deterministic given its inputs (fixed random state),
-    so a stored result is exactly what training again would give. Files are pickles: point
-    it only at a folder of your own.
+    so a stored result is exactly what training again would give. The library never reads a
+    stored training itself (it reads no pickles); the simulator's store does.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    token = _TRAINING_CACHE.set(folder)
+    token = _TRAINING_STORE.set(store)
     try:
         yield
     finally:
-        _TRAINING_CACHE.reset(token)
+        _TRAINING_STORE.reset(token)
 
 
-def _training_key(rows: Sequence[Row], labels_y: Sequence[str], **params: Any) -> str:
+def training_key(rows: Sequence[Row], labels_y: Sequence[str], **params: Any) -> str:
+    """SHA-256 of everything a training depends on: cases, labels, knobs, scikit-learn."""
     import sklearn
 
     digest = hashlib.sha256()
@@ -336,7 +342,7 @@ def train_model(
     max_cv_rows: int = MAX_CV_ROWS,
 ) -> TrainedModel:
     """Choose the family with the lowest cross-validated log loss, refit it on all rows
-    (:func:`_train_model`); from :func:`training_cache` when one is set and holds the result.
+    (:func:`_train_model`); from the :func:`training_store` when one is set and holds it.
     """
     params: dict[str, Any] = {
         "random_state": random_state,
@@ -345,20 +351,15 @@ def train_model(
         "hgb_max_iter": hgb_max_iter,
         "max_cv_rows": max_cv_rows,
     }
-    folder = _TRAINING_CACHE.get()
-    if folder is None or len(rows) != len(labels_y):
+    store = _TRAINING_STORE.get()
+    if store is None or len(rows) != len(labels_y):
         return _train_model(rows, labels_y, fields, label_set, **params)
-    import joblib
-
-    key = _training_key(rows, labels_y, fields=list(fields), label_set=list(label_set), **params)
-    path = folder / f"{key}.joblib"
-    if path.exists():
-        cached: TrainedModel = joblib.load(path)
+    key = training_key(rows, labels_y, fields=list(fields), label_set=list(label_set), **params)
+    cached = store.load(key)
+    if cached is not None:
         return cached
     trained = _train_model(rows, labels_y, fields, label_set, **params)
-    partial = path.with_suffix(f".{os.getpid()}.part")
-    joblib.dump(trained, partial)
-    os.replace(partial, path)  # whole files only, also with seeds replayed in parallel
+    store.save(key, trained)
     return trained
 
 

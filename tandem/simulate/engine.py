@@ -54,7 +54,7 @@ class SimOptions:
     threads: int = 1  # BLAS/OpenMP threads for training (HGB oversubscribes a shared machine)
     database_url: str | None = None  # None: SQLite file in the work folder
     workdir: Path | None = None
-    #: trainings reused across replays (``--cache``, ``service.ml.pipeline.training_cache``)
+    #: trainings reused across replays (``--cache``, ``tandem.simulate.cache``)
     cache: Path | None = None
 
 
@@ -430,8 +430,9 @@ class Replay:
         n = len(self.data)
         from threadpoolctl import threadpool_limits
 
-        from service.ml.pipeline import training_cache
+        from service.ml.pipeline import training_store
         from service.models import id_source, seeded_ids
+        from tandem.simulate.cache import FolderCache
 
         quiet = _quiet_logs()
         with contextlib.ExitStack() as stack:
@@ -442,7 +443,7 @@ class Replay:
             # repeatable, and policies replayed with one seed share their audit sample.
             stack.enter_context(id_source(seeded_ids(self.opt.seed)))
             if self.opt.cache is not None:
-                stack.enter_context(training_cache(self.opt.cache))
+                stack.enter_context(training_store(FolderCache(self.opt.cache)))
             self._setup()
             bar = tqdm(
                 total=n,

@@ -13,11 +13,10 @@ import pytest
 from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
-from service.db import db_session, transaction
+from service.db import db_session
 from service.models import AuditEvent, Job, RetrainLabel, Task
 from service.services.audit import SYSTEM
 from service.services.labels import label_recorded
-from service.services.learning import lock_task
 from service.services.tasks import update_task
 from service.services.training import (
     COMPACT_ROWS,
@@ -25,6 +24,8 @@ from service.services.training import (
     labels_since_training,
     training_job_id,
 )
+from service.services.training_run import lock_task
+from service.uow import unit_of_work
 from tests.helpers import SIMPLE_TASK
 
 LABEL = SimpleNamespace(audit=False, route="review", reason="cold_start")
@@ -91,7 +92,7 @@ def _committed_task(retrain_every: int) -> int:
     from service.schemas.tasks import TaskCreateSchema
     from service.services.tasks import create_task
 
-    with transaction() as session:
+    with unit_of_work() as session:
         row = create_task(session, TaskCreateSchema().load(SIMPLE_TASK), SYSTEM)
         update_task(session, row, {"policy": {"retrain_every": retrain_every}}, SYSTEM)
         return row.id
@@ -107,7 +108,7 @@ def _label_concurrently(task_id: int, threads: int, each: int) -> None:
         try:
             start.wait()
             for _ in range(each):
-                with transaction() as session:
+                with unit_of_work() as session:
                     row = session.get(Task, task_id)
                     assert row is not None
                     label_recorded(session, row, LABEL)  # type: ignore[arg-type]
@@ -133,7 +134,7 @@ def test_concurrent_decisions_reaching_retrain_every_request_training_once(
     the look after the commit can.)"""
     task_id = _committed_task(40)
     _label_concurrently(task_id, threads=8, each=5)
-    with transaction() as session:
+    with unit_of_work() as session:
         row = session.get(Task, task_id)
         assert session.get(Job, training_job_id(row)).state == "queued"
         assert labels_since_training(session, task_id) == 0
@@ -148,7 +149,7 @@ def test_concurrent_decisions_are_all_counted_and_compacted(committed_db: Any) -
     rows (a large ``retrain_every``) keeps the sum exact while the rows stay few."""
     task_id = _committed_task(1_000_000)
     _label_concurrently(task_id, threads=8, each=60)
-    with transaction() as session:
+    with unit_of_work() as session:
         total, rows = label_count(session, task_id)
         assert total == 480
         assert rows <= COMPACT_ROWS + 8  # folded as it went (at most one insert per thread after)

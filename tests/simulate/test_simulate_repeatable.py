@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from service.ml import pipeline
 from service.models import id_source, new_id, seeded_ids
 from tandem.cli import main
+from tandem.simulate.cache import FolderCache
 
 DATASETS = Path(__file__).resolve().parents[2] / "service" / "datasets"
 
@@ -57,7 +58,7 @@ def test_training_cache_returns_the_same_model_without_training_again(
 
     monkeypatch.setattr(pipeline, "_train_model", counted)
     kwargs = {"families": ("logistic_regression",)}
-    with pipeline.training_cache(tmp_path):
+    with pipeline.training_store(FolderCache(tmp_path)):
         first = pipeline.train_model(rows, labels, fields, ["no", "yes"], **kwargs)
         second = pipeline.train_model(rows, labels, fields, ["no", "yes"], **kwargs)
         assert len(calls) == 1 and len(list(tmp_path.glob("*.joblib"))) == 1
