@@ -61,3 +61,26 @@ def reset_database(name: str, pg: str = "postgresql+psycopg://postgres@127.0.0.1
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
     return f"{pg}/{name}"
+
+
+def bare_granian_argv(app: str, port: int) -> list[str]:
+    """granian serving ``app`` (``module:callable``) as ``tandem serve`` serves Tandem: WSGI,
+    2 worker processes x 4 request threads, no access log — the same-run limit's server."""
+    import sys
+    from pathlib import Path
+
+    return [
+        str(Path(sys.executable).parent / "granian"),
+        "--interface",
+        "wsgi",
+        "--workers",
+        "2",
+        "--blocking-threads",
+        "4",
+        "--no-access-log",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        app,
+    ]

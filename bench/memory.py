@@ -32,7 +32,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import reset_database  # noqa: E402
+from bench.common import bare_granian_argv, reset_database  # noqa: E402
 from bench.predict import TASK, free_port, setup, start_server, stop_server  # noqa: E402
 
 DB_NAME = "tandem_bench_thru_memory"
@@ -124,21 +124,7 @@ def main() -> None:
     results = []
 
     port = free_port()
-    bare_argv = [
-        str(bindir / "granian"),
-        "--interface",
-        "wsgi",
-        "--workers",
-        "2",
-        "--blocking-threads",
-        "4",
-        "--no-access-log",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "bench.bare_app:flask_app",
-    ]
+    bare_argv = bare_granian_argv("bench.bare_app:flask_app", port)
     bare_env = {**base_env, "BARE_FLASK": "1", "PYTHONPATH": str(ROOT)}
     results.append(
         measure(

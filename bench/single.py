@@ -30,7 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import reset_database  # noqa: E402
+from bench.common import bare_granian_argv, reset_database  # noqa: E402
 from bench.predict import (  # noqa: E402
     TASK,
     cpu_seconds,
@@ -90,21 +90,7 @@ def main() -> None:
     }
     bindir = Path(sys.executable).parent
     port = free_port()
-    bare_argv = [
-        str(bindir / "granian"),
-        "--interface",
-        "wsgi",
-        "--workers",
-        "2",
-        "--blocking-threads",
-        "4",
-        "--no-access-log",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "bench.bare_app:wsgi_app",
-    ]
+    bare_argv = bare_granian_argv("bench.bare_app:wsgi_app", port)
     bare = measure(bare_argv, env, port, "/predict", None, bodies, args, workdir)
     port = free_port()
     tandem_argv = [str(bindir / "tandem"), "serve", "--host", "127.0.0.1", "--port", str(port)]
