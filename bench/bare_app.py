@@ -27,7 +27,10 @@ DSN = os.environ["DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://
 CREATE = "CREATE TABLE IF NOT EXISTS bare_requests (id bigserial PRIMARY KEY, body jsonb)"
 INSERT = "INSERT INTO bare_requests (body) VALUES (%s) RETURNING id"
 
-with psycopg.connect(DSN, autocommit=True) as _conn:
+# granian imports this in each of its workers at once, and two concurrent CREATE TABLE IF NOT
+# EXISTS can both try to create the table: one creates it under an advisory lock.
+with psycopg.connect(DSN) as _conn, _conn.transaction():
+    _conn.execute("SELECT pg_advisory_xact_lock(4242)")
     _conn.execute(CREATE)
 
 _local = threading.local()
