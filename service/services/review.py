@@ -116,7 +116,8 @@ def _lock_first(session: Session, stmt: Select[Any]) -> Case | None:
     # Ordered exactly as ``ix_cases_queue`` (task, queue state, arrival): the scan stops at
     # the first row, whatever the table's statistics say. A tie-break on the id (not in that
     # index) made PostgreSQL walk ``ix_cases_task_created_id`` past every answered case older
-    # than the head of the queue instead, or sort the whole queue (bench/README.md).
+    # than the head of the queue instead, or sort the whole queue (bench/README.md). Cases that
+    # arrived at the same instant (one batch) are served in no guaranteed order among themselves.
     stmt = stmt.order_by(Case.created_at).limit(1)
     if is_postgres(session):
         stmt = stmt.with_for_update(skip_locked=True)

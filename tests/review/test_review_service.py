@@ -270,7 +270,9 @@ def test_a_reviewer_who_decided_the_head_of_the_queue_gets_the_next_case(
     (it waits for a second opinion) is passed over for the next one, not refused."""
     update_task(db(), _task(db, task["name"]), {"review": {"reviewers_per_case": 2}}, SYSTEM)
     db.commit()
-    first, second, third = queued(3)  # one batch: the same arrival time, claimed in its order
+    # Three arrivals, oldest first (cases of one batch share an arrival time and are served in
+    # no guaranteed order among themselves).
+    (first,), (second,), (third,) = queued(1), queued(1), queued(1)
     a, b = people(), people()
     assert review.claim(db(), task["name"], a).case.id == first
     review.submit_review(db(), first, "good", a)
