@@ -74,6 +74,7 @@ class Recorded:
     fallbacks: int
     elapsed: float
     events: dict[str, int] = field(default_factory=dict)
+    alerts: list[dict[str, Any]] = field(default_factory=list)  # drift warnings, fallbacks
     routes: list[dict[str, Any]] = field(default_factory=list)  # per arrival
 
 
@@ -426,6 +427,10 @@ class Replay:
                 str(self.opt.hgb_max_iter) if self.opt.hgb_max_iter is not None else None
             ),
             "TANDEM_TRAIN_FAMILIES": self.opt.families,
+            # The job raises its own thread count (service/resources.py) above the limit set
+            # below; on small training sets a second OpenMP thread mostly spins: measured on
+            # a credit_data replay beside another, 91 s of CPU with two threads, 47 s with one.
+            "TANDEM_TRAINING_THREADS": str(self.opt.threads),
         }
         n = len(self.data)
         from threadpoolctl import threadpool_limits
@@ -479,6 +484,7 @@ class Replay:
             self.timeline.append(self._rule_now(n))
             versions, version_rows = self._version_scores()
             events = self._event_counts()
+            alerts = self._alerts()
         quiet()
         stream = Stream(
             rows=self.order.copy(),
@@ -505,6 +511,7 @@ class Replay:
             fallbacks=events.get("automation.fallback", 0),
             elapsed=time.perf_counter() - started,
             events=events,
+            alerts=alerts,
             routes=self.routes,
         )
 
@@ -522,6 +529,28 @@ class Replay:
                 .group_by(AuditEvent.action)
             ).all()
         return {str(a): int(c) for a, c in rows}
+
+    def _alerts(self) -> list[dict[str, Any]]:
+        """What the system said when it froze widening, lifted a freeze or fell back, in
+        order: the backtest counts false drift warnings from these (the replay is
+        exchangeable, so every warning is a false alarm unless the file order is kept)."""
+        from sqlalchemy import select
+
+        from service.models import AuditEvent
+        from service.uow import unit_of_work
+
+        with unit_of_work() as session:
+            rows = session.execute(
+                select(AuditEvent.action, AuditEvent.details)
+                .where(
+                    AuditEvent.task_id == self.task_id,
+                    AuditEvent.action.in_(
+                        ("drift.warning", "drift.cleared", "automation.fallback")
+                    ),
+                )
+                .order_by(AuditEvent.created_at, AuditEvent.id)
+            ).all()
+        return [{"action": str(a), "details": d} for a, d in rows]
 
     def _version_scores(self) -> tuple[dict[int, VersionScores], list[dict[str, Any]]]:
         """Each trained version's scores on every dataset row, and the rows it trained on

@@ -87,6 +87,7 @@ def analyse(rec: Recorded) -> tuple[dict[str, Any], dict[str, pol.PolicyRun]]:
         "training_jobs": rec.training_jobs,
         "fallbacks": rec.fallbacks,
         "audit_events": rec.events,
+        "alerts": rec.alerts,
         "elapsed_seconds": round(rec.elapsed, 1),
         "knobs": {"hgb_max_iter": rec.options.hgb_max_iter, "families": rec.options.families},
     }
