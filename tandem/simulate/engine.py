@@ -619,6 +619,13 @@ class Replay:
                         group: rec.get("steps") or []
                         for group, rec in (cert.get("groups") or {}).items()
                     },
+                    # what readiness expected of the last attempt (its pass probability
+                    # against the outcome: how well the gate is calibrated)
+                    "attempt_readiness": {
+                        group: rec.get("readiness")
+                        for group, rec in (cert.get("groups") or {}).items()
+                        if rec.get("readiness")
+                    },
                     "activated": mv.activated_at is not None,
                     "deployed": mv.version in active_versions,
                     "metrics": {
