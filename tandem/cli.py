@@ -507,5 +507,42 @@ def simulate_table_cmd(folders: tuple[Path, ...], out: Path) -> None:
     )
 
 
+@main.command("simulate-compare")
+@click.option(
+    "--base",
+    "base",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A `simulate --seeds` folder of the policy as it is (repeatable).",
+)
+@click.option(
+    "--change",
+    "change",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A `simulate --seeds` folder of the policy with the change (repeatable).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where compare.json and compare.md go.",
+)
+@friendly_errors
+def simulate_compare_cmd(base: tuple[Path, ...], change: tuple[Path, ...], out: Path) -> None:
+    """Two policies replayed on the same seeds, seed by seed: the paired difference in the
+    final quarter's share of the oracle and whether it is more than noise
+    (docs/backtest.md, "How a change is judged")."""
+    from tandem.simulate.compare import write_comparison
+
+    try:
+        _, md = write_comparison(list(base), list(change), out)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(md)
+    click.echo(f"written: {out / 'compare.md'}", err=True)
+
 if __name__ == "__main__":
     main()

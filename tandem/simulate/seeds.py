@@ -86,6 +86,17 @@ def milestones(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def attempts(summary: dict[str, Any]) -> tuple[int, int]:
+    """(certification attempts, attempts that certified nothing) of a run: every attempt a
+    version made is in its ``checkpoints``; only its last can have certified."""
+    made = failed = 0
+    for v in summary.get("versions", []):
+        n = len(v.get("checkpoints") or [])
+        made += n
+        failed += n - (1 if v.get("certified") and n else 0)
+    return made, failed
+
+
 def spread(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """Tandem's run-by-run spread: share of the oracle (min / median / max), labels before
     the first automatic answer (median; runs that never automated are counted apart) and
@@ -94,6 +105,7 @@ def spread(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     shares = [x for x in shares if x is not None]
     marks = [milestones(s) for s in summaries]
     firsts = [m["labels_before_first_automation"] for m in marks]
+    tries = [attempts(s) for s in summaries]
     reached = [x for x in firsts if x is not None]
     return {
         "runs": len(summaries),
@@ -107,6 +119,8 @@ def spread(summaries: list[dict[str, Any]]) -> dict[str, Any]:
         if marks
         else None,
         "runs_with_a_drift_warning": sum(m["drift_warnings"] > 0 for m in marks),
+        "attempts": sum(t[0] for t in tries),
+        "failed_attempts": sum(t[1] for t in tries),
     }
 
 
@@ -152,6 +166,8 @@ def table_markdown(table: dict[str, Any], alpha: float) -> str:
             f"; never automated in {sp['runs_never_automated']} of {sp['runs']} runs |",
             f"| drift warnings per run (runs with one) "
             f"| {sp['drift_warnings_per_run']:.2f} ({sp['runs_with_a_drift_warning']}) |",
+            f"| certification attempts (of which certified nothing) "
+            f"| {sp.get('attempts', 0)} ({sp.get('failed_attempts', 0)}) |",
         ]
     return "\n".join(lines)
 
@@ -221,10 +237,9 @@ def _read_summary(path: Path) -> dict[str, Any]:
     return summary
 
 
-def combine(dirs: list[Path], out: Path) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
-    """One table from the ``seed-N/summary.json`` runs in several ``--seeds`` folders, e.g. a
-    long backtest split across machines (``--seed 0 --seeds 10`` here, ``--seed 10 --seeds
-    10`` there). Refuses runs that differ in anything but the seed, and a seed seen twice."""
+def read_runs(dirs: list[Path]) -> list[dict[str, Any]]:
+    """The ``seed-N/summary.json`` runs under ``dirs``, by seed. Refuses runs that differ in
+    anything but the seed, and a seed seen twice."""
     files = sorted(
         f for d in dirs for pattern in SUMMARY_FILES for f in d.glob(f"seed-*/{pattern}")
     )
@@ -245,6 +260,15 @@ def combine(dirs: list[Path], out: Path) -> tuple[list[dict[str, Any]], dict[str
     if repeated:
         raise ValueError(f"seed(s) {repeated} appear more than once")
     summaries.sort(key=lambda s: s["seed"])
+    return summaries
+
+
+def combine(dirs: list[Path], out: Path) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
+    """One table from the ``seed-N/summary.json`` runs in several ``--seeds`` folders, e.g. a
+    long backtest split across machines (``--seed 0 --seeds 10`` here, ``--seed 10 --seeds
+    10`` there)."""
+    summaries = read_runs(dirs)
+    first = summaries[0]
     elapsed = sum(float(s.get("elapsed_seconds") or 0.0) for s in summaries)
     return (
         summaries,

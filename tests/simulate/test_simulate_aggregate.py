@@ -168,3 +168,75 @@ def test_simulate_table_command(tmp_path: Path) -> None:
     )
     assert bad.exit_code == 1
     assert "label_column" in bad.output
+
+
+def _arm(folder: Path, shares: dict[int, float], *, task: dict[str, Any]) -> None:
+    for seed, share in shares.items():
+        _write_run(folder, seed, task=task)
+        path = folder / f"seed-{seed}" / "summary.json"
+        summary = json.loads(path.read_text())
+        summary["policies"]["tandem"]["final_quarter_share_of_oracle"] = share
+        summary["timeline"] = _timeline(300 if share > 0 else None)
+        summary["versions"] = [
+            {"version": 1, "checkpoints": [1], "certified": False},
+            {"version": 2, "checkpoints": [2, 3], "certified": share > 0},
+        ]
+        path.write_text(json.dumps(summary))
+
+
+def test_compare_pairs_runs_by_seed_and_judges_the_difference(tmp_path: Path) -> None:
+    from tandem.simulate.compare import compare, compare_markdown
+
+    base_task = {"policy": {"target_error": 0.1}}
+    change_task = {"policy": {"target_error": 0.1, "cold_start_audit_rate": 0.5}}
+    _arm(tmp_path / "a", {0: 0.5, 1: 0.6, 2: 0.0, 3: 0.7, 9: 0.9}, task=base_task)
+    _arm(tmp_path / "b", {0: 0.7, 1: 0.75, 2: 0.3, 3: 0.8, 8: 0.1}, task=change_task)
+    result = compare([tmp_path / "a"], [tmp_path / "b"])
+    assert result["seeds"] == [0, 1, 2, 3]
+    assert result["unpaired_seeds"] == [8, 9]
+    d = result["share_of_oracle"]
+    assert d["pairs"] == 4
+    assert d["mean"] == pytest.approx((0.2 + 0.15 + 0.3 + 0.1) / 4)
+    assert d["verdict"] == "helps"  # every pair gains: far above twice the standard error
+    assert result["base"]["runs_never_automated"] == 1
+    assert result["change"]["runs_never_automated"] == 0
+    # three attempts per run; the one that certified is not a failure
+    assert (result["base"]["attempts"], result["base"]["failed_attempts"]) == (12, 9)
+    md = compare_markdown(result)
+    assert "**helps**" in md and "2: 0%→30%" in md
+
+    # The same runs the other way round hurt; a mixed change is noise.
+    assert compare([tmp_path / "b"], [tmp_path / "a"])["share_of_oracle"]["verdict"] == "hurts"
+    _arm(tmp_path / "c", {0: 0.4, 1: 0.7, 2: 0.0, 3: 0.7}, task=change_task)
+    assert compare([tmp_path / "a"], [tmp_path / "c"])["share_of_oracle"]["verdict"] == (
+        "within noise"
+    )
+
+
+def test_compare_refuses_arms_that_differ_in_more_than_the_task(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from tandem.cli import main
+
+    _arm(tmp_path / "a", {0: 0.5, 1: 0.6}, task={"policy": {}})
+    _arm(tmp_path / "b", {0: 0.5, 1: 0.6}, task={"policy": {"cold_start_audit_rate": 0.5}})
+    for seed in (0, 1):  # another target: not a comparison of policies on the same promise
+        path = tmp_path / "b" / f"seed-{seed}" / "summary.json"
+        path.write_text(path.read_text().replace('"target_error": 0.1', '"target_error": 0.05'))
+    bad = CliRunner().invoke(
+        main,
+        ["simulate-compare", "--base", str(tmp_path / "a"), "--change", str(tmp_path / "b"),
+         "--out", str(tmp_path / "x")],
+    )  # fmt: skip
+    assert bad.exit_code == 1
+    assert "target_error" in bad.output
+    assert not (tmp_path / "x").exists()
+    _arm(tmp_path / "c", {0: 0.6, 1: 0.6}, task={"policy": {"cold_start_audit_rate": 0.5}})
+    ok = CliRunner().invoke(
+        main,
+        ["simulate-compare", "--base", str(tmp_path / "a"), "--change", str(tmp_path / "c"),
+         "--out", str(tmp_path / "y")],
+    )  # fmt: skip
+    assert ok.exit_code == 0, ok.output
+    assert "2 paired seeds" in ok.output
+    assert (tmp_path / "y" / "compare.json").exists()
