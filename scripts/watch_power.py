@@ -17,7 +17,11 @@ error and prints a markdown table (docs/policy.md, "How fast the live watch reac
 Everything counts AUDITED automatic answers; divide by the audit rate in force for
 automatic answers (docs/policy.md, "The audit sample") to get automatic answers.
 
-    .venv/bin/python scripts/watch_power.py [--streams 4000] [--seed 1]
+    .venv/bin/python scripts/watch_power.py [--streams 4000] [--seed 1] [--min-answers N]
+
+``--min-answers N`` measures a variant that cannot alarm before N audited answers of a
+version are in (docs/backtest.md, "Where the share is lost": false fallbacks on the first
+few answers of a fresh watch).
 
 Detection uses :func:`service.policy.first_alarm` (checked against LiveWatch in
 tests/policy/test_policy_watch.py). False-alarm runs are long (10⁴–10⁵ answers), so they are
@@ -43,19 +47,36 @@ DETECT_HORIZON = 8000  # audited answers simulated per detection stream
 PRE_CHANGE = 1000
 
 
-def alarm_at_errors(pos: np.ndarray, table: np.ndarray, window: int, done: int = 0) -> int:
+def alarm_at_errors(
+    pos: np.ndarray, table: np.ndarray, window: int, done: int = 0, gate: int = 1
+) -> int:
     """First alarm of a watch starting empty, given the sorted arrival times (1-based) of the
-    erroneous answers; only errors from index ``done`` on are checked. 0 = none."""
+    erroneous answers; only errors from index ``done`` on are checked. 0 = none. With
+    ``gate`` = N > 1 the watch cannot alarm before answer N: it alarms AT N if the errors
+    then in its window suffice, and afterwards only at an erroneous answer, as without."""
+    if gate > 1 and done == 0:
+        k_gate = np.searchsorted(pos, gate, side="right") - np.searchsorted(
+            pos, gate - window, side="right"
+        )
+        if k_gate >= table[min(gate, window)]:
+            return gate
     idx = np.arange(done, pos.size)
+    idx = idx[pos[idx] > (gate if gate > 1 else 0)]
     k = idx + 1 - np.searchsorted(pos, pos[idx] - window, side="right")
     hit = np.flatnonzero(k >= table[np.minimum(pos[idx], window)])
     return int(pos[idx[hit[0]]]) if hit.size else 0
 
 
 def sparse_first_alarm(
-    rate: float, table: np.ndarray, window: int, streams: int, rng: np.random.Generator
+    rate: float,
+    table: np.ndarray,
+    window: int,
+    streams: int,
+    rng: np.random.Generator,
+    gate: int = 1,
 ) -> np.ndarray:
-    """First-alarm time per stream of a watch starting empty at a constant true error."""
+    """First-alarm time per stream of a watch starting empty at a constant true error (no
+    alarm before answer ``gate``)."""
     if np.any(np.diff(table) < 0):
         raise ValueError("alarm rule is not monotone in the window size; use first_alarm")
     out = np.empty(streams, dtype=np.int64)
@@ -65,31 +86,54 @@ def sparse_first_alarm(
         while True:
             base = kept[-1] if kept.size else 0
             pos = np.concatenate([kept, base + np.cumsum(rng.geometric(rate, chunk))])
-            out[s] = alarm_at_errors(pos, table, window, done=kept.size)
+            out[s] = alarm_at_errors(pos, table, window, done=kept.size, gate=gate)
             if out[s]:
                 break
             kept = pos[-window:]
     return out
 
 
+def watch_table(alpha: float, window: int, min_answers: int) -> np.ndarray:
+    """The watch's alarm table, optionally with no alarm before ``min_answers`` answers."""
+    table = alarm_table(alpha, DELTA, window)
+    if min_answers > 1:
+        n = np.arange(min(min_answers, window + 1))
+        table[: n.size] = n + 1  # n + 1 errors among n answers: never
+    return table
+
+
+def first_alarm_table(errors: np.ndarray, table: np.ndarray, window: int, start: int = 0):
+    """:func:`service.policy.first_alarm` with a given alarm table."""
+    e = np.atleast_2d(np.asarray(errors)).astype(np.int32)
+    cum = np.zeros((e.shape[0], e.shape[1] + 1), dtype=np.int32)
+    np.cumsum(e, axis=1, out=cum[:, 1:])
+    t = np.arange(1, e.shape[1] + 1)
+    k = cum[:, 1:] - cum[:, np.maximum(t - window, 0)]
+    alarm = k >= table[np.minimum(t, window)]
+    alarm[:, : max(start, 0)] = False
+    hit = alarm.any(axis=1)
+    return np.where(hit, alarm.argmax(axis=1) + 1, 0)
+
+
 def detection(
-    alpha: float, streams: int, rng: np.random.Generator, window: int, batch: int = 500
+    alpha: float,
+    streams: int,
+    rng: np.random.Generator,
+    window: int,
+    batch: int = 500,
+    table: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
+    table = alarm_table(alpha, DELTA, window) if table is None else table
     fresh, drift, early = [], [], []
     for b in range(0, streams, batch):
         m = min(batch, streams - b)
         fresh.append(
-            first_alarm(
-                rng.random((m, DETECT_HORIZON)) < 1.5 * alpha,
-                alpha=alpha,
-                delta=DELTA,
-                window=window,
-            )
+            first_alarm_table(rng.random((m, DETECT_HORIZON)) < 1.5 * alpha, table, window)
         )
         pre = rng.random((m, PRE_CHANGE)) < 0.5 * alpha
         both = np.concatenate([pre, rng.random((m, DETECT_HORIZON)) < 1.5 * alpha], axis=1)
-        alarmed_before = first_alarm(pre, alpha=alpha, delta=DELTA, window=window) > 0
-        after = first_alarm(both, alpha=alpha, delta=DELTA, window=window, start=PRE_CHANGE)
+        alarmed_before = first_alarm_table(pre, table, window) > 0
+        after = first_alarm_table(both, table, window, start=PRE_CHANGE)
         after = after[~alarmed_before]
         drift.append(np.where(after > 0, after - PRE_CHANGE, 0))
         early.append(alarmed_before)
@@ -116,23 +160,44 @@ def main() -> None:
     ap.add_argument("--fa-streams", type=int, default=2000, help="streams per false-alarm run")
     ap.add_argument("--window", type=int, default=DEFAULT_WINDOW)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--min-answers", type=int, default=1, help="no alarm before N answers")
     a = ap.parse_args()
     rng = np.random.default_rng(a.seed)
     t0 = time.time()
     rows = []
     for alpha in ALPHAS:
-        table = alarm_table(alpha, DELTA, a.window)
-        fresh, drift, early = detection(alpha, a.streams, rng, a.window)
-        fa = sparse_first_alarm(0.75 * alpha, table, a.window, a.fa_streams, rng)
+        table = watch_table(alpha, a.window, a.min_answers)
+        fresh, drift, early = detection(alpha, a.streams, rng, a.window, table=table)
+        fa = sparse_first_alarm(
+            0.75 * alpha,
+            alarm_table(alpha, DELTA, a.window),
+            a.window,
+            a.fa_streams,
+            rng,
+            gate=a.min_answers,
+        )
         # Cross-check: the sparse rule gives the dense first alarm on the same streams.
         check = rng.random((400, 3000)) < 0.75 * alpha
-        dense = first_alarm(check, alpha=alpha, delta=DELTA, window=a.window)
-        sparse = [alarm_at_errors(np.flatnonzero(row) + 1, table, a.window) for row in check]
+        dense = (
+            first_alarm(check, alpha=alpha, delta=DELTA, window=a.window)
+            if a.min_answers <= 1
+            else first_alarm_table(check, table, a.window)
+        )
+        sparse = [
+            alarm_at_errors(
+                np.flatnonzero(row) + 1,
+                alarm_table(alpha, DELTA, a.window),
+                a.window,
+                gate=a.min_answers,
+            )
+            for row in check
+        ]
         if not np.array_equal(dense, sparse):
             raise AssertionError("sparse and dense false-alarm simulations disagree")
         rows.append((alpha, fresh, drift, early, fa))
     print(
-        f"δ = {DELTA}, window = {a.window} audited automatic answers, checked after each; "
+        f"δ = {DELTA}, window = {a.window} audited automatic answers, checked after each"
+        f"{'' if a.min_answers <= 1 else f' from the {a.min_answers}th answer on'}; "
         f"{a.streams:,} streams per detection setting, {a.fa_streams:,} per false-alarm "
         f"setting; seed {a.seed}\n"
     )
