@@ -583,6 +583,7 @@ POLICY_FIELDS = (
     ("max_coverage_step", "any", "Largest coverage step"),
     ("retrain_every", "1", "Retrain every N labels"),
     ("second_review_rate", "any", "Second blind review (share of audits)"),
+    ("watch_min_answers", "1", "Live watch: audited answers before it may fall back"),
 )
 REVIEW_FIELDS = (
     ("lease_seconds", "1", "Lease (seconds)"),

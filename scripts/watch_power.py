@@ -19,9 +19,9 @@ automatic answers (docs/policy.md, "The audit sample") to get automatic answers.
 
     .venv/bin/python scripts/watch_power.py [--streams 4000] [--seed 1] [--min-answers N]
 
-``--min-answers N`` measures a variant that cannot alarm before N audited answers of a
-version are in (docs/backtest.md, "Where the share is lost": false fallbacks on the first
-few answers of a fresh watch).
+``--min-answers N`` measures the watch with the policy setting ``watch_min_answers`` = N: no
+alarm before N audited answers of a version are in (docs/policy.md, "How fast the live
+watch reacts").
 
 Detection uses :func:`service.policy.first_alarm` (checked against LiveWatch in
 tests/policy/test_policy_watch.py). False-alarm runs are long (10⁴–10⁵ answers), so they are
@@ -93,47 +93,27 @@ def sparse_first_alarm(
     return out
 
 
-def watch_table(alpha: float, window: int, min_answers: int) -> np.ndarray:
-    """The watch's alarm table, optionally with no alarm before ``min_answers`` answers."""
-    table = alarm_table(alpha, DELTA, window)
-    if min_answers > 1:
-        n = np.arange(min(min_answers, window + 1))
-        table[: n.size] = n + 1  # n + 1 errors among n answers: never
-    return table
-
-
-def first_alarm_table(errors: np.ndarray, table: np.ndarray, window: int, start: int = 0):
-    """:func:`service.policy.first_alarm` with a given alarm table."""
-    e = np.atleast_2d(np.asarray(errors)).astype(np.int32)
-    cum = np.zeros((e.shape[0], e.shape[1] + 1), dtype=np.int32)
-    np.cumsum(e, axis=1, out=cum[:, 1:])
-    t = np.arange(1, e.shape[1] + 1)
-    k = cum[:, 1:] - cum[:, np.maximum(t - window, 0)]
-    alarm = k >= table[np.minimum(t, window)]
-    alarm[:, : max(start, 0)] = False
-    hit = alarm.any(axis=1)
-    return np.where(hit, alarm.argmax(axis=1) + 1, 0)
-
-
 def detection(
     alpha: float,
     streams: int,
     rng: np.random.Generator,
     window: int,
     batch: int = 500,
-    table: np.ndarray | None = None,
+    min_answers: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    table = alarm_table(alpha, DELTA, window) if table is None else table
+    def alarms(errors: np.ndarray, start: int = 0) -> np.ndarray:
+        return first_alarm(
+            errors, alpha=alpha, delta=DELTA, window=window, start=start, min_answers=min_answers
+        )
+
     fresh, drift, early = [], [], []
     for b in range(0, streams, batch):
         m = min(batch, streams - b)
-        fresh.append(
-            first_alarm_table(rng.random((m, DETECT_HORIZON)) < 1.5 * alpha, table, window)
-        )
+        fresh.append(alarms(rng.random((m, DETECT_HORIZON)) < 1.5 * alpha))
         pre = rng.random((m, PRE_CHANGE)) < 0.5 * alpha
         both = np.concatenate([pre, rng.random((m, DETECT_HORIZON)) < 1.5 * alpha], axis=1)
-        alarmed_before = first_alarm_table(pre, table, window) > 0
-        after = first_alarm_table(both, table, window, start=PRE_CHANGE)
+        alarmed_before = alarms(pre) > 0
+        after = alarms(both, start=PRE_CHANGE)
         after = after[~alarmed_before]
         drift.append(np.where(after > 0, after - PRE_CHANGE, 0))
         early.append(alarmed_before)
@@ -166,11 +146,13 @@ def main() -> None:
     t0 = time.time()
     rows = []
     for alpha in ALPHAS:
-        table = watch_table(alpha, a.window, a.min_answers)
-        fresh, drift, early = detection(alpha, a.streams, rng, a.window, table=table)
+        table = alarm_table(alpha, DELTA, a.window)
+        fresh, drift, early = detection(
+            alpha, a.streams, rng, a.window, min_answers=a.min_answers
+        )
         fa = sparse_first_alarm(
             0.75 * alpha,
-            alarm_table(alpha, DELTA, a.window),
+            table,
             a.window,
             a.fa_streams,
             rng,
@@ -178,18 +160,11 @@ def main() -> None:
         )
         # Cross-check: the sparse rule gives the dense first alarm on the same streams.
         check = rng.random((400, 3000)) < 0.75 * alpha
-        dense = (
-            first_alarm(check, alpha=alpha, delta=DELTA, window=a.window)
-            if a.min_answers <= 1
-            else first_alarm_table(check, table, a.window)
+        dense = first_alarm(
+            check, alpha=alpha, delta=DELTA, window=a.window, min_answers=a.min_answers
         )
         sparse = [
-            alarm_at_errors(
-                np.flatnonzero(row) + 1,
-                alarm_table(alpha, DELTA, a.window),
-                a.window,
-                gate=a.min_answers,
-            )
+            alarm_at_errors(np.flatnonzero(row) + 1, table, a.window, gate=a.min_answers)
             for row in check
         ]
         if not np.array_equal(dense, sparse):

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .bounds import clopper_pearson_lower, clopper_pearson_upper
+from .params import DEFAULT_WATCH_WINDOW as DEFAULT_WINDOW
 
-DEFAULT_WINDOW = 300
 PSI_WARNING = 0.2  # customary "significant shift" level for the population stability index
 PSI_EPSILON = 1e-4
 MIN_DRIFT_SAMPLE = 100  # PSI on fewer current scores is mostly noise
@@ -29,12 +29,12 @@ class LiveStatus:
     alarm: bool  # lower > α: the live error is shown to exceed α → fall back
 
 
-def _status(n: int, k: int, alpha: float, delta: float) -> LiveStatus:
+def _status(n: int, k: int, alpha: float, delta: float, min_answers: int = 1) -> LiveStatus:
     if n == 0:
         return LiveStatus(0, 0, float("nan"), 0.0, 1.0, False)
     lo = clopper_pearson_lower(k, n, 1.0 - delta)
     up = clopper_pearson_upper(k, n, 1.0 - delta)
-    return LiveStatus(n, k, k / n, lo, up, lo > alpha)
+    return LiveStatus(n, k, k / n, lo, up, lo > alpha and n >= min_answers)
 
 
 class LiveWatch:
@@ -77,7 +77,9 @@ class LiveWatch:
         return _status(len(self._buf), self._k, self.alpha, self.delta)
 
 
-def alarm_table(alpha: float, delta: float, window: int = DEFAULT_WINDOW) -> np.ndarray:
+def alarm_table(
+    alpha: float, delta: float, window: int = DEFAULT_WINDOW, min_answers: int = 1
+) -> np.ndarray:
     """Fewest errors that raise the alarm among n audited answers, for n = 0 … ``window``.
 
     Entry n is n + 1 when no count alarms. The alarm is monotone in the error count (the
@@ -93,7 +95,7 @@ def alarm_table(alpha: float, delta: float, window: int = DEFAULT_WINDOW) -> np.
         lo, hi = 0, n + 1  # binary search for the least alarming k in [0, n]; n + 1 = none
         while lo < hi:
             mid = (lo + hi) // 2
-            if _status(n, mid, alpha, delta).alarm:
+            if _status(n, mid, alpha, delta, min_answers).alarm:
                 hi = mid
             else:
                 lo = mid + 1
@@ -108,6 +110,7 @@ def first_alarm(
     delta: float,
     window: int = DEFAULT_WINDOW,
     start: int = 0,
+    min_answers: int = 1,
 ) -> np.ndarray:
     """When a watch checked after every arrival first alarms, for many streams at once.
 
@@ -119,7 +122,7 @@ def first_alarm(
     e = np.atleast_2d(np.asarray(errors)).astype(np.int32)
     if e.ndim != 2:
         raise ValueError("errors must be a (streams × answers) array")
-    table = alarm_table(alpha, delta, window)
+    table = alarm_table(alpha, delta, window, min_answers)
     cum = np.zeros((e.shape[0], e.shape[1] + 1), dtype=np.int32)
     np.cumsum(e, axis=1, out=cum[:, 1:])
     t = np.arange(1, e.shape[1] + 1)
@@ -136,10 +139,12 @@ def live_error_alarm(
     alpha: float,
     delta: float,
     window: int = DEFAULT_WINDOW,
+    min_answers: int = 1,
 ) -> LiveStatus:
-    """Status of the last ``window`` audited automatic answers (stateless form of LiveWatch)."""
+    """Status of the last ``window`` audited automatic answers (stateless form of LiveWatch).
+    No alarm while fewer than ``min_answers`` answers are in (policy ``watch_min_answers``)."""
     arr = np.asarray(errors, dtype=int).ravel()[-window:]
-    return _status(int(arr.size), int(arr.sum()), alpha, delta)
+    return _status(int(arr.size), int(arr.sum()), alpha, delta, min_answers)
 
 
 def psi(

@@ -7,6 +7,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+#: The live watch's window of audited automatic answers (service/policy/monitor.py).
+DEFAULT_WATCH_WINDOW = 300
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -31,6 +34,11 @@ class Policy:
     #: Share of audited cases that need a second, independent blind reviewer (docs/review.md,
     #: "A second blind review"): their agreement measures how reliable the ledger's labels are.
     second_review_rate: float = 0.0
+    #: The live watch cannot fall back before a version has this many audited automatic
+    #: answers (docs/policy.md, "How fast the live watch reacts"): on a fresh watch two wrong
+    #: answers out of two already "prove" an error above a 10% target, a false alarm that
+    #: costs all automation until a new certification.
+    watch_min_answers: int = 1
 
     def __post_init__(self) -> None:
         # Normalise containers so callers may pass lists / any mapping.
@@ -51,6 +59,11 @@ class Policy:
             v = getattr(self, name)
             if not (0.0 < v <= 1.0):
                 raise ValueError(f"{name} must be in (0, 1], got {v!r}")
+        if not 1 <= self.watch_min_answers <= DEFAULT_WATCH_WINDOW:
+            raise ValueError(
+                f"watch_min_answers must be in [1, {DEFAULT_WATCH_WINDOW}], "
+                f"got {self.watch_min_answers!r}"
+            )
         if self.min_labels < 0 or self.retrain_every < 1:
             raise ValueError("min_labels must be >= 0 and retrain_every >= 1")
         if not (0.0 <= self.second_review_rate <= 1.0):  # also refuses NaN

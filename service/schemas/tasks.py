@@ -61,6 +61,16 @@ class PolicySchema(StrictSchema):
         values=mf.Float(validate=validate.Range(0.0001, 0.5)),
         load_default=dict,
     )
+    watch_min_answers = mf.Integer(
+        strict=True,
+        load_default=1,
+        validate=validate.Range(1, 300),
+        metadata={
+            "description": "the live watch cannot fall back before the running version has "
+            "this many audited automatic answers (fewer false fallbacks, slower reaction to "
+            "a bad new version; docs/policy.md)"
+        },
+    )
     certification_margin = mf.Float(
         load_default=0.0,
         validate=validate.Range(0.0, 0.5),
@@ -168,6 +178,7 @@ class PolicyPatchSchema(PolicySchema):
     label_targets = mf.Dict(keys=mf.String(), values=mf.Float(validate=validate.Range(0.0001, 0.5)))
     certification_margin = mf.Float(validate=validate.Range(0.0, 0.5))
     second_review_rate = mf.Float(validate=validate.Range(0.0, 1.0))
+    watch_min_answers = mf.Integer(strict=True, validate=validate.Range(1, 300))
     audit_mode = mf.String(validate=validate.OneOf(("answer", "hold")))
 
 

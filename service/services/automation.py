@@ -79,7 +79,10 @@ def audited_auto_errors(session: Session, task: Task, window: int = DEFAULT_WIND
 def live_status(session: Session, task: Task) -> LiveStatus:
     policy = Policy.from_dict(task.policy)
     return live_error_alarm(
-        audited_auto_errors(session, task), alpha=policy.target_error, delta=policy.delta
+        audited_auto_errors(session, task),
+        alpha=policy.target_error,
+        delta=policy.delta,
+        min_answers=policy.watch_min_answers,
     )
 
 

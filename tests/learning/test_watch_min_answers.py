@@ -1,0 +1,111 @@
+"""``watch_min_answers``: the live watch cannot fall back on a version's first few audited
+automatic answers (docs/policy.md, "How fast the live watch reacts").
+
+On a fresh watch at α = 10%, two wrong answers out of two already put the one-sided lower
+bound above α, and every newly certified version starts a fresh watch: the replays lost
+whole runs to such fallbacks on rules whose true error was 6.8% (docs/backtest.md, "Where
+the share is lost"). The setting trades them for a slower reaction to a bad new version.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from service.db import utcnow
+from service.models import Case, Task
+from service.policy import Policy, first_alarm, live_error_alarm
+from service.services import automation, labels
+from tests.helpers import auth, good_input, install_model
+
+
+def test_no_alarm_before_the_minimum_then_the_same_rule() -> None:
+    two_wrong = live_error_alarm([1, 1], alpha=0.10, delta=0.05)
+    assert two_wrong.alarm  # today's watch: 2 of 2 "shows" an error above 10%
+    assert not live_error_alarm([1, 1], alpha=0.10, delta=0.05, min_answers=30).alarm
+    bad = [1] * 8 + [0] * 22  # 8 of 30: shown above 10% at 95%
+    assert live_error_alarm(bad, alpha=0.10, delta=0.05, min_answers=30).alarm
+    assert not live_error_alarm(bad[:29], alpha=0.10, delta=0.05, min_answers=30).alarm
+    # The vectorised simulation measures exactly the same rule.
+    errors = [[1, 1] + [0] * 60, bad + [0] * 32]
+    assert first_alarm(errors, alpha=0.10, delta=0.05, min_answers=30).tolist() == [0, 30]
+    assert first_alarm(errors, alpha=0.10, delta=0.05).tolist() == [2, 2]
+
+
+@pytest.mark.parametrize("value", [0, 301, 2.5])
+def test_out_of_range_values_are_refused(client: Any, tokens: Any, task: Any, value: Any) -> None:
+    resp = client.patch(
+        f"/api/v1/tasks/{task['name']}",
+        json={"policy": {"watch_min_answers": value}},
+        headers=auth(tokens["admin"]),
+    )
+    assert resp.status_code == 422, resp.json
+    assert "watch_min_answers" in str(resp.json)
+    with pytest.raises(ValueError, match="watch_min_answers"):
+        Policy(watch_min_answers=0)
+
+
+def _audited_auto_cases(app: Any, db: Any, client: Any, tokens: Any, name: str) -> Task:
+    install_model(db, name, threshold=0.5)
+    resp = client.patch(
+        f"/api/v1/tasks/{name}",
+        json={"policy": {"audit_rate": 0.3}},
+        headers=auth(tokens["admin"]),
+    )
+    assert resp.status_code == 200, resp.json
+    for _ in range(160):
+        client.post(
+            f"/api/v1/tasks/{name}/predict",
+            json={"input": good_input()},
+            headers=auth(tokens["app"]),
+        )
+    return db.scalar(select(Task).where(Task.name == name))
+
+
+def _label_wrong_until_fallback(db: Any, row: Task) -> int:
+    """Label the audited automatic answers wrong, one by one; how many until the fallback
+    (0: none)."""
+    audited = list(
+        db.scalars(
+            select(Case)
+            .where(Case.task_id == row.id, Case.audit.is_(True), Case.route == "auto")
+            .order_by(Case.created_at, Case.id)
+        )
+    )
+    assert len(audited) >= 32, "expected audited automatic answers at a 30% rate"
+    for i, case in enumerate(audited[:32], start=1):
+        case.human_label = "bad" if case.suggestion_label == "good" else "good"
+        case.human_labelled_at = utcnow()
+        labels.label_recorded(db, row, case)
+        if row.automation_state == "fallback":
+            return i
+    return 0
+
+
+def test_the_watch_waits_for_the_minimum(app: Any, db: Any, client: Any, tokens: Any, task: Any):
+    resp = client.patch(
+        f"/api/v1/tasks/{task['name']}",
+        json={"policy": {"watch_min_answers": 30}},
+        headers=auth(tokens["admin"]),
+    )
+    assert resp.status_code == 200, resp.json
+    assert resp.json["policy"]["watch_min_answers"] == 30
+    row = _audited_auto_cases(app, db, client, tokens, task["name"])
+    assert automation.live_status(db, row).alarm is False
+    assert _label_wrong_until_fallback(db, row) == 30  # every answer wrong: at the 30th
+    assert row.automation_state == "fallback"
+
+
+def test_by_default_two_wrong_answers_fall_back(
+    app: Any, db: Any, client: Any, tokens: Any, task: Any
+):
+    row = _audited_auto_cases(app, db, client, tokens, task["name"])
+    assert Policy.from_dict(row.policy).watch_min_answers == 1
+    target = Policy.from_dict(row.policy).target_error
+    wrong_needed = next(
+        n for n in range(1, 40) if live_error_alarm([1] * n, alpha=target, delta=0.05).alarm
+    )
+    assert _label_wrong_until_fallback(db, row) == wrong_needed
+
