@@ -34,6 +34,7 @@ def run_measures(summary: dict[str, Any]) -> dict[str, Any]:
         "labels_spent": tandem.get("labels_spent"),
         "labels_before_first_automation": marks["labels_before_first_automation"],
         "drift_warnings": marks["drift_warnings"],
+        "fallbacks": int(summary.get("fallbacks") or 0),
         "attempts": made,
         "failed_attempts": failed,
         "deployed_breaches": int(tandem.get("deployed_breaches") or 0),
@@ -102,6 +103,7 @@ def compare(base_dirs: list[Path], change_dirs: list[Path]) -> dict[str, Any]:
             "attempts": sum(r["attempts"] for r in runs),
             "failed_attempts": sum(r["failed_attempts"] for r in runs),
             "drift_warnings_per_run": float(np.mean([r["drift_warnings"] for r in runs])),
+            "fallbacks_per_run": float(np.mean([r["fallbacks"] for r in runs])),
             "deployed_rules": sum(r["deployed_rules"] for r in runs),
             "deployed_breaches": sum(r["deployed_breaches"] for r in runs),
         }
@@ -132,8 +134,8 @@ def compare_markdown(result: dict[str, Any]) -> str:
         "",
         "| arm | share of oracle: mean (min / median / max) | labels before first automatic "
         "answer (median) | never automated | labels spent | attempts (failed) "
-        "| drift warnings per run | deployed rules above α |",
-        "|---|---|---|---|---|---|---|---|",
+        "| drift warnings per run | fallbacks per run | deployed rules above α |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, arm in (("base", b), ("change", c)):
         first = arm["labels_before_first_automation_median"]
@@ -142,7 +144,7 @@ def compare_markdown(result: dict[str, Any]) -> str:
             f" / {_pct(arm['share_of_oracle_median'])} / {_pct(arm['share_of_oracle_max'])}) "
             f"| {'—' if first is None else f'{first:,.0f}'} | {arm['runs_never_automated']} "
             f"| {arm['labels_spent_mean']:,.0f} | {arm['attempts']} ({arm['failed_attempts']}) "
-            f"| {arm['drift_warnings_per_run']:.2f} "
+            f"| {arm['drift_warnings_per_run']:.2f} | {arm['fallbacks_per_run']:.2f} "
             f"| {arm['deployed_breaches']} of {arm['deployed_rules']} |"
         )
     per_seed = ", ".join(

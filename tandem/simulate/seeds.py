@@ -119,6 +119,8 @@ def spread(summaries: list[dict[str, Any]]) -> dict[str, Any]:
         if marks
         else None,
         "runs_with_a_drift_warning": sum(m["drift_warnings"] > 0 for m in marks),
+        "fallbacks_per_run": float(np.mean([int(s.get("fallbacks") or 0) for s in summaries])),
+        "runs_with_a_fallback": sum(int(s.get("fallbacks") or 0) > 0 for s in summaries),
         "attempts": sum(t[0] for t in tries),
         "failed_attempts": sum(t[1] for t in tries),
     }
@@ -166,6 +168,9 @@ def table_markdown(table: dict[str, Any], alpha: float) -> str:
             f"; never automated in {sp['runs_never_automated']} of {sp['runs']} runs |",
             f"| drift warnings per run (runs with one) "
             f"| {sp['drift_warnings_per_run']:.2f} ({sp['runs_with_a_drift_warning']}) |",
+            f"| fallbacks per run (runs with one; on a shuffled replay every one is a false "
+            f"alarm unless a deployed rule's true error is above α) "
+            f"| {sp.get('fallbacks_per_run', 0):.2f} ({sp.get('runs_with_a_fallback', 0)}) |",
             f"| certification attempts (of which certified nothing) "
             f"| {sp.get('attempts', 0)} ({sp.get('failed_attempts', 0)}) |",
         ]

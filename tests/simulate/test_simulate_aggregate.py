@@ -71,7 +71,7 @@ def test_run_by_run_spread_first_automation_and_drift_warnings() -> None:
     runs = [
         {**_summary(False), "timeline": _timeline(300)},
         {**_summary(False), "timeline": _timeline(500, frozen_at=(600, 650, 800))},
-        {**_summary(False), "timeline": _timeline(None)},
+        {**_summary(False), "timeline": _timeline(None), "fallbacks": 2},
     ]
     runs[1]["policies"]["tandem"]["final_quarter_share_of_oracle"] = 0.5
     runs[2]["policies"]["tandem"]["final_quarter_share_of_oracle"] = 0.0
@@ -83,6 +83,8 @@ def test_run_by_run_spread_first_automation_and_drift_warnings() -> None:
     # two separate freezes (600–650 is one warning, 800 another) in one run of three
     assert spread["drift_warnings_per_run"] == pytest.approx(2 / 3)
     assert spread["runs_with_a_drift_warning"] == 1
+    assert spread["fallbacks_per_run"] == pytest.approx(2 / 3)
+    assert spread["runs_with_a_fallback"] == 1
     md = table_markdown(aggregate(runs), 0.1)
     assert "| final quarter, share of oracle: min / median / max | 0% / 50% / 75% |" in md
     assert "| 400; never automated in 1 of 3 runs |" in md
