@@ -398,6 +398,43 @@ def _why_not_automated(versions: list[dict[str, Any]]) -> str:
     return ""
 
 
+def alarms_html(summary: dict[str, Any]) -> str:
+    """The fallbacks and drift warnings of the run, each with what it said, and whether it
+    was a false alarm: on a shuffled replay the traffic never changes, so an alarm is false
+    unless a rule Tandem deployed had a true error above the target."""
+    alerts = summary.get("alerts") or []
+    if not alerts:
+        return "<p>No fallback and no drift warning.</p>"
+    alpha = summary["target_error"]
+    worst = summary["policies"]["tandem"].get("deployed_true_error_max")
+    shuffled = summary.get("order") == "shuffle"
+    false_alarm = shuffled and (worst is None or worst <= alpha)
+    items = []
+    for alert in alerts:
+        d = alert.get("details") or {}
+        if alert["action"] == "automation.fallback":
+            ev = d.get("evidence") or {}
+            what = f"fallback: {d.get('reason', '')}"
+            if "errors" in ev and "n" in ev:
+                what += (
+                    f" ({ev['errors']} wrong of {ev['n']} audited automatic answers, lower "
+                    f"bound {_pct(ev.get('lower'), 1)})"
+                )
+        elif alert["action"] == "drift.warning":
+            what = "drift warning (widening frozen): " + "; ".join(d.get("warnings") or [])
+        else:
+            what = "drift warning lifted"
+        items.append(f"<li>{html.escape(what)}</li>")
+    verdict = (
+        "<p class=\"muted\">The order is shuffled, so the traffic never changed, and no "
+        f"deployed rule's true error was above {_pct(alpha, 1)}: "
+        + ("these were false alarms.</p>" if len(alerts) > 1 else "this was a false alarm.</p>")
+        if false_alarm
+        else ""
+    )
+    return f"<ul>{''.join(items)}</ul>{verdict}"
+
+
 def write_html(out: Path, summary: dict[str, Any]) -> Path:
     m = summary["policies"]
     alpha = summary["target_error"]
@@ -475,6 +512,7 @@ proper measure of the promise.</p>
 <h2>Human labels spent</h2>{_img(out / "labels.png")}
 <h2>Model versions and thresholds</h2>{_img(out / "versions.png")}
 <h2>Rules Tandem deployed, and their true error</h2>{rules_html}
+<h2>Fallbacks and drift warnings</h2>{alarms_html(summary)}
 <h2>Every model version</h2>{versions}
 <h2>Task used</h2><pre>{html.escape(json.dumps(task, indent=2))}</pre>
 </body></html>"""

@@ -20,3 +20,34 @@ def test_the_newest_deferral_or_failed_attempt_is_the_reason() -> None:
     )
     assert _why_not_automated([failed, deferred]) == ": v11 was not attempted: the best region …"
     assert _why_not_automated([quiet]) == ""
+
+
+def _run(alerts: list[dict], *, worst: float | None, order: str = "shuffle") -> dict:
+    return {
+        "alerts": alerts,
+        "order": order,
+        "target_error": 0.1,
+        "policies": {"tandem": {"deployed_true_error_max": worst}},
+    }
+
+
+def test_the_report_lists_alarms_and_calls_false_ones_false() -> None:
+    from tandem.simulate.report import alarms_html
+
+    fallback = {
+        "action": "automation.fallback",
+        "details": {
+            "reason": "live error shown to exceed the target",
+            "evidence": {"n": 2, "errors": 2, "lower": 0.2236},
+        },
+    }
+    warning = {"action": "drift.warning", "details": {"warnings": ["Expenses: PSI 0.377"]}}
+    page = alarms_html(_run([fallback, warning], worst=0.068))
+    assert "2 wrong of 2 audited automatic answers, lower bound 22.4%" in page
+    assert "Expenses: PSI 0.377" in page
+    assert "these were false alarms" in page
+    # A deployed rule above target: the alarm may have been right; file order: the traffic
+    # may have changed. Neither is called false.
+    assert "false alarm" not in alarms_html(_run([fallback], worst=0.12))
+    assert "false alarm" not in alarms_html(_run([fallback], worst=0.05, order="file"))
+    assert "No fallback" in alarms_html(_run([], worst=0.05))
