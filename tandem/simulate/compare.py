@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from tandem.simulate.seeds import COMPARABLE_KEYS, attempts, milestones, read_runs
+from tandem.simulate.seeds import COMPARABLE_KEYS, attempts, comparable, milestones, read_runs
 
 #: Differences within this many standard errors of zero are noise.
 NOISE_SE = 2.0
@@ -67,7 +67,7 @@ def compare(base_dirs: list[Path], change_dirs: list[Path]) -> dict[str, Any]:
     change = {s["seed"]: s for s in read_runs(change_dirs)}
     first_b, first_c = next(iter(base.values())), next(iter(change.values()))
     keys = [k for k in COMPARABLE_KEYS if k != "task"]
-    different = [k for k in keys if first_b.get(k) != first_c.get(k)]
+    different = [k for k in keys if comparable(first_b, k) != comparable(first_c, k)]
     if Path(first_b["dataset"]).name != Path(first_c["dataset"]).name:
         different.insert(0, "dataset")
     if different:

@@ -426,7 +426,7 @@ def alarms_html(summary: dict[str, Any]) -> str:
             what = "drift warning lifted"
         items.append(f"<li>{html.escape(what)}</li>")
     verdict = (
-        "<p class=\"muted\">The order is shuffled, so the traffic never changed, and no "
+        '<p class="muted">The order is shuffled, so the traffic never changed, and no '
         f"deployed rule's true error was above {_pct(alpha, 1)}: "
         + ("these were false alarms.</p>" if len(alerts) > 1 else "this was a false alarm.</p>")
         if false_alarm

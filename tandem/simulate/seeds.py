@@ -242,6 +242,18 @@ def _read_summary(path: Path) -> dict[str, Any]:
     return summary
 
 
+def comparable(summary: dict[str, Any], key: str) -> Any:
+    """``summary[key]`` as compared between runs: a task's policy with every setting the run
+    did not store at its default, so a run made before a setting existed compares equal to
+    one that stored the setting's default."""
+    value = summary.get(key)
+    if key != "task" or not isinstance(value, dict) or "policy" not in value:
+        return value
+    from service.schemas.tasks import PolicySchema
+
+    return {**value, "policy": {**PolicySchema().load({}), **(value.get("policy") or {})}}
+
+
 def read_runs(dirs: list[Path]) -> list[dict[str, Any]]:
     """The ``seed-N/summary.json`` runs under ``dirs``, by seed. Refuses runs that differ in
     anything but the seed, and a seed seen twice."""
@@ -253,7 +265,7 @@ def read_runs(dirs: list[Path]) -> list[dict[str, Any]]:
     summaries = [_read_summary(f) for f in files]
     first = summaries[0]
     for f, s in zip(files, summaries, strict=True):
-        different = [k for k in COMPARABLE_KEYS if s.get(k) != first.get(k)]
+        different = [k for k in COMPARABLE_KEYS if comparable(s, k) != comparable(first, k)]
         if Path(s["dataset"]).name != Path(first["dataset"]).name:
             different.insert(0, "dataset")
         if different:

@@ -242,3 +242,15 @@ def test_compare_refuses_arms_that_differ_in_more_than_the_task(tmp_path: Path) 
     assert ok.exit_code == 0, ok.output
     assert "2 paired seeds" in ok.output
     assert (tmp_path / "y" / "compare.json").exists()
+
+
+def test_a_setting_stored_at_its_default_does_not_split_the_runs(tmp_path: Path) -> None:
+    """Runs made before a policy setting existed did not store it; those after store its
+    default. They are the same policy and join in one table."""
+    _write_run(tmp_path / "a", 0, task={"policy": {"target_error": 0.1}})
+    _write_run(tmp_path / "a", 1, task={"policy": {"target_error": 0.1, "watch_min_answers": 1}})
+    summaries, _, _ = combine([tmp_path / "a"], tmp_path / "out")
+    assert [s["seed"] for s in summaries] == [0, 1]
+    _write_run(tmp_path / "b", 2, task={"policy": {"target_error": 0.1, "watch_min_answers": 30}})
+    with pytest.raises(ValueError, match="task"):
+        combine([tmp_path / "a", tmp_path / "b"], tmp_path / "out2")
