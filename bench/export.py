@@ -307,13 +307,15 @@ def main() -> None:
         "SECRET_KEY": secrets.token_hex(16),
         "TANDEM_HOME": str(home),
     }
-    # The production web server (tandem/processes.py): one process, 4 request threads.
+    # The production web server (tandem/processes.py): one process, 4 request threads; the
+    # `tandem` of the interpreter running this script, serving this checkout (a worktree
+    # may use another checkout's virtualenv).
     server = subprocess.Popen(
         [
-            str(ROOT / ".venv" / "bin" / "tandem"), "serve", "--host", "127.0.0.1",
+            str(Path(sys.executable).parent / "tandem"), "serve", "--host", "127.0.0.1",
             "--port", str(port), "--workers", "1",
         ],
-        env={**env, "TANDEM_ACCESS_LOG": "0"},
+        env={**env, "TANDEM_ACCESS_LOG": "0", "PYTHONPATH": str(ROOT)},
         cwd=ROOT,
     )  # fmt: skip
     try:

@@ -1,7 +1,9 @@
 """Feedback export for analysts (docs/export.md): filters, the row builder and the file writers.
 
-One row per case. Rows are read with a server-side cursor in batches (Core select, never ORM
-objects), turned into Arrow record batches column by column, and written batch by batch, so
+One row per case. On PostgreSQL the export's query runs as ``COPY (…) TO STDOUT (FORMAT csv)``
+and Arrow's CSV reader parses each block of rows straight into typed columns (no Python object
+per value); on SQLite rows are read in batches through a streaming result (Core select, never
+ORM objects). Either way they become the same Arrow record batches, written batch by batch, so
 memory stays flat however many rows there are. Ordering (created_at, id) and formatting are
 fixed, so the same filters on unchanged data give a byte-identical file; that is what makes
 an export's SHA-256 a proof of what an analyst worked from.
@@ -19,15 +21,29 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import orjson
-from sqlalchemy import DateTime, Select, Text, and_, cast, func, select, true, type_coerce
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Select,
+    Text,
+    and_,
+    cast,
+    extract,
+    func,
+    literal_column,
+    select,
+    true,
+    type_coerce,
+)
 from sqlalchemy import case as sql_case
 from sqlalchemy.orm import Session, aliased
 
@@ -114,6 +130,7 @@ def _input_type(field_type: str) -> pa.DataType:
     return {"text": pa.string(), "category": pa.string(), "number": pa.float64()}.get(
         field_type, pa.bool_()
     )
+
 
 _FILENAME_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 STDOUT_NAME = "<stdout>"
@@ -421,6 +438,13 @@ def _raw_time(column: Any) -> Any:
     return type_coerce(column, DateTime(timezone=True))
 
 
+def _epoch_micros(column: Any) -> Any:
+    """A time as whole microseconds since 1970 UTC (the COPY path): exact (EXTRACT gives a
+    numeric), and independent of the session's DateStyle and TimeZone, which shape
+    PostgreSQL's text of a timestamp."""
+    return cast(extract("epoch", column) * literal_column("1000000"), BigInteger)
+
+
 def _human_label_source() -> Any:
     """Who gave the case's human label: the application when its outcome became the label
     (``record_outcome`` stamps both times with the same instant), else the reviewers."""
@@ -432,15 +456,22 @@ def _human_label_source() -> Any:
     )
 
 
-def build_query(task: Task, spec: ExportSpec, dialect: str = "postgresql") -> Select[Any]:
-    """One Core select, rows in export order (created_at, id).
+def build_query(
+    task: Task,
+    spec: ExportSpec,
+    dialect: str = "postgresql",
+    times: Callable[[Any], Any] = _raw_time,
+) -> Select[Any]:
+    """One Core select, rows in export order (created_at, id); ``times`` renders each time
+    column (the COPY path reads them as epoch microseconds).
 
     The deciding review is the resolver's latest live review, else the latest live review
     (e.g. an audit that confirmed the model). On PostgreSQL it is a ``LEFT JOIN LATERAL``
     (one index probe per exported case, order preserved); on SQLite two correlated
     subqueries (the resolver's latest review, else the latest).
-    The JSON columns come back as text and are parsed once per row in Python, which is
-    cheaper than extracting each field in SQL (PostgreSQL re-parses ``json`` per field).
+    The JSON columns come back as text and are parsed a batch at a time by Arrow's JSON
+    reader, which is cheaper than extracting each field in SQL (PostgreSQL re-parses ``json``
+    per field). The columns are those of :data:`CASE_COLUMN_TYPES`, in its order.
     """
     r2 = aliased(Review)
     who = User.email if spec.identity == "real" else User.pseudonym
@@ -503,10 +534,10 @@ def build_query(task: Task, spec: ExportSpec, dialect: str = "postgresql") -> Se
         _human_label_source(),
         Case.outcome_label,
         who,
-        _raw_time(decided_at),
+        times(decided_at),
         duration,
-        _raw_time(Case.created_at),
-        _raw_time(Case.resolved_at),
+        times(Case.created_at),
+        times(Case.resolved_at),
     ).where(Case.task_id == task.id, *_conditions(spec.filters))
     if spec.filters.reviewer:
         stmt = stmt.where(_any_of(User.pseudonym, spec.filters.reviewer))
@@ -559,10 +590,16 @@ def count_rows(session: Session, task: Task, spec: ExportSpec) -> int:
     return int(session.scalar(stmt) or 0)
 
 
-def build_reviews_query(task: Task, spec: ExportSpec, dialect: str = "postgresql") -> Select[Any]:
+def build_reviews_query(
+    task: Task,
+    spec: ExportSpec,
+    dialect: str = "postgresql",
+    times: Callable[[Any], Any] = _raw_time,
+) -> Select[Any]:
     """Every review (undone ones included, marked) of the cases the same spec exports, in
     the cases' order, then as decided. With a reviewer filter the cases are those the
-    filtered export holds (their deciding reviewer); all their reviews are listed."""
+    filtered export holds (their deciding reviewer); all their reviews are listed. The
+    columns are those of :data:`REVIEW_COLUMN_TYPES`."""
     who = User.email if spec.identity == "real" else User.pseudonym
     stmt = (
         select(
@@ -573,10 +610,10 @@ def build_reviews_query(task: Task, spec: ExportSpec, dialect: str = "postgresql
             Review.comment,
             Review.suggested_label,
             Review.agreed_with_model,
-            _raw_time(Review.claimed_at),
-            _raw_time(Review.decided_at),
+            times(Review.claimed_at),
+            times(Review.decided_at),
             Review.duration_ms,
-            _raw_time(Review.retracted_at),
+            times(Review.retracted_at),
         )
         .select_from(Review)
         .join(Case, Case.id == Review.case_id)
@@ -589,7 +626,7 @@ def build_reviews_query(task: Task, spec: ExportSpec, dialect: str = "postgresql
     return stmt.order_by(Case.created_at, Case.id, Review.id)
 
 
-def _column(values: list[Any], typ: pa.DataType) -> pa.Array:
+def _column(values: Sequence[Any], typ: pa.DataType) -> pa.Array:
     try:
         return pa.array(values, type=typ)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
@@ -605,6 +642,15 @@ def _column(values: list[Any], typ: pa.DataType) -> pa.Array:
         )  # fmt: skip
 
 
+def _array(values: Any, typ: pa.DataType) -> pa.Array:
+    """One column as Arrow of ``typ``: Python values (SQLite rows) are converted; the COPY
+    path's columns already are Arrow (times arrive as epoch microseconds and become
+    timestamps here, without a copy)."""
+    if isinstance(values, pa.Array):
+        return values if values.type == typ else values.cast(typ)
+    return pa.array(values, typ)
+
+
 def _loads(text: str) -> Any:
     """A stored JSON column: orjson (~4x the standard library, which parsed every input and
     score in an export); NaN/Infinity tokens or integers beyond 64 bits it refuses go through
@@ -615,16 +661,31 @@ def _loads(text: str) -> Any:
         return json.loads(text)
 
 
-def _json_columns(texts: tuple[Any, ...], types: list[tuple[str, pa.DataType]]) -> list[pa.Array]:
-    """One typed column per key of a stored JSON object column (inputs, scores).
+def _documents(texts: Sequence[str | None]) -> list[str]:
+    """The stored JSON texts of a batch, a missing or JSON-null object as ``{}``."""
+    return [t if t and t != "null" else "{}" for t in texts]
+
+
+def _joined_documents(texts: pa.Array) -> pa.Buffer:
+    """:func:`_documents` joined by newlines, for an Arrow column (the COPY path): the same
+    bytes, made in C++ without a Python string per row."""
+    filled = pc.fill_null(texts, "{}")
+    filled = pc.if_else(pc.is_in(filled, value_set=pa.array(["", "null"])), "{}", filled)
+    one_list = pa.ListArray.from_arrays(pa.array([0, len(filled)], pa.int32()), filled)
+    return pc.binary_join(one_list, "\n")[0].as_buffer()
+
+
+def _json_columns(texts: Any, types: list[tuple[str, pa.DataType]]) -> list[pa.Array]:
+    """One typed column per key of a stored JSON object column (inputs, scores); ``texts``
+    are Python strings (SQLite rows) or an Arrow string column (the COPY path).
 
     Arrow's JSON reader parses the batch's objects as one newline-delimited document, in C++:
     picking every key out of a Python dict per row was half of an export's time
     (bench/README.md, "Export"). A batch it cannot read as typed (a value stored before a
     field's type was enforced, NaN) is read row by row as before, where ``_column`` keeps
     such values visible."""
-    docs = [t if t and t != "null" else "{}" for t in texts]
-    data = "\n".join(docs).encode()
+    arrow = isinstance(texts, pa.Array)
+    data = _joined_documents(texts) if arrow else "\n".join(_documents(texts)).encode()
     schema = pa.schema([pa.field(name, typ) for name, typ in types])
     try:
         table = pa_json.read_json(
@@ -640,50 +701,68 @@ def _json_columns(texts: tuple[Any, ...], types: list[tuple[str, pa.DataType]]) 
         table = None
     if table is not None and table.num_rows == len(texts) and table.schema.equals(schema):
         return [table.column(i).combine_chunks() for i in range(len(types))]
-    parsed = [_loads(t) for t in docs]
+    parsed = [_loads(t) for t in _documents(texts.to_pylist() if arrow else texts)]
     return [_column([d.get(name) for d in parsed], typ) for name, typ in types]
 
 
 def _seconds(ms: Any) -> pa.Array:
-    return pc.divide(pc.cast(pa.array(ms, pa.int64()), pa.float64()), 1000.0)
+    return pc.divide(pc.cast(_array(ms, pa.int64()), pa.float64()), 1000.0)
 
 
-def _to_batch(rows: list[Any], task: Task, schema: pa.Schema) -> pa.RecordBatch:
-    """DB rows to one Arrow batch: columns are transposed and converted in C; the JSON of
-    inputs and scores is parsed once per row."""
-    n = len(rows)
+#: What each column of :func:`build_query` holds, in its order, as the COPY path parses it
+#: (:data:`_COPY_TYPES`): "json" is an object's text, "time" epoch microseconds.
+CASE_COLUMN_TYPES = (
+    "str", "str", "json", "str", "float", "json", "int", "str", "str", "bool", "float", "str",
+    "str", "str", "str", "str", "str", "str", "time", "int", "time", "time",
+)  # fmt: skip
+#: The same for :func:`build_reviews_query`.
+REVIEW_COLUMN_TYPES = (
+    "int", "str", "str", "str", "str", "str", "bool", "time", "time", "int", "time",
+)  # fmt: skip
+
+
+def _copy_type(kind: str) -> pa.DataType:
+    return {"float": pa.float64(), "int": pa.int64(), "time": pa.int64(), "bool": pa.bool_()}.get(
+        kind, pa.string()
+    )
+
+
+def _to_batch(columns: Sequence[Any], task: Task, schema: pa.Schema) -> pa.RecordBatch:
+    """One batch of the query's columns (Python values or Arrow arrays) to the export's
+    Arrow batch: converted in C, inputs and scores parsed a batch at a time."""
     (case_id, external_id, inputs, suggestion, confidence, scores, model_version, route,
      reason, audit_flag, label_probability, status, final_label, label_source, human_label,
      human_source, outcome, reviewer, review_time, review_ms, created_at, resolved_at) = (
-        zip(*rows, strict=True) if rows else [()] * 22
+        columns
     )  # fmt: skip
+    n = len(case_id)
     input_types = [(str(f["name"]), _input_type(f["type"])) for f in task.fields]
     score_types = [(str(label), pa.float64()) for label in task.labels]
     string = pa.string()
-    arrays: list[pa.Array] = [pa.array(case_id, string), pa.array(external_id, string)]
+    arrays: list[pa.Array] = [_array(case_id, string), _array(external_id, string)]
     arrays += _json_columns(inputs, input_types)
-    suggested = pa.array(suggestion, string)
-    arrays += [suggested, pa.array(confidence, pa.float64())]
+    suggested = _array(suggestion, string)
+    arrays += [suggested, _array(confidence, pa.float64())]
     arrays += _json_columns(scores, score_types)
-    created = pa.array(created_at, _ts_type())
-    resolved = pa.array(resolved_at, _ts_type())
-    human = pa.array(human_label, string)
+    created = _array(created_at, _ts_type())
+    resolved = _array(resolved_at, _ts_type())
+    human = _array(human_label, string)
     micros = pc.subtract(pc.cast(resolved, pa.int64()), pc.cast(created, pa.int64()))
     arrays += [
-        pa.array(model_version, pa.int64()),
-        pa.array(route, string),
-        pa.array(reason, string),
-        pa.array(audit_flag, pa.bool_()),
-        pa.array(label_probability, pa.float64()),
-        pa.array(status, string),
-        pa.array(final_label, string),
-        pa.array(label_source, string),
+        _array(model_version, pa.int64()),
+        _array(route, string),
+        _array(reason, string),
+        _array(audit_flag, pa.bool_()),
+        _array(label_probability, pa.float64()),
+        _array(status, string),
+        _array(final_label, string),
+        _array(label_source, string),
         human,
-        pa.array(human_source, string),
-        pa.array(outcome, string),
+        _array(human_source, string),
+        _array(outcome, string),
         pc.not_equal(human, suggested),  # null unless both exist, as /stats counts it
-        pa.array(reviewer, string),
-        pa.array(review_time, _ts_type()),
+        _array(reviewer, string),
+        _array(review_time, _ts_type()),
         _seconds(review_ms),
         pc.divide(pc.cast(micros, pa.float64()), 1_000_000.0),
         created,
@@ -693,88 +772,157 @@ def _to_batch(rows: list[Any], task: Task, schema: pa.Schema) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def _reviews_batch(rows: list[Any], schema: pa.Schema) -> pa.RecordBatch:
+def _reviews_batch(columns: Sequence[Any], schema: pa.Schema) -> pa.RecordBatch:
     (review_id, case_id, reviewer, label, comment, suggested, agreed, claimed_at, decided_at,
-     duration_ms, retracted_at) = zip(*rows, strict=True) if rows else [()] * 11  # fmt: skip
+     duration_ms, retracted_at) = columns  # fmt: skip
     string = pa.string()
     arrays = [
-        pa.array(review_id, pa.int64()),
-        pa.array(case_id, string),
-        pa.array(reviewer, string),
-        pa.array(label, string),
-        pa.array(comment, string),
-        pa.array(suggested, string),
-        pa.array(agreed, pa.bool_()),
-        pa.array(claimed_at, _ts_type()),
-        pa.array(decided_at, _ts_type()),
+        _array(review_id, pa.int64()),
+        _array(case_id, string),
+        _array(reviewer, string),
+        _array(label, string),
+        _array(comment, string),
+        _array(suggested, string),
+        _array(agreed, pa.bool_()),
+        _array(claimed_at, _ts_type()),
+        _array(decided_at, _ts_type()),
         _seconds(duration_ms),
-        pa.array(retracted_at, _ts_type()),
+        _array(retracted_at, _ts_type()),
     ]
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def _iter_rows(session: Session, stmt: Select[Any], size: int) -> Generator[list[Any]]:
-    """The statement's rows in lists of ``size`` from a server-side cursor (constant memory).
+#: The largest block of COPY text Arrow's CSV reader parses as one piece (its block size is
+#: a 32-bit number).
+_CSV_PIECE_LIMIT = 1 << 30
 
-    On PostgreSQL the rows come straight from a named psycopg cursor as plain tuples: no
-    SQLAlchemy Row objects, whose creation cost as much as the query itself.
+
+def _copy_columns(
+    session: Session, stmt: Select[Any], kinds: Sequence[str], size: int
+) -> Generator[list[pa.Array]]:
+    """PostgreSQL: the statement's rows as Arrow columns, ``size`` rows at a time, read with
+    ``COPY (…) TO STDOUT (FORMAT csv)`` and parsed by Arrow's CSV reader.
+
+    No Python object per value: the named cursor this replaces made one for every value
+    (psycopg) and Arrow then converted them back, which cost more CPU than PostgreSQL's
+    whole COPY (bench/README.md, "Export"). The COPY runs in the session's transaction (the
+    same snapshot as the rest of the request). Its CSV tells a missing value (empty) from an
+    empty string (``""``), writes booleans as t/f and floats in their shortest exact form,
+    which the reader is told; each block holds whole rows, as PostgreSQL sends one row per
+    message, so every block parses on its own. Closed early (a download cut short), psycopg
+    cancels the COPY and the caller's transaction is rolled back, as on any failure.
     """
     connection = session.connection()
-    if connection.dialect.name == "postgresql":
-        compiled = stmt.compile(
-            dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
-        )
-        raw = connection.connection.driver_connection
-        assert raw is not None
-        params = compiled.construct_params()
-        with raw.cursor(name=f"tandem_export_{id(stmt):x}") as cursor:
-            cursor.itersize = size
-            cursor.execute(str(compiled), params)
-            yield from _prefetched(cursor, size)
-        return
+    compiled = stmt.compile(dialect=connection.dialect, compile_kwargs={"render_postcompile": True})
+    params = compiled.construct_params()
+    # psycopg merges parameters into a COPY client-side (the server takes none), and only
+    # when there are some: every export query has at least its task id.
+    assert params, "an export query always has parameters"
+    raw = connection.connection.driver_connection
+    assert raw is not None
+    names = [f"c{i}" for i in range(len(kinds))]
+    convert = pa_csv.ConvertOptions(
+        column_types={name: _copy_type(kind) for name, kind in zip(names, kinds, strict=True)},
+        true_values=["t"],
+        false_values=["f"],
+        null_values=[""],
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=False,
+    )
+    sql = f"COPY ({compiled}) TO STDOUT (FORMAT csv, ENCODING 'UTF8')"
+    with raw.cursor() as cursor, cursor.copy(sql, params) as copy:
+        rows = iter(copy)
+        for block in _prefetched(lambda: _read_block(rows, size)):
+            # A block of whole rows is parsed as one piece, so Arrow need not find where rows
+            # end (a quote-aware pass, 40% of the parse); only a block too big for one piece
+            # is split, and then a newline inside quotes must not end a row.
+            one_piece = len(block) < _CSV_PIECE_LIMIT
+            table = pa_csv.read_csv(
+                pa.BufferReader(block),
+                read_options=pa_csv.ReadOptions(
+                    column_names=names,
+                    use_threads=False,
+                    block_size=len(block) + 1 if one_piece else _CSV_PIECE_LIMIT,
+                ),
+                parse_options=pa_csv.ParseOptions(newlines_in_values=not one_piece),
+                convert_options=convert,
+            )
+            yield [column.combine_chunks() for column in table.columns]
+
+
+def _read_block(rows: Iterator[Any], size: int) -> bytearray:
+    """The COPY's next ``size`` rows (one psycopg buffer each) as one block. Each row is
+    appended as it arrives, so its buffer is freed at once: holding a block's 10,000 buffers
+    for one join tripled the reading's CPU (fresh memory, page faults, every block)."""
+    block = bytearray()
+    for row in islice(rows, size):
+        block += row
+    return block
+
+
+def _row_columns(session: Session, stmt: Select[Any], size: int) -> Generator[list[Any]]:
+    """SQLite: the statement's rows, ``size`` at a time, as columns of Python values, from
+    a streaming result (constant memory)."""
     result = session.execute(stmt, execution_options={"stream_results": True, "yield_per": size})
     try:
         for partition in result.partitions(size):
-            yield list(partition)
+            yield list(zip(*partition, strict=True))
     finally:
         result.close()
 
 
-def _prefetched(cursor: Any, size: int) -> Generator[list[Any]]:
-    """The cursor's rows in lists of ``size``, the next list fetched in a thread while the
-    caller encodes this one: PostgreSQL produces the next rows (and psycopg reads them,
+def _prefetched(read: Callable[[], bytearray]) -> Generator[bytearray]:
+    """What ``read`` returns until it returns nothing, the next read done in a thread while
+    the caller encodes this one: PostgreSQL produces the next rows (and psycopg reads them,
     without the GIL while it waits) as the writer works, on the other core. Serially the two
     took turns, each idle half the time (bench/README.md, "Export")."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1, thread_name_prefix="tandem-export-fetch") as pool:
-        pending = pool.submit(cursor.fetchmany, size)
+        pending = pool.submit(read)
         try:
-            while rows := pending.result():
-                pending = pool.submit(cursor.fetchmany, size)
-                yield rows
+            while data := pending.result():
+                pending = pool.submit(read)
+                yield data
         finally:
-            # Closed early (a download cut short): a fetch not started never runs, one in
-            # flight is waited for by the pool's exit, before the cursor is closed.
+            # Closed early (a download cut short): a read not started never runs, one in
+            # flight is waited for by the pool's exit, before the COPY is ended.
             pending.cancel()
 
 
 def _arrow_batches(
-    session: Session, stmt: Select[Any], convert: Any, batch_rows: int | None
+    session: Session,
+    build: Callable[[Callable[[Any], Any]], Select[Any]],
+    kinds: Sequence[str],
+    convert: Callable[[Sequence[Any]], pa.RecordBatch],
+    batch_rows: int | None,
 ) -> Generator[pa.RecordBatch]:
-    """``stmt``'s rows as Arrow batches, one per round trip (constant memory)."""
-    with closing(_iter_rows(session, stmt, batch_rows or BATCH_ROWS)) as parts:
-        for rows in parts:
-            yield convert(rows)
+    """The rows of the query ``build`` makes (given how to render times) as Arrow batches of
+    ``batch_rows`` rows (constant memory): through COPY on PostgreSQL, a streaming result on
+    SQLite. Both give the same batches, so the files' bytes do not depend on the database."""
+    size = batch_rows or BATCH_ROWS
+    if _dialect(session) == "postgresql":
+        parts: Generator[Sequence[Any]] = _copy_columns(session, build(_epoch_micros), kinds, size)
+    else:
+        parts = _row_columns(session, build(_raw_time), size)
+    with closing(parts):
+        for columns in parts:
+            yield convert(columns)
 
 
 def iter_batches(
     session: Session, task: Task, spec: ExportSpec, *, batch_rows: int | None = None
 ) -> Generator[pa.RecordBatch]:
-    """Stream the export as Arrow batches (one per round trip, constant memory)."""
+    """Stream the export as Arrow batches (constant memory)."""
     schema = export_schema(task)
-    stmt = build_query(task, spec, _dialect(session))
-    return _arrow_batches(session, stmt, lambda rows: _to_batch(rows, task, schema), batch_rows)
+    dialect = _dialect(session)
+    return _arrow_batches(
+        session,
+        lambda times: build_query(task, spec, dialect, times),
+        CASE_COLUMN_TYPES,
+        lambda columns: _to_batch(columns, task, schema),
+        batch_rows,
+    )
 
 
 def iter_review_batches(
@@ -782,8 +930,14 @@ def iter_review_batches(
 ) -> Generator[pa.RecordBatch]:
     """The reviews file's rows as Arrow batches (constant memory)."""
     schema = reviews_schema(task)
-    stmt = build_reviews_query(task, spec, _dialect(session))
-    return _arrow_batches(session, stmt, lambda rows: _reviews_batch(rows, schema), batch_rows)
+    dialect = _dialect(session)
+    return _arrow_batches(
+        session,
+        lambda times: build_reviews_query(task, spec, dialect, times),
+        REVIEW_COLUMN_TYPES,
+        lambda columns: _reviews_batch(columns, schema),
+        batch_rows,
+    )
 
 
 # --- writers -------------------------------------------------------------------------------
@@ -841,9 +995,53 @@ def _format_times(batch: pa.RecordBatch) -> tuple[list[str], list[pa.Array]]:
     arrays = []
     for fld, col in zip(batch.schema, batch.columns, strict=True):
         if pa.types.is_timestamp(fld.type):
-            col = pc.strftime(col, format=_TS_FORMAT)
+            col = _iso_times(col)
         arrays.append(col)
     return batch.schema.names, arrays
+
+
+_ISO_WIDTH = len("2024-01-01T00:00:00.000000Z")
+_US_PER_DAY = 86_400_000_000
+#: Microseconds since 1970 of 0001-01-01 and of 10000-01-01: the years %Y writes in four
+#: digits (those of Python's datetime too).
+_FOUR_DIGIT_YEARS = (-62_135_596_800_000_000, 253_402_300_800_000_000)
+
+
+def _iso_times(col: pa.Array) -> pa.Array:
+    """``pc.strftime(col, _TS_FORMAT)`` for a UTC microsecond column, byte for byte, written
+    as fixed-width digits by NumPy: Arrow formats each value through a calendar library,
+    ~0.8 µs a value, which made the four time columns a third of a CSV export's CPU
+    (bench/README.md, "Export"). Years outside 1–9999 go through ``pc.strftime``."""
+    import numpy as np
+
+    n = len(col)
+    micros = pc.fill_null(col.cast(pa.int64()), 0).to_numpy()
+    if n == 0 or micros.min() < _FOUR_DIGIT_YEARS[0] or micros.max() >= _FOUR_DIGIT_YEARS[1]:
+        return pc.strftime(col, format=_TS_FORMAT)
+    days, rest = np.divmod(micros, _US_PER_DAY)
+    # Civil date from days since 1970 (H. Hinnant's algorithm, proleptic Gregorian).
+    z = days + 719_468
+    era = z // 146_097
+    doe = z - era * 146_097
+    yoe = (doe - doe // 1460 + doe // 36_524 - doe // 146_096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = np.where(mp < 10, mp + 3, mp - 9)
+    year = yoe + era * 400 + (month <= 2)
+    seconds, micro = np.divmod(rest, 1_000_000)
+    text = np.empty((n, _ISO_WIDTH), dtype=np.uint8)
+    text[:] = np.frombuffer(b"0000-00-00T00:00:00.000000Z", dtype=np.uint8)
+    for start, width, value in (
+        (0, 4, year), (5, 2, month), (8, 2, day), (11, 2, seconds // 3600),
+        (14, 2, seconds // 60 % 60), (17, 2, seconds % 60), (20, 6, micro),
+    ):  # fmt: skip
+        for k in range(start + width - 1, start - 1, -1):
+            text[:, k] += (value % 10).astype(np.uint8)
+            value = value // 10
+    offsets = np.arange(0, (n + 1) * _ISO_WIDTH, _ISO_WIDTH, dtype=np.int32)
+    out = pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(text))
+    return out if col.null_count == 0 else pc.if_else(col.is_valid(), out, None)
 
 
 class _CsvWriter(_Writer):

@@ -190,7 +190,10 @@ def test_cli_export_writes_the_same_bytes_as_the_api(
     )
     assert bad.exit_code == 2 and "audit" in bad.stderr
     with unit_of_work() as session:
-        events = session.query(AuditEvent).filter_by(action="export.created").all()
+        # In the order written (without ORDER BY, PostgreSQL returns them as stored, and an
+        # insert may reuse space that earlier rolled-back tests left in a page).
+        events = session.query(AuditEvent).filter_by(action="export.created")
+        events = events.order_by(AuditEvent.id).all()
         assert [e.details["channel"] for e in events] == ["cli", "api"]
         assert events[0].details["row_count"] == 3
 

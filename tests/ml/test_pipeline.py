@@ -86,3 +86,46 @@ def test_gradient_boosting_trains_on_a_tiny_text_vocabulary():
     assert trained.family == "hist_gradient_boosting"
     assert trained.metrics["failed_families"] == {}
     assert trained.metrics["accuracy"] > 0.9
+
+
+def test_cross_validation_on_a_subsample_above_max_cv_rows(datasets):
+    """Above ``max_cv_rows`` the family is chosen, and the out-of-fold predictions the
+    readiness check reads are made, on a uniform random subsample: each one held out from
+    the fold model that made it, with its own case's label; the refit uses every case. At
+    or below the limit every case is cross-validated, as always."""
+    from sklearn.base import clone
+    from sklearn.model_selection import StratifiedKFold
+
+    from service.ml.pipeline import MAX_CV_ROWS, build_pipeline, reorder_proba
+
+    assert MAX_CV_ROWS == 20_000  # the simulations (at most 20,000 cases) never subsample
+    d = datasets["credit_data"]
+    rows, labels = d.rows[:900], d.labels[:900]
+    kwargs = {"families": ["logistic_regression"], "random_state": 3}
+    model = train_model(rows, labels, d.fields, d.label_set, max_cv_rows=400, **kwargs)
+    index = model.oof_index
+    assert len(index) == 400 == model.metrics["n_cv_rows"] and model.metrics["n_rows"] == 900
+    assert index == sorted(set(index)) and 0 <= index[0] and index[-1] < 900
+    assert index[-1] - index[0] > 700  # spread over all the cases, not the first 400
+    assert model.oof_labels == [labels[i] for i in index]
+    # The out-of-fold predictions are those of fold models that never saw the case.
+    label_index = np.array([d.label_set.index(labels[i]) for i in index])
+    frame = rows_to_frame([rows[i] for i in index], d.fields)
+    y = np.array([labels[i] for i in index], dtype=object)
+    template = build_pipeline(d.fields, "logistic_regression", random_state=3, n_rows=266)
+    folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=3)
+    for train_idx, test_idx in folds.split(np.zeros(len(y)), label_index):
+        fold = clone(template).fit(frame.iloc[train_idx], y[train_idx])
+        expected = reorder_proba(
+            fold.predict_proba(frame.iloc[test_idx]), fold.classes_, d.label_set
+        )
+        np.testing.assert_allclose(model.oof_proba[test_idx], expected)
+    # The refitted model learnt from all 900 cases; at the limit nothing is left out.
+    refit = build_pipeline(d.fields, "logistic_regression", random_state=3, n_rows=900)
+    refit.fit(rows_to_frame(rows, d.fields), np.array(labels, dtype=object))
+    probe = rows_to_frame(d.rows[900:950], d.fields)
+    np.testing.assert_allclose(
+        model.pipeline.predict_proba(probe), refit.predict_proba(probe), rtol=1e-6
+    )
+    whole = train_model(rows, labels, d.fields, d.label_set, max_cv_rows=900, **kwargs)
+    assert whole.oof_index == list(range(900)) and whole.metrics["n_cv_rows"] == 900
