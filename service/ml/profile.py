@@ -102,6 +102,11 @@ def build_profile(rows: Sequence[Row], fields: Sequence[Field]) -> DataProfile:
             counts = Counter(seen)
             prof["missing_rate"] = float(1 - len(seen) / n) if n else 0.0
             prof["n_distinct"] = len(counts)
+            # Good–Turing: the share of values seen once estimates how often a new case
+            # brings a value the training never saw (ids: every case; a closed set: ~none).
+            prof["singleton_share"] = (
+                sum(1 for c in counts.values() if c == 1) / len(seen) if seen else 0.0
+            )
             prof["complete"] = len(counts) <= MAX_STORED_CATEGORIES
             prof["frequencies"] = {
                 k: c / len(seen) for k, c in counts.most_common(MAX_STORED_CATEGORIES)
@@ -257,6 +262,8 @@ def drift_report(profile: DataProfile, rows: Sequence[Row]) -> dict[str, dict[st
                 float(sum(v not in known for v in seen) / len(seen)) if seen else 0.0
             )
             entry["unseen_is_exact"] = bool(prof["complete"])
+            # What the same traffic would show: profiles written before it was kept say 0.
+            entry["expected_unseen_rate"] = float(prof.get("singleton_share") or 0.0)
         else:
             lengths = [len(v) for v in (to_text(r.get(name)) for r in rows) if isinstance(v, str)]
             rate = float(1 - len(lengths) / n) if n else 0.0

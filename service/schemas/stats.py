@@ -115,6 +115,12 @@ class FieldDriftSchema(Schema):
     out_of_range_rate = fields.Float(metadata={"description": "numbers and booleans"})
     unseen_rate = fields.Float(metadata={"description": "categories"})
     unseen_is_exact = fields.Boolean(metadata={"description": "categories"})
+    expected_unseen_rate = fields.Float(
+        metadata={
+            "description": "categories: the unseen rate the training data itself predicts "
+            "(its share of values seen once); a warning needs the observed rate 0.2 above it"
+        }
+    )
     mean_length = fields.Float(allow_none=True, metadata={"description": "text"})
 
 

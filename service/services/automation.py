@@ -1030,8 +1030,12 @@ def drift_check(session: Session, task: Task) -> dict[str, Any]:
                 warnings.append(f"{name}: PSI {entry['psi']:.3f}")
             if abs(entry.get("missing_rate_change") or 0.0) > MISSING_CHANGE_WARNING:
                 warnings.append(f"{name}: missing rate moved {entry['missing_rate_change']:+.2f}")
-            if entry.get("unseen_is_exact") and (entry.get("unseen_rate") or 0.0) > UNSEEN_WARNING:
-                warnings.append(f"{name}: {entry['unseen_rate']:.0%} unseen categories")
+            unseen = (entry.get("unseen_rate") or 0.0) - (entry.get("expected_unseen_rate") or 0.0)
+            if entry.get("unseen_is_exact") and unseen > UNSEEN_WARNING:
+                warnings.append(
+                    f"{name}: {entry['unseen_rate']:.0%} unseen categories (training suggests "
+                    f"{entry.get('expected_unseen_rate') or 0.0:.0%})"
+                )
     report["fields"] = fields_report
     report["warnings"] = warnings
     warn = bool(warnings)

@@ -110,3 +110,66 @@ def test_drift_check_sees_suggested_labels_turn(app: Any, db: Any, task: Any) ->
         )
     )
     assert fallback is not None and "suggested labels shifted" in fallback.details["reason"]
+
+
+def _state_cases(session: Any, task: Task, states: list[str]) -> None:
+    """Recent cases whose scores look like the reference (no score drift), with these
+    ``state`` values."""
+    rows, _ = synthetic_rows(len(states), seed=5)
+    for row, state in zip(rows, states, strict=True):
+        row["state"] = state
+    scores = 0.5 + 0.5 * np.random.default_rng(len(states)).random(len(states))
+    session.execute(
+        insert(Case),
+        [
+            {
+                "id": new_id(),
+                "task_id": task.id,
+                "input": row,
+                "route": "review",
+                "reason": "low_confidence",
+                "status": "pending",
+                "confidence": float(score),
+                "suggestion_label": "good",
+                "model_version_id": task.active_model_id,
+            }
+            for row, score in zip(rows, scores, strict=True)
+        ],
+    )
+    session.flush()
+
+
+def test_an_id_like_field_brings_new_values_without_a_warning(app: Any, db: Any, task: Any):
+    """A category field whose every value is new (a product id in the fine_foods replays)
+    raised "100% unseen categories" on every version trained on under 1,000 cases, froze
+    widening and doubled the audit rate on traffic that never changed. The training data
+    itself says how often a new value comes (its share of values seen once); only a rate
+    well above that warns."""
+    from service.ml.profile import build_profile
+
+    rows, labels = synthetic_rows(300, seed=1)
+    for i, row in enumerate(rows):
+        row["state"] = f"id-{i}"  # every training value seen once
+    version = install_model(db, "loan-review", threshold=0.9, rows=rows, labels=labels)
+    reference = sorted(float(x) for x in 0.5 + 0.5 * np.random.default_rng(0).random(200))
+    version.profile = {**version.profile, "reference_scores": reference}
+    row = db.scalar(select(Task).where(Task.name == "loan-review"))
+    assert version.profile["data"]["fields"]["state"]["singleton_share"] == 1.0
+    _state_cases(db, row, [f"new-{i}" for i in range(300)])
+    report = automation.drift_check(db, row)
+    assert report["fields"]["state"]["unseen_rate"] == 1.0
+    assert report["fields"]["state"]["expected_unseen_rate"] == 1.0
+    assert not any(w.startswith("state:") for w in report["warnings"]), report["warnings"]
+    assert not row.widening_frozen
+
+    # A closed set of values (CA/OR/NY/NJ, each seen often) meeting a new one still warns.
+    closed_rows, _ = synthetic_rows(300, seed=2)
+    version.profile = {
+        **version.profile,
+        "data": build_profile(closed_rows, row.fields).to_dict(),
+    }
+    db.flush()
+    _state_cases(db, row, ["TX"] * 300)
+    report = automation.drift_check(db, row)
+    assert any(w.startswith("state: 100% unseen") for w in report["warnings"]), report
+    assert row.widening_frozen
