@@ -43,19 +43,20 @@ _status = monitor._status
 
 
 def _with_alarm(rule: Callable[[LiveStatus, float], bool]) -> Callable[..., LiveStatus]:
-    def status(n: int, k: int, alpha: float, delta: float) -> LiveStatus:
-        s = _status(n, k, alpha, delta)
-        return LiveStatus(s.n, s.errors, s.estimate, s.lower, s.upper, n > 0 and rule(s, alpha))
+    def status(n: int, k: int, alpha: float, delta: float, min_answers: int = 1) -> LiveStatus:
+        s = _status(n, k, alpha, delta, min_answers)
+        alarm = n >= max(min_answers, 1) and rule(s, alpha)
+        return LiveStatus(s.n, s.errors, s.estimate, s.lower, s.upper, alarm)
 
     return status
 
 
 BROKEN_LAX: dict[str, Callable[..., LiveStatus]] = {
     "lower bound > 1.5α": _with_alarm(lambda s, a: s.lower > 1.5 * a),
-    "two-sided lower bound (δ/2)": lambda n, k, a, d: _status(n, k, a, d / 2),
+    "two-sided lower bound (δ/2)": lambda n, k, a, d, m=1: _status(n, k, a, d / 2, m),
 }
 BROKEN_JUMPY: dict[str, Callable[..., LiveStatus]] = {
-    "δ doubled": lambda n, k, a, d: _status(n, k, a, 2 * d),
+    "δ doubled": lambda n, k, a, d, m=1: _status(n, k, a, 2 * d, m),
     "upper bound > α": _with_alarm(lambda s, a: s.upper > a),
 }
 
