@@ -67,11 +67,21 @@ def compare(base_dirs: list[Path], change_dirs: list[Path]) -> dict[str, Any]:
     change = {s["seed"]: s for s in read_runs(change_dirs)}
     first_b, first_c = next(iter(base.values())), next(iter(change.values()))
     keys = [k for k in COMPARABLE_KEYS if k != "task"]
-    different = [k for k in keys if comparable(first_b, k) != comparable(first_c, k)]
+    different = [
+        f"{k} ({first_b.get(k)!r} against {first_c.get(k)!r})"
+        for k in keys
+        if comparable(first_b, k) != comparable(first_c, k)
+    ]
     if Path(first_b["dataset"]).name != Path(first_c["dataset"]).name:
         different.insert(0, "dataset")
     if different:
-        raise ValueError(f"the arms differ in {', '.join(different)}, not only in the task")
+        raise ValueError(
+            f"the arms differ in {', '.join(different)}: only the policy under test may "
+            "differ (the same dataset, rows, target error, confidence, reviewer error and "
+            "training knobs in both)"
+        )
+    if comparable(first_b, "task") == comparable(first_c, "task"):
+        raise ValueError("the arms ran the same task and policy: there is no change to compare")
     seeds = sorted(set(base) & set(change))
     if not seeds:
         raise ValueError("the arms have no seed in common")
@@ -133,10 +143,11 @@ def compare_markdown(result: dict[str, Any]) -> str:
         f"{result['dataset']}, α = {result['target_error']:g}, {d['pairs']} paired seeds",
         "",
         "| arm | share of oracle: mean (min / median / max) | labels before first automatic "
-        "answer (median) | never automated | labels spent | attempts (failed) "
+        "answer (median) | never automated | labels spent | attempts (certified nothing) "
         "| drift warnings per run | fallbacks per run | deployed rules above α |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    labels = result["labels_spent"]
     for name, arm in (("base", b), ("change", c)):
         first = arm["labels_before_first_automation_median"]
         lines.append(
@@ -155,10 +166,16 @@ def compare_markdown(result: dict[str, Any]) -> str:
         "",
         f"Paired difference in the final quarter's share of the oracle (change − base): "
         f"{100 * d['mean']:+.1f} points, standard error {100 * d['standard_error']:.1f}: "
-        f"**{d['verdict']}**.",
+        f"**{d['verdict']}**. Labels spent (change − base): {labels['mean']:+,.0f} per run, "
+        f"standard error {labels['standard_error']:,.0f}.",
         "",
         f"Seed by seed (base→change): {per_seed}.",
     ]
+    if b["runs_never_automated"] == c["runs_never_automated"] == d["pairs"]:
+        lines.append(
+            "Neither arm automated anything in any run: the streams are too short (or the "
+            "target too strict) for this comparison to say anything."
+        )
     if result["unpaired_seeds"]:
         lines.append(f"Left out (in one arm only): seeds {result['unpaired_seeds']}.")
     return "\n".join(lines)

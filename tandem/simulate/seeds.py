@@ -261,7 +261,11 @@ def read_runs(dirs: list[Path]) -> list[dict[str, Any]]:
         f for d in dirs for pattern in SUMMARY_FILES for f in d.glob(f"seed-*/{pattern}")
     )
     if not files:
-        raise ValueError("no seed-*/summary.json under " + ", ".join(map(str, dirs)))
+        raise ValueError(
+            "no seed-*/summary.json under "
+            + ", ".join(map(str, dirs))
+            + " (give the folders `tandem simulate --seeds K --out DIR` wrote)"
+        )
     summaries = [_read_summary(f) for f in files]
     first = summaries[0]
     for f, s in zip(files, summaries, strict=True):

@@ -206,6 +206,8 @@ def test_compare_pairs_runs_by_seed_and_judges_the_difference(tmp_path: Path) ->
     assert (result["base"]["attempts"], result["base"]["failed_attempts"]) == (12, 9)
     md = compare_markdown(result)
     assert "**helps**" in md and "2: 0%→30%" in md
+    assert "Labels spent (change − base): +0 per run" in md
+    assert "Neither arm automated" not in md
 
     # The same runs the other way round hurt; a mixed change is noise.
     assert compare([tmp_path / "b"], [tmp_path / "a"])["share_of_oracle"]["verdict"] == "hurts"
@@ -213,6 +215,10 @@ def test_compare_pairs_runs_by_seed_and_judges_the_difference(tmp_path: Path) ->
     assert compare([tmp_path / "a"], [tmp_path / "c"])["share_of_oracle"]["verdict"] == (
         "within noise"
     )
+    _arm(tmp_path / "n0", {0: 0.0, 1: 0.0}, task=base_task)
+    _arm(tmp_path / "n1", {0: 0.0, 1: 0.0}, task=change_task)
+    nothing = compare_markdown(compare([tmp_path / "n0"], [tmp_path / "n1"]))
+    assert "Neither arm automated anything in any run" in nothing
 
 
 def test_compare_refuses_arms_that_differ_in_more_than_the_task(tmp_path: Path) -> None:
@@ -231,8 +237,14 @@ def test_compare_refuses_arms_that_differ_in_more_than_the_task(tmp_path: Path) 
          "--out", str(tmp_path / "x")],
     )  # fmt: skip
     assert bad.exit_code == 1
-    assert "target_error" in bad.output
+    assert "target_error (0.1 against 0.05)" in bad.output
     assert not (tmp_path / "x").exists()
+    same = CliRunner().invoke(
+        main,
+        ["simulate-compare", "--base", str(tmp_path / "a"), "--change", str(tmp_path / "a"),
+         "--out", str(tmp_path / "z")],
+    )  # fmt: skip
+    assert same.exit_code == 1 and "same task and policy" in same.output
     _arm(tmp_path / "c", {0: 0.6, 1: 0.6}, task={"policy": {"cold_start_audit_rate": 0.5}})
     ok = CliRunner().invoke(
         main,
