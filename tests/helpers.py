@@ -236,3 +236,34 @@ def audited_auto_answer() -> dict[str, Any]:
         "label_source": "model",
         "resolved_at": utcnow(),
     }
+
+
+def set_on_policy_page(
+    client: Any,
+    headers: dict[str, str],
+    db: Any,
+    task_name: str,
+    field: str,
+    *,
+    bad: str,
+    good: str,
+    stored: Any,
+) -> None:
+    """An admin's policy page shows ``field``, refuses ``bad`` with a field error, saves
+    ``good`` (stored as ``stored``) and leaves a ``task.changed`` audit event saying so."""
+    from sqlalchemy import select
+
+    from service.models import AuditEvent, Task
+
+    url = f"/admin/tasks/{task_name}/policy"
+    assert f'id="{field}"' in client.get(url).get_data(as_text=True)
+    token = headers["X-CSRFToken"]
+    refused = client.post(url, data={field: bad, "csrf_token": token})
+    assert refused.status_code == 200 and "field-error" in refused.get_data(as_text=True)
+    saved = client.post(url, data={field: good, "csrf_token": token})
+    assert saved.status_code == 302
+    db.expire_all()
+    row = db.scalar(select(Task).where(Task.name == task_name))
+    assert row.policy[field] == stored
+    changed = db.scalars(select(AuditEvent).where(AuditEvent.action == "task.changed")).all()
+    assert changed[-1].details["after"]["policy"][field] == stored

@@ -687,22 +687,23 @@ def _json_columns(texts: Any, types: list[tuple[str, pa.DataType]]) -> list[pa.A
     arrow = isinstance(texts, pa.Array)
     data = _joined_documents(texts) if arrow else "\n".join(_documents(texts)).encode()
     schema = pa.schema([pa.field(name, typ) for name, typ in types])
-    try:
-        table = pa_json.read_json(
-            pa.BufferReader(data),
-            read_options=pa_json.ReadOptions(use_threads=False, block_size=len(data) + 1),
-            parse_options=pa_json.ParseOptions(
-                explicit_schema=schema, unexpected_field_behavior="ignore"
-            ),
-        )
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        # Not a gap: a batch Arrow cannot read as these types (mixed or odd values) takes the
-        # row-by-row path below, which writes the same file (tests/export checks the bytes).
-        table = None
+    table = _read_typed(data, schema)
     if table is not None and table.num_rows == len(texts) and table.schema.equals(schema):
         return [table.column(i).combine_chunks() for i in range(len(types))]
     parsed = [_loads(t) for t in _documents(texts.to_pylist() if arrow else texts)]
     return [_column([d.get(name) for d in parsed], typ) for name, typ in types]
+
+
+def _read_typed(data: bytes, schema: pa.Schema) -> pa.Table | None:
+    """The batch's documents read by Arrow as ``schema``; None when a value does not fit
+    those types (mixed or odd values): the caller then reads that batch row by row, which
+    writes the same file (tests/export checks the bytes)."""
+    options = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    reader = pa_json.ReadOptions(use_threads=False, block_size=len(data) + 1)
+    try:
+        return pa_json.read_json(pa.BufferReader(data), read_options=reader, parse_options=options)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
 
 
 def _seconds(ms: Any) -> pa.Array:

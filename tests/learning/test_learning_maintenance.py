@@ -13,8 +13,15 @@ from service.services.tasks import current_audit_rate
 from tests.helpers import install_model, synthetic_rows
 
 
-def _cases(session: Any, task: Task, confidences: list[float], **extra: Any) -> None:
-    rows, _ = synthetic_rows(len(confidences), seed=4)
+def _cases(
+    session: Any,
+    task: Task,
+    confidences: list[float],
+    rows: list[dict[str, Any]] | None = None,
+    **extra: Any,
+) -> None:
+    if rows is None:
+        rows, _ = synthetic_rows(len(confidences), seed=4)
     session.execute(
         insert(Case),
         [
@@ -119,24 +126,7 @@ def _state_cases(session: Any, task: Task, states: list[str]) -> None:
     for row, state in zip(rows, states, strict=True):
         row["state"] = state
     scores = 0.5 + 0.5 * np.random.default_rng(len(states)).random(len(states))
-    session.execute(
-        insert(Case),
-        [
-            {
-                "id": new_id(),
-                "task_id": task.id,
-                "input": row,
-                "route": "review",
-                "reason": "low_confidence",
-                "status": "pending",
-                "confidence": float(score),
-                "suggestion_label": "good",
-                "model_version_id": task.active_model_id,
-            }
-            for row, score in zip(rows, scores, strict=True)
-        ],
-    )
-    session.flush()
+    _cases(session, task, [float(x) for x in scores], rows=rows)
 
 
 def test_an_id_like_field_brings_new_values_without_a_warning(app: Any, db: Any, task: Any):

@@ -17,7 +17,7 @@ from service.policy import Policy, audit_draw
 from service.services import review
 from service.services.audit import SYSTEM
 from service.services.tasks import update_task
-from tests.helpers import audited_auto_answer
+from tests.helpers import audited_auto_answer, set_on_policy_page
 
 #: Words that would tell a reviewer the case is an audit, or what the model said.
 TELLS = ("audit", "suggest", "confiden", "threshold", "score", "model", "quality check")
@@ -243,15 +243,6 @@ def test_second_review_rate_is_validated(client, task, tokens, bad):
 
 def test_admin_sets_the_second_review_rate_on_the_policy_page(browser_user, task, db):
     client, headers, _ = browser_user("admin")
-    url = f"/admin/tasks/{task['name']}/policy"
-    assert 'id="second_review_rate"' in client.get(url).get_data(as_text=True)
-    token = headers["X-CSRFToken"]
-    refused = client.post(url, data={"second_review_rate": "2", "csrf_token": token})
-    assert refused.status_code == 200 and "field-error" in refused.get_data(as_text=True)
-    saved = client.post(url, data={"second_review_rate": "0.25", "csrf_token": token})
-    assert saved.status_code == 302
-    db.expire_all()
-    row = db.scalar(select(Task).where(Task.name == task["name"]))
-    assert row.policy["second_review_rate"] == 0.25
-    changed = db.scalars(select(AuditEvent).where(AuditEvent.action == "task.changed")).all()
-    assert changed[-1].details["after"]["policy"]["second_review_rate"] == 0.25
+    set_on_policy_page(
+        client, headers, db, task["name"], "second_review_rate", bad="2", good="0.25", stored=0.25
+    )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from service.models import Task
-from tests.helpers import install_model
+from tests.helpers import install_model, set_on_policy_page
 
 
 def test_the_policy_page_says_when_a_save_stops_automation(browser_user, task, db):
@@ -41,18 +41,7 @@ def test_the_policy_page_stores_instructions_as_typed(browser_user, task, db):
 
 
 def test_an_admin_sets_the_watch_minimum_on_the_policy_page(browser_user, task, db):
-    from service.models import AuditEvent
-
     client, headers, _ = browser_user("admin")
-    url = f"/admin/tasks/{task['name']}/policy"
-    assert 'id="watch_min_answers"' in client.get(url).get_data(as_text=True)
-    token = headers["X-CSRFToken"]
-    refused = client.post(url, data={"watch_min_answers": "12.5", "csrf_token": token})
-    assert refused.status_code == 200 and "field-error" in refused.get_data(as_text=True)
-    saved = client.post(url, data={"watch_min_answers": "30", "csrf_token": token})
-    assert saved.status_code == 302
-    db.expire_all()
-    row = db.scalar(select(Task).where(Task.name == task["name"]))
-    assert row.policy["watch_min_answers"] == 30
-    changed = db.scalars(select(AuditEvent).where(AuditEvent.action == "task.changed")).all()
-    assert changed[-1].details["after"]["policy"]["watch_min_answers"] == 30
+    set_on_policy_page(
+        client, headers, db, task["name"], "watch_min_answers", bad="12.5", good="30", stored=30
+    )
