@@ -39,6 +39,11 @@ class Policy:
     #: answers out of two already "prove" an error above a 10% target, a false alarm that
     #: costs all automation until a new certification.
     watch_min_answers: int = 1
+    #: Confidence of the live watch's test (docs/policy.md, "Live watch"); None = the task's
+    #: ``confidence``. The watch re-tests after every audited answer, so at the certification's
+    #: own level it falls back falsely far more often than δ: a stricter level buys fewer false
+    #: fallbacks for a slower reaction to a version that really is worse than promised.
+    watch_confidence: float | None = None
 
     def __post_init__(self) -> None:
         # Normalise containers so callers may pass lists / any mapping.
@@ -64,6 +69,10 @@ class Policy:
                 f"watch_min_answers must be in [1, {DEFAULT_WATCH_WINDOW}], "
                 f"got {self.watch_min_answers!r}"
             )
+        if self.watch_confidence is not None and not (0.5 <= self.watch_confidence < 1.0):
+            raise ValueError(
+                f"watch_confidence must be in [0.5, 1) or unset, got {self.watch_confidence!r}"
+            )
         if self.min_labels < 0 or self.retrain_every < 1:
             raise ValueError("min_labels must be >= 0 and retrain_every >= 1")
         if not (0.0 <= self.second_review_rate <= 1.0):  # also refuses NaN
@@ -77,6 +86,13 @@ class Policy:
     def delta(self) -> float:
         """Allowed failure probability δ = 1 − confidence."""
         return 1.0 - self.confidence
+
+    @property
+    def watch_delta(self) -> float:
+        """Level of the live watch's test: 1 − ``watch_confidence`` (default: δ)."""
+        if self.watch_confidence is None:
+            return self.delta
+        return 1.0 - self.watch_confidence
 
     @property
     def certification_alpha(self) -> float:

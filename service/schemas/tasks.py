@@ -71,6 +71,16 @@ class PolicySchema(StrictSchema):
             "a bad new version; docs/policy.md)"
         },
     )
+    watch_confidence = mf.Float(
+        load_default=None,
+        allow_none=True,
+        validate=validate.Range(0.5, 1.0, max_inclusive=False),
+        metadata={
+            "description": "confidence of the live watch's test (null: the task's "
+            "confidence); higher means fewer false fallbacks and a slower reaction to a "
+            "version that is worse than promised (docs/policy.md)"
+        },
+    )
     certification_margin = mf.Float(
         load_default=0.0,
         validate=validate.Range(0.0, 0.5),
@@ -179,6 +189,9 @@ class PolicyPatchSchema(PolicySchema):
     certification_margin = mf.Float(validate=validate.Range(0.0, 0.5))
     second_review_rate = mf.Float(validate=validate.Range(0.0, 1.0))
     watch_min_answers = mf.Integer(strict=True, validate=validate.Range(1, 300))
+    watch_confidence = mf.Float(
+        allow_none=True, validate=validate.Range(0.5, 1.0, max_inclusive=False)
+    )
     audit_mode = mf.String(validate=validate.OneOf(("answer", "hold")))
 
 

@@ -81,7 +81,7 @@ def live_status(session: Session, task: Task) -> LiveStatus:
     return live_error_alarm(
         audited_auto_errors(session, task),
         alpha=policy.target_error,
-        delta=policy.delta,
+        delta=policy.watch_delta,
         min_answers=policy.watch_min_answers,
     )
 
