@@ -81,6 +81,37 @@ TERMS: dict[str, tuple[str, str, str, str]] = {
         "0.95 means a 5% risk that a certified region is in fact worse than α.",
         "docs/policy.md",
     ),
+    "min_labels": (
+        "Labels before the first model",
+        "How many human decisions the task collects before it trains its first model.",
+        "Until then every case goes to a person and nothing is suggested. Fewer labels give "
+        "a first model sooner, usually a weaker one; automation still needs certification.",
+        "docs/learning.md",
+    ),
+    "retrain_every": (
+        "Retrain every N labels",
+        "A new model is trained after this many new human decisions.",
+        "Each new model is compared with the running one on the same held-out cases and "
+        "must pass its own certification before it may answer anything on its own.",
+        "docs/learning.md",
+    ),
+    "second_review": (
+        "Second blind review",
+        "Share of audited cases that a second reviewer decides without seeing the first.",
+        "How often two people agree measures how reliable the labels are that prove the "
+        "error of automatic answers. 0 turns it off.",
+        "docs/review.md",
+    ),
+    "live_watch": (
+        "Live watch",
+        "Turns automation off when audited automatic answers show an error above α.",
+        "After every audited automatic answer Tandem tests the latest 300 of them. It may "
+        "fall back only once the running model has the set number of audited answers, and "
+        "only when the error is shown above α at the watch's confidence (empty: the task's "
+        "confidence). Waiting longer or a higher confidence means fewer false fallbacks "
+        "and a slower reaction to a model that really is worse than promised.",
+        "docs/policy.md",
+    ),
 }
 
 #: Automation states in words.

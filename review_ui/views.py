@@ -30,7 +30,7 @@ from flask import (
 from flask import session as flask_session
 from flask_login import current_user, login_required, login_user, logout_user
 from flask_wtf.csrf import CSRFError
-from marshmallow import ValidationError
+from marshmallow import ValidationError, validate
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
@@ -40,7 +40,7 @@ from service.errors import ServiceError, ValidationFailed, error_response, http_
 from service.login import LoginUser
 from service.models import REASONS, ROLES, User
 from service.schemas.review import parse_queue_args
-from service.schemas.tasks import TaskPatchSchema
+from service.schemas.tasks import PolicyPatchSchema, ReviewPatchSchema, TaskPatchSchema
 from service.services import accounts, audit
 from service.services import cases as case_service
 from service.services import review as review_service
@@ -574,22 +574,46 @@ def admin_revoke_token(token_id: int) -> Response:
     return redirect(url_for("review_ui.admin_tokens"))
 
 
-# (name, HTML number step, label)
+# (name, HTML number step, label, glossary key of its "?" help or "")
 POLICY_FIELDS = (
-    ("target_error", "any", "Target error (α)"),
-    ("confidence", "any", "Confidence (1 − δ)"),
-    ("audit_rate", "any", "Audit rate"),
-    ("min_labels", "1", "Labels before the first model"),
-    ("max_coverage_step", "any", "Largest coverage step"),
-    ("retrain_every", "1", "Retrain every N labels"),
-    ("second_review_rate", "any", "Second blind review (share of audits)"),
-    ("watch_min_answers", "1", "Live watch: audited answers before it may fall back"),
+    ("target_error", "any", "Target error (α)", "target_error"),
+    ("confidence", "any", "Confidence (1 − δ)", "confidence"),
+    ("audit_rate", "any", "Audit rate", "audit"),
+    ("min_labels", "1", "Labels before the first model", "min_labels"),
+    ("max_coverage_step", "any", "Largest coverage step", "coverage"),
+    ("retrain_every", "1", "Retrain every N labels", "retrain_every"),
+    ("second_review_rate", "any", "Second blind review (share of audits)", "second_review"),
+    ("watch_min_answers", "1", "Live watch: audited answers before it may fall back", "live_watch"),
+    ("watch_confidence", "any", "Live watch: confidence of its test", "live_watch"),
 )
+#: Fields that may be left empty: they then follow another setting (said in the placeholder).
+POLICY_OPTIONAL = {"watch_confidence": "same as Confidence"}
 REVIEW_FIELDS = (
-    ("lease_seconds", "1", "Lease (seconds)"),
-    ("reviewers_per_case", "1", "Reviewers per case"),
-    ("sla_seconds", "1", "SLA (seconds)"),
+    ("lease_seconds", "1", "Lease (seconds)", ""),
+    ("reviewers_per_case", "1", "Reviewers per case", ""),
+    ("sla_seconds", "1", "SLA (seconds)", ""),
 )
+
+
+def _input_bounds(schema: Any) -> dict[str, dict[str, float]]:
+    """HTML min/max of each number field, read from the patch schema's own ranges (one
+    source of truth); an exclusive end is left to the server, which names the field."""
+    bounds: dict[str, dict[str, float]] = {}
+    for name, field in schema.fields.items():
+        for rule in getattr(field, "validators", ()):
+            if isinstance(rule, validate.Range):
+                ends = bounds.setdefault(name, {})
+                if rule.min is not None and rule.min_inclusive:
+                    ends["min"] = rule.min
+                if rule.max is not None and rule.max_inclusive:
+                    ends["max"] = rule.max
+    return bounds
+
+
+_POLICY_BOUNDS = {
+    "policy": _input_bounds(PolicyPatchSchema()),
+    "review": _input_bounds(ReviewPatchSchema()),
+}
 
 
 def _form_number(value: str, *, whole: bool) -> Any:
@@ -613,12 +637,15 @@ def _policy_form_changes(
     emptied: list[tuple[str, str, str]] = []
     for section, fields in (("policy", POLICY_FIELDS), ("review", REVIEW_FIELDS)):
         current = getattr(stored, section) or {}
-        for name, step, label in fields:
+        for name, step, label, _help in fields:
             if name not in form:
                 continue  # not sent at all (a client posting some fields): left as it is
             value = form.get(name, "").strip()
             if value == "":
-                if current.get(name) is not None:
+                if name in POLICY_OPTIONAL and current.get(name) is not None:
+                    patch[section][name] = None  # back to following the other setting
+                    changes.append(f"{label} {current.get(name)} → {POLICY_OPTIONAL[name]}")
+                elif current.get(name) is not None:
                     emptied.append((section, name, label))
                 continue
             number = _form_number(value, whole=step == "1")
@@ -683,6 +710,8 @@ def admin_policy(task: str) -> Any:
         task=row,
         policy_fields=POLICY_FIELDS,
         review_fields=REVIEW_FIELDS,
+        optional=POLICY_OPTIONAL,
+        bounds=_POLICY_BOUNDS,
         errors=errors,
         form=request.form if request.method == "POST" else None,
     )

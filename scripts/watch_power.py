@@ -18,10 +18,12 @@ Everything counts AUDITED automatic answers; divide by the audit rate in force f
 automatic answers (docs/policy.md, "The audit sample") to get automatic answers.
 
     .venv/bin/python scripts/watch_power.py [--streams 4000] [--seed 1] [--min-answers N]
+        [--confidence C]
 
-``--min-answers N`` measures the watch with the policy setting ``watch_min_answers`` = N: no
-alarm before N audited answers of a version are in (docs/policy.md, "How fast the live
-watch reacts").
+``--confidence C`` measures the watch at the policy setting ``watch_confidence`` = C (its test
+at level 1 − C instead of the task's δ = 5%). ``--min-answers N`` measures the watch with the
+policy setting ``watch_min_answers`` = N: no alarm before N audited answers of a version are
+in (docs/policy.md, "How fast the live watch reacts").
 
 Detection uses :func:`service.policy.first_alarm` (checked against LiveWatch in
 tests/policy/test_policy_watch.py). False-alarm runs are long (10⁴–10⁵ answers), so they are
@@ -100,10 +102,11 @@ def detection(
     window: int,
     batch: int = 500,
     min_answers: int = 1,
+    delta: float = DELTA,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     def alarms(errors: np.ndarray, start: int = 0) -> np.ndarray:
         return first_alarm(
-            errors, alpha=alpha, delta=DELTA, window=window, start=start, min_answers=min_answers
+            errors, alpha=alpha, delta=delta, window=window, start=start, min_answers=min_answers
         )
 
     fresh, drift, early = [], [], []
@@ -141,14 +144,18 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=DEFAULT_WINDOW)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--min-answers", type=int, default=1, help="no alarm before N answers")
+    ap.add_argument(
+        "--confidence", type=float, default=1 - DELTA, help="the watch's confidence (1 − its δ)"
+    )
     a = ap.parse_args()
+    delta = 1.0 - a.confidence
     rng = np.random.default_rng(a.seed)
     t0 = time.time()
     rows = []
     for alpha in ALPHAS:
-        table = alarm_table(alpha, DELTA, a.window)
+        table = alarm_table(alpha, delta, a.window)
         fresh, drift, early = detection(
-            alpha, a.streams, rng, a.window, min_answers=a.min_answers
+            alpha, a.streams, rng, a.window, min_answers=a.min_answers, delta=delta
         )
         fa = sparse_first_alarm(
             0.75 * alpha,
@@ -161,7 +168,7 @@ def main() -> None:
         # Cross-check: the sparse rule gives the dense first alarm on the same streams.
         check = rng.random((400, 3000)) < 0.75 * alpha
         dense = first_alarm(
-            check, alpha=alpha, delta=DELTA, window=a.window, min_answers=a.min_answers
+            check, alpha=alpha, delta=delta, window=a.window, min_answers=a.min_answers
         )
         sparse = [
             alarm_at_errors(np.flatnonzero(row) + 1, table, a.window, gate=a.min_answers)
@@ -171,7 +178,7 @@ def main() -> None:
             raise AssertionError("sparse and dense false-alarm simulations disagree")
         rows.append((alpha, fresh, drift, early, fa))
     print(
-        f"δ = {DELTA}, window = {a.window} audited automatic answers, checked after each"
+        f"δ = {delta:g}, window = {a.window} audited automatic answers, checked after each"
         f"{'' if a.min_answers <= 1 else f' from the {a.min_answers}th answer on'}; "
         f"{a.streams:,} streams per detection setting, {a.fa_streams:,} per false-alarm "
         f"setting; seed {a.seed}\n"

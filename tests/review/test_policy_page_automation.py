@@ -45,3 +45,26 @@ def test_an_admin_sets_the_watch_minimum_on_the_policy_page(browser_user, task, 
     set_on_policy_page(
         client, headers, db, task["name"], "watch_min_answers", bad="12.5", good="30", stored=30
     )
+
+
+def test_an_admin_sets_and_clears_the_watch_confidence_on_the_policy_page(browser_user, task, db):
+    from service.models import AuditEvent
+
+    client, headers, _ = browser_user("admin")
+    page = client.get(f"/admin/tasks/{task['name']}/policy").get_data(as_text=True)
+    assert 'placeholder="same as Confidence"' in page and 'value=""' in page
+    set_on_policy_page(
+        client, headers, db, task["name"], "watch_confidence", bad="1.5", good="0.99", stored=0.99
+    )
+    # Emptied, this field goes back to following the task's confidence (said and audited),
+    # where any other emptied field is refused.
+    url = f"/admin/tasks/{task['name']}/policy"
+    cleared = client.post(url, data={"watch_confidence": "", "csrf_token": headers["X-CSRFToken"]})
+    assert cleared.status_code == 302
+    said = client.get(url).get_data(as_text=True)
+    assert "0.99 → same as Confidence" in said
+    db.expire_all()
+    row = db.scalar(select(Task).where(Task.name == task["name"]))
+    assert row.policy["watch_confidence"] is None
+    changed = db.scalars(select(AuditEvent).where(AuditEvent.action == "task.changed")).all()
+    assert changed[-1].details["after"]["policy"]["watch_confidence"] is None

@@ -243,6 +243,11 @@ def test_the_policy_page_explains_its_terms(page_for, live_server):
     alpha = page.locator("a.term-help[href$='#target_error']")
     assert "largest share of wrong automatic answers" in (alpha.get_attribute("title") or "")
     assert page.locator("a.term-help[href$='#confidence']").count() == 1
+    from review_ui.views import POLICY_FIELDS
+
+    # Every policy field has its "?" (a field added without one fails here).
+    assert page.locator("form.policy a.term-help").count() == len(POLICY_FIELDS)
+    assert page.get_attribute("#watch_min_answers", "min") == "1"
     alpha.click()
     page.wait_for_url(re.compile(r"/help#target_error$"))
     assert errors == []

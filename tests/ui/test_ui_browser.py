@@ -178,6 +178,11 @@ def test_screenshots_of_every_page(page_for, live_server):
     shot(page, "admin-tokens")
     page.goto(live_server + f"/admin/tasks/{name}/policy")
     page.fill("#audit_rate", "2")
+    # The browser refuses a value outside the schema's range before sending anything ...
+    assert page.eval_on_selector("#audit_rate", "e => e.validity.rangeOverflow")
+    assert page.get_attribute("#audit_rate", "max") == "1.0"
+    # ... and a client that skips that check gets the server's error on the field.
+    page.eval_on_selector("form.policy", "f => { f.noValidate = true; }")
     with page.expect_navigation():
         page.click("text=Save policy")
     assert page.locator(".field-error").count() == 1

@@ -1,10 +1,15 @@
-"""``watch_min_answers``: the live watch cannot fall back on a version's first few audited
-automatic answers (docs/policy.md, "How fast the live watch reacts").
+"""The live watch's two settings (docs/policy.md, "How fast the live watch reacts").
+
+``watch_min_answers``: the live watch cannot fall back on a version's first few audited
+automatic answers.
 
 On a fresh watch at α = 10%, two wrong answers out of two already put the one-sided lower
 bound above α, and every newly certified version starts a fresh watch: the replays lost
 whole runs to such fallbacks on rules whose true error was 6.8% (docs/backtest.md, "Where
 the share is lost"). The setting trades them for a slower reaction to a bad new version.
+
+``watch_confidence``: the watch's test at its own confidence (unset: the task's). At α = 2%
+and 95%, one wrong answer of one already falls back; at 99% it does not.
 """
 
 from __future__ import annotations
@@ -109,3 +114,65 @@ def test_by_default_two_wrong_answers_fall_back(
     )
     assert _label_wrong_until_fallback(db, row) == wrong_needed
 
+
+def test_the_watch_tests_at_its_own_confidence() -> None:
+    assert live_error_alarm([1], alpha=0.02, delta=0.05).alarm
+    assert not live_error_alarm([1], alpha=0.02, delta=0.01).alarm
+    assert Policy(confidence=0.9).watch_delta == pytest.approx(0.1)  # unset: the task's δ
+    assert Policy(confidence=0.9, watch_confidence=0.99).watch_delta == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("value", [0.4, 1.0, "high"])
+def test_out_of_range_confidences_are_refused(
+    client: Any, db: Any, tokens: Any, task: Any, value: Any
+) -> None:
+    before = db.scalar(select(Task.policy).where(Task.name == task["name"]))
+    resp = client.patch(
+        f"/api/v1/tasks/{task['name']}",
+        json={"policy": {"watch_confidence": value}},
+        headers=auth(tokens["admin"]),
+    )
+    assert resp.status_code == 422, resp.json
+    assert "watch_confidence" in str(resp.json)
+    db.expire_all()
+    assert db.scalar(select(Task.policy).where(Task.name == task["name"])) == before
+    with pytest.raises(ValueError, match="watch_confidence"):
+        Policy(watch_confidence=1.0)
+
+
+def _wrong_needed(alpha: float, delta: float) -> int:
+    return next(
+        n for n in range(1, 40) if live_error_alarm([1] * n, alpha=alpha, delta=delta).alarm
+    )
+
+
+def test_a_stricter_watch_needs_more_wrong_answers(
+    app: Any, db: Any, client: Any, tokens: Any, task: Any
+):
+    resp = client.patch(
+        f"/api/v1/tasks/{task['name']}",
+        json={"policy": {"watch_confidence": 0.999}},
+        headers=auth(tokens["admin"]),
+    )
+    assert resp.status_code == 200, resp.json
+    assert resp.json["policy"]["watch_confidence"] == 0.999
+    row = _audited_auto_cases(app, db, client, tokens, task["name"])
+    target = Policy.from_dict(row.policy).target_error
+    strict, default = _wrong_needed(target, 0.001), _wrong_needed(target, 0.05)
+    assert strict > default  # the test below can tell the two watches apart
+    assert _label_wrong_until_fallback(db, row) == strict
+
+
+def test_unsetting_the_watch_confidence_follows_the_task_again(
+    client: Any, db: Any, tokens: Any, task: Any
+):
+    for value, expected in ((0.99, 0.01), (None, 0.05)):
+        resp = client.patch(
+            f"/api/v1/tasks/{task['name']}",
+            json={"policy": {"watch_confidence": value}},
+            headers=auth(tokens["admin"]),
+        )
+        assert resp.status_code == 200, resp.json
+        db.expire_all()
+        row = db.scalar(select(Task).where(Task.name == task["name"]))
+        assert Policy.from_dict(row.policy).watch_delta == pytest.approx(expected)
