@@ -220,6 +220,103 @@ def certify(
     )
 
 
+# ----------------------------------------------------------------- why nothing was certified
+
+#: The largest region size :func:`cases_to_pass` looks at; beyond it "more than this".
+CASES_TO_PASS_LIMIT = 1_000_000
+
+
+def cases_to_pass(error_rate: float, alpha: float, delta: float) -> int | None:
+    """Fewest cases in a region that would pass the exact test at ``delta`` if their error
+    rate stayed ``error_rate`` (errors = round(rate · n)). None when the rate is not below α
+    (no number of cases passes) or when more than :data:`CASES_TO_PASS_LIMIT` would be needed.
+    For people, not for a decision: the next attempt spends its own, smaller δ."""
+    if not 0.0 <= error_rate < alpha:
+        return None
+    from scipy import stats
+
+    start, chunk = 1, 65_536
+    while start <= CASES_TO_PASS_LIMIT:
+        n = np.arange(start, start + chunk)
+        passed = np.flatnonzero(stats.binom.cdf(np.round(error_rate * n), n, alpha) <= delta)
+        if passed.size:
+            return int(n[passed[0]])
+        start += chunk
+    return None
+
+
+@dataclass(frozen=True)
+class Shortfall:
+    """Why an attempt certified nothing, in numbers people can act on: the walk stops at its
+    first failed region, so that region (its share of traffic, its errors among the audited
+    cases in it, its bound) and the audited cases it would need at the same error rate."""
+
+    coverage: float
+    n: int
+    errors: int
+    upper_bound: float
+    alpha: float
+    delta: float
+    ledger_cases: int  # the group's ledger cases at the attempt
+    cases_needed: int | None  # in the region, at the same error rate; None: rate ≥ α
+
+    @property
+    def ledger_needed(self) -> int | None:
+        """Audited cases in all for that many in the region (its share of the ledger kept)."""
+        if self.cases_needed is None or self.n == 0:
+            return None
+        return math.ceil(self.cases_needed * self.ledger_cases / self.n)
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return {
+            "coverage": self.coverage,
+            "n": self.n,
+            "errors": self.errors,
+            "upper_bound": self.upper_bound,
+            "alpha": self.alpha,
+            "delta": self.delta,
+            "ledger_cases": self.ledger_cases,
+            "cases_needed": self.cases_needed,
+            "ledger_needed": self.ledger_needed,
+        }
+
+    def sentence(self) -> str:
+        """One sentence for the dashboard and the backtest report (kept under 240 chars)."""
+        rate = self.errors / self.n if self.n else 0.0
+        said = (
+            f"the most confident {self.coverage:.0%} of traffic had {self.errors} wrong of "
+            f"{self.n} audited ({rate:.1%})"
+        )
+        if rate >= self.alpha:
+            return f"{said}, not under the target {self.alpha:.1%}: a better model is needed"
+        needed = self.ledger_needed
+        more = (
+            f"about {needed:,} audited cases in all would pass at that rate"
+            if needed is not None
+            else f"more than {CASES_TO_PASS_LIMIT:,} audited cases would be needed at that rate"
+        )
+        return f"{said}, bound {self.upper_bound:.1%} > target {self.alpha:.1%}; {more}"
+
+
+def shortfall(cert: Certification, ledger_cases: int | None = None) -> Shortfall | None:
+    """Why ``cert`` certified nothing (None when it certified, or tested no region: an empty
+    grid means no region had enough ledger cases to ever pass)."""
+    if cert.certified or not cert.steps:
+        return None
+    first = cert.steps[0]
+    rate = first.k / first.n if first.n else 1.0
+    return Shortfall(
+        coverage=first.coverage,
+        n=first.n,
+        errors=first.k,
+        upper_bound=first.upper_bound,
+        alpha=cert.alpha,
+        delta=cert.delta,
+        ledger_cases=cert.n_ledger if ledger_cases is None else ledger_cases,
+        cases_needed=cases_to_pass(rate, cert.alpha, cert.delta),
+    )
+
+
 # --------------------------------------------------------------------------- per-label targets
 
 REST = "*"  # group key for automatable labels without their own target

@@ -38,6 +38,7 @@ from service.policy import (
     label_groups,
     live_error_alarm,
     psi,
+    shortfall,
     split_delta,
     threshold_grid,
     traffic_matches_ledger,
@@ -650,6 +651,7 @@ def certify_version(
     )
     group_records: dict[str, Any] = {}
     chosen: dict[str, CertStep] = {}
+    why_not: list[str] = []  # per group that certified nothing, in numbers (docs/policy.md)
     for g, plan in plans.items():
         alpha, share, lg, rg, grid = (
             plan["alpha"],
@@ -680,6 +682,10 @@ def certify_version(
             "coverage": step.coverage if step else 0.0,
             "steps": [_step_dict(s) for s in cert.steps if s.tested],
         }
+        missed = shortfall(cert)
+        if missed is not None:
+            group_records[g]["shortfall"] = missed.as_dict()
+            why_not.append((f"{g}: " if len(plans) > 1 else "") + missed.sentence())
     certified = bool(chosen)
     threshold: float | None = None
     label_thresholds: dict[str, float] = {}
@@ -739,6 +745,7 @@ def certify_version(
         "widening_frozen": bool(task.widening_frozen),
         "groups": group_records,
         "decision": {"promote": decision.promote, "reason": reason},
+        "why_not": "; ".join(why_not) if not certified and why_not else None,
         "method": cand.method,
         "certified_at": utcnow().isoformat().replace("+00:00", "Z"),
     }
@@ -754,6 +761,7 @@ def certify_version(
         "checkpoint",
         "ledger_cases",
         "decision",
+        "why_not",
         "certified_at",
     )
     if certified or previous.get("threshold") is None:
@@ -784,6 +792,7 @@ def certify_version(
             "coverage": coverage,
             "allowed_coverage": allowed,
             "decision": record["decision"],
+            "why_not": record["why_not"],
         },
     )
     return CertificationOutcome(True, certified, decision.promote, reason, record)
@@ -898,6 +907,33 @@ def promote(
     session.flush()
 
 
+def last_failed_why(cert: dict[str, Any]) -> str | None:
+    """The newest attempt's reason for certifying nothing, from a version's stored record
+    (a failed re-attempt lives in its history; the headline may be older)."""
+    attempts = [cert, *reversed(cert.get("history") or [])]
+    newest = max(
+        (a for a in attempts if a.get("certified_at")),
+        key=lambda a: str(a.get("certified_at")),
+        default=None,
+    )
+    if newest is None or newest.get("certified"):
+        return None
+    why = newest.get("why_not")
+    return str(why) if why else None
+
+
+def explain_failed_attempt(task: Task, version: ModelVersion) -> None:
+    """After an attempt of the ACTIVE version certified nothing while nothing is automated,
+    the dashboard's sentence says why in numbers (promotion writes it for a new version)."""
+    if task.active_model_id != version.id or task.automation_state == "automating":
+        return
+    why = last_failed_why(version.certification or {})
+    if why:
+        state = "still in fallback" if task.automation_state == "fallback" else "only suggests"
+        sentence = f"v{version.version} {state}: not certified: {why}"
+        task.automation_reason = sentence if len(sentence) <= 300 else sentence[:299] + "…"
+
+
 def _promotion_reason(
     version: ModelVersion, cert: dict[str, Any], certified: bool, reason: str, task: Task
 ) -> str:
@@ -910,6 +946,8 @@ def _promotion_reason(
         why = f"its certification was revoked ({revoked.get('reason')})"
     elif deferred.get("reason"):
         why = f"not certified yet, {deferred['reason']}"
+    elif last_failed_why(cert):
+        why = f"not certified: {last_failed_why(cert)}"
     else:
         why = "it is not certified"
     if task.automation_state == "fallback":

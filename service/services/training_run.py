@@ -539,6 +539,8 @@ def _record(
                 session, task, version, SYSTEM, version.certification, reason="suggestions only"
             )
             promoted = True
+        if outcome.attempted and not outcome.certified and not promoted:
+            automation.explain_failed_attempt(task, version)
         result = {
             "outcome": "trained" if created else "reused",
             "version": version.version,

@@ -560,6 +560,7 @@ class Replay:
 
         from service import model_cache
         from service.models import Case, ModelVersion
+        from service.services.automation import last_failed_why
         from service.services.training_run import snapshot_of, training_cases
         from service.uow import unit_of_work
 
@@ -615,6 +616,8 @@ class Replay:
                     "checkpoint": cert.get("checkpoint"),
                     # why the version was not tested (yet), when it was not: readiness
                     "readiness": cert.get("readiness"),
+                    # why its newest attempt certified nothing, in numbers (None: it did)
+                    "why_not": last_failed_why(cert),
                     "tested_steps": {
                         group: rec.get("steps") or []
                         for group, rec in (cert.get("groups") or {}).items()

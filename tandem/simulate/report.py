@@ -375,6 +375,17 @@ def _img(path: Path) -> str:
     return f'<img alt="{path.stem}" src="data:image/png;base64,{data}">'
 
 
+def _not_certified_because(version: dict[str, Any]) -> str:
+    """The version's newest failed attempt in numbers, or why it was not attempted."""
+    if version.get("why_not"):
+        return str(version["why_not"])
+    if not version.get("certified"):
+        reason = (version.get("readiness") or {}).get("reason")
+        if reason:
+            return str(reason)
+    return ""
+
+
 def _why_not_automated(versions: list[dict[str, Any]]) -> str:
     """The latest word on why nothing was certified: the newest version that was either
     judged not ready (its readiness reason) or tested and failed (its first tested step)."""
@@ -383,6 +394,11 @@ def _why_not_automated(versions: list[dict[str, Any]]) -> str:
         if reason:
             return f": v{v['version']} was {reason}"
         checkpoint = v.get("checkpoint") or {}
+        if v.get("why_not"):
+            return (
+                f": v{v['version']} was tested on {checkpoint.get('ledger_size_due')} audited "
+                f"cases at δ {checkpoint.get('delta', 0):.4f} and failed: {v['why_not']}"
+            )
         if checkpoint and not v.get("certified"):
             steps = [s for group in (v.get("tested_steps") or {}).values() for s in group[:1]]
             first = (
@@ -466,12 +482,14 @@ def write_html(out: Path, summary: dict[str, Any]) -> Path:
             f"<td>{_num(v['threshold'])}</td>"
             f"<td>{_pct(v['error_bound'], 2)}</td><td>{_pct(v['coverage'])}</td>"
             f"<td>{_pct(te.get('true_error'), 2) if te else '—'}</td>"
-            f"<td>{'yes' if v['deployed'] else 'no'}</td></tr>"
+            f"<td>{'yes' if v['deployed'] else 'no'}</td>"
+            f"<td>{html.escape(_not_certified_because(v))}</td></tr>"
         )
     versions = (
         "<table><tr><th>version</th><th>family</th><th>trained on</th><th>ledger</th>"
         "<th>certified τ</th><th>bound</th><th>certified coverage</th>"
-        "<th>true error at τ (held-out rows)</th><th>active</th></tr>" + "".join(vrows) + "</table>"
+        "<th>true error at τ (held-out rows)</th><th>active</th>"
+        "<th>its newest attempt certified nothing because</th></tr>" + "".join(vrows) + "</table>"
     )
     rules = t.get("rules") or []
     rule_rows = "".join(

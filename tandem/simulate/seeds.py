@@ -244,14 +244,18 @@ def _read_summary(path: Path) -> dict[str, Any]:
 
 def comparable(summary: dict[str, Any], key: str) -> Any:
     """``summary[key]`` as compared between runs: a task's policy with every setting the run
-    did not store at its default, so a run made before a setting existed compares equal to
-    one that stored the setting's default."""
+    did not store at the value it then ran with, so a run made before a setting existed
+    compares equal to one that stored that value. That value is the policy model's default
+    (what a stored policy without the key means), not the API's default for new tasks: the
+    two differ where a new default applies to new tasks only (``watch_confidence``)."""
     value = summary.get(key)
     if key != "task" or not isinstance(value, dict) or "policy" not in value:
         return value
+    from service.policy import Policy
     from service.schemas.tasks import PolicySchema
 
-    return {**value, "policy": {**PolicySchema().load({}), **(value.get("policy") or {})}}
+    as_run = {**PolicySchema().load({}), **Policy().to_dict()}
+    return {**value, "policy": {**as_run, **(value.get("policy") or {})}}
 
 
 def read_runs(dirs: list[Path]) -> list[dict[str, Any]]:

@@ -56,6 +56,38 @@ def test_bad_ledger_is_not_certified(app: Any, db: Any, client: Any, tokens: Any
     out = automation.certify_version(db, task, v, evidence(600, 0.6))
     assert out.attempted and not out.certified and not out.promote
     assert v.threshold is None and v.coverage == 0.0
+    # Why, in numbers: the walk's first region, its errors, and what would pass.
+    first = out.record["groups"]["*"]["steps"][0]
+    missed = out.record["groups"]["*"]["shortfall"]
+    assert (missed["n"], missed["errors"]) == (first["n"], first["errors"])
+    why = out.record["why_not"]
+    assert f"had {first['errors']} wrong of {first['n']} audited" in why
+    event = db.scalars(
+        select(AuditEvent).where(AuditEvent.action == "model.certification_failed")
+    ).one()
+    assert event.details["why_not"] == why
+    # The dashboard's sentence says it once that version is the one running.
+    task.active_model_id, task.active_model = v.id, v
+    automation.explain_failed_attempt(task, v)
+    assert task.automation_reason == f"v{v.version} only suggests: not certified: {why}"
+
+
+def test_a_region_under_target_says_how_many_audits_would_pass(
+    app: Any, db: Any, client: Any, tokens: Any
+) -> None:
+    task = make_task(client, tokens["admin"])
+    labelled_cases(db, task, 2000)
+    v = version(db, task)
+    ev = evidence(300, 0.0)
+    order = np.argsort(-ev.ledger_scores)
+    for i in order[:150:50]:  # 2 errors among the top ~75 scores: ~3% < 5%, too few cases
+        ev.ledger_true[i] = "bad"
+    out = automation.certify_version(db, task, v, ev)
+    assert out.attempted and not out.certified
+    missed = out.record["groups"]["*"]["shortfall"]
+    assert 0 < missed["errors"] / missed["n"] < 0.05
+    assert missed["ledger_needed"] > out.record["ledger_cases"]
+    assert f"about {missed['ledger_needed']:,} audited cases in all" in out.record["why_not"]
 
 
 def test_more_errors_never_widen(app: Any, db: Any, client: Any, tokens: Any) -> None:

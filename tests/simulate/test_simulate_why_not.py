@@ -20,6 +20,22 @@ def test_the_newest_deferral_or_failed_attempt_is_the_reason() -> None:
     )
     assert _why_not_automated([failed, deferred]) == ": v11 was not attempted: the best region …"
     assert _why_not_automated([quiet]) == ""
+    # Runs made since attempts record why in numbers: that sentence is the reason.
+    said = "the most confident 27% of traffic had 2 wrong of 82 audited (2.4%), bound 7.1% …"
+    assert _why_not_automated([{**failed, "why_not": said}]) == (
+        f": v40 was tested on 1140 audited cases at δ 0.0031 and failed: {said}"
+    )
+
+
+def test_the_versions_table_says_why_each_attempt_certified_nothing() -> None:
+    from tandem.simulate.report import _not_certified_because
+
+    assert _not_certified_because({"certified": False, "why_not": "2 wrong of 82"}) == (
+        "2 wrong of 82"
+    )
+    deferred = {"certified": False, "readiness": {"reason": "not attempted: too few"}}
+    assert _not_certified_because(deferred) == "not attempted: too few"
+    assert _not_certified_because({"certified": True, "readiness": {"reason": "old"}}) == ""
 
 
 def _run(alerts: list[dict], *, worst: float | None, order: str = "shuffle") -> dict:
