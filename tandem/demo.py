@@ -189,8 +189,23 @@ def seed_demo(app: Flask) -> dict[str, Any]:
         "waiting": len(live),
         "users": [(email, DEMO_PASSWORD, role) for email, role in DEMO_USERS],
         "app_token": token_file.read_text().strip(),
-        "example": json.dumps({"input": live[0][0]}, separators=(",", ":")),
+        "example": json.dumps({"input": _example_input(live)}, separators=(",", ":")),
     }
+
+
+def _example_input(live: list[tuple[dict[str, Any], str]]) -> dict[str, Any]:
+    """The curl example's input: the newest live case the running rule answered on its own,
+    so a newcomer's first call shows an automatic answer as the README does (the same model
+    and threshold answer it again); the first live case when nothing was automated."""
+    with unit_of_work() as session:
+        answered = session.scalar(
+            select(Case.input)
+            .join(Task, Task.id == Case.task_id)
+            .where(Task.name == DEMO_TASK, Case.route == "auto", Case.reason == "confident")
+            .order_by(Case.created_at.desc())
+            .limit(1)
+        )
+    return dict(answered) if answered else live[0][0]
 
 
 class _Clock:

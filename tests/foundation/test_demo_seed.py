@@ -69,5 +69,15 @@ def test_demo_seed_certifies_and_automates(tmp_path: Path) -> None:
         again = seed_demo(app)
         assert again["app_token"] == info["app_token"]
         assert db_session.scalar(select(func.count()).select_from(Case)) == cases
+        # The printed curl example is answered automatically, as the README shows.
+        import json
+
+        resp = app.test_client().post(
+            f"/api/v1/tasks/{DEMO_TASK}/predict",
+            json=json.loads(info["example"]),
+            headers={"Authorization": f"Bearer {info['app_token']}"},
+        )
+        assert resp.status_code == 200, resp.json
+        assert resp.json["status"] == "auto" and resp.json["reason"] == "confident", resp.json
         db_session.remove()
     app.extensions["tandem_engine"].dispose()
