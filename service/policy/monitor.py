@@ -17,6 +17,8 @@ MIN_DRIFT_SAMPLE = 100  # PSI on fewer current scores is mostly noise
 #: A drift warning also needs the shift to be real, not just large (as the exchangeability
 #: gate: service/policy/exchangeability.py).
 DRIFT_P_VALUE = 1e-3
+#: How far the watch's lower bound must pass α to count as above it (floating-point rounding).
+BOUND_TOLERANCE = 1e-12
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,11 @@ def _status(n: int, k: int, alpha: float, delta: float, min_answers: int = 1) ->
         return LiveStatus(0, 0, float("nan"), 0.0, 1.0, False)
     lo = clopper_pearson_lower(k, n, 1.0 - delta)
     up = clopper_pearson_upper(k, n, 1.0 - delta)
-    return LiveStatus(n, k, k / n, lo, up, lo > alpha and n >= min_answers)
+    # A bound EQUAL to α does not show the error above α: at 2 wrong of 2 and δ = 1% the
+    # exact bound is √0.01 = 10%, which floating point gives as 0.10000000000000005 and
+    # which fell back a 10% task in a replay. Above α means above it by more than rounding.
+    shown_above = lo - alpha > BOUND_TOLERANCE
+    return LiveStatus(n, k, k / n, lo, up, shown_above and n >= min_answers)
 
 
 class LiveWatch:

@@ -118,6 +118,11 @@ def test_by_default_two_wrong_answers_fall_back(
 def test_the_watch_tests_at_its_own_confidence() -> None:
     assert live_error_alarm([1], alpha=0.02, delta=0.05).alarm
     assert not live_error_alarm([1], alpha=0.02, delta=0.01).alarm
+    # 2 wrong of 2 at 99%: the exact bound is √0.01 = α itself, not above it (floating point
+    # gives 0.10000000000000005; a replay fell back on that).
+    two_of_two = live_error_alarm([1, 1], alpha=0.10, delta=0.01)
+    assert two_of_two.lower == pytest.approx(0.10) and not two_of_two.alarm
+    assert live_error_alarm([1, 1, 1], alpha=0.10, delta=0.01).alarm
     assert Policy(confidence=0.9).watch_delta == pytest.approx(0.1)  # unset: the task's δ
     assert Policy(confidence=0.9, watch_confidence=0.99).watch_delta == pytest.approx(0.01)
 
