@@ -9,6 +9,11 @@ from typing import Any
 
 #: The live watch's window of audited automatic answers (service/policy/monitor.py).
 DEFAULT_WATCH_WINDOW = 300
+#: The live watch's confidence for tasks created from now on (docs/policy.md, "The watch's own
+#: confidence"): at the certification's 95% it falls back falsely on about one new version in
+#: eight within 500 audited answers. Tasks stored without the setting keep following their
+#: ``confidence`` (``Policy.watch_confidence`` None): nothing changes under a running task.
+NEW_TASK_WATCH_CONFIDENCE = 0.99
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from marshmallow import (
     validates_schema,
 )
 
+from service.policy.params import NEW_TASK_WATCH_CONFIDENCE
+
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
 FIELD_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\- ]{0,99}$")
 FIELD_TYPES = ("text", "category", "number", "boolean")
@@ -72,7 +74,7 @@ class PolicySchema(StrictSchema):
         },
     )
     watch_confidence = mf.Float(
-        load_default=None,
+        load_default=NEW_TASK_WATCH_CONFIDENCE,
         allow_none=True,
         validate=validate.Range(0.5, 1.0, max_inclusive=False),
         metadata={

@@ -103,16 +103,26 @@ def test_the_watch_waits_for_the_minimum(app: Any, db: Any, client: Any, tokens:
     assert row.automation_state == "fallback"
 
 
-def test_by_default_two_wrong_answers_fall_back(
+def test_a_new_task_watches_at_99_percent_from_the_first_answer(
     app: Any, db: Any, client: Any, tokens: Any, task: Any
 ):
     row = _audited_auto_cases(app, db, client, tokens, task["name"])
-    assert Policy.from_dict(row.policy).watch_min_answers == 1
+    policy = Policy.from_dict(row.policy)
+    assert policy.watch_min_answers == 1 and row.policy["watch_confidence"] == 0.99
+    assert _label_wrong_until_fallback(db, row) == _wrong_needed(policy.target_error, 0.01)
+
+
+def test_a_task_stored_before_the_setting_keeps_its_confidence(
+    app: Any, db: Any, client: Any, tokens: Any, task: Any
+):
+    """Nothing changes under a running task: a stored policy without the key is watched at
+    the task's own confidence (95% here), as before the setting existed."""
+    row = _audited_auto_cases(app, db, client, tokens, task["name"])
+    row.policy = {k: v for k, v in row.policy.items() if k != "watch_confidence"}
+    db.flush()
     target = Policy.from_dict(row.policy).target_error
-    wrong_needed = next(
-        n for n in range(1, 40) if live_error_alarm([1] * n, alpha=target, delta=0.05).alarm
-    )
-    assert _label_wrong_until_fallback(db, row) == wrong_needed
+    assert _wrong_needed(target, 0.05) < _wrong_needed(target, 0.01)  # tells them apart
+    assert _label_wrong_until_fallback(db, row) == _wrong_needed(target, 0.05)
 
 
 def test_the_watch_tests_at_its_own_confidence() -> None:

@@ -52,9 +52,9 @@ def test_an_admin_sets_and_clears_the_watch_confidence_on_the_policy_page(browse
 
     client, headers, _ = browser_user("admin")
     page = client.get(f"/admin/tasks/{task['name']}/policy").get_data(as_text=True)
-    assert 'placeholder="same as Confidence"' in page and 'value=""' in page
+    assert 'placeholder="same as Confidence" value="0.99"' in page  # a new task's default
     set_on_policy_page(
-        client, headers, db, task["name"], "watch_confidence", bad="1.5", good="0.99", stored=0.99
+        client, headers, db, task["name"], "watch_confidence", bad="1.5", good="0.995", stored=0.995
     )
     # Emptied, this field goes back to following the task's confidence (said and audited),
     # where any other emptied field is refused.
@@ -62,7 +62,8 @@ def test_an_admin_sets_and_clears_the_watch_confidence_on_the_policy_page(browse
     cleared = client.post(url, data={"watch_confidence": "", "csrf_token": headers["X-CSRFToken"]})
     assert cleared.status_code == 302
     said = client.get(url).get_data(as_text=True)
-    assert "0.99 → same as Confidence" in said
+    assert "0.995 → same as Confidence" in said
+    assert 'placeholder="same as Confidence" value=""' in said
     db.expire_all()
     row = db.scalar(select(Task).where(Task.name == task["name"]))
     assert row.policy["watch_confidence"] is None
