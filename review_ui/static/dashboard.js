@@ -174,6 +174,19 @@
     return score >= 0.25 ? "large" : score >= 0.1 ? "moderate" : "stable";
   }
 
+  // A version's status, and for one that automates nothing why it was not certified (its
+  // newest attempt in numbers, or why no attempt was made): docs/policy.md.
+  function statusCell(m) {
+    const cell = T.el("td", m.revoked ? { title: "Certification revoked: " + (m.revoked.reason || "") } : null, m.status + (m.revoked ? " · certification revoked" : ""));
+    const cert = m.certification || {};
+    const why = cert.why_not || (cert.readiness && cert.readiness.reason) || null;
+    if ((m.threshold === null || m.threshold === undefined) && why) {
+      const short = why.length > 160 ? why.slice(0, 159) + "…" : why;
+      cell.append(T.el("div", { class: "muted why-not", title: why }, "Not certified: " + short));
+    }
+    return cell;
+  }
+
   function renderModels(models) {
     const box = $("models");
     if (!models || !models.length) return;
@@ -188,12 +201,12 @@
       const snap = m.training_snapshot || {};
       tr.append(
         T.el("td", null, "v" + m.version),
-        T.el("td", m.revoked ? { title: "Certification revoked: " + (m.revoked.reason || "") } : null, m.status + (m.revoked ? " · certification revoked" : "")),
+        statusCell(m),
         T.el("td", null, m.family || "—"),
         T.el("td", null, m.threshold !== null && m.threshold !== undefined ? m.threshold.toFixed(3) : "—"),
         T.el("td", null, m.error_bound !== null && m.error_bound !== undefined ? T.pct(m.error_bound, 2) : "—"),
         T.el("td", null, m.coverage !== null && m.coverage !== undefined ? T.pct(m.coverage, 0) : "—"),
-        T.el("td", null, snap.count !== undefined ? snap.count + " labels" : "—"),
+        T.el("td", null, snap.cases !== undefined ? Number(snap.cases).toLocaleString("en") + " labels" : "—"),
         T.el("td", null, m.created_at ? new Date(m.created_at).toLocaleString() : "—")
       );
       const cell = T.el("td");

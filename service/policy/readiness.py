@@ -116,8 +116,18 @@ def pass_probability(n: int, errors: int, oof_n: int, *, alpha: float, delta: fl
     )
 
 
+#: The largest ledger :func:`_ledger_needed` considers (beyond it: "more than this").
+LEDGER_SEARCH_LIMIT = 100_000
+
+
 def _ledger_needed(
-    share: float, errors: int, oof_n: int, *, alpha: float, delta: float, limit: int = 100_000
+    share: float,
+    errors: int,
+    oof_n: int,
+    *,
+    alpha: float,
+    delta: float,
+    limit: int = LEDGER_SEARCH_LIMIT,
 ) -> int | None:
     """Smallest ledger size (doubling search, then bisection) at which a region holding
     ``share`` of it passes with MIN_PASS_PROBABILITY; None if none up to ``limit``."""
@@ -237,21 +247,35 @@ def assess(
         j = int(np.argmax(p))
     likeliest = step(j, float(p[j]))
     if not useful.any():
-        reason = f"no testable step would automate more than the running {current_coverage:.0%}" + (
-            "" if max_coverage is None else f" within the widening cap ({max_coverage:.0%})"
-        )
+        if max_coverage is not None and max_coverage <= current_coverage:
+            reason = (
+                f"automation may not widen beyond the running {current_coverage:.0%} yet "
+                "(the widening cap), so a new threshold would change nothing"
+            )
+        else:
+            cap = "" if max_coverage is None else f" up to the widening cap of {max_coverage:.0%}"
+            reason = (
+                "no region the audited cases could test automates more than the running "
+                f"{current_coverage:.0%}{cap}: the narrowest testable one is wider than "
+                "automation may grow now, or no region has enough audited cases yet"
+            )
         return replace(likeliest, reason=reason)
     share = int(n[j]) / max(n_total, 1)
     needed = _ledger_needed(share, int(e[j]), int(m[j]), alpha=alpha, delta=delta)
-    need = (
-        f"about {needed:,} audited cases would be needed"
-        if needed is not None
-        else "no ledger size would do: the region's error is too close to the target"
-    )
     est = likeliest.estimated_error or 0.0
+    if needed is not None:
+        need = f"about {needed:,} audited cases would be needed"
+    elif est >= alpha:
+        need = "its error is not under the target: a better model is needed, not more audits"
+    else:
+        need = (
+            f"more than {LEDGER_SEARCH_LIMIT:,} audited cases would be needed: its error is "
+            "too close to the target"
+        )
     reason = (
         f"the best region (top {likeliest.coverage:.0%} of traffic, cross-validated error "
-        f"{est:.1%} against a target of {alpha:.1%}) would pass on the {n_total:,} audited "
-        f"cases with probability only {likeliest.pass_probability:.2f}; {need}"
+        f"{est:.1%} against a target of {alpha:.1%}) would pass on a ledger of {n_total:,} "
+        f"audited cases (the size this attempt is due at) with probability only "
+        f"{likeliest.pass_probability:.2f}; {need}"
     )
     return replace(likeliest, reason=reason, ledger_needed=needed)

@@ -321,6 +321,7 @@ th{background:#f6f8fa}td:first-child,th:first-child{text-align:left}
 .ok{color:#1a7f37;font-weight:600}.bad{color:#cf222e;font-weight:600}
 .muted{color:#57606a;font-size:.85rem}img{max-width:100%;border:1px solid #d0d7de;
 margin:.5rem 0}.verdict{background:#f6f8fa;border-left:4px solid #1f6feb;padding:.6rem 1rem}
+td.why{text-align:left;font-size:.8rem;min-width:22rem}
 """
 
 
@@ -483,13 +484,16 @@ def write_html(out: Path, summary: dict[str, Any]) -> Path:
             f"<td>{_pct(v['error_bound'], 2)}</td><td>{_pct(v['coverage'])}</td>"
             f"<td>{_pct(te.get('true_error'), 2) if te else '—'}</td>"
             f"<td>{'yes' if v['deployed'] else 'no'}</td>"
-            f"<td>{html.escape(_not_certified_because(v))}</td></tr>"
+            f'<td class="why">{html.escape(_not_certified_because(v))}</td></tr>'
         )
     versions = (
         "<table><tr><th>version</th><th>family</th><th>trained on</th><th>ledger</th>"
         "<th>certified τ</th><th>bound</th><th>certified coverage</th>"
-        "<th>true error at τ (held-out rows)</th><th>active</th>"
-        "<th>its newest attempt certified nothing because</th></tr>" + "".join(vrows) + "</table>"
+        "<th>true error at τ (held-out rows)</th>"
+        "<th>served traffic (suggestions or automatic answers)</th>"
+        "<th>why it was not certified (its newest attempt, or why none was made)</th></tr>"
+        + "".join(vrows)
+        + "</table>"
     )
     rules = t.get("rules") or []
     rule_rows = "".join(

@@ -106,7 +106,7 @@ def test_no_step_wider_than_what_runs_means_not_ready() -> None:
         max_coverage=0.4,
     )
     assert not capped.ready
-    assert "more than the running 40% within the widening cap (40%)" in capped.reason
+    assert "may not widen beyond the running 40% yet (the widening cap)" in capped.reason
 
 
 def test_too_few_out_of_fold_cases_never_call_for_an_attempt() -> None:
@@ -136,3 +136,16 @@ def test_rank_matching_counts_only_the_groups_own_cases() -> None:
     verdict = assess(oof, correct, ledger, grid, recent, alpha=ALPHA, delta=DELTA)
     share = verdict.ledger_cases / np.isfinite(ledger).sum()
     assert verdict.oof_cases == pytest.approx(share * np.isfinite(oof).sum(), abs=1)
+
+
+def test_a_region_above_the_target_asks_for_a_better_model_not_more_audits() -> None:
+    rng = np.random.default_rng(4)
+    recent = rng.random(2000)
+    ledger, _ = stream(400, rng, top_error=0.0)
+    grid = threshold_grid(recent, ledger, alpha=ALPHA, delta=DELTA)
+    oof_s, oof_ok = stream(800, rng, top_error=0.08)  # every region above α = 5%
+    bad = assess(oof_s, oof_ok, ledger, grid, recent, alpha=ALPHA, delta=DELTA)
+    assert not bad.ready and bad.ledger_needed is None
+    assert (bad.estimated_error or 0) >= ALPHA
+    assert "a better model is needed, not more audits" in bad.reason
+    assert "would pass on a ledger of 400 audited cases" in bad.reason

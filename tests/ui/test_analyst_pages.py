@@ -13,7 +13,7 @@ from playwright.sync_api import expect
 from sqlalchemy import func, select, update
 
 from service.db import db_session, utcnow
-from service.models import AuditEvent, Case, Task, User
+from service.models import AuditEvent, Case, ModelVersion, Task, User
 from service.schemas.tasks import TaskCreateSchema
 from service.services import review as review_service
 from service.services.accounts import create_user, user_actor
@@ -129,6 +129,23 @@ def test_the_demo_dashboard_draws_its_seeded_history(page_for, live_server, flas
     assert len(names) == 3 and all(n.startswith("r_") for n in names), names
     expect_text = page.locator("#queue-age").inner_text()
     assert re.search(r"the oldest has waited \d+ h", expect_text), expect_text
+    # The versions table: what each was trained on, and why an uncertified one automates
+    # nothing (its newest attempt in numbers, or why none was made).
+    page.wait_for_selector("#models table")
+    trained = page.locator("#models tbody tr td:nth-child(7)").all_inner_texts()
+    assert trained and all(re.fullmatch(r"[\d,]+ labels", t) for t in trained), trained
+    with unit_of_work() as session:
+        versions = session.execute(
+            select(ModelVersion.version, ModelVersion.threshold, ModelVersion.certification)
+        ).all()
+    for number, threshold, cert in versions:
+        why = (cert or {}).get("why_not") or ((cert or {}).get("readiness") or {}).get("reason")
+        first_cell = page.locator("td:first-child", has_text=re.compile(rf"^v{number}$"))
+        row = page.locator("#models tbody tr").filter(has=first_cell).inner_text()
+        if threshold is None and why:
+            assert "Not certified: " + why[:60] in row, row
+        else:
+            assert "Not certified" not in row, row
     ui.shot(page, "dashboard-demo")
     assert errors == []
 
