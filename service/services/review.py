@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Select, and_, exists, func, select
+from sqlalchemy.orm import Session, lazyload
 
 from service.db import is_postgres, utcnow
 from service.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -39,8 +39,14 @@ from service.models import AuditEvent, Case, Review, Task, User
 from service.policy import Policy
 from service.services import audit
 from service.services.audit import Actor
-from service.services.cases import FULL_VIEW_ROLES, after_human_label, blind_view, get_case
-from service.services.tasks import get_task
+from service.services.cases import (
+    FULL_VIEW_ROLES,
+    after_human_label,
+    blind_view,
+    get_case,
+    get_case_and_task,
+)
+from service.services.tasks import check_task, get_task
 
 #: Extra reviewers asked after disagreements, beyond ``reviewers_per_case``.
 MAX_EXTRA_REVIEWERS = 2
@@ -230,6 +236,31 @@ def _unlease(case: Case) -> None:
         case.status = "pending"
 
 
+def _task_and_leases(
+    session: Session, task_name: str, actor: Actor, user_id: int, now: datetime
+) -> tuple[Task, str | None, bool]:
+    """The task, with what a claim must know of its leases first: the case this person
+    holds (if any) and whether any lease lapsed (usually neither). One round trip: the
+    leases are correlated subqueries of the task's row, each on ``ix_cases_queue``."""
+    leased = and_(Case.task_id == Task.id, Case.queue_state == "leased")
+    held = (
+        select(Case.id)
+        .where(leased, Case.lease_owner_id == user_id)
+        .order_by(Case.claimed_at)
+        .limit(1)
+        .scalar_subquery()
+    )
+    lapsed = exists().where(leased, Case.lease_expires_at < now)
+    row = session.execute(
+        select(Task, held, lapsed)
+        .where(Task.name == task_name)
+        .options(lazyload(Task.active_model))
+    ).first()
+    task = check_task(row[0] if row is not None else None, task_name, actor)
+    assert row is not None
+    return task, row[1], bool(row[2])
+
+
 @dataclass
 class Claimed:
     case: Case
@@ -251,25 +282,13 @@ def claim(
     case they already hold, so a reload or a second tab never strands a case.
     """
     user_id = require_person(actor)
-    task = get_task(session, task_name, actor)
+    now = utcnow()
+    task, held_id, lapsed = _task_and_leases(session, task_name, actor, user_id, now)
     lease_seconds, _, sla_seconds = _review_settings(task)
     exclude = list(dict.fromkeys(exclude or []))[:MAX_EXCLUDE]
-    now = utcnow()
     expires = now + timedelta(seconds=lease_seconds)
 
-    # One look at the task's leases for the two things a claim must know first: the case
-    # this person holds, and whether any lease lapsed (usually neither, in one query).
-    leases = session.execute(
-        select(Case.id, Case.lease_owner_id)
-        .where(
-            Case.task_id == task.id,
-            Case.queue_state == "leased",
-            or_(Case.lease_owner_id == user_id, Case.lease_expires_at < now),
-        )
-        .order_by((Case.lease_owner_id == user_id).desc(), Case.claimed_at)
-        .limit(1)
-    ).first()
-    held = session.get(Case, leases.id) if leases and leases.lease_owner_id == user_id else None
+    held = session.get(Case, held_id) if held_id is not None else None
     if held is not None and held.id not in exclude:
         held.lease_expires_at = expires
         return Claimed(case=held, task=task, renewed=True)
@@ -284,7 +303,7 @@ def claim(
             request_id=request_id,
         )
 
-    if leases is not None:
+    if lapsed:
         expire_task_leases(session, task.id, now)
 
     cutoff = now - timedelta(seconds=sla_seconds)
@@ -447,9 +466,18 @@ def _conflict_for(case: Case, user_id: int) -> Conflict:
 @dataclass
 class Decision:
     case: Case
+    task: Task  # kept here: the session holds unchanged rows weakly, a reload is a round trip
     review: Review
     resolved: bool
     event: str | None  # case.resolved | case.corrected | None (more reviewers needed)
+
+
+@dataclass
+class ToDecide:
+    """A case locked for a decision, with its task (:func:`case_to_decide`)."""
+
+    case: Case
+    task: Task
 
 
 def _votes(reviews: list[Review]) -> tuple[str, int, Counter[str]]:
@@ -503,10 +531,37 @@ def submit_review(
     request_id: str | None = None,
 ) -> Decision:
     """Record one reviewer's decision; resolve the case when the decision completes it."""
+    return decide(
+        session,
+        case_to_decide(session, case_id, actor),
+        label,
+        actor,
+        comment=comment,
+        request_id=request_id,
+    )
+
+
+def case_to_decide(session: Session, case_id: str, actor: Actor) -> ToDecide:
+    """The case, locked, and its task, once the actor may decide on it (the API finds the
+    case before it reads the body: 404 and 403 come before 422). Its reviews are read after
+    the lock is held, so a decision or an undo committed meanwhile is seen."""
+    require_person(actor)
+    case, task = get_case_and_task(session, case_id, actor, for_update=True)
+    return ToDecide(case=case, task=task)
+
+
+def decide(
+    session: Session,
+    target: ToDecide,
+    label: str,
+    actor: Actor,
+    *,
+    comment: str | None = None,
+    request_id: str | None = None,
+) -> Decision:
+    """:func:`submit_review` on a case already locked by :func:`case_to_decide`."""
     user_id = require_person(actor)
-    case = get_case(session, case_id, actor, for_update=True)
-    task = session.get(Task, case.task_id)
-    assert task is not None
+    case, task = target.case, target.task
     if label not in task.labels:
         raise ValidationFailed(
             f"unknown label {label!r}", {"label": [f"one of: {', '.join(task.labels)}"]}
@@ -557,7 +612,7 @@ def submit_review(
         case.queue_state = "waiting"
         if case.status == "in_review":
             case.status = "pending"
-        return Decision(case=case, review=review, resolved=False, event=None)
+        return Decision(case=case, task=task, review=review, resolved=False, event=None)
 
     first_label = case.human_label is None
     count_label = first_label and not _resolved_before(session, case)
@@ -605,7 +660,9 @@ def submit_review(
         request_id=request_id,
     )
     after_human_label(session, task, case, event, new_label=count_label, request_id=request_id)
-    return Decision(case=case, review=review, resolved=True, event=event or "case.resolved")
+    return Decision(
+        case=case, task=task, review=review, resolved=True, event=event or "case.resolved"
+    )
 
 
 # ------------------------------------------------------------------ release and undo
