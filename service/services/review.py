@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, func, select
+from sqlalchemy import ColumnElement, Select, Table, and_, exists, func, select
 from sqlalchemy.orm import Session, lazyload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from service.db import is_postgres, utcnow
 from service.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -124,30 +125,80 @@ def _lock_first(session: Session, stmt: Select[Any]) -> Case | None:
     # index) made PostgreSQL walk ``ix_cases_task_created_id`` past every answered case older
     # than the head of the queue instead, or sort the whole queue (bench/README.md). Cases that
     # arrived at the same instant (one batch) are served in no guaranteed order among themselves.
-    stmt = stmt.order_by(Case.created_at).limit(1)
+    # Its reviews are not read here: this statement's snapshot predates the lock, so it could
+    # miss a review committed while it waited (the lease below reads them under the lock).
+    stmt = stmt.order_by(Case.created_at).limit(1).options(lazyload(Case.reviews))
     if is_postgres(session):
         stmt = stmt.with_for_update(skip_locked=True)
     return session.scalars(stmt).first()
 
 
-def _reviewed_by(case: Case, user_id: int) -> bool:
-    return any(r.reviewer_id == user_id for r in active_reviews(case))
+def _next_case(
+    session: Session,
+    task_id: int,
+    user_id: int,
+    exclude: list[str],
+    expires: datetime,
+    now: datetime,
+) -> Case | None:
+    """The oldest waiting case this person has not reviewed yet, locked and leased to them.
 
-
-def _next_case(session: Session, task_id: int, user_id: int, exclude: list[str]) -> Case | None:
-    """The oldest waiting case this person has not reviewed yet, locked.
-
-    The head of the queue first, on the queue index alone; only when they already reviewed
-    that case (a second opinion is waiting for someone else, or they undid and released it)
-    the query that leaves out everything they reviewed. Its anti-join is planned from the
-    reviews' statistics, and a stale estimate once made it sort the whole queue (52 s)."""
+    The head of the queue first, on the queue index alone, leased unless they already
+    reviewed it (one statement: :func:`_lease_unless_reviewed`); only when they did (a
+    second opinion is waiting for someone else, or they undid and released it) the query
+    that leaves out everything they reviewed. Its anti-join is planned from the reviews'
+    statistics, and a stale estimate once made it sort the whole queue (52 s)."""
     case = _lock_first(session, _candidates(task_id, exclude))
-    if case is None or not _reviewed_by(case, user_id):
+    if case is None or _lease_unless_reviewed(session, case, user_id, expires, now):
         return case
     already_reviewed = exists().where(
         Review.case_id == Case.id, Review.reviewer_id == user_id, Review.retracted_at.is_(None)
     )
-    return _lock_first(session, _candidates(task_id, exclude).where(~already_reviewed))
+    case = _lock_first(session, _candidates(task_id, exclude).where(~already_reviewed))
+    if case is not None:
+        _lease(case, user_id, expires, now)
+    return case
+
+
+def _lease_unless_reviewed(
+    session: Session, case: Case, user_id: int, expires: datetime, now: datetime
+) -> bool:
+    """Lease ``case`` (locked by the caller) to the reviewer unless they already reviewed it
+    (a retracted review does not count); whether it did.
+
+    One round trip where a read of the case's reviews and the lease took two: the UPDATE's
+    condition checks the reviews and its RETURNING tells whether the case has any. Both run
+    after the row lock was granted, so they see every review committed before it (reviews
+    are written only under that lock). A case nobody reviewed gets its (empty) reviews
+    without a query; the others load theirs when first read."""
+    mine = exists().where(
+        Review.case_id == case.id, Review.reviewer_id == user_id, Review.retracted_at.is_(None)
+    )
+    anyone = exists().where(Review.case_id == case.id)
+    values: dict[str, Any] = {
+        "queue_state": "leased",
+        "lease_owner_id": user_id,
+        "lease_expires_at": expires,
+        "claimed_at": now,
+        "status": "in_review" if case.status == "pending" else case.status,
+        "updated_at": now,
+    }
+    table: Table = Case.__table__  # type: ignore[assignment]
+    # A table statement, not an ORM one: the ORM neither flushes nor tries to synchronise
+    # the session; the loaded case is brought up to date below.
+    row = session.execute(
+        table.update()
+        .where(table.c.id == case.id, ~mine)
+        .values(**values)
+        .returning(select(anyone).scalar_subquery())
+    ).first()
+    if row is None:
+        return False
+    for key, value in values.items():
+        set_committed_value(case, key, value)
+    if not row[0]:
+        set_committed_value(case, "reviews", [])
+    return True
 
 
 def expire_task_leases(session: Session, task_id: int, now: datetime) -> int:
@@ -311,10 +362,9 @@ def claim(
     # query of their own. No tier for audits: an audit served ahead of older cases would
     # stand out (received minutes ago while the queue holds day-old cases), and the review
     # must stay blind.
-    case = _next_case(session, task.id, user_id, exclude)
+    case = _next_case(session, task.id, user_id, exclude, expires, now)
     if case is None:
         return None
-    _lease(case, user_id, expires, now)
     audit.record(
         session,
         "case.claimed",
