@@ -26,8 +26,8 @@ from tests.helpers import SIMPLE_TASK, auth
 from tests.review.conftest import make_user, queue_cases
 
 #: BEGIN, the token with its user, the task with its leases, the head of the queue (locked),
-#: the case's reviews, the audit event, the lease, COMMIT. (10 before: the user and the
-#: leases had queries of their own.)
+#: the lease (whose UPDATE checks the case's reviews), the audit event, COMMIT. (10 before:
+#: the user, the leases and the reviews had queries of their own.)
 CLAIM_ROUND_TRIPS = 7
 #: BEGIN, the token with its user, the case (locked) with its task, its reviews, the review,
 #: the audit events (one batched INSERT on PostgreSQL; SQLAlchemy inserts them one by one on
