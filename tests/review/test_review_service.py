@@ -285,9 +285,7 @@ def test_a_reviewer_who_decided_the_head_of_the_queue_gets_the_next_case(
     assert review.claim(db(), task["name"], b).case.id == first
 
 
-def test_the_claim_checks_the_reviews_under_the_lock_in_a_fresh_session(
-    db, task, people, queued
-):
+def test_the_claim_checks_the_reviews_under_the_lock_in_a_fresh_session(db, task, people, queued):
     """The lease's UPDATE carries the "already reviewed" check and says whether the case has
     reviews at all (the claim no longer reads them first): a retracted review of one's own
     does not keep a case from its reviewer, and is shown to them; another reviewer's
