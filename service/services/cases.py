@@ -225,9 +225,7 @@ def record_outcome(
     verdicts only, so the case stays in the review queue (its lease, if any, too) and the
     reviewer's verdict becomes its human label.
     """
-    case = get_case(session, case_id, actor, for_update=True)
-    task = session.get(Task, case.task_id)
-    assert task is not None
+    case, task = get_case_and_task(session, case_id, actor, for_update=True)
     if label not in task.labels:
         raise ValidationFailed(
             f"unknown label {label!r}", {"label": [f"one of: {', '.join(task.labels)}"]}
@@ -320,9 +318,7 @@ def repair_case(
     fields redacted (set to null) — text that cannot be exported, or personal data that must
     go. The model's answer, the labels and the reviews stay as they were. The audit event
     names the fields, never their old or new values."""
-    case = get_case(session, case_id, actor, for_update=True)
-    task = session.get(Task, case.task_id)
-    assert task is not None
+    case, task = get_case_and_task(session, case_id, actor, for_update=True)
     specs = {spec["name"]: spec for spec in task.fields}
     unknown = sorted((set(values) | set(redact)) - set(specs))
     if unknown:

@@ -399,8 +399,7 @@ def claim_case(
     the reviewer picked it). A case that is resolved, leased by someone else, or already
     reviewed by this person is refused with a conflict and nothing changes."""
     user_id = require_person(actor)
-    case = get_case(session, case_id, actor, for_update=True)
-    task = get_task_for_case(session, case)
+    case, task = get_case_and_task(session, case_id, actor, for_update=True)
     lease_seconds, _, sla_seconds = _review_settings(task)
     now = utcnow()
     expires = now + timedelta(seconds=lease_seconds)
@@ -736,9 +735,7 @@ def undo(session: Session, case_id: str, actor: Actor, *, request_id: str | None
     retracted); the case goes back to the reviewer, leased, as it was before the decision.
     """
     user_id = require_person(actor)
-    case = get_case(session, case_id, actor, for_update=True)
-    task = session.get(Task, case.task_id)
-    assert task is not None
+    case, task = get_case_and_task(session, case_id, actor, for_update=True)
     lease_seconds, _, _ = _review_settings(task)
     now = utcnow()
     active = active_reviews(case)
