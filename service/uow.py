@@ -53,7 +53,7 @@ def after_commit(session: Session, key: str, action: Callable[[], None]) -> None
     """Run ``action`` once the unit of work ``session`` belongs to has committed; once per
     ``key`` however often it is asked for; never if it rolls back. For work that must see what
     other transactions committed alongside this one (the retrain trigger's second look,
-    service.services.labels); the action opens its own unit of work."""
+    service.services.labels); the action opens its own unit of work (or reads in autocommit)."""
     session.info.setdefault(_AFTER_COMMIT, {})[key] = action
 
 

@@ -81,18 +81,18 @@ def review(case_id: str) -> dict[str, Any]:
     case resolved (docs/review.md, "Blind review")."""
     review_service.require_person(current_actor())  # before the body: refuse first
     with unit_of_work() as session:
-        case_service.get_case(session, case_id, current_actor())  # scope before validation
+        # The case is found (and locked) before the body is read: scope before validation.
+        target = review_service.case_to_decide(session, case_id, current_actor())
         data = load(ReviewRequestSchema(), json_body())
-        decision = review_service.submit_review(
+        decision = review_service.decide(
             session,
-            case_id,
+            target,
             data["label"],
             current_actor(),
             comment=data["comment"],
             request_id=request_id(),
         )
-        task = review_service.get_task_for_case(session, decision.case)
-        view = review_service.decision_view(decision, task)
+        view = review_service.decision_view(decision, decision.task)
     return view
 
 

@@ -178,7 +178,14 @@ def authenticate_token(session: Session, token: str) -> Actor | None:
     cached = _token_cache.get(digest)
     if cached and cached[0] > now:
         return cached[1]
-    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
+    # The token and the person it acts for in one round trip: such tokens are never cached
+    # (below), so every claim and decision pays this query.
+    found = session.execute(
+        select(ApiToken, User)
+        .outerjoin(User, User.id == ApiToken.user_id)
+        .where(ApiToken.token_hash == digest)
+    ).first()
+    row, user = (found[0], found[1]) if found is not None else (None, None)
     if row is None or row.revoked_at is not None:
         _token_cache.pop(digest, None)
         return None
@@ -190,7 +197,6 @@ def authenticate_token(session: Session, token: str) -> Actor | None:
         task_scope=tuple(row.task_scope) if row.task_scope else None,
     )
     if row.user_id is not None:
-        user = session.get(User, row.user_id)
         if user is None or not user.active or not _token_within_user(row, user):
             return None
         scope = row.task_scope or user.task_scope

@@ -7,7 +7,7 @@ from typing import Any
 
 from marshmallow import ValidationError as MarshmallowValidationError
 from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, lazyload, selectinload
 
 from service.db import utcnow
 from service.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -20,16 +20,32 @@ from service.text_check import ensure_valid_text
 
 
 def get_case(session: Session, case_id: str, actor: Actor, *, for_update: bool = False) -> Case:
-    stmt = select(Case).where(Case.id == case_id)
+    return get_case_and_task(session, case_id, actor, for_update=for_update)[0]
+
+
+def get_case_and_task(
+    session: Session, case_id: str, actor: Actor, *, for_update: bool = False
+) -> tuple[Case, Task]:
+    """The case and its task in one round trip (the task decides who may see the case).
+
+    ``for_update`` locks the case row only, never the task's: every decision of the task
+    would otherwise wait for the one before it. The task's active model is not joined in
+    (nothing here needs it; it loads on first use)."""
+    stmt = (
+        select(Case, Task)
+        .join(Task, Task.id == Case.task_id)
+        .where(Case.id == case_id)
+        .options(lazyload(Task.active_model))
+    )
     if for_update:
-        stmt = stmt.with_for_update()
-    case = session.scalar(stmt)
-    if case is None:
+        stmt = stmt.with_for_update(of=Case)
+    row = session.execute(stmt).first()
+    if row is None:
         raise NotFound("case not found", {"case_id": case_id})
-    task_name = session.scalar(select(Task.name).where(Task.id == case.task_id))
-    if task_name is None or not actor.may_access(task_name):
+    case, task = row
+    if not actor.may_access(task.name):
         raise Forbidden("not allowed to read this case", {"case_id": case_id})
-    return case
+    return case, task
 
 
 def find_by_external_id(
@@ -209,9 +225,7 @@ def record_outcome(
     verdicts only, so the case stays in the review queue (its lease, if any, too) and the
     reviewer's verdict becomes its human label.
     """
-    case = get_case(session, case_id, actor, for_update=True)
-    task = session.get(Task, case.task_id)
-    assert task is not None
+    case, task = get_case_and_task(session, case_id, actor, for_update=True)
     if label not in task.labels:
         raise ValidationFailed(
             f"unknown label {label!r}", {"label": [f"one of: {', '.join(task.labels)}"]}
@@ -304,9 +318,7 @@ def repair_case(
     fields redacted (set to null) — text that cannot be exported, or personal data that must
     go. The model's answer, the labels and the reviews stay as they were. The audit event
     names the fields, never their old or new values."""
-    case = get_case(session, case_id, actor, for_update=True)
-    task = session.get(Task, case.task_id)
-    assert task is not None
+    case, task = get_case_and_task(session, case_id, actor, for_update=True)
     specs = {spec["name"]: spec for spec in task.fields}
     unknown = sorted((set(values) | set(redact)) - set(specs))
     if unknown:

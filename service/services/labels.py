@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 
 from sqlalchemy import select
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from service.db import db_session, is_postgres
@@ -34,9 +35,9 @@ log = logging.getLogger(__name__)
 def label_recorded(
     session: Session, task: Task, case: Case, *, request_id: str | None = None
 ) -> None:
-    training.count_labels(session, task.id)
-    total, rows = training.label_count(session, task.id)
-    if total >= Policy.from_dict(task.policy).retrain_every:
+    total, rows = training.count_label_and_read(session, task.id)
+    every = Policy.from_dict(task.policy).retrain_every
+    if total >= every:
         _retrain(session, task, request_id=request_id)
     elif not is_postgres(session):
         # SQLite has one writer at a time: this count saw every other label, and the rows
@@ -44,7 +45,9 @@ def label_recorded(
         training.compact_label_count(session, task.id, rows)
     if is_postgres(session):
         task_id = task.id
-        after_commit(session, f"retrain-check-{task_id}", lambda: _check_after_commit(task_id))
+        after_commit(
+            session, f"retrain-check-{task_id}", lambda: _check_after_commit(task_id, every)
+        )
     if case.audit and (case.route == "auto" or case.reason == "audit"):
         # An audited automatic answer, or one held for its audit verdict (audit_mode "hold"):
         # either way it is the live watch's evidence.
@@ -70,11 +73,17 @@ def _retrain(session: Session, task: Task, *, request_id: str | None = None) -> 
     return True
 
 
-def _check_after_commit(task_id: int) -> None:
-    """The trigger's second look, in a short transaction of its own (see the module's
-    docstring); it also folds a task's count rows when a large ``retrain_every`` lets them
-    pile up. A failure here leaves the decision committed: the next label looks again."""
+def _check_after_commit(task_id: int, every: int) -> None:
+    """The trigger's second look (see the module's docstring), with ``every`` the task's
+    ``retrain_every`` as the decision read it; it also folds a task's count rows when a large
+    ``retrain_every`` lets them pile up. Usually neither is due, which one autocommitted read
+    tells (no BEGIN and COMMIT round trips); otherwise a short transaction of its own looks
+    again and acts. A failure here leaves the decision committed: the next label looks
+    again."""
     try:
+        total, rows = _read_count(task_id)
+        if total < every and rows <= training.COMPACT_ROWS:
+            return
         with unit_of_work() as session:
             task = session.get(Task, task_id)
             if task is None:
@@ -87,3 +96,14 @@ def _check_after_commit(task_id: int) -> None:
     except Exception:
         log.warning("retrain check after commit failed (task %s)", task_id, exc_info=True)
         db_session.remove()
+
+
+def _read_count(task_id: int) -> tuple[int, int]:
+    """:func:`training.label_count` outside any transaction: one autocommitted statement
+    (in tests, whose session is bound to one connection, a unit of work of its own)."""
+    bind = db_session().get_bind()
+    if isinstance(bind, Engine) and not db_session().in_transaction():
+        with bind.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            return training.label_count_on(conn, task_id)
+    with unit_of_work() as session:
+        return training.label_count(session, task_id)

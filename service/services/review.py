@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Select, Table, and_, exists, func, select
+from sqlalchemy.orm import Session, lazyload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from service.db import is_postgres, utcnow
 from service.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -39,8 +40,14 @@ from service.models import AuditEvent, Case, Review, Task, User
 from service.policy import Policy
 from service.services import audit
 from service.services.audit import Actor
-from service.services.cases import FULL_VIEW_ROLES, after_human_label, blind_view, get_case
-from service.services.tasks import get_task
+from service.services.cases import (
+    FULL_VIEW_ROLES,
+    after_human_label,
+    blind_view,
+    get_case,
+    get_case_and_task,
+)
+from service.services.tasks import check_task, get_task
 
 #: Extra reviewers asked after disagreements, beyond ``reviewers_per_case``.
 MAX_EXTRA_REVIEWERS = 2
@@ -118,30 +125,80 @@ def _lock_first(session: Session, stmt: Select[Any]) -> Case | None:
     # index) made PostgreSQL walk ``ix_cases_task_created_id`` past every answered case older
     # than the head of the queue instead, or sort the whole queue (bench/README.md). Cases that
     # arrived at the same instant (one batch) are served in no guaranteed order among themselves.
-    stmt = stmt.order_by(Case.created_at).limit(1)
+    # Its reviews are not read here: this statement's snapshot predates the lock, so it could
+    # miss a review committed while it waited (the lease below reads them under the lock).
+    stmt = stmt.order_by(Case.created_at).limit(1).options(lazyload(Case.reviews))
     if is_postgres(session):
         stmt = stmt.with_for_update(skip_locked=True)
     return session.scalars(stmt).first()
 
 
-def _reviewed_by(case: Case, user_id: int) -> bool:
-    return any(r.reviewer_id == user_id for r in active_reviews(case))
+def _next_case(
+    session: Session,
+    task_id: int,
+    user_id: int,
+    exclude: list[str],
+    expires: datetime,
+    now: datetime,
+) -> Case | None:
+    """The oldest waiting case this person has not reviewed yet, locked and leased to them.
 
-
-def _next_case(session: Session, task_id: int, user_id: int, exclude: list[str]) -> Case | None:
-    """The oldest waiting case this person has not reviewed yet, locked.
-
-    The head of the queue first, on the queue index alone; only when they already reviewed
-    that case (a second opinion is waiting for someone else, or they undid and released it)
-    the query that leaves out everything they reviewed. Its anti-join is planned from the
-    reviews' statistics, and a stale estimate once made it sort the whole queue (52 s)."""
+    The head of the queue first, on the queue index alone, leased unless they already
+    reviewed it (one statement: :func:`_lease_unless_reviewed`); only when they did (a
+    second opinion is waiting for someone else, or they undid and released it) the query
+    that leaves out everything they reviewed. Its anti-join is planned from the reviews'
+    statistics, and a stale estimate once made it sort the whole queue (52 s)."""
     case = _lock_first(session, _candidates(task_id, exclude))
-    if case is None or not _reviewed_by(case, user_id):
+    if case is None or _lease_unless_reviewed(session, case, user_id, expires, now):
         return case
     already_reviewed = exists().where(
         Review.case_id == Case.id, Review.reviewer_id == user_id, Review.retracted_at.is_(None)
     )
-    return _lock_first(session, _candidates(task_id, exclude).where(~already_reviewed))
+    case = _lock_first(session, _candidates(task_id, exclude).where(~already_reviewed))
+    if case is not None:
+        _lease(case, user_id, expires, now)
+    return case
+
+
+def _lease_unless_reviewed(
+    session: Session, case: Case, user_id: int, expires: datetime, now: datetime
+) -> bool:
+    """Lease ``case`` (locked by the caller) to the reviewer unless they already reviewed it
+    (a retracted review does not count); whether it did.
+
+    One round trip where a read of the case's reviews and the lease took two: the UPDATE's
+    condition checks the reviews and its RETURNING tells whether the case has any. Both run
+    after the row lock was granted, so they see every review committed before it (reviews
+    are written only under that lock). A case nobody reviewed gets its (empty) reviews
+    without a query; the others load theirs when first read."""
+    mine = exists().where(
+        Review.case_id == case.id, Review.reviewer_id == user_id, Review.retracted_at.is_(None)
+    )
+    anyone = exists().where(Review.case_id == case.id)
+    values: dict[str, Any] = {
+        "queue_state": "leased",
+        "lease_owner_id": user_id,
+        "lease_expires_at": expires,
+        "claimed_at": now,
+        "status": "in_review" if case.status == "pending" else case.status,
+        "updated_at": now,
+    }
+    table: Table = Case.__table__  # type: ignore[assignment]
+    # A table statement, not an ORM one: the ORM neither flushes nor tries to synchronise
+    # the session; the loaded case is brought up to date below.
+    row = session.execute(
+        table.update()
+        .where(table.c.id == case.id, ~mine)
+        .values(**values)
+        .returning(select(anyone).scalar_subquery())
+    ).first()
+    if row is None:
+        return False
+    for key, value in values.items():
+        set_committed_value(case, key, value)
+    if not row[0]:
+        set_committed_value(case, "reviews", [])
+    return True
 
 
 def expire_task_leases(session: Session, task_id: int, now: datetime) -> int:
@@ -230,6 +287,31 @@ def _unlease(case: Case) -> None:
         case.status = "pending"
 
 
+def _task_and_leases(
+    session: Session, task_name: str, actor: Actor, user_id: int, now: datetime
+) -> tuple[Task, str | None, bool]:
+    """The task, with what a claim must know of its leases first: the case this person
+    holds (if any) and whether any lease lapsed (usually neither). One round trip: the
+    leases are correlated subqueries of the task's row, each on ``ix_cases_queue``."""
+    leased = and_(Case.task_id == Task.id, Case.queue_state == "leased")
+    held = (
+        select(Case.id)
+        .where(leased, Case.lease_owner_id == user_id)
+        .order_by(Case.claimed_at)
+        .limit(1)
+        .scalar_subquery()
+    )
+    lapsed = exists().where(leased, Case.lease_expires_at < now)
+    row = session.execute(
+        select(Task, held, lapsed)
+        .where(Task.name == task_name)
+        .options(lazyload(Task.active_model))
+    ).first()
+    task = check_task(row[0] if row is not None else None, task_name, actor)
+    assert row is not None
+    return task, row[1], bool(row[2])
+
+
 @dataclass
 class Claimed:
     case: Case
@@ -251,25 +333,13 @@ def claim(
     case they already hold, so a reload or a second tab never strands a case.
     """
     user_id = require_person(actor)
-    task = get_task(session, task_name, actor)
+    now = utcnow()
+    task, held_id, lapsed = _task_and_leases(session, task_name, actor, user_id, now)
     lease_seconds, _, sla_seconds = _review_settings(task)
     exclude = list(dict.fromkeys(exclude or []))[:MAX_EXCLUDE]
-    now = utcnow()
     expires = now + timedelta(seconds=lease_seconds)
 
-    # One look at the task's leases for the two things a claim must know first: the case
-    # this person holds, and whether any lease lapsed (usually neither, in one query).
-    leases = session.execute(
-        select(Case.id, Case.lease_owner_id)
-        .where(
-            Case.task_id == task.id,
-            Case.queue_state == "leased",
-            or_(Case.lease_owner_id == user_id, Case.lease_expires_at < now),
-        )
-        .order_by((Case.lease_owner_id == user_id).desc(), Case.claimed_at)
-        .limit(1)
-    ).first()
-    held = session.get(Case, leases.id) if leases and leases.lease_owner_id == user_id else None
+    held = session.get(Case, held_id) if held_id is not None else None
     if held is not None and held.id not in exclude:
         held.lease_expires_at = expires
         return Claimed(case=held, task=task, renewed=True)
@@ -284,7 +354,7 @@ def claim(
             request_id=request_id,
         )
 
-    if leases is not None:
+    if lapsed:
         expire_task_leases(session, task.id, now)
 
     cutoff = now - timedelta(seconds=sla_seconds)
@@ -292,10 +362,9 @@ def claim(
     # query of their own. No tier for audits: an audit served ahead of older cases would
     # stand out (received minutes ago while the queue holds day-old cases), and the review
     # must stay blind.
-    case = _next_case(session, task.id, user_id, exclude)
+    case = _next_case(session, task.id, user_id, exclude, expires, now)
     if case is None:
         return None
-    _lease(case, user_id, expires, now)
     audit.record(
         session,
         "case.claimed",
@@ -330,8 +399,7 @@ def claim_case(
     the reviewer picked it). A case that is resolved, leased by someone else, or already
     reviewed by this person is refused with a conflict and nothing changes."""
     user_id = require_person(actor)
-    case = get_case(session, case_id, actor, for_update=True)
-    task = get_task_for_case(session, case)
+    case, task = get_case_and_task(session, case_id, actor, for_update=True)
     lease_seconds, _, sla_seconds = _review_settings(task)
     now = utcnow()
     expires = now + timedelta(seconds=lease_seconds)
@@ -447,9 +515,18 @@ def _conflict_for(case: Case, user_id: int) -> Conflict:
 @dataclass
 class Decision:
     case: Case
+    task: Task  # kept here: the session holds unchanged rows weakly, a reload is a round trip
     review: Review
     resolved: bool
     event: str | None  # case.resolved | case.corrected | None (more reviewers needed)
+
+
+@dataclass
+class ToDecide:
+    """A case locked for a decision, with its task (:func:`case_to_decide`)."""
+
+    case: Case
+    task: Task
 
 
 def _votes(reviews: list[Review]) -> tuple[str, int, Counter[str]]:
@@ -503,10 +580,37 @@ def submit_review(
     request_id: str | None = None,
 ) -> Decision:
     """Record one reviewer's decision; resolve the case when the decision completes it."""
+    return decide(
+        session,
+        case_to_decide(session, case_id, actor),
+        label,
+        actor,
+        comment=comment,
+        request_id=request_id,
+    )
+
+
+def case_to_decide(session: Session, case_id: str, actor: Actor) -> ToDecide:
+    """The case, locked, and its task, once the actor may decide on it (the API finds the
+    case before it reads the body: 404 and 403 come before 422). Its reviews are read after
+    the lock is held, so a decision or an undo committed meanwhile is seen."""
+    require_person(actor)
+    case, task = get_case_and_task(session, case_id, actor, for_update=True)
+    return ToDecide(case=case, task=task)
+
+
+def decide(
+    session: Session,
+    target: ToDecide,
+    label: str,
+    actor: Actor,
+    *,
+    comment: str | None = None,
+    request_id: str | None = None,
+) -> Decision:
+    """:func:`submit_review` on a case already locked by :func:`case_to_decide`."""
     user_id = require_person(actor)
-    case = get_case(session, case_id, actor, for_update=True)
-    task = session.get(Task, case.task_id)
-    assert task is not None
+    case, task = target.case, target.task
     if label not in task.labels:
         raise ValidationFailed(
             f"unknown label {label!r}", {"label": [f"one of: {', '.join(task.labels)}"]}
@@ -557,7 +661,7 @@ def submit_review(
         case.queue_state = "waiting"
         if case.status == "in_review":
             case.status = "pending"
-        return Decision(case=case, review=review, resolved=False, event=None)
+        return Decision(case=case, task=task, review=review, resolved=False, event=None)
 
     first_label = case.human_label is None
     count_label = first_label and not _resolved_before(session, case)
@@ -605,7 +709,9 @@ def submit_review(
         request_id=request_id,
     )
     after_human_label(session, task, case, event, new_label=count_label, request_id=request_id)
-    return Decision(case=case, review=review, resolved=True, event=event or "case.resolved")
+    return Decision(
+        case=case, task=task, review=review, resolved=True, event=event or "case.resolved"
+    )
 
 
 # ------------------------------------------------------------------ release and undo
@@ -629,9 +735,7 @@ def undo(session: Session, case_id: str, actor: Actor, *, request_id: str | None
     retracted); the case goes back to the reviewer, leased, as it was before the decision.
     """
     user_id = require_person(actor)
-    case = get_case(session, case_id, actor, for_update=True)
-    task = session.get(Task, case.task_id)
-    assert task is not None
+    case, task = get_case_and_task(session, case_id, actor, for_update=True)
     lease_seconds, _, _ = _review_settings(task)
     now = utcnow()
     active = active_reviews(case)

@@ -16,12 +16,14 @@ from service.services.webhooks import redact_url
 
 
 def get_task(session: Session, name: str, actor: Actor | None = None) -> Task:
-    task = session.scalar(select(Task).where(Task.name == name))
+    return check_task(session.scalar(select(Task).where(Task.name == name)), name, actor)
+
+
+def check_task(task: Task | None, name: str, actor: Actor | None = None) -> Task:
+    """``task`` (looked up by ``name``) once it exists and the actor may use it."""
     if task is None:
         raise NotFound(f"task {name!r} not found", {"task": name})
     if actor is not None and not actor.may_access(task.name):
-        from service.errors import Forbidden
-
         raise Forbidden(f"not allowed to use task {name!r}", {"task": name})
     return task
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from redis import Redis
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import Connection, Select, delete, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from service import queues
@@ -33,15 +33,41 @@ def count_labels(session: Session, task_id: int, n: int = 1) -> None:
     session.execute(insert(RetrainLabel).values(task_id=task_id, n=n))
 
 
+def count_label_and_read(session: Session, task_id: int, n: int = 1) -> tuple[int, int]:
+    """:func:`count_labels` and then :func:`label_count`, in one round trip. The insert
+    returns the sum over the task's other rows: an INSERT's subquery sees the new row on
+    SQLite but not on PostgreSQL, so both leave it out by id and it is added here."""
+    session.flush()  # the decision's own writes first, as an ORM statement would
+    before, other_rows = session.execute(_COUNT_AND_READ, {"task_id": task_id, "n": n}).one()
+    return int(before) + n, int(other_rows) + 1
+
+
+_COUNT_AND_READ = text(
+    "INSERT INTO retrain_labels (task_id, n) VALUES (:task_id, :n) RETURNING"
+    " (SELECT coalesce(sum(o.n), 0) FROM retrain_labels AS o"
+    "  WHERE o.task_id = :task_id AND o.id <> retrain_labels.id),"
+    " (SELECT count(*) FROM retrain_labels AS o"
+    "  WHERE o.task_id = :task_id AND o.id <> retrain_labels.id)"
+)
+
+
 def label_count(session: Session, task_id: int) -> tuple[int, int]:
     """(labels counted since training was last requested, rows holding them): the rows
     committed, and this transaction's own."""
-    total, rows = session.execute(
-        select(func.coalesce(func.sum(RetrainLabel.n), 0), func.count()).where(
-            RetrainLabel.task_id == task_id
-        )
-    ).one()
+    total, rows = session.execute(_label_count_query(task_id)).one()
     return int(total), int(rows)
+
+
+def label_count_on(conn: Connection, task_id: int) -> tuple[int, int]:
+    """:func:`label_count` on a Core connection (an autocommitted read)."""
+    total, rows = conn.execute(_label_count_query(task_id)).one()
+    return int(total), int(rows)
+
+
+def _label_count_query(task_id: int) -> Select[int, int]:
+    return select(func.coalesce(func.sum(RetrainLabel.n), 0), func.count()).where(
+        RetrainLabel.task_id == task_id
+    )
 
 
 def labels_since_training(session: Session, task_id: int) -> int:

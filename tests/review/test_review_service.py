@@ -285,6 +285,45 @@ def test_a_reviewer_who_decided_the_head_of_the_queue_gets_the_next_case(
     assert review.claim(db(), task["name"], b).case.id == first
 
 
+def test_the_claim_checks_the_reviews_under_the_lock_in_a_fresh_session(db, task, people, queued):
+    """The lease's UPDATE carries the "already reviewed" check and says whether the case has
+    reviews at all (the claim no longer reads them first): a retracted review of one's own
+    does not keep a case from its reviewer, and is shown to them; another reviewer's
+    verdict is never shown; one's own active review passes the case over."""
+    update_task(db(), _task(db, task["name"]), {"review": {"reviewers_per_case": 2}}, SYSTEM)
+    db.commit()
+    (first,), (second,) = queued(1), queued(1)
+    a, b = people(), people()
+    assert review.claim(db(), task["name"], a).case.id == first
+    review.submit_review(db(), first, "good", a)  # waits for a second opinion
+    db.commit()
+    review.undo(db(), first, a)
+    review.release(db(), first, a)
+    db.commit()
+    db.remove()  # a new request: nothing of the case in the session
+
+    claimed = review.claim(db(), task["name"], a)
+    assert claimed is not None and claimed.case.id == first
+    view = review.claimed_view(db(), claimed, a.id)
+    assert [r["retracted"] for r in view["reviews"]] == [True]
+    review.submit_review(db(), first, "bad", a)
+    db.commit()
+    db.remove()
+
+    assert review.claim(db(), task["name"], a).case.id == second  # decided the head: passed over
+    db.commit()
+    db.remove()
+    claimed = review.claim(db(), task["name"], b)
+    assert claimed is not None and claimed.case.id == first
+    assert review.claimed_view(db(), claimed, b.id)["reviews"] == []
+    assert claimed.case.queue_state == "leased" and claimed.case.lease_owner_id == b.id
+    db.commit()
+    db.remove()
+    case = db.get(Case, first)
+    assert case.queue_state == "leased" and case.lease_owner_id == b.id
+    assert case.status == "in_review" and case.claimed_at is not None
+
+
 def test_disagreement_escalates_then_caps_with_plurality(db, task, people, queued):
     update_task(db(), _task(db, task["name"]), {"review": {"reviewers_per_case": 2}}, SYSTEM)
     db.commit()
