@@ -102,15 +102,65 @@ TERMS: dict[str, tuple[str, str, str, str]] = {
         "error of automatic answers. 0 turns it off.",
         "docs/review.md",
     ),
-    "live_watch": (
-        "Live watch",
-        "Turns automation off when audited automatic answers show an error above α.",
-        "After every audited automatic answer Tandem tests the latest 300 of them. It may "
-        "fall back only once the running model has the set number of audited answers, and "
-        "only when the error is shown above α at the watch's confidence (empty: the task's "
-        "confidence). Waiting longer or a higher confidence means fewer false fallbacks "
-        "and a slower reaction to a model that really is worse than promised.",
+    "max_coverage_step": (
+        "Largest coverage step",
+        "How much more of the traffic automation may take on at a time.",
+        "Automation widens by at most this share of traffic per 250 cases since its last "
+        "change (0.1: ten points), and only to a threshold a certification accepted; it "
+        "never widens while a drift warning stands.",
         "docs/policy.md",
+    ),
+    "watch_min_answers": (
+        "Live watch: answers before it may fall back",
+        "The live watch cannot turn automation off before the running model has this many "
+        "audited automatic answers.",
+        "The live watch re-tests the latest 300 audited automatic answers after each one "
+        "and falls back when their error is shown above α. On its first two or three "
+        "answers bad luck alone can show that: waiting for a few (30, say) avoids such "
+        "false fallbacks, and a model that really is worse is caught a little later. "
+        "1 (the default) lets it act from the first answer.",
+        "docs/policy.md",
+    ),
+    "watch_confidence": (
+        "Live watch: confidence of its test",
+        "How sure the live watch must be that the error is above α before it turns "
+        "automation off.",
+        "New tasks use 0.99 (any value from 0.5 to below 1). Empty means the task's "
+        "Confidence (0.95 by default), which tasks created before this setting keep. At "
+        "0.95 a model well within target falls back by mistake about once in eight new "
+        "models; at 0.99 about once in a hundred, and a model that really is 1.5 times "
+        "worse than promised is caught after about twice as many audited answers.",
+        "docs/policy.md",
+    ),
+    "lease_seconds": (
+        "Lease",
+        "How long a claimed case stays with the reviewer who claimed it.",
+        "While the lease lasts nobody else is shown the case. When it runs out without a "
+        "decision the case goes back to the queue, and a decision sent after that is "
+        "refused (the page says the lease was lost). A decision can be undone within the "
+        "same time.",
+        "docs/review.md",
+    ),
+    "reviewers_per_case": (
+        "Reviewers per case",
+        "How many people must decide a queued case before it is resolved.",
+        "With more than one, each decides blind to the others, and the case resolves when "
+        "this many chose the same label; each disagreement asks one more reviewer, up to "
+        "two more in all.",
+        "docs/review.md",
+    ),
+    "sla_seconds": (
+        "SLA",
+        "How long a case may wait before it counts as late and is served first.",
+        "Claims serve cases past the SLA first, then the oldest; the queue page highlights "
+        "them. The default is one day.",
+        "docs/review.md",
+    ),
+    "instructions": (
+        "Reviewer instructions",
+        "What reviewers read before deciding, shown on every review page.",
+        "Written in Markdown; links and lists are kept, scripts are removed.",
+        "docs/review.md",
     ),
 }
 

@@ -580,32 +580,39 @@ POLICY_FIELDS = (
     ("confidence", "any", "Confidence (1 − δ)", "confidence"),
     ("audit_rate", "any", "Audit rate", "audit"),
     ("min_labels", "1", "Labels before the first model", "min_labels"),
-    ("max_coverage_step", "any", "Largest coverage step", "coverage"),
+    ("max_coverage_step", "any", "Largest coverage step", "max_coverage_step"),
     ("retrain_every", "1", "Retrain every N labels", "retrain_every"),
     ("second_review_rate", "any", "Second blind review (share of audits)", "second_review"),
-    ("watch_min_answers", "1", "Live watch: audited answers before it may fall back", "live_watch"),
-    ("watch_confidence", "any", "Live watch: confidence of its test", "live_watch"),
+    (
+        "watch_min_answers",
+        "1",
+        "Live watch: audited answers before it may fall back",
+        "watch_min_answers",
+    ),
+    ("watch_confidence", "any", "Live watch: confidence of its test", "watch_confidence"),
 )
-#: Fields that may be left empty: they then follow another setting (said in the placeholder).
-POLICY_OPTIONAL = {"watch_confidence": "same as Confidence"}
+#: Fields that may be left empty: they then follow another setting (placeholder, that field).
+POLICY_OPTIONAL = {"watch_confidence": ("same as Confidence", "confidence")}
 REVIEW_FIELDS = (
-    ("lease_seconds", "1", "Lease (seconds)", ""),
-    ("reviewers_per_case", "1", "Reviewers per case", ""),
-    ("sla_seconds", "1", "SLA (seconds)", ""),
+    ("lease_seconds", "1", "Lease (seconds)", "lease_seconds"),
+    ("reviewers_per_case", "1", "Reviewers per case", "reviewers_per_case"),
+    ("sla_seconds", "1", "SLA (seconds)", "sla_seconds"),
 )
 
 
 def _input_bounds(schema: Any) -> dict[str, dict[str, float]]:
     """HTML min/max of each number field, read from the patch schema's own ranges (one
-    source of truth); an exclusive end is left to the server, which names the field."""
+    source of truth). HTML bounds are inclusive: an exclusive end (audit rate above 0) is
+    given as that value, so the browser stops anything beyond it and the server, which
+    names the field, refuses the end itself."""
     bounds: dict[str, dict[str, float]] = {}
     for name, field in schema.fields.items():
         for rule in getattr(field, "validators", ()):
             if isinstance(rule, validate.Range):
                 ends = bounds.setdefault(name, {})
-                if rule.min is not None and rule.min_inclusive:
+                if rule.min is not None:
                     ends["min"] = rule.min
-                if rule.max is not None and rule.max_inclusive:
+                if rule.max is not None:
                     ends["max"] = rule.max
     return bounds
 
@@ -644,7 +651,10 @@ def _policy_form_changes(
             if value == "":
                 if name in POLICY_OPTIONAL and current.get(name) is not None:
                     patch[section][name] = None  # back to following the other setting
-                    changes.append(f"{label} {current.get(name)} → {POLICY_OPTIONAL[name]}")
+                    said, followed = POLICY_OPTIONAL[name]
+                    now = current.get(followed)
+                    shown = said if now is None else f"{said} ({now})"
+                    changes.append(f"{label} {current.get(name)} → {shown}")
                 elif current.get(name) is not None:
                     emptied.append((section, name, label))
                 continue

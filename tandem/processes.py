@@ -100,8 +100,12 @@ def web_server_options(*, embedded: bool, workers: int | None) -> dict[str, Any]
         # granian's own guidance (2 per core + 1; it warns on the terminal above that).
         threads = min(8, 2 * (os.cpu_count() or 1) + 1)
         default_workers, default_threads, default_log = 1, threads, False
+        # Ctrl-C on the demo: a browser tab's kept-alive connection held the worker for the
+        # whole production grace period (20–35 s, then "Killing worker-1").
+        default_grace = 3
     else:
         default_workers, default_threads, default_log = 2, 4, True
+        default_grace = 30
     return {
         "workers": workers or _env_count("WEB_CONCURRENCY", default_workers),
         # WSGI requests run on these threads; a slow request (an export download) holds one
@@ -111,7 +115,7 @@ def web_server_options(*, embedded: bool, workers: int | None) -> dict[str, Any]
         "log_access_format": ACCESS_LOG_FORMAT,
         # A worker that dies (OOM kill, segfault in a native library) is replaced.
         "respawn_failed_workers": True,
-        "workers_kill_timeout": _env_count("TANDEM_WEB_GRACEFUL_TIMEOUT", 30),
+        "workers_kill_timeout": _env_count("TANDEM_WEB_GRACEFUL_TIMEOUT", default_grace),
         "backlog": 2048,
     }
 
@@ -272,7 +276,7 @@ def _print_demo(url: str, info: dict[str, Any], logs: Path | None) -> None:
         "  Try it:",
         f"    curl -s -X POST {url}/api/v1/tasks/{info['task']}/predict \\",
         f"      -H 'Authorization: Bearer {info['app_token']}' \\",
-        "      -H 'Content-Type: application/json' \\",
+        "      -H 'Content-Type: application/json' -H 'Idempotency-Key: demo-1' \\",
         f"      -d '{info['example']}'",
         "",
     ]

@@ -154,9 +154,9 @@ def learning_blockers(policy: Policy) -> dict[str, str]:
         )
     if policy.audit_rate >= 1.0:
         found["audit_rate"] = (
-            f"{policy.audit_rate:g} is too high: while nothing is automated the higher of "
-            f"audit_rate and cold_start_audit_rate applies, so {why}. Use a value below 1 "
-            "(default 0.05; docs/tasks.md)."
+            f"{policy.audit_rate:g} is too high: every case would be drawn for the audit "
+            "sample, and audited cases are never training data: the task could never train "
+            "a model. Use a value below 1 (default 0.05; docs/tasks.md)."
         )
     return found
 

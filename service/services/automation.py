@@ -225,6 +225,8 @@ def edit_invalidates(
     after = _group_alphas(new, task.labels)
     tighter = sorted(g for g, a in after.items() if g in before and a < before[g] - 1e-12)
     if tighter:
+        if tighter == [REST] and len(after) == 1:  # no label has a target of its own
+            return f"target error tightened to {new.certification_alpha:g}"
         names = ", ".join("all other labels" if g == REST else g for g in tighter)
         return f"target error tightened ({names})"
     return None
@@ -939,7 +941,8 @@ def _promotion_reason(
 ) -> str:
     """The admin's sentence for the state a promotion left (task.automation_reason)."""
     if certified:
-        return f"v{version.version} automates at its certified threshold ({reason})"
+        said = "" if reason == "certified" else f" ({reason})"
+        return f"v{version.version} automates at its certified threshold{said}"
     revoked = cert.get("revoked")
     deferred = cert.get("readiness") or {}
     if revoked:

@@ -79,8 +79,8 @@ def require_learnable(policy: dict[str, Any]) -> None:
     blockers = learning_blockers(Policy.from_dict(policy))
     if blockers:
         raise ValidationFailed(
-            "the task could never learn: "
-            + "; ".join(f"policy.{name} {why}" for name, why in blockers.items()),
+            "The task could never learn with these settings: "
+            + "; ".join(f"{name} {why}" for name, why in blockers.items()),
             {"policy": {name: [why] for name, why in blockers.items()}},
         )
 

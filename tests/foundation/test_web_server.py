@@ -41,6 +41,7 @@ def test_embedded_defaults_one_process_and_a_quiet_terminal():
         threads,
         False,
     )
+    assert options["workers_kill_timeout"] == 3  # Ctrl-C on the demo stops within seconds
 
 
 def test_operator_environment_wins_and_the_command_line_beats_it(monkeypatch):

@@ -62,7 +62,7 @@ def test_an_admin_sets_and_clears_the_watch_confidence_on_the_policy_page(browse
     cleared = client.post(url, data={"watch_confidence": "", "csrf_token": headers["X-CSRFToken"]})
     assert cleared.status_code == 302
     said = client.get(url).get_data(as_text=True)
-    assert "0.995 → same as Confidence" in said
+    assert "0.995 → same as Confidence (0.95)" in said
     assert 'placeholder="same as Confidence" value=""' in said
     db.expire_all()
     row = db.scalar(select(Task).where(Task.name == task["name"]))

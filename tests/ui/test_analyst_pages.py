@@ -262,8 +262,15 @@ def test_the_policy_page_explains_its_terms(page_for, live_server):
     assert page.locator("a.term-help[href$='#confidence']").count() == 1
     from review_ui.views import POLICY_FIELDS
 
-    # Every policy field has its "?" (a field added without one fails here).
-    assert page.locator("form.policy a.term-help").count() == len(POLICY_FIELDS)
+    from review_ui.views import REVIEW_FIELDS
+
+    # Every field has its "?" (a field added without one fails here), each its own entry.
+    helps = page.locator("form.policy a.term-help")
+    assert helps.count() == len(POLICY_FIELDS) + len(REVIEW_FIELDS) + 1  # + instructions
+    targets = [helps.nth(i).get_attribute("href") for i in range(helps.count())]
+    assert len(set(targets)) == len(targets), targets
+    assert page.get_attribute("#audit_rate", "min") == "0.0"
+    assert page.get_attribute("#watch_confidence", "max") == "1.0"
     assert page.get_attribute("#watch_min_answers", "min") == "1"
     alpha.click()
     page.wait_for_url(re.compile(r"/help#target_error$"))
