@@ -60,9 +60,10 @@ def main() -> None:
         for _ in range(args.batches):
             rows = batch()
             t0 = time.perf_counter()
-            with conn.transaction(), conn.cursor().copy(
-                f"COPY cases ({', '.join(columns)}) FROM STDIN"
-            ) as copy:
+            with (
+                conn.transaction(),
+                conn.cursor().copy(f"COPY cases ({', '.join(columns)}) FROM STDIN") as copy,
+            ):
                 for row in rows:
                     copy.write_row(row)
             seconds.append(time.perf_counter() - t0)

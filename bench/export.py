@@ -145,19 +145,29 @@ def setup_database(n_rows: int) -> str:
                 if conf >= 0.8 and rng.random() < 0.9:
                     route, reason, status, source = "auto", "confident", "auto", "model"
                     final, resolver, resolved, human, human_at = (
-                        suggestion, None, created, None, None
+                        suggestion,
+                        None,
+                        created,
+                        None,
+                        None,
                     )
                     audit = rng.random() < 0.05
                 else:
                     route, reason, status = "review", "low_confidence", "resolved"
                     audit = False
                     decided = created + timedelta(seconds=rng.randint(5, 600))
-                    label = suggestion if rng.random() < 0.85 else (
-                        "bad" if suggestion == "good" else "good"
+                    label = (
+                        suggestion
+                        if rng.random() < 0.85
+                        else ("bad" if suggestion == "good" else "good")
                     )
                     resolver = rng.choice(user_ids)
                     final, source, resolved, human, human_at = (
-                        label, "reviewer", decided, label, decided
+                        label,
+                        "reviewer",
+                        decided,
+                        label,
+                        decided,
                     )
                     reviews.append(
                         (case_id, task_id, resolver, label, suggestion, label == suggestion,
@@ -331,9 +341,7 @@ def main() -> None:
         headers = {"Authorization": f"Bearer {token}"}
         url = f"{base}/api/v1/tasks/{TASK}/export"
         # The first `small` rows: a `to` filter on created_at (index range scan).
-        small_to = (T0 + timedelta(milliseconds=250 * args.small)).strftime(
-            "%Y-%m-%dT%H:%M:%S.%fZ"
-        )
+        small_to = (T0 + timedelta(milliseconds=250 * args.small)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         # Warm-up (imports, plans, caches) so the first measurement is not a cold start.
         fetch(url, {"format": "parquet", "to": T0.isoformat()}, headers)
         baseline = psutil.Process(worker_pid).memory_info().rss

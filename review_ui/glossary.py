@@ -123,8 +123,7 @@ TERMS: dict[str, tuple[str, str, str, str]] = {
     ),
     "watch_confidence": (
         "Live watch: confidence of its test",
-        "How sure the live watch must be that the error is above α before it turns "
-        "automation off.",
+        "How sure the live watch must be that the error is above α before it turns automation off.",
         "New tasks use 0.99 (any value from 0.5 to below 1). Empty means the task's "
         "Confidence (0.95 by default), which tasks created before this setting keep. At "
         "0.95 a model well within target falls back by mistake about once in eight new "

@@ -82,6 +82,7 @@ fi
 
 # --- checks ------------------------------------------------------------------------------
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 .venv/bin/mypy
 # the layering contracts in pyproject.toml ([tool.importlinter]; docs/architecture.md)
 .venv/bin/lint-imports

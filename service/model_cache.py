@@ -62,9 +62,7 @@ def load(
     # ignored by the pipeline, so compile against the training-time field list if known.
     train_fields = (row.profile or {}).get("fields_spec") or fields
     train_labels = (row.profile or {}).get("labels") or labels
-    predictor = _stored(row.predictor) or _compiled(
-        session, model_id, train_fields, train_labels
-    )
+    predictor = _stored(row.predictor) or _compiled(session, model_id, train_fields, train_labels)
     profile = (
         DataProfile.from_dict(row.profile["data"]) if (row.profile or {}).get("data") else None
     )

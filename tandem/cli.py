@@ -544,5 +544,6 @@ def simulate_compare_cmd(base: tuple[Path, ...], change: tuple[Path, ...], out: 
     click.echo(md)
     click.echo(f"written: {out / 'compare.md'}", err=True)
 
+
 if __name__ == "__main__":
     main()

@@ -133,17 +133,35 @@ def test_a_reviewer_token_bound_to_a_user_can_claim_and_review(client, tokens, t
     from service.services.audit import SYSTEM
 
     session = db()
-    accounts.create_user(session, email="rev@example.com", password="long-enough-pw",
-                         role="reviewer", task_scope=None, actor=SYSTEM)
-    bound = accounts.create_token(session, role="reviewer", name="rev-tool", task_scope=None,
-                                  actor=SYSTEM, user_email="rev@example.com").token
+    accounts.create_user(
+        session,
+        email="rev@example.com",
+        password="long-enough-pw",
+        role="reviewer",
+        task_scope=None,
+        actor=SYSTEM,
+    )
+    bound = accounts.create_token(
+        session,
+        role="reviewer",
+        name="rev-tool",
+        task_scope=None,
+        actor=SYSTEM,
+        user_email="rev@example.com",
+    ).token
     session.commit()
-    client.post("/api/v1/tasks/loan-review/predict", json={"input": good_input()},
-                headers=auth(tokens["app"]))
+    client.post(
+        "/api/v1/tasks/loan-review/predict",
+        json={"input": good_input()},
+        headers=auth(tokens["app"]),
+    )
     claimed = client.post("/api/v1/tasks/loan-review/queue/claim", headers=auth(bound))
     assert claimed.status_code == 200, claimed.json
-    decided = client.post(f"/api/v1/cases/{claimed.json['case_id']}/review",
-                          json={"label": "good"}, headers=auth(bound))
+    decided = client.post(
+        f"/api/v1/cases/{claimed.json['case_id']}/review",
+        json={"label": "good"},
+        headers=auth(bound),
+    )
     assert decided.status_code == 200, decided.json
     assert decided.json["label"] == "good" and decided.json["review_id"]
     resolved = client.get(f"/api/v1/cases/{claimed.json['case_id']}", headers=auth(tokens["app"]))
@@ -158,5 +176,11 @@ def test_a_reviewer_token_bound_to_a_user_can_claim_and_review(client, tokens, t
     from service.errors import ValidationFailed
 
     with pytest.raises(ValidationFailed):
-        accounts.create_token(session, role="admin", name="x", task_scope=None, actor=SYSTEM,
-                              user_email="rev@example.com")
+        accounts.create_token(
+            session,
+            role="admin",
+            name="x",
+            task_scope=None,
+            actor=SYSTEM,
+            user_email="rev@example.com",
+        )

@@ -18,8 +18,9 @@ def record(job_id: str, task_id: int) -> OutboxEntry:
     from service.db import db_session
 
     session = db_session()
-    entry = outbox.defer(session, "workers.jobs.training.train_task", queue=TRAINING,
-                         job_id=job_id, task_id=task_id)
+    entry = outbox.defer(
+        session, "workers.jobs.training.train_task", queue=TRAINING, job_id=job_id, task_id=task_id
+    )
     session.commit()
     session.info.pop(outbox.RECORDED)
     return entry

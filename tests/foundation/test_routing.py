@@ -6,8 +6,15 @@ import pytest
 
 from service.routing import decide
 
-BASE = dict(has_model=True, automation_state="automating", threshold=0.9, confidence=0.95,
-            suggested_label="good", force_review=False, out_of_range=False)
+BASE = dict(
+    has_model=True,
+    automation_state="automating",
+    threshold=0.9,
+    confidence=0.95,
+    suggested_label="good",
+    force_review=False,
+    out_of_range=False,
+)
 
 
 @pytest.mark.parametrize(
@@ -25,13 +32,19 @@ BASE = dict(has_model=True, automation_state="automating", threshold=0.9, confid
         ({"never_automate": ("good",)}, ("review", "policy", "pending")),
         ({"audited": True}, ("auto", "confident", "auto")),
         ({"audited": True, "hold_audited": True}, ("review", "audit", "pending")),
-        ({"audited": True, "hold_audited": True, "confidence": 0.5},
-         ("review", "low_confidence", "pending")),
+        (
+            {"audited": True, "hold_audited": True, "confidence": 0.5},
+            ("review", "low_confidence", "pending"),
+        ),
         # precedence: a human was asked for explicitly, whatever else holds
-        ({"force_review": True, "out_of_range": True, "automation_state": "fallback"},
-         ("review", "forced", "pending")),
-        ({"out_of_range": True, "automation_state": "fallback"},
-         ("review", "invalid_input", "pending")),
+        (
+            {"force_review": True, "out_of_range": True, "automation_state": "fallback"},
+            ("review", "forced", "pending"),
+        ),
+        (
+            {"out_of_range": True, "automation_state": "fallback"},
+            ("review", "invalid_input", "pending"),
+        ),
     ],
 )
 def test_decision_table(changes, expected):

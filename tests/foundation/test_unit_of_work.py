@@ -144,9 +144,7 @@ def test_job(committed_db: Any, flask_app: Any, redis_conn: Redis, admin_token: 
     )
     assert resp.status_code == 202, resp.json  # no model yet: queued for review
     with unit_of_work() as session:
-        session.execute(
-            update(Case).values(human_label="good", human_labelled_at=Case.created_at)
-        )
+        session.execute(update(Case).values(human_label="good", human_labelled_at=Case.created_at))
     set_app(flask_app)
     with commits_with_jobs_fail(), pytest.raises(CommitRefused):
         retrain_check()

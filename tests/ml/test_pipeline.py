@@ -77,12 +77,18 @@ def test_gradient_boosting_trains_on_a_tiny_text_vocabulary():
     rows, labels = [], []
     for _ in range(400):
         good = rng.random() < 0.5
-        rows.append({"note": rng.choice(["paid on time", "stable job"] if good
-                                        else ["missed payment", "default"]),
-                     "x": rng.gauss(1.0 if good else -1.0, 1.0)})
+        rows.append(
+            {
+                "note": rng.choice(
+                    ["paid on time", "stable job"] if good else ["missed payment", "default"]
+                ),
+                "x": rng.gauss(1.0 if good else -1.0, 1.0),
+            }
+        )
         labels.append("good" if good else "bad")
-    trained = train_model(rows, labels, fields, ["good", "bad"],
-                          families=("hist_gradient_boosting",), hgb_max_iter=10)
+    trained = train_model(
+        rows, labels, fields, ["good", "bad"], families=("hist_gradient_boosting",), hgb_max_iter=10
+    )
     assert trained.family == "hist_gradient_boosting"
     assert trained.metrics["failed_families"] == {}
     assert trained.metrics["accuracy"] > 0.9

@@ -61,8 +61,9 @@ def test_range_checker_agrees_with_out_of_range_on_every_dataset_row():
         profile = build_profile(rows[:500], fields)
         check = range_checker(profile)
         extremes = [{**rows[0], f["name"]: 1e12} for f in fields if f["type"] == "number"]
-        extremes += [{**rows[0], f["name"]: "never-seen"} for f in fields
-                     if f["type"] == "category"]
+        extremes += [
+            {**rows[0], f["name"]: "never-seen"} for f in fields if f["type"] == "category"
+        ]
         extremes += [{**rows[0], f["name"]: "x" * 100_000} for f in fields if f["type"] == "text"]
         for row in rows + extremes:
             assert check(row) == out_of_range(profile, row)

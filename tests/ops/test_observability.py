@@ -181,8 +181,9 @@ def test_job_logs_carry_the_request_id_from_the_outbox(
     logger.setLevel(logging.INFO)
     try:
         worker = SimpleWorker(
-            [queues.rq_queue(queues.MAINTENANCE.name, redis_conn)], connection=redis_conn,
-            serializer=queues.SERIALIZER
+            [queues.rq_queue(queues.MAINTENANCE.name, redis_conn)],
+            connection=redis_conn,
+            serializer=queues.SERIALIZER,
         )
         assert worker.work(burst=True)
     finally:

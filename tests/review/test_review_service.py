@@ -34,8 +34,18 @@ def test_claim_order_sla_then_oldest_and_audits_wait_their_turn(db, task, people
     _set(db, mid, created_at=now - timedelta(hours=2))
     _set(db, flagged_pending, created_at=now - timedelta(hours=1), audit=True)
     _set(db, newest, created_at=now - timedelta(minutes=30))
-    _set(db, audited_auto, audit=True, status="auto", route="auto", reason="confident",
-         suggestion_label="good", confidence=0.99, final_label="good", label_source="model")
+    _set(
+        db,
+        audited_auto,
+        audit=True,
+        status="auto",
+        route="auto",
+        reason="confident",
+        suggestion_label="good",
+        confidence=0.99,
+        final_label="good",
+        label_source="model",
+    )
     actor = people()
     order = []
     for _ in range(5):
@@ -263,9 +273,7 @@ def test_two_reviewers_agree(db, task, people, queued):
     assert stats["cases"] == 1 and stats["case_agreement_rate"] == 1.0
 
 
-def test_a_reviewer_who_decided_the_head_of_the_queue_gets_the_next_case(
-    db, task, people, queued
-):
+def test_a_reviewer_who_decided_the_head_of_the_queue_gets_the_next_case(db, task, people, queued):
     """The claim looks at the head of the queue first; a case the claimer already decided
     (it waits for a second opinion) is passed over for the next one, not refused."""
     update_task(db(), _task(db, task["name"]), {"review": {"reviewers_per_case": 2}}, SYSTEM)
@@ -371,8 +379,18 @@ def test_tokens_and_wrong_roles_cannot_review(db, task, people, queued):
 
 def test_queue_filters(db, task, people, queued):
     ids = queued(5)
-    _set(db, ids[0], audit=True, status="auto", route="auto", reason="confident",
-         suggestion_label="good", confidence=0.99, final_label="good", label_source="model")
+    _set(
+        db,
+        ids[0],
+        audit=True,
+        status="auto",
+        route="auto",
+        reason="confident",
+        suggestion_label="good",
+        confidence=0.99,
+        final_label="good",
+        label_source="model",
+    )
     _set(db, ids[1], created_at=utcnow() - timedelta(hours=5))
     forced = queued(1, force_review=True)[0]
     review.claim(db(), task["name"], people())  # the oldest: ids[1]

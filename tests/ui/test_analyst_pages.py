@@ -260,9 +260,7 @@ def test_the_policy_page_explains_its_terms(page_for, live_server):
     alpha = page.locator("a.term-help[href$='#target_error']")
     assert "largest share of wrong automatic answers" in (alpha.get_attribute("title") or "")
     assert page.locator("a.term-help[href$='#confidence']").count() == 1
-    from review_ui.views import POLICY_FIELDS
-
-    from review_ui.views import REVIEW_FIELDS
+    from review_ui.views import POLICY_FIELDS, REVIEW_FIELDS
 
     # Every field has its "?" (a field added without one fails here), each its own entry.
     helps = page.locator("form.policy a.term-help")

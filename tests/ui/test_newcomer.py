@@ -91,9 +91,7 @@ def test_a_newcomer_runs_the_demo_loses_nothing_and_stops_it_cleanly(
                 assert len(results) == 100 and all("case_id" in r for r in results), results
                 acknowledged += [r["case_id"] for r in results]
             assert len(set(acknowledged)) == 400
-            missing = [
-                cid for cid in acknowledged if api.get(f"/cases/{cid}").status_code != 200
-            ]
+            missing = [cid for cid in acknowledged if api.get(f"/cases/{cid}").status_code != 200]
             assert missing == [], f"{len(missing)} of 400 acknowledged cases are gone"
 
         # The reviewer works ten cases with the keyboard.
