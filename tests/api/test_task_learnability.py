@@ -34,7 +34,7 @@ def test_create_refuses_a_policy_that_can_never_train(client, tokens, db, policy
     assert error["code"] == "validation_error"
     why = error["details"]["policy"][field][0]
     assert "never" in why and "training data" in why and "below 1" in why
-    assert f"policy.{field}" in error["message"]
+    assert f"{field} 1 is too high" in error["message"]
     assert db.scalar(select(Task)) is None
     assert _events(db, "task.created") == 0
 

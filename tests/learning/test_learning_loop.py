@@ -319,7 +319,8 @@ def test_label_flip_falls_back_within_bound(
     """After automation starts, labels flip (the world changed). The live watch must fall
     back within the number of audited automatic answers the exact test needs: with m
     correct audited answers already in the window and every new one wrong, the first k with
-    a one-sided Clopper-Pearson lower bound above α (computed below; ≤ 30 here)."""
+    a one-sided Clopper-Pearson lower bound above α at the watch's confidence (computed
+    below; ≤ 30 here)."""
     from tests.helpers import SIMPLE_TASK, synthetic_rows
 
     start_worker(TANDEM_TRAIN_FAMILIES="logistic_regression")  # tiny text vocabulary
@@ -346,7 +347,9 @@ def test_label_flip_falls_back_within_bound(
     assert status["automation"]["state"] == "automating"
     audited_before = first.audited_auto_labelled
     m = min(audited_before, 300)
-    bound = next(k for k in range(1, 301) if clopper_pearson_lower(k, m + k, 0.95) > target)
+    watch = status["policy"]["watch_confidence"]  # the watch's own test (0.99, new tasks)
+    assert watch == 0.99
+    bound = next(k for k in range(1, 301) if clopper_pearson_lower(k, m + k, watch) > target)
     assert bound <= 30
     second = replay(
         client,
