@@ -949,8 +949,8 @@ def _promotion_reason(
         why = f"its certification was revoked ({revoked.get('reason')})"
     elif deferred.get("reason"):
         why = f"not certified yet, {deferred['reason']}"
-    elif last_failed_why(cert):
-        why = f"not certified: {last_failed_why(cert)}"
+    elif failed := last_failed_why(cert):
+        why = f"not certified: {failed}"
     else:
         why = "it is not certified"
     if task.automation_state == "fallback":
