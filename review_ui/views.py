@@ -600,20 +600,27 @@ REVIEW_FIELDS = (
 )
 
 
+#: How far inside an exclusive end the browser's bound sits (HTML bounds are inclusive).
+EXCLUSIVE_STEP = 0.0001
+#: Rates the schema takes up to 1 but a task refuses at 1 (``learning_blockers``).
+LEARNABLE_BELOW_ONE = {"audit_rate", "cold_start_audit_rate"}
+
+
 def _input_bounds(schema: Any) -> dict[str, dict[str, float]]:
     """HTML min/max of each number field, read from the patch schema's own ranges (one
-    source of truth). HTML bounds are inclusive: an exclusive end (audit rate above 0) is
-    given as that value, so the browser stops anything beyond it and the server, which
-    names the field, refuses the end itself."""
+    source of truth). HTML bounds are inclusive: an exclusive end (audit rate above 0, watch
+    confidence below 1) sits one step inside it."""
     bounds: dict[str, dict[str, float]] = {}
     for name, field in schema.fields.items():
         for rule in getattr(field, "validators", ()):
             if isinstance(rule, validate.Range):
                 ends = bounds.setdefault(name, {})
                 if rule.min is not None:
-                    ends["min"] = rule.min
+                    ends["min"] = rule.min if rule.min_inclusive else rule.min + EXCLUSIVE_STEP
                 if rule.max is not None:
-                    ends["max"] = rule.max
+                    ends["max"] = rule.max if rule.max_inclusive else rule.max - EXCLUSIVE_STEP
+    for name in LEARNABLE_BELOW_ONE & set(bounds):
+        bounds[name]["max"] = 1.0 - EXCLUSIVE_STEP  # 1 is refused: the task could never learn
     return bounds
 
 
@@ -712,8 +719,13 @@ def admin_policy(task: str) -> Any:
             except ServiceError as exc:
                 db_session.remove()
                 g.pop("_login_user", None)  # the signed-in user was on the removed session
-                errors = exc.details
-                flash(exc.message, "error")
+                errors = exc.details or {}
+                # Field errors are shown under their fields; the banner says only the outcome.
+                by_field = any(isinstance(errors.get(k), dict) for k in ("policy", "review"))
+                flash(
+                    "Some values are not valid; nothing was saved." if by_field else exc.message,
+                    "error",
+                )
     row = task_service.get_task(db_session(), task, actor())
     return render_template(
         "admin_policy.html",

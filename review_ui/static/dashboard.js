@@ -179,10 +179,12 @@
   function statusCell(m) {
     const cell = T.el("td", m.revoked ? { title: "Certification revoked: " + (m.revoked.reason || "") } : null, m.status + (m.revoked ? " · certification revoked" : ""));
     const cert = m.certification || {};
-    const why = cert.why_not || (cert.readiness && cert.readiness.reason) || null;
+    const deferred = cert.readiness && cert.readiness.reason;
+    let why = null;
+    if (cert.why_not) why = "Not certified: " + cert.why_not;
+    else if (deferred) why = "No attempt yet: " + deferred.replace(/^not attempted: /, "");
     if ((m.threshold === null || m.threshold === undefined) && why) {
-      const short = why.length > 160 ? why.slice(0, 159) + "…" : why;
-      cell.append(T.el("div", { class: "muted why-not", title: why }, "Not certified: " + short));
+      cell.append(T.el("div", { class: "muted why-not" }, why));
     }
     return cell;
   }

@@ -74,6 +74,10 @@ def simulate_command(
                 f"{'—' if err is None else f'{err:.2%}'}, labels {p['labels_spent']:,}",
                 err=True,
             )
+        if not t["tandem"]["auto_answers"]:
+            from tandem.simulate.report import why_not_automated
+
+            click.echo(f"nothing was automated{why_not_automated(summary['versions'])}", err=True)
         click.echo(f"report: {out / 'report.html'}", err=True)
         click.echo(str(out / "summary.json"))
         return

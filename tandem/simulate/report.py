@@ -321,7 +321,9 @@ th{background:#f6f8fa}td:first-child,th:first-child{text-align:left}
 .ok{color:#1a7f37;font-weight:600}.bad{color:#cf222e;font-weight:600}
 .muted{color:#57606a;font-size:.85rem}img{max-width:100%;border:1px solid #d0d7de;
 margin:.5rem 0}.verdict{background:#f6f8fa;border-left:4px solid #1f6feb;padding:.6rem 1rem}
-td.why{text-align:left;font-size:.8rem;min-width:22rem}
+td.why,th.why{text-align:left}td.why{font-size:.8rem;min-width:14rem}
+.wide{overflow-x:auto}table.versions{font-size:.8rem}table.versions td,table.versions th{
+padding:.25rem .4rem}
 """
 
 
@@ -380,14 +382,18 @@ def _not_certified_because(version: dict[str, Any]) -> str:
     """The version's newest failed attempt in numbers, or why it was not attempted."""
     if version.get("why_not"):
         return str(version["why_not"])
-    if not version.get("certified"):
-        reason = (version.get("readiness") or {}).get("reason")
-        if reason:
-            return str(reason)
-    return ""
+    if version.get("certified"):
+        return ""
+    reason = (version.get("readiness") or {}).get("reason")
+    if reason:
+        return str(reason)
+    return (
+        "no attempt was due while it was the newest version (too few human labels, the "
+        "audit sample had reached no new size, or traffic did not match it)"
+    )
 
 
-def _why_not_automated(versions: list[dict[str, Any]]) -> str:
+def why_not_automated(versions: list[dict[str, Any]]) -> str:
     """The latest word on why nothing was certified: the newest version that was either
     judged not ready (its readiness reason) or tested and failed (its first tested step)."""
     for v in reversed(versions):
@@ -456,7 +462,7 @@ def write_html(out: Path, summary: dict[str, Any]) -> Path:
     m = summary["policies"]
     alpha = summary["target_error"]
     t = m["tandem"]
-    why_not = _why_not_automated(summary["versions"])
+    why_not = why_not_automated(summary["versions"])
     opening = (
         f"Tandem automated nothing on {summary['rows']:,} cases: no certified threshold "
         f"was deployed{html.escape(why_not)} "
@@ -487,13 +493,13 @@ def write_html(out: Path, summary: dict[str, Any]) -> Path:
             f'<td class="why">{html.escape(_not_certified_because(v))}</td></tr>'
         )
     versions = (
-        "<table><tr><th>version</th><th>family</th><th>trained on</th><th>ledger</th>"
+        '<table class="versions"><tr><th>version</th><th>family</th><th>trained on</th>'
+        "<th>ledger</th>"
         "<th>certified τ</th><th>bound</th><th>certified coverage</th>"
         "<th>true error at τ (held-out rows)</th>"
-        "<th>served traffic (suggestions or automatic answers)</th>"
-        "<th>why it was not certified (its newest attempt, or why none was made)</th></tr>"
-        + "".join(vrows)
-        + "</table>"
+        "<th>served traffic</th>"
+        '<th class="why">why it was not certified '
+        "(its newest attempt, or why none was made)</th></tr>" + "".join(vrows) + "</table>"
     )
     rules = t.get("rules") or []
     rule_rows = "".join(
@@ -535,7 +541,7 @@ proper measure of the promise.</p>
 <h2>Model versions and thresholds</h2>{_img(out / "versions.png")}
 <h2>Rules Tandem deployed, and their true error</h2>{rules_html}
 <h2>Fallbacks and drift warnings</h2>{alarms_html(summary)}
-<h2>Every model version</h2>{versions}
+<h2>Every model version</h2><div class="wide">{versions}</div>
 <h2>Task used</h2><pre>{html.escape(json.dumps(task, indent=2))}</pre>
 </body></html>"""
     path = out / "report.html"

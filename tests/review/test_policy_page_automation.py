@@ -69,3 +69,19 @@ def test_an_admin_sets_and_clears_the_watch_confidence_on_the_policy_page(browse
     assert row.policy["watch_confidence"] is None
     changed = db.scalars(select(AuditEvent).where(AuditEvent.action == "task.changed")).all()
     assert changed[-1].details["after"]["policy"]["watch_confidence"] is None
+
+
+def test_a_rate_the_task_could_never_learn_with_is_refused_on_its_field(browser_user, task, db):
+    client, headers, _ = browser_user("admin")
+    url = f"/admin/tasks/{task['name']}/policy"
+    page = client.get(url).get_data(as_text=True)
+    assert 'id="audit_rate"' in page and 'max="0.9999"' in page  # the browser stops 1 too
+    before = db.scalar(select(Task.policy).where(Task.name == task["name"]))
+    refused = client.post(url, data={"audit_rate": "1", "csrf_token": headers["X-CSRFToken"]})
+    body = refused.get_data(as_text=True)
+    assert refused.status_code == 200
+    assert "Some values are not valid; nothing was saved." in body
+    assert "1 is too high: every case would be drawn for the audit sample" in body
+    assert "audit_rate 1" not in body  # the banner does not repeat it with the field's key
+    db.expire_all()
+    assert db.scalar(select(Task.policy).where(Task.name == task["name"])) == before

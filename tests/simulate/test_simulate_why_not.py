@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tandem.simulate.report import _why_not_automated
+from tandem.simulate.report import why_not_automated
 
 
 def test_the_newest_deferral_or_failed_attempt_is_the_reason() -> None:
@@ -14,15 +14,15 @@ def test_the_newest_deferral_or_failed_attempt_is_the_reason() -> None:
         "tested_steps": {"*": [{"coverage": 0.65, "errors": 91, "n": 660}]},
     }
     quiet = {"version": 41, "certified": False}  # trained, nothing due: says nothing
-    assert _why_not_automated([deferred, failed, quiet]) == (
+    assert why_not_automated([deferred, failed, quiet]) == (
         ": v40 was tested on 1140 audited cases at δ 0.0031 and failed: the walk's first "
         "step (top 65% of traffic) held 91 errors in 660 cases"
     )
-    assert _why_not_automated([failed, deferred]) == ": v11 was not attempted: the best region …"
-    assert _why_not_automated([quiet]) == ""
+    assert why_not_automated([failed, deferred]) == ": v11 was not attempted: the best region …"
+    assert why_not_automated([quiet]) == ""
     # Runs made since attempts record why in numbers: that sentence is the reason.
     said = "the most confident 27% of traffic had 2 wrong of 82 audited (2.4%), bound 7.1% …"
-    assert _why_not_automated([{**failed, "why_not": said}]) == (
+    assert why_not_automated([{**failed, "why_not": said}]) == (
         f": v40 was tested on 1140 audited cases at δ 0.0031 and failed: {said}"
     )
 
@@ -36,6 +36,7 @@ def test_the_versions_table_says_why_each_attempt_certified_nothing() -> None:
     deferred = {"certified": False, "readiness": {"reason": "not attempted: too few"}}
     assert _not_certified_because(deferred) == "not attempted: too few"
     assert _not_certified_because({"certified": True, "readiness": {"reason": "old"}}) == ""
+    assert _not_certified_because({"certified": False}).startswith("no attempt was due")
 
 
 def _run(alerts: list[dict], *, worst: float | None, order: str = "shuffle") -> dict:
