@@ -39,6 +39,7 @@ from service.db import db_session, utcnow
 from service.errors import ServiceError, ValidationFailed, error_response, http_exception_response
 from service.login import LoginUser
 from service.models import REASONS, ROLES, User
+from service.policy.params import RATES_BELOW_ONE
 from service.schemas.review import parse_queue_args
 from service.schemas.tasks import PolicyPatchSchema, ReviewPatchSchema, TaskPatchSchema
 from service.services import accounts, audit
@@ -602,8 +603,6 @@ REVIEW_FIELDS = (
 
 #: How far inside an exclusive end the browser's bound sits (HTML bounds are inclusive).
 EXCLUSIVE_STEP = 0.0001
-#: Rates the schema takes up to 1 but a task refuses at 1 (``learning_blockers``).
-LEARNABLE_BELOW_ONE = {"audit_rate", "cold_start_audit_rate"}
 
 
 def _input_bounds(schema: Any) -> dict[str, dict[str, float]]:
@@ -619,8 +618,8 @@ def _input_bounds(schema: Any) -> dict[str, dict[str, float]]:
                     ends["min"] = rule.min if rule.min_inclusive else rule.min + EXCLUSIVE_STEP
                 if rule.max is not None:
                     ends["max"] = rule.max if rule.max_inclusive else rule.max - EXCLUSIVE_STEP
-    for name in LEARNABLE_BELOW_ONE & set(bounds):
-        bounds[name]["max"] = 1.0 - EXCLUSIVE_STEP  # 1 is refused: the task could never learn
+    for name in set(RATES_BELOW_ONE) & set(bounds):
+        bounds[name]["max"] = 1.0 - EXCLUSIVE_STEP  # the schema takes 1; a task refuses it
     return bounds
 
 

@@ -17,6 +17,7 @@ from service.config import Settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
 
 CLI_ACTOR_NAME = "cli"
 
@@ -476,19 +477,33 @@ def simulate_cmd(**options: Any) -> None:
     simulate_command(**options)
 
 
+#: A folder `tandem simulate --seeds` wrote (seed-N/summary.json inside).
+RUNS_FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+def _arm_option(flag: str, policy: str) -> Callable[[F], F]:
+    """One arm of ``simulate-compare``: `simulate --seeds` folders, repeatable."""
+    return click.option(
+        flag,
+        multiple=True,
+        required=True,
+        type=RUNS_FOLDER,
+        help=f"A `simulate --seeds` folder of the policy {policy} (repeatable).",
+    )
+
+
+def _out_option(written: str) -> Callable[[F], F]:
+    return click.option(
+        "--out",
+        required=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help=f"Where {written} go.",
+    )
+
+
 @main.command("simulate-table")
-@click.argument(
-    "folders",
-    nargs=-1,
-    required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-)
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where seeds.json and seeds.md go.",
-)
+@click.argument("folders", nargs=-1, required=True, type=RUNS_FOLDER)
+@_out_option("seeds.json and seeds.md")
 @friendly_errors
 def simulate_table_cmd(folders: tuple[Path, ...], out: Path) -> None:
     """One table across the seeds of several `simulate --seeds` folders (runs split across
@@ -508,28 +523,9 @@ def simulate_table_cmd(folders: tuple[Path, ...], out: Path) -> None:
 
 
 @main.command("simulate-compare")
-@click.option(
-    "--base",
-    "base",
-    multiple=True,
-    required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="A `simulate --seeds` folder of the policy as it is (repeatable).",
-)
-@click.option(
-    "--change",
-    "change",
-    multiple=True,
-    required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="A `simulate --seeds` folder of the policy with the change (repeatable).",
-)
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where compare.json and compare.md go.",
-)
+@_arm_option("--base", "as it is")
+@_arm_option("--change", "with the change")
+@_out_option("compare.json and compare.md")
 @friendly_errors
 def simulate_compare_cmd(base: tuple[Path, ...], change: tuple[Path, ...], out: Path) -> None:
     """Two policies replayed on the same seeds, seed by seed: the paired difference in the

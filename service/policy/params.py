@@ -132,6 +132,10 @@ class Policy:
         return out
 
 
+#: Rates a task refuses at 1 (every case audited, none trains the model): ``learning_blockers``.
+RATES_BELOW_ONE = ("cold_start_audit_rate", "audit_rate")
+
+
 def learning_blockers(policy: Policy) -> dict[str, str]:
     """Settings under which the task could never train a model, by field, with the reason.
 

@@ -702,7 +702,9 @@ def _read_typed(data: bytes, schema: pa.Schema) -> pa.Table | None:
     reader = pa_json.ReadOptions(use_threads=False, block_size=len(data) + 1)
     try:
         return pa_json.read_json(pa.BufferReader(data), read_options=reader, parse_options=options)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+    except MemoryError:  # Arrow's out-of-memory error is one too: never read as "odd values"
+        raise
+    except pa.ArrowException:  # a value Arrow cannot read or convert to the column's type
         return None
 
 

@@ -92,3 +92,14 @@ def test_learning_blockers_is_the_rule_the_service_applies():
     assert set(learning_blockers(Policy(cold_start_audit_rate=1.0))) == {"cold_start_audit_rate"}
     # Stored policies from before the rule still load: the rule is not in Policy's checks.
     assert Policy.from_dict({"audit_rate": 1.0}).audit_rate == 1.0
+
+
+def test_the_rates_the_policy_page_keeps_below_one_are_the_ones_refused_at_one():
+    from service.policy import Policy
+    from service.policy.params import RATES_BELOW_ONE, learning_blockers
+
+    for name in RATES_BELOW_ONE:
+        assert name in learning_blockers(Policy(**{name: 1.0}))
+    assert set(learning_blockers(Policy(audit_rate=1.0, cold_start_audit_rate=1.0))) == set(
+        RATES_BELOW_ONE
+    )

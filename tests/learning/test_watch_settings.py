@@ -41,24 +41,23 @@ def test_no_alarm_before_the_minimum_then_the_same_rule() -> None:
 
 @pytest.mark.parametrize("value", [0, 301, 2.5])
 def test_out_of_range_values_are_refused(client: Any, tokens: Any, task: Any, value: Any) -> None:
-    resp = client.patch(
-        f"/api/v1/tasks/{task['name']}",
-        json={"policy": {"watch_min_answers": value}},
-        headers=auth(tokens["admin"]),
-    )
+    resp = _patch_policy(client, tokens, task["name"], watch_min_answers=value)
     assert resp.status_code == 422, resp.json
     assert "watch_min_answers" in str(resp.json)
     with pytest.raises(ValueError, match="watch_min_answers"):
         Policy(watch_min_answers=0)
 
 
+def _patch_policy(client: Any, tokens: Any, name: str, **values: Any) -> Any:
+    """An admin's PATCH of the task's policy; the response, for the caller to check."""
+    return client.patch(
+        f"/api/v1/tasks/{name}", json={"policy": values}, headers=auth(tokens["admin"])
+    )
+
+
 def _audited_auto_cases(app: Any, db: Any, client: Any, tokens: Any, name: str) -> Task:
     install_model(db, name, threshold=0.5)
-    resp = client.patch(
-        f"/api/v1/tasks/{name}",
-        json={"policy": {"audit_rate": 0.3}},
-        headers=auth(tokens["admin"]),
-    )
+    resp = _patch_policy(client, tokens, name, audit_rate=0.3)
     assert resp.status_code == 200, resp.json
     for _ in range(160):
         client.post(
@@ -90,11 +89,7 @@ def _label_wrong_until_fallback(db: Any, row: Task) -> int:
 
 
 def test_the_watch_waits_for_the_minimum(app: Any, db: Any, client: Any, tokens: Any, task: Any):
-    resp = client.patch(
-        f"/api/v1/tasks/{task['name']}",
-        json={"policy": {"watch_min_answers": 30}},
-        headers=auth(tokens["admin"]),
-    )
+    resp = _patch_policy(client, tokens, task["name"], watch_min_answers=30)
     assert resp.status_code == 200, resp.json
     assert resp.json["policy"]["watch_min_answers"] == 30
     row = _audited_auto_cases(app, db, client, tokens, task["name"])
@@ -142,11 +137,7 @@ def test_out_of_range_confidences_are_refused(
     client: Any, db: Any, tokens: Any, task: Any, value: Any
 ) -> None:
     before = db.scalar(select(Task.policy).where(Task.name == task["name"]))
-    resp = client.patch(
-        f"/api/v1/tasks/{task['name']}",
-        json={"policy": {"watch_confidence": value}},
-        headers=auth(tokens["admin"]),
-    )
+    resp = _patch_policy(client, tokens, task["name"], watch_confidence=value)
     assert resp.status_code == 422, resp.json
     assert "watch_confidence" in str(resp.json)
     db.expire_all()
@@ -164,11 +155,7 @@ def _wrong_needed(alpha: float, delta: float) -> int:
 def test_a_stricter_watch_needs_more_wrong_answers(
     app: Any, db: Any, client: Any, tokens: Any, task: Any
 ):
-    resp = client.patch(
-        f"/api/v1/tasks/{task['name']}",
-        json={"policy": {"watch_confidence": 0.999}},
-        headers=auth(tokens["admin"]),
-    )
+    resp = _patch_policy(client, tokens, task["name"], watch_confidence=0.999)
     assert resp.status_code == 200, resp.json
     assert resp.json["policy"]["watch_confidence"] == 0.999
     row = _audited_auto_cases(app, db, client, tokens, task["name"])
@@ -182,11 +169,7 @@ def test_unsetting_the_watch_confidence_follows_the_task_again(
     client: Any, db: Any, tokens: Any, task: Any
 ):
     for value, expected in ((0.99, 0.01), (None, 0.05)):
-        resp = client.patch(
-            f"/api/v1/tasks/{task['name']}",
-            json={"policy": {"watch_confidence": value}},
-            headers=auth(tokens["admin"]),
-        )
+        resp = _patch_policy(client, tokens, task["name"], watch_confidence=value)
         assert resp.status_code == 200, resp.json
         db.expire_all()
         row = db.scalar(select(Task).where(Task.name == task["name"]))

@@ -22,6 +22,26 @@ def _set(db: Any, case_id: str, **values: Any) -> None:
     db.commit()
 
 
+def _answer_automatically(db: Any, case_id: str, **values: Any) -> None:
+    """Turn a queued case into an audited automatic answer ("good" at 0.99), as the router
+    would have stored it."""
+    _set(
+        db,
+        case_id,
+        **{
+            "audit": True,
+            "status": "auto",
+            "route": "auto",
+            "reason": "confident",
+            "suggestion_label": "good",
+            "confidence": 0.99,
+            "final_label": "good",
+            "label_source": "model",
+            **values,
+        },
+    )
+
+
 def _task(db: Any, name: str) -> Task:
     return db.scalar(select(Task).where(Task.name == name))
 
@@ -34,18 +54,7 @@ def test_claim_order_sla_then_oldest_and_audits_wait_their_turn(db, task, people
     _set(db, mid, created_at=now - timedelta(hours=2))
     _set(db, flagged_pending, created_at=now - timedelta(hours=1), audit=True)
     _set(db, newest, created_at=now - timedelta(minutes=30))
-    _set(
-        db,
-        audited_auto,
-        audit=True,
-        status="auto",
-        route="auto",
-        reason="confident",
-        suggestion_label="good",
-        confidence=0.99,
-        final_label="good",
-        label_source="model",
-    )
+    _answer_automatically(db, audited_auto)
     actor = people()
     order = []
     for _ in range(5):
@@ -162,19 +171,7 @@ def test_webhook_fired_when_configured(db, task, people, queued):
 def test_audited_auto_answer_corrected_or_confirmed(db, task, people, queued):
     a, b = queued(2)
     for cid in (a, b):
-        _set(
-            db,
-            cid,
-            status="auto",
-            route="auto",
-            reason="confident",
-            audit=True,
-            suggestion_label="good",
-            confidence=0.97,
-            final_label="good",
-            label_source="model",
-            resolved_at=utcnow(),
-        )
+        _answer_automatically(db, cid, confidence=0.97, resolved_at=utcnow())
     update_task(db(), _task(db, task["name"]), {"webhook": {"url": "http://hook.test/x"}}, SYSTEM)
     db.commit()
     actor = people()
@@ -379,18 +376,7 @@ def test_tokens_and_wrong_roles_cannot_review(db, task, people, queued):
 
 def test_queue_filters(db, task, people, queued):
     ids = queued(5)
-    _set(
-        db,
-        ids[0],
-        audit=True,
-        status="auto",
-        route="auto",
-        reason="confident",
-        suggestion_label="good",
-        confidence=0.99,
-        final_label="good",
-        label_source="model",
-    )
+    _answer_automatically(db, ids[0])
     _set(db, ids[1], created_at=utcnow() - timedelta(hours=5))
     forced = queued(1, force_review=True)[0]
     review.claim(db(), task["name"], people())  # the oldest: ids[1]
