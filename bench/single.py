@@ -9,9 +9,11 @@ loaded by ``wrk -t1`` at ``--connections`` with the same 500 credit_data bodies;
 time of the web processes, of PostgreSQL and of wrk is read before and after each run and
 divided by the requests served.
 
-Goal (issue #20): Tandem >= 50% of the bare rate, p99 <= 10 ms.
+Goal (issue #20): Tandem >= 50% of the bare rate, p99 <= 10 ms. ``--without-fast-path``
+also runs Tandem with ``TANDEM_PREDICT_FAST_PATH=0`` (every request through Flask) in the
+same sitting.
 
-Usage:  .venv/bin/python bench/single.py [--duration 10] [--connections 8]
+Usage:  .venv/bin/python bench/single.py [--duration 10] [--connections 8] [--without-fast-path]
 Needs:  wrk, PostgreSQL on 127.0.0.1:5432 (database ``tandem_bench_thru_single`` is
 recreated), Redis on 127.0.0.1:6379 (db 5).
 """
@@ -74,6 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--without-fast-path", action="store_true")
     args = parser.parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)
     workdir = Path(tempfile.mkdtemp(prefix="tandem-bench-single-"))
@@ -94,26 +97,30 @@ def main() -> None:
     bare = measure(bare_argv, env, port, "/predict", None, bodies, args, workdir)
     port = free_port()
     tandem_argv = [str(bindir / "tandem"), "serve", "--host", "127.0.0.1", "--port", str(port)]
-    tandem = measure(
-        tandem_argv,
-        env,
-        port,
-        f"/api/v1/tasks/{TASK}/predict",
-        ctx["token"],
-        bodies,
-        args,
-        workdir,
-    )
+    predict_path = f"/api/v1/tasks/{TASK}/predict"
+    tandem = measure(tandem_argv, env, port, predict_path, ctx["token"], bodies, args, workdir)
+    runs = [("limit: bare WSGI + INSERT (granian)", bare), ("Tandem (tandem serve)", tandem)]
+    if args.without_fast_path:
+        port = free_port()
+        tandem_argv[-1] = str(port)
+        flask_only = measure(
+            tandem_argv,
+            {**env, "TANDEM_PREDICT_FAST_PATH": "0"},
+            port,
+            predict_path,
+            ctx["token"],
+            bodies,
+            args,
+            workdir,
+        )
+        runs.append(("Tandem, fast path off", flask_only))
     load = os.getloadavg()
     print(
         f"\nmachine: {os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} "
         f"{load[2]:.2f}; wrk -t1 -c{args.connections} -d{args.duration}s"
     )
     print(f"{'server':<34}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}  CPU ms/request")
-    for name, r in (
-        ("limit: bare WSGI + INSERT (granian)", bare),
-        ("Tandem (tandem serve)", tandem),
-    ):
+    for name, r in runs:
         cpu = ", ".join(f"{k} {v:.3f}" for k, v in r["cpu_ms_per_request"].items())
         print(
             f"{name:<34}{r['rps']:>9.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
@@ -123,7 +130,7 @@ def main() -> None:
         f"Tandem / limit: {tandem['rps'] / bare['rps']:.2f} of the bare rate "
         f"(goal >= 0.50), p99 {tandem['p99_ms']:.1f} ms (goal <= 10)"
     )
-    (workdir / "results.json").write_text(json.dumps({"bare": bare, "tandem": tandem}, indent=2))
+    (workdir / "results.json").write_text(json.dumps(dict(runs), indent=2))
     print(f"raw results: {workdir / 'results.json'}")
 
 

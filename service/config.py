@@ -49,6 +49,8 @@ class Settings:
     max_text_length: int = 100_000
     max_batch_items: int = 1_000
     session_cookie_secure: bool = True
+    #: Serve the common single predict in front of Flask (service/api/fast_predict.py).
+    predict_fast_path: bool = True
     testing: bool = False
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -73,7 +75,18 @@ class Settings:
             embedded=embedded,
             max_body_bytes=int(os.environ.get("TANDEM_MAX_BODY_BYTES", 8 * 1024 * 1024)),
             session_cookie_secure=os.environ.get("TANDEM_INSECURE_COOKIES", "") != "1",
+            predict_fast_path=env_switch("TANDEM_PREDICT_FAST_PATH", True),
         )
         for key, value in overrides.items():
             setattr(settings, key, value)
         return settings
+
+
+def env_switch(name: str, default: bool) -> bool:
+    """A 0/1 environment switch; anything else is refused at start-up."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if raw not in ("0", "1"):
+        raise ValueError(f"{name} must be 0 or 1, not {raw!r}")
+    return raw == "1"

@@ -6,6 +6,7 @@ Nothing here commits: every entry point commits once through :func:`service.uow.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -125,6 +126,29 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     }
     options.update(kwargs)
     return create_engine(url, **options)
+
+
+_own_connections = threading.local()
+
+
+def thread_autocommit_connection(engine: Engine) -> Any:
+    """A PostgreSQL DBAPI connection of this thread's own, in autocommit, made by ``engine``
+    (same arguments and connect hooks) and detached from its pool.
+
+    For the single predict's one INSERT (service/api/fast_predict.py): a pool checkout,
+    switching it to autocommit and back, and the check-in cost more CPU than the statement
+    (bench/README.md, "Single predict"). A broken connection is replaced on the next call.
+    """
+    held: dict[int, Any] = _own_connections.__dict__.setdefault("by_engine", {})
+    conn = held.get(id(engine))
+    if conn is None or conn.closed or conn.broken:
+        pooled = engine.raw_connection()
+        conn = pooled.driver_connection
+        assert conn is not None, "a fresh checkout holds its connection"
+        pooled.detach()  # ours from now on: the pool neither counts nor resets it
+        conn.autocommit = True
+        held[id(engine)] = conn
+    return conn
 
 
 READ_ONLY_OPTION = "tandem_read_only"

@@ -24,6 +24,7 @@ import logging
 import logging.handlers
 import os
 import re
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -79,6 +80,12 @@ JOB_FAILURES = Counter(
     "Background job runs that raised (RQ retries them per queue policy).",
     ["job"],
 )
+
+
+def choose_request_id(incoming: str) -> str:
+    """The caller's ``X-Request-ID`` (first 64 characters) when it is printable, else a new
+    one: it is logged, stored on the case and sent back."""
+    return incoming[:64] if incoming and incoming.isprintable() else secrets.token_hex(8)
 
 
 def count_cases(task: str, views: list[dict[str, Any]]) -> None:

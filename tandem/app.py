@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import secrets
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -49,6 +48,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     csrf.init_app(app)
 
     from service import api
+    from service.api import fast_predict
 
     api.init_app(app)
     # The API authenticates by bearer token (or checks the CSRF header itself for browser
@@ -70,10 +70,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         """A request id, and the signed-in user resolved afresh: never from an app context
         kept open across requests (tests and embedded callers do that; Flask-Login caches the
         user on ``g``, Flask-WTF the CSRF token)."""
-        incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = (
-            incoming[:64] if incoming.isprintable() and incoming else secrets.token_hex(8)
-        )
+        g.request_id = observability.choose_request_id(request.headers.get("X-Request-ID", ""))
         g.pop("_login_user", None)
         g.pop("csrf_token", None)
 
@@ -89,6 +86,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     for name in ("service", "tandem"):
         logging.getLogger(name).setLevel(logging.INFO)
+    fast_predict.install(app)  # last: it reads the route and the headers set up above
     return app
 
 

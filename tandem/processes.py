@@ -20,9 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.config import Settings
+from service.config import Settings, env_switch
 from service.observability import log_file
 from service.redis_conn import EMBEDDED_URL_FILE
+from tandem.access_log import AccessLog
 
 
 class EmbeddedRedis:
@@ -80,14 +81,6 @@ def stop_redis_server(server: Any, timeout: float = 10.0) -> None:
         server.redis_dir = None
 
 
-#: One JSON object per request on stdout. The path is logged without its query string:
-#: nothing a client puts in a URL query reaches the logs.
-ACCESS_LOG_FORMAT = (
-    '{"remote":"%(addr)s","method":"%(method)s","path":"%(path)s","status":%(status)d,'
-    '"duration_ms":%(dt_ms).1f,"time":"%(time)s"}'
-)
-
-
 def web_server_options(*, embedded: bool, workers: int | None) -> dict[str, Any]:
     """How `tandem serve` runs granian; the environment tunes production.
 
@@ -111,22 +104,13 @@ def web_server_options(*, embedded: bool, workers: int | None) -> dict[str, Any]
         # WSGI requests run on these threads; a slow request (an export download) holds one
         # thread, not a whole process.
         "blocking_threads": _env_count("TANDEM_WEB_THREADS", default_threads),
-        "log_access": _env_switch("TANDEM_ACCESS_LOG", default_log),
-        "log_access_format": ACCESS_LOG_FORMAT,
+        # One JSON line per request on stdout, written by tandem/access_log.py.
+        "log_access": env_switch("TANDEM_ACCESS_LOG", default_log),
         # A worker that dies (OOM kill, segfault in a native library) is replaced.
         "respawn_failed_workers": True,
         "workers_kill_timeout": _env_count("TANDEM_WEB_GRACEFUL_TIMEOUT", default_grace),
         "backlog": 2048,
     }
-
-
-def _env_switch(name: str, default: bool) -> bool:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    if raw not in ("0", "1"):
-        raise ValueError(f"{name} must be 0 or 1, not {raw!r}")
-    return raw == "1"
 
 
 def _env_count(name: str, default: int) -> int:
@@ -143,6 +127,8 @@ def _granian(app: Any, host: str, port: int, options: dict[str, Any]) -> None:
     from granian.log import LogLevels
     from granian.server import Server
 
+    options = dict(options)
+    served = AccessLog(app) if options.pop("log_access") else app
     # Workers are forked from this process and load nothing themselves: they serve the app
     # built (and, in embedded mode, migrated and seeded) here.
     server = Server(
@@ -151,9 +137,10 @@ def _granian(app: Any, host: str, port: int, options: dict[str, Any]) -> None:
         port=port,
         interface=Interfaces.WSGI,
         log_level=LogLevels.warning,
+        log_access=False,  # ours is cheaper (tandem/access_log.py)
         **options,
     )
-    server.serve(target_loader=lambda _target: app)
+    server.serve(target_loader=lambda _target: served)
 
 
 def serve(*, host: str, port: int, web_workers: int | None, demo: bool = False) -> None:

@@ -34,6 +34,9 @@ ENVELOPE_KEYS = {"input", "external_id", "force_review"}
 #: A batch item may carry its own key (a single predict takes the Idempotency-Key header).
 BATCH_ITEM_KEYS = ENVELOPE_KEYS | {"idempotency_key"}
 REPLAYED_HEADER = "Idempotent-Replayed"
+#: Where the single predict's fast path leaves the error its INSERT raised
+#: (service/api/fast_predict.py).
+STORE_FAILED_KEY = "tandem.fast_predict.store_failed"
 
 
 def json_response(payload: Any, status: int = 200) -> Response:
@@ -115,6 +118,9 @@ def _item(body: Any, *, where: str = "") -> predict_service.PredictRequest:
 @require_roles("app")
 def predict(task: str) -> Response:
     """Send one case: answered now (200) or queued for a human (202)."""
+    failed = request.environ.pop(STORE_FAILED_KEY, None)
+    if failed is not None:
+        raise failed  # the fast path's INSERT failed: answer its error, never store again
     settings = current_app.config["TANDEM"]
     with unit_of_work() as session:
         runtime = predict_service.authorize(session, task, current_actor())

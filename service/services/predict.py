@@ -13,20 +13,23 @@ import functools
 import hashlib
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 import orjson
+import psycopg
 from marshmallow import ValidationError
 from sqlalchemy import JSON, Table, bindparam, exists, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from service import model_cache, routing
-from service.db import utcnow
+from service.db import thread_autocommit_connection, utcnow
 from service.errors import Conflict, Forbidden, NotFound, Unavailable, ValidationFailed
 from service.input_schema import FastValidator, fast_validator, validate_input
 from service.models import Case, Task, new_ids
@@ -52,6 +55,15 @@ class TaskRuntime:
     model: model_cache.LoadedModel | None
     never_automate: frozenset[str] = field(default_factory=frozenset)
     hold_audited: bool = False
+    _validators: dict[int, FastValidator] = field(default_factory=dict, repr=False)
+
+    def validator(self, max_text: int) -> FastValidator:
+        """The plain-Python input check for these fields, found once per runtime (building
+        its lookup key cost a single predict ~25 µs)."""
+        found = self._validators.get(max_text)
+        if found is None:
+            found = self._validators[max_text] = fast_validator(self.fields, max_text)
+        return found
 
 
 _runtime_lock = threading.Lock()
@@ -95,6 +107,12 @@ def task_runtime(session: Session, name: str, *, trust_cache: bool = False) -> T
     with _runtime_lock:
         _runtimes[name] = runtime
     return runtime
+
+
+def cached_runtime(name: str) -> TaskRuntime | None:
+    """The task's runtime if this process holds it (the caller proves it current when it
+    stores: see :func:`store_one`), else None."""
+    return _runtimes.get(name)
 
 
 def forget(name: str) -> None:
@@ -156,7 +174,7 @@ def request_hash(body: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _check_item(
+def check_item(
     rt: TaskRuntime, item: PredictRequest, max_text: int, fast: FastValidator | None = None
 ) -> dict[str, Any]:
     """The item's validated input, or ``ValidationFailed`` naming every bad field. ``fast``
@@ -313,6 +331,13 @@ def _build_rows(
     return rows
 
 
+def build_row(
+    rt: TaskRuntime, item: PredictRequest, values: dict[str, Any], *, request_id: str | None
+) -> dict[str, Any]:
+    """One case's row, routed, for a single predict without an idempotency key."""
+    return _build_rows(rt, [item], [values], request_id=request_id, hashes=[None])[0]
+
+
 def case_view(row: Any) -> dict[str, Any]:
     """The predict result shape (docs/api.md, "Predict") from a case row, dict or ORM object.
 
@@ -422,7 +447,7 @@ def _predict_streamed(
             inputs: list[dict[str, Any]] = []
             for item in items[start : start + STREAM_CHUNK]:
                 try:
-                    inputs.append(_check_item(rt, item, max_text, fast))
+                    inputs.append(check_item(rt, item, max_text, fast))
                 except ValidationFailed as exc:
                     results.append(ItemError(422, exc.code, exc.message, exc.details).as_dict())
                     continue
@@ -481,11 +506,60 @@ def _guarded_insert(columns: tuple[str, ...], dialect: str, on_conflict: bool) -
     return stmt.returning(CASES.c.id)
 
 
-def _store_one(session: Session, rt: TaskRuntime, row: dict[str, Any]) -> bool:
+@functools.cache
+def _guarded_insert_text(
+    columns: tuple[str, ...], dialect: Dialect, on_conflict: bool
+) -> tuple[str, tuple[tuple[str, Callable[[Any], Any]], ...]]:
+    """:func:`_guarded_insert` as the driver's SQL text, with the bind processors SQLAlchemy
+    would apply (JSON serialised as the engine serialises it)."""
+    compiled = _guarded_insert(columns, dialect.name, on_conflict).compile(dialect=dialect)
+    processors: list[tuple[str, Callable[[Any], Any]]] = []
+    for name in columns:
+        if name in JSON_COLUMNS:
+            # What SQLAlchemy's JSON type sends (None as JSON null), written by orjson as the
+            # batch's COPY writes it: psycopg's JSON adapter used the standard library.
+            processors.append((name, dump_json))
+            continue
+        processor = CASES.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        if processor is not None:
+            processors.append((name, processor))
+    return str(compiled), tuple(processors)
+
+
+def _store_one_postgresql(
+    session: Session, bind: Engine | Connection, rt: TaskRuntime, row: dict[str, Any]
+) -> bool:
+    """The guarded INSERT sent through psycopg itself: SQLAlchemy's statement execution
+    (cache lookup, 36 bind processors, result wrapping) and a pool checkout in autocommit
+    were ~60% of a single predict's CPU (bench/README.md, "Single predict")."""
+    sql, processors = _guarded_insert_text(
+        tuple(row), bind.dialect, row["idempotency_key"] is not None
+    )
+    params = {**row, "guard_task_id": rt.id, "guard_revision": rt.revision}
+    for name, processor in processors:
+        params[name] = processor(params[name])
+    conn: Any = None
+    try:
+        if isinstance(bind, Engine) and not session.in_transaction():
+            conn = thread_autocommit_connection(bind)  # connecting may fail: caught below
+        else:  # inside the request's transaction (a replay was looked up first; the tests)
+            conn = session.connection().connection.driver_connection
+        return conn.execute(sql, params).fetchone() is not None
+    except psycopg.Error as exc:
+        # As SQLAlchemy would raise it, so the API's handlers answer it (503, 422).
+        broken = conn is None or conn.broken
+        raise DBAPIError.instance(
+            sql, params, exc, psycopg.Error, connection_invalidated=broken
+        ) from exc
+
+
+def store_one(session: Session, rt: TaskRuntime, row: dict[str, Any]) -> bool:
     """Store one case if ``rt`` is current; False when the task moved on (or the idempotency
     key already exists). Outside tests this is a single autocommitted statement: no BEGIN or
     COMMIT round trips on the hot path."""
     bind = session.get_bind()
+    if bind.dialect.name == "postgresql":
+        return _store_one_postgresql(session, bind, rt, row)
     stmt = _guarded_insert(tuple(row), bind.dialect.name, row["idempotency_key"] is not None)
     params = {**row, "guard_task_id": rt.id, "guard_revision": rt.revision}
     if isinstance(bind, Engine) and not session.in_transaction():
@@ -531,9 +605,9 @@ def predict_one(
         if replay is not None:
             return replay, False
     for _ in range(MAX_STALE_RETRIES):
-        values = _check_item(rt, item, max_text)
+        values = check_item(rt, item, max_text)
         rows = _build_rows(rt, [item], [values], request_id=request_id, hashes=[digest])
-        if _store_one(session, rt, rows[0]):
+        if store_one(session, rt, rows[0]):
             return case_view(rows[0]), True
         if item.idempotency_key is not None:
             # Another request with the same key may have won the race: answer with its case.
@@ -605,7 +679,7 @@ def predict_batch(
                 results[i] = _replayed_or_conflict(stored[key], key, digests[i])
                 continue
         try:
-            good.append((i, item, _check_item(rt, item, max_text, fast)))
+            good.append((i, item, check_item(rt, item, max_text, fast)))
         except ValidationFailed as exc:
             results[i] = ItemError(422, exc.code, exc.message, exc.details).as_dict()
     if good:

@@ -1,14 +1,20 @@
 """How `tandem serve` configures its web server (tandem/processes.py): production and embedded
-defaults, the operator's environment, and an access log that is JSON without query strings."""
+defaults, the operator's environment, and an access log that is JSON without query strings
+(tandem/access_log.py)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import time
+from typing import Any
 
 import pytest
+from werkzeug.test import Client
 
-from tandem.processes import ACCESS_LOG_FORMAT, web_server_options
+from tandem.access_log import AccessLog
+from tandem.processes import web_server_options
 
 KNOBS = (
     "WEB_CONCURRENCY",
@@ -56,30 +62,75 @@ def test_operator_environment_wins_and_the_command_line_beats_it(monkeypatch):
     assert web_server_options(embedded=False, workers=3)["workers"] == 3
 
 
+def logged(app: Any, method: str, path: str, **kwargs: Any) -> tuple[Any, list[Any]]:
+    """Serve one request through the access log; the response and the lines it wrote."""
+    reader, writer = os.pipe()
+    try:
+        resp = Client(AccessLog(app, fd=writer)).open(path, method=method, **kwargs)
+        body = resp.get_data()  # a streamed body is logged once the server closes it
+        resp.close()
+    finally:
+        os.close(writer)
+    with os.fdopen(reader, "rb") as out:
+        lines = [json.loads(line) for line in out.read().splitlines()]
+    return (resp, body), lines
+
+
+def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("202 ACCEPTED", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
 def test_access_log_line_is_json_and_has_no_query_string():
-    # The atoms granian fills in (granian.log.log_request_builder); the query string is a
-    # separate atom the format never uses.
-    atoms = {
-        "addr": "10.0.0.7",
-        "time": "2026-11-26 18:00:00 +0000",
-        "dt_ms": 3.14159,
-        "status": 202,
-        "path": "/api/v1/tasks/credit/predict",
-        "query_string": "token=x",
-        "method": "POST",
-        "scheme": "http",
-        "protocol": "HTTP/1.1",
-    }
-    line = json.loads(ACCESS_LOG_FORMAT % atoms)
-    assert line == {
-        "remote": "10.0.0.7",
-        "method": "POST",
-        "path": "/api/v1/tasks/credit/predict",
-        "status": 202,
-        "duration_ms": 3.1,
-        "time": "2026-11-26 18:00:00 +0000",
-    }
-    assert "query_string" not in ACCESS_LOG_FORMAT
+    (resp, body), lines = logged(
+        hello,
+        "POST",
+        '/api/v1/tasks/a"b/predict?token=secret',
+        environ_base={"REMOTE_ADDR": "10.0.0.7"},
+    )
+    assert (resp.status_code, body) == (202, b"ok")
+    assert len(lines) == 1
+    line = lines[0]
+    assert set(line) == {"remote", "method", "path", "status", "duration_ms", "time"}
+    assert (line["remote"], line["method"], line["status"]) == ("10.0.0.7", "POST", 202)
+    assert line["path"] == '/api/v1/tasks/a"b/predict'  # escaped, and no query string
+    assert "secret" not in json.dumps(line)
+    assert isinstance(line["duration_ms"], float) and line["duration_ms"] >= 0
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}", line["time"])
+
+
+def test_a_streamed_answer_is_logged_when_it_ends():
+    closed: list[bool] = []
+
+    class Body:
+        def __iter__(self) -> Any:
+            yield b"a"
+            time.sleep(0.05)
+            yield b"b"
+
+        def close(self) -> None:
+            closed.append(True)
+
+    def streamed(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "text/csv")])
+        return Body()
+
+    (_, body), lines = logged(streamed, "GET", "/api/v1/exports/1/download")
+    assert body == b"ab" and closed == [True]
+    assert lines[0]["status"] == 200 and lines[0]["duration_ms"] >= 50
+
+
+def test_a_failing_app_is_logged_as_500():
+    reader, writer = os.pipe()
+
+    def broken(environ: dict[str, Any], start_response: Any) -> Any:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        AccessLog(broken, fd=writer)({"REQUEST_METHOD": "GET", "PATH_INFO": "/x"}, None)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as out:
+        assert json.loads(out.read())["status"] == 500
 
 
 @pytest.mark.parametrize("value", ["abc", "0", "-2", "1.5"])

@@ -1,0 +1,286 @@
+"""The single predict's fast path (service/api/fast_predict.py): it answers exactly as the
+view does, stores the same row, and hands every other request to Flask untouched."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
+from werkzeug.test import Client
+
+from service.api.fast_predict import FastPredict, install
+from service.config import Settings
+from service.models import Case
+from service.observability import REQUESTS
+from service.services import predict as predict_service
+from tests.helpers import SIMPLE_TASK, auth, good_input, install_model, make_token
+
+PATH = "/api/v1/tasks/loan-review/predict"
+#: Differ between any two cases, whoever serves them.
+PER_CASE_FIELDS = {"case_id", "created_at"}
+PER_CASE_COLUMNS = {"id", "created_at", "updated_at", "resolved_at", "request_id"}
+
+
+class CountingApp:
+    """Flask behind the fast path, counting the requests handed to it."""
+
+    def __init__(self, wsgi: Any) -> None:
+        self.wsgi = wsgi
+        self.calls = 0
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        self.calls += 1
+        return self.wsgi(environ, start_response)
+
+
+@pytest.fixture
+def fast(app: Any) -> Iterator[FastPredict]:
+    middleware = app.wsgi_app
+    assert isinstance(middleware, FastPredict), "create_app installs the fast path by default"
+    flask_wsgi = middleware.inner
+    middleware.inner = CountingApp(flask_wsgi)
+    try:
+        yield middleware
+    finally:
+        middleware.inner = flask_wsgi
+
+
+def send(wsgi: Any, token: str, body: Any, **headers: str) -> Any:
+    return post(wsgi, PATH, json=body, headers={**auth(token), **headers})
+
+
+def post(wsgi: Any, path: str, **kwargs: Any) -> Any:
+    """POST, and note on the response whether Flask saw the request."""
+    counter = wsgi.inner if isinstance(wsgi, FastPredict) else wsgi
+    before = counter.calls
+    headers = dict(kwargs.pop("headers", {}))
+    cookie = headers.pop("Cookie", None)  # the test client keeps its own cookie jar
+    if cookie is not None:
+        kwargs["environ_overrides"] = {"HTTP_COOKIE": cookie}
+    resp = Client(wsgi, use_cookies=cookie is None).post(path, headers=headers, **kwargs)
+    resp.served_fast = counter.calls == before
+    return resp
+
+
+def served_fast(resp: Any) -> bool:
+    return bool(resp.served_fast)
+
+
+def stored_row(db: Any, case_id: int) -> dict[str, Any]:
+    db.expire_all()
+    case = db.get(Case, case_id)
+    return {
+        c.name: getattr(case, c.key)
+        for c in Case.__table__.columns
+        if c.name not in PER_CASE_COLUMNS
+    }
+
+
+def warm(fast: FastPredict, token: str) -> None:
+    """The first call of a token and a task goes through Flask and fills both caches."""
+    first = send(fast, token, {"input": good_input()})
+    assert first.status_code in (200, 202) and not served_fast(first)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"input": good_input(review="paid on time")},  # auto-answered
+        {"input": good_input(review="paid on time", state="NY", amount=3000.0, verified=None)},
+        {"input": good_input(), "force_review": True, "external_id": "A-7"},
+        {"input": {"review": "late twice", "state": "TX"}},  # optional fields absent
+    ],
+)
+def test_answers_and_stores_as_the_view_does(fast, tokens, task, db, body):
+    install_model(db, "loan-review", threshold=0.8)
+    warm(fast, tokens["app"])
+    by_fast = send(fast, tokens["app"], body, **{"X-Request-ID": "req-fast"})
+    by_view = send(fast.inner, tokens["app"], body, **{"X-Request-ID": "req-view"})
+    assert served_fast(by_fast) and not served_fast(by_view)
+    assert by_fast.status == by_view.status
+    assert by_fast.status_code in (200, 202)
+
+    def headers(resp: Any) -> dict[str, str]:
+        return {k: v for k, v in resp.headers.items() if k != "Content-Length"}
+
+    assert headers(by_fast) == {**headers(by_view), "X-Request-ID": "req-fast"}
+    assert int(by_fast.headers["Content-Length"]) == len(by_fast.data)
+    fast_json, view_json = by_fast.get_json(), by_view.get_json()
+    assert {k: v for k, v in fast_json.items() if k not in PER_CASE_FIELDS} == {
+        k: v for k, v in view_json.items() if k not in PER_CASE_FIELDS
+    }
+    assert by_fast.data.endswith(b"\n") and by_view.data.endswith(b"\n")
+    fast_row, view_row = stored_row(db, fast_json["case_id"]), stored_row(db, view_json["case_id"])
+    # The audit draw is a hash of the case id, the only routing input that differs; an
+    # audited automatic answer waits for its check.
+    for row, answer in ((fast_row, fast_json), (view_row, view_json)):
+        audited, queue_state = row.pop("audit"), row.pop("queue_state")
+        assert queue_state == ("waiting" if audited or answer["route"] != "auto" else None)
+    assert fast_row == view_row
+    assert db.get(Case, fast_json["case_id"]).request_id == "req-fast"
+
+
+def test_a_request_id_the_view_would_refuse_is_replaced_the_same_way(fast, tokens, task, db):
+    warm(fast, tokens["app"])
+    resp = send(fast, tokens["app"], {"input": good_input()}, **{"X-Request-ID": "a\tb"})
+    assert served_fast(resp)
+    new_id = resp.headers["X-Request-ID"]
+    assert len(new_id) == 16 and new_id != "a\tb"
+    assert db.get(Case, resp.get_json()["case_id"]).request_id == new_id
+
+
+def test_counts_the_request_in_the_metrics(fast, tokens, task, db):
+    warm(fast, tokens["app"])
+    rule = "/api/v1/tasks/<string:task>/predict"
+    before = REQUESTS.labels(rule, "POST", "202")._value.get()
+    resp = send(fast, tokens["app"], {"input": good_input()})
+    assert served_fast(resp) and resp.status_code == 202
+    assert REQUESTS.labels(rule, "POST", "202")._value.get() == before + 1
+
+
+def test_https_requests_get_the_same_hsts_header_as_the_view(fast, tokens, task, db):
+    warm(fast, tokens["app"])
+    kwargs = {"json": {"input": good_input()}, "headers": auth(tokens["app"])}
+    resp = post(fast, PATH, base_url="https://x", **kwargs)
+    via_view = post(fast.inner, PATH, base_url="https://x", **kwargs)
+    assert served_fast(resp)
+    assert resp.headers.get("Strict-Transport-Security") == via_view.headers.get(
+        "Strict-Transport-Security"
+    )
+
+
+def count_cases(db: Any) -> int:
+    return db.scalar(select(func.count()).select_from(Case))
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status"),
+    [
+        ({"input": {"review": "x"}}, {}, 422),  # a required field missing
+        ({"input": good_input(), "colour": "red"}, {}, 422),  # unknown envelope field
+        ({"input": good_input(), "external_id": ""}, {}, 422),
+        ({"input": good_input(review="\ud800")}, {}, 422),  # a lone surrogate
+        ({"input": good_input(amount=float("nan"))}, {}, 422),  # orjson refuses NaN
+        ({"input": good_input()}, {"Idempotency-Key": "k-1"}, 202),  # the view's replay rules
+        ({"input": good_input()}, {"Cookie": "session=abc"}, 202),  # sessions stay in Flask
+    ],
+)
+def test_everything_else_is_served_by_the_view(fast, tokens, task, db, body, headers, status):
+    warm(fast, tokens["app"])
+    before = count_cases(db)
+    resp = send(fast, tokens["app"], body, **headers)
+    assert not served_fast(resp)
+    assert resp.status_code == status, resp.get_json()
+    assert count_cases(db) == before + (1 if status < 300 else 0)
+
+
+def test_bodies_it_cannot_read_are_served_by_the_view(fast, tokens, task, db):
+    warm(fast, tokens["app"])
+    token = auth(tokens["app"])
+    cases = [
+        ({"data": b"{not json", "content_type": "application/json"}, 400),
+        ({"data": b'{"input": {}}', "content_type": "text/plain"}, 415),
+        ({"data": b"x" * (9 * 1024 * 1024), "content_type": "application/json"}, 413),
+    ]
+    for kwargs, status in cases:
+        resp = post(fast, PATH, headers=token, **kwargs)
+        assert resp.status_code == status and not served_fast(resp)
+    assert count_cases(db) == 1
+
+
+def test_callers_it_does_not_know_are_served_by_the_view(fast, tokens, task, db):
+    warm(fast, tokens["app"])
+    reviewer = send(fast, tokens["reviewer"], {"input": good_input()})
+    assert reviewer.status_code == 403 and not served_fast(reviewer)
+    # A token outside the task: cached on its first call, then refused by the view each time.
+    other_task = {**SIMPLE_TASK, "name": "another-task"}
+    assert (
+        post(fast, "/api/v1/tasks", json=other_task, headers=auth(tokens["admin"])).status_code
+        == 201
+    )
+    other = make_token("app", tasks=["another-task"])
+    for _ in range(2):
+        resp = send(fast, other, {"input": good_input()})
+        assert resp.status_code == 403 and not served_fast(resp)
+    unknown = post(
+        fast, "/api/v1/tasks/no-such-task/predict", json={"input": {}}, headers=auth(tokens["app"])
+    )
+    assert unknown.status_code == 404 and not served_fast(unknown)
+    revoked = send(fast, "not-a-token", {"input": good_input()})
+    assert revoked.status_code == 401 and not served_fast(revoked)
+
+
+def test_a_task_changed_meanwhile_is_routed_again_by_the_view(fast, tokens, task, db):
+    warm(fast, tokens["app"])
+    install_model(db, "loan-review", threshold=0.8)  # bumps the revision behind the cache
+    db.commit()
+    resp = send(fast, tokens["app"], {"input": good_input(review="paid on time")})
+    assert not served_fast(resp)
+    assert resp.status_code == 200 and resp.get_json()["model_version"] == 1
+    assert count_cases(db) == 2
+    again = send(fast, tokens["app"], {"input": good_input(review="paid on time")})
+    assert served_fast(again) and again.get_json()["model_version"] == 1
+
+
+def test_a_failed_insert_is_answered_by_the_view_and_never_retried(
+    fast, tokens, task, db, monkeypatch
+):
+    warm(fast, tokens["app"])
+    calls: list[int] = []
+
+    def failing_store(*_args: Any, **_kwargs: Any) -> bool:
+        calls.append(1)
+        raise OperationalError("INSERT", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(predict_service, "store_one", failing_store)
+    resp = send(fast, tokens["app"], {"input": good_input()})
+    assert resp.status_code == 503
+    assert resp.get_json()["error"]["code"] == "unavailable"
+    assert calls == [1]  # the view raised the fast path's error instead of storing again
+    assert count_cases(db) == 1
+
+
+def test_can_be_switched_off(monkeypatch, tmp_path):
+    monkeypatch.setenv("TANDEM_HOME", str(tmp_path))
+    monkeypatch.setenv("TANDEM_PREDICT_FAST_PATH", "0")
+    settings = Settings.from_env()
+    assert settings.predict_fast_path is False
+    app = SimpleNamespace(config={"TANDEM": settings}, wsgi_app="flask")
+    install(app)  # type: ignore[arg-type]
+    assert app.wsgi_app == "flask"
+    monkeypatch.setenv("TANDEM_PREDICT_FAST_PATH", "yes")
+    with pytest.raises(ValueError, match="TANDEM_PREDICT_FAST_PATH must be 0 or 1"):
+        Settings.from_env()
+
+
+def test_a_lost_connection_costs_one_request_and_stores_nothing_twice(
+    backend, committed_db, flask_app
+):
+    """The thread's own autocommit connection (PostgreSQL) dies with the server's backend:
+    that request is answered 503 by the view, the next one opens a fresh connection."""
+    if backend != "postgresql":
+        pytest.skip("SQLite has no server connection to lose")
+    from service.db import thread_autocommit_connection
+
+    engine = committed_db.get_bind()
+    client = flask_app.test_client()
+    admin, app_token = make_token("admin"), make_token("app")
+    assert client.post("/api/v1/tasks", json=SIMPLE_TASK, headers=auth(admin)).status_code == 201
+    for _ in range(2):  # the first fills the caches, the second is served in front of Flask
+        assert (
+            client.post(PATH, json={"input": good_input()}, headers=auth(app_token)).status_code
+            == 202
+        )
+    own = thread_autocommit_connection(engine)
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"SELECT pg_terminate_backend({own.info.backend_pid})")
+    lost = client.post(PATH, json={"input": good_input()}, headers=auth(app_token))
+    assert lost.status_code == 503 and lost.get_json()["error"]["code"] == "unavailable"
+    healed = client.post(PATH, json={"input": good_input()}, headers=auth(app_token))
+    assert healed.status_code == 202
+    assert thread_autocommit_connection(engine) is not own
+    assert count_cases(committed_db) == 3
