@@ -32,7 +32,7 @@ from service.api.predict import STORE_FAILED_KEY
 from service.api.predict import _item as parse_item
 from service.db import db_session
 from service.errors import ServiceError
-from service.observability import REQUEST_LATENCY, REQUESTS, choose_request_id, count_cases
+from service.observability import CASES, REQUEST_LATENCY, REQUESTS, choose_request_id
 from service.security import security_headers
 from service.services import predict as predict_service
 from service.services.accounts import cached_token_actor
@@ -59,11 +59,21 @@ class FastPredict:
         rule = next(r.rule for r in app.url_map.iter_rules() if r.endpoint == ENDPOINT)
         self.latency = REQUEST_LATENCY.labels(rule, "POST")
         self.answered = {s: REQUESTS.labels(rule, "POST", str(s)) for s in (200, 202)}
+        self._case_counters: dict[tuple[str, str, str], Any] = {}
         # The view's answer reads Flask's session (empty for a token), hence Vary: Cookie.
         self.headers = {
             scheme: _static_headers(app, scheme, hsts=bool(settings.session_cookie_secure))
             for scheme in ("http", "https")
         }
+
+    def _counted(self, task: str, route: str, reason: str) -> Any:
+        """``tandem_cases_total``'s child for these labels, found once (as ``count_cases``
+        counts a single case)."""
+        key = (task, route, reason)
+        child = self._case_counters.get(key)
+        if child is None:
+            child = self._case_counters[key] = CASES.labels(task, route or "", reason or "")
+        return child
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         if environ.get("REQUEST_METHOD") == "POST":
@@ -144,7 +154,7 @@ class FastPredict:
             predict_service.forget(rt.name)  # the task moved on: the view reloads and routes
             return None
         status = 200 if view["route"] == "auto" else 202
-        count_cases(task, [view])
+        self._counted(task, view["route"], view["reason"]).inc()
         self.answered[status].inc()
         self.latency.observe(time.perf_counter() - t0)
         headers = [
