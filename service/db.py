@@ -6,6 +6,7 @@ Nothing here commits: every entry point commits once through :func:`service.uow.
 from __future__ import annotations
 
 import os
+import select
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,8 +14,11 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
+from psycopg.pq import ConnStatus
 from sqlalchemy import DateTime, MetaData, TypeDecorator, create_engine, event
 from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import DeclarativeBase, Session, scoped_session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -115,9 +119,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         return engine
     options = {
-        # No pre-ping: it costs a round trip on every checkout of the predict hot path. A
-        # restarted server still heals by itself: the first disconnect error invalidates the
-        # whole pool (that request gets a 503), and the next request opens fresh connections.
+        # No pre-ping: it costs a round trip on every checkout of the predict hot path. The
+        # checkout hook below finds connections the server closed without one.
         "pool_pre_ping": os.environ.get("TANDEM_DB_PRE_PING", "") == "1",
         "pool_size": 10,
         "max_overflow": 20,
@@ -125,7 +128,40 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         "connect_args": {"connect_timeout": 3},
     }
     options.update(kwargs)
-    return create_engine(url, **options)
+    engine = create_engine(url, **options)
+
+    @event.listens_for(engine, "checkout")
+    def _drop_if_closed_by_server(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        # A restarted server closed every pooled connection: renew them all now, before any
+        # request tries one and fails.
+        if closed_by_server(dbapi_conn):
+            raise InvalidatePoolError("the server closed this connection")
+
+    return engine
+
+
+def closed_by_server(conn: Any) -> bool:
+    """Whether PostgreSQL closed this idle psycopg connection, found without a round trip.
+
+    A server that shuts down or terminates a backend first sends it a FATAL message, then
+    closes the socket; an idle connection that neither LISTENs nor runs anything has nothing
+    else to read (a changed server parameter is the rare exception, read here and kept). So
+    a readable socket is read: an error or end of file means the connection is gone, and a
+    request would have failed on it with a 503 (bench/README.md, "Single predict"; without
+    this, each request thread's connection and the pool each cost one failed request after
+    a database restart).
+    """
+    try:
+        pgconn = conn.pgconn
+        if pgconn.status != ConnStatus.OK:
+            return True
+        for _ in range(2):  # the FATAL message, then the end of file
+            if not select.select([pgconn.socket], [], [], 0)[0]:
+                return False
+            pgconn.consume_input()
+        return bool(pgconn.status != ConnStatus.OK)
+    except (psycopg.Error, OSError, ValueError):
+        return True
 
 
 _own_connections = threading.local()
@@ -141,7 +177,9 @@ def thread_autocommit_connection(engine: Engine) -> Any:
     """
     held: dict[int, Any] = _own_connections.__dict__.setdefault("by_engine", {})
     conn = held.get(id(engine))
-    if conn is None or conn.closed or conn.broken:
+    if conn is not None and not conn.closed and (conn.broken or closed_by_server(conn)):
+        conn.close()
+    if conn is None or conn.closed:
         pooled = engine.raw_connection()
         conn = pooled.driver_connection
         assert conn is not None, "a fresh checkout holds its connection"

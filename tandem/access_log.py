@@ -59,7 +59,7 @@ class AccessLog:
             {
                 "remote": environ.get("REMOTE_ADDR", ""),
                 "method": environ.get("REQUEST_METHOD", ""),
-                "path": environ.get("PATH_INFO", ""),
+                "path": _readable(environ.get("PATH_INFO", "")),
                 "status": status,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 1),
                 "time": self._stamp,
@@ -70,6 +70,15 @@ class AccessLog:
             os.write(self.fd, line)  # one line < PIPE_BUF: never interleaved with another's
         except OSError:
             pass  # a closed terminal must not fail the request
+
+
+def _readable(path: str) -> str:
+    """The path as the client wrote it: WSGI hands over its bytes as Latin-1 characters
+    (``café`` arrives as ``cafÃ©``); bytes that are not UTF-8 become U+FFFD."""
+    try:
+        return path.encode("latin-1").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # already text (a server that decoded it)
+        return path
 
 
 class _LoggedWhenClosed:

@@ -3,6 +3,7 @@ view does, stores the same row, and hands every other request to Flask untouched
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -257,11 +258,25 @@ def test_can_be_switched_off(monkeypatch, tmp_path):
         Settings.from_env()
 
 
-def test_a_lost_connection_costs_one_request_and_stores_nothing_twice(
-    backend, committed_db, flask_app
-):
-    """The thread's own autocommit connection (PostgreSQL) dies with the server's backend:
-    that request is answered 503 by the view, the next one opens a fresh connection."""
+def terminate(engine: Any, pids: list[int]) -> None:
+    """Close these backends as a server restart does, and wait until they are gone."""
+    with engine.connect() as conn:
+        for pid in pids:
+            conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            alive = conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%(pids)s)", {"pids": pids}
+            ).scalar()
+            if not alive:
+                break
+            time.sleep(0.05)
+    time.sleep(0.1)  # the FATAL message and the end of file reach the client
+
+
+def test_connections_the_server_closed_cost_no_request(backend, committed_db, flask_app):
+    """A database restart closes the thread's own autocommit connection and the pooled ones:
+    both are found closed before use (no round trip), renewed, and no request fails."""
     if backend != "postgresql":
         pytest.skip("SQLite has no server connection to lose")
     from service.db import thread_autocommit_connection
@@ -270,17 +285,50 @@ def test_a_lost_connection_costs_one_request_and_stores_nothing_twice(
     client = flask_app.test_client()
     admin, app_token = make_token("admin"), make_token("app")
     assert client.post("/api/v1/tasks", json=SIMPLE_TASK, headers=auth(admin)).status_code == 201
+    body = {"json": {"input": good_input()}, "headers": auth(app_token)}
     for _ in range(2):  # the first fills the caches, the second is served in front of Flask
-        assert (
-            client.post(PATH, json={"input": good_input()}, headers=auth(app_token)).status_code
-            == 202
-        )
+        assert client.post(PATH, **body).status_code == 202
     own = thread_autocommit_connection(engine)
     with engine.connect() as conn:
-        conn.exec_driver_sql(f"SELECT pg_terminate_backend({own.info.backend_pid})")
-    lost = client.post(PATH, json={"input": good_input()}, headers=auth(app_token))
+        pooled = [
+            row[0]
+            for row in conn.exec_driver_sql(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid()"
+            )
+        ]
+    assert own.info.backend_pid in pooled
+    terminate(engine, pooled)
+    assert client.post(PATH, **body).status_code == 202  # the fast path, on a new connection
+    assert thread_autocommit_connection(engine) is not own
+    reads = client.get("/api/v1/tasks/loan-review", headers=auth(admin))  # the pool
+    assert reads.status_code == 200
+    assert count_cases(committed_db) == 3
+
+
+def test_an_insert_on_a_connection_lost_meanwhile_is_answered_503_once(
+    backend, committed_db, flask_app, monkeypatch
+):
+    """When the connection dies between the check and the INSERT, the request gets the
+    view's 503 (never a second INSERT), and the next one a fresh connection."""
+    if backend != "postgresql":
+        pytest.skip("SQLite has no server connection to lose")
+    from service import db as db_module
+    from service.db import thread_autocommit_connection
+
+    engine = committed_db.get_bind()
+    client = flask_app.test_client()
+    admin, app_token = make_token("admin"), make_token("app")
+    assert client.post("/api/v1/tasks", json=SIMPLE_TASK, headers=auth(admin)).status_code == 201
+    body = {"json": {"input": good_input()}, "headers": auth(app_token)}
+    for _ in range(2):
+        assert client.post(PATH, **body).status_code == 202
+    own = thread_autocommit_connection(engine)
+    terminate(engine, [own.info.backend_pid])
+    monkeypatch.setattr(db_module, "closed_by_server", lambda _conn: False)  # too late to see
+    lost = client.post(PATH, **body)
     assert lost.status_code == 503 and lost.get_json()["error"]["code"] == "unavailable"
-    healed = client.post(PATH, json={"input": good_input()}, headers=auth(app_token))
-    assert healed.status_code == 202
+    monkeypatch.undo()
+    assert client.post(PATH, **body).status_code == 202
     assert thread_autocommit_connection(engine) is not own
     assert count_cases(committed_db) == 3

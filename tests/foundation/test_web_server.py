@@ -99,6 +99,11 @@ def test_access_log_line_is_json_and_has_no_query_string():
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}", line["time"])
 
 
+def test_access_log_paths_are_utf8_as_the_client_sent_them():
+    (_, _), lines = logged(hello, "GET", "/a/caf%C3%A9/%FF?token=abc")
+    assert lines[0]["path"] == "/a/café/\ufffd"
+
+
 def test_a_streamed_answer_is_logged_when_it_ends():
     closed: list[bool] = []
 
