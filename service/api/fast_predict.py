@@ -157,10 +157,11 @@ class FastPredict:
         self._counted(task, view["route"], view["reason"]).inc()
         self.answered[status].inc()
         self.latency.observe(time.perf_counter() - t0)
-        headers = [
-            *static_headers,
+        headers = [  # in the view's order: Content-Type first, the hooks' headers after
+            static_headers[0],
             ("Content-Length", str(len(payload))),
             ("X-Request-ID", request_id),
+            *static_headers[1:],
         ]
         return ("200 OK" if status == 200 else "202 ACCEPTED"), headers, payload
 
@@ -194,7 +195,9 @@ def _static_headers(app: Flask, scheme: str, *, hsts: bool) -> list[tuple[str, s
         response.headers["X-Content-Type-Options"] = "nosniff"
         security_headers(response, hsts=hsts)
     response.vary.add("Cookie")
-    return [(k, v) for k, v in response.headers.items() if k != "Content-Length"]
+    headers = [(k, v) for k, v in response.headers.items() if k != "Content-Length"]
+    assert headers[0][0] == "Content-Type", headers
+    return headers
 
 
 def install(app: Flask) -> None:
