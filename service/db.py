@@ -173,11 +173,16 @@ def thread_autocommit_connection(engine: Engine) -> Any:
 
     For the single predict's one INSERT (service/api/fast_predict.py): a pool checkout,
     switching it to autocommit and back, and the check-in cost more CPU than the statement
-    (bench/README.md, "Single predict"). A broken connection is replaced on the next call.
+    (bench/README.md, "Single predict"). A connection the server closed is replaced before
+    use; one inherited across a fork is never used (nor closed: closing it would end the
+    parent's session too).
     """
-    held: dict[int, Any] = _own_connections.__dict__.setdefault("by_engine", {})
-    conn = held.get(id(engine))
-    if conn is not None and not conn.closed and (conn.broken or closed_by_server(conn)):
+    held: dict[int, tuple[int, Any]] = _own_connections.__dict__.setdefault("by_engine", {})
+    pid, conn = held.get(id(engine), (os.getpid(), None))
+    if pid != os.getpid():
+        _INHERITED.append(conn)
+        conn = None
+    elif conn is not None and not conn.closed and (conn.broken or closed_by_server(conn)):
         conn.close()
     if conn is None or conn.closed:
         pooled = engine.raw_connection()
@@ -185,8 +190,13 @@ def thread_autocommit_connection(engine: Engine) -> Any:
         assert conn is not None, "a fresh checkout holds its connection"
         pooled.detach()  # ours from now on: the pool neither counts nor resets it
         conn.autocommit = True
-        held[id(engine)] = conn
+        held[id(engine)] = (os.getpid(), conn)
     return conn
+
+
+#: Connections a forked child found in its thread's slot: kept referenced for the life of
+#: the process, so that no finaliser of theirs ever writes on the parent's socket.
+_INHERITED: list[Any] = []
 
 
 READ_ONLY_OPTION = "tandem_read_only"

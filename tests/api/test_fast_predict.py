@@ -3,6 +3,7 @@ view does, stores the same row, and hands every other request to Flask untouched
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -390,3 +391,30 @@ def test_any_body_gets_the_same_answer_both_ways(fast, tokens, task, db, body):
         for answer in (fast_json, view_json):
             answer.pop("case_id"), answer.pop("created_at")
     assert fast_json == view_json
+
+
+def test_a_forked_child_never_uses_its_parents_connection(backend, committed_db):
+    """A child forked after a thread opened its own connection opens another, and the
+    parent's stays usable (nothing of the child's touched its socket)."""
+    if backend != "postgresql":
+        pytest.skip("SQLite has no server connection")
+    from service.db import thread_autocommit_connection
+
+    engine = committed_db.get_bind()
+    parent = thread_autocommit_connection(engine)
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running any finaliser
+        try:
+            engine.dispose(close=False)  # as RQ's work horses do with the pool
+            child = thread_autocommit_connection(engine)
+            ok = child is not parent and child.execute("SELECT 1").fetchone() == (1,)
+            os.write(writer, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(writer)
+    os.waitpid(pid, 0)
+    with os.fdopen(reader, "rb") as answer:
+        assert answer.read() == b"1"
+    assert thread_autocommit_connection(engine) is parent
+    assert parent.execute("SELECT 1").fetchone() == (1,)
