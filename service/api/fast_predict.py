@@ -3,13 +3,14 @@
 A single predict did ~0.25 ms of Tandem's own work inside ~2 ms of framework (Werkzeug's
 request and response objects, Flask's dispatch and its eleven hooks, SQLAlchemy's statement
 execution): bench/README.md, "Single predict". This WSGI middleware serves the request that
-needs none of that — a JSON body from a cached token, for a cached task, without an
-Idempotency-Key or a cookie, that validates and stores at the first try — with the same
-service functions the view calls, and answers with the same status, headers and body.
+needs none of that — a JSON body from a cached token, for a cached task, without a cookie,
+that validates and stores at the first try (with an Idempotency-Key: under a key not used
+before) — with the same service functions the view calls, and answers with the same status,
+headers and body.
 
 Everything else goes to Flask untouched, body included: the first request of a token or a
 task (which loads them into the per-process caches), every error (so each error keeps one
-implementation, the view's), idempotent calls (their replay and conflict rules live in the
+implementation, the view's), a key used before (the replay and conflict rules live in the
 view), browser sessions. Nothing is stored before the fast path is sure it will answer; when
 storing itself fails the view is asked to raise that same error, never to store again.
 docs/architecture.md, "The single predict's fast path", says why this is not a second API.
@@ -90,9 +91,10 @@ class FastPredict:
         """The answer, or None to let Flask serve the request (nothing stored then)."""
         t0 = time.perf_counter()
         static_headers = self.headers.get(environ.get("wsgi.url_scheme", ""))
+        key = environ.get("HTTP_IDEMPOTENCY_KEY")
         if (
             static_headers is None
-            or "HTTP_IDEMPOTENCY_KEY" in environ
+            or (key is not None and not 1 <= len(key) <= 200)
             or "HTTP_COOKIE" in environ
             or _mimetype(environ.get("CONTENT_TYPE", "")) != "application/json"
         ):
@@ -125,7 +127,13 @@ class FastPredict:
             )
         except ServiceError:
             return None
-        row = predict_service.build_row(rt, item, values, request_id=request_id)
+        digest = None
+        if key is not None:
+            # Stored with ON CONFLICT DO NOTHING: a key already used stores nothing, and the
+            # view then answers the replay (or 409) as it always does.
+            item.idempotency_key = key
+            digest = predict_service.request_hash(body)
+        row = predict_service.build_row(rt, item, values, request_id=request_id, digest=digest)
         view = predict_service.case_view(row)
         try:
             payload = orjson.dumps(view, option=orjson.OPT_APPEND_NEWLINE)
@@ -151,8 +159,9 @@ class FastPredict:
         if session.identity_map and not has_app_context():
             db_session.remove()
         if not stored:
-            predict_service.forget(rt.name)  # the task moved on: the view reloads and routes
-            return None
+            if key is None:
+                predict_service.forget(rt.name)  # the task moved on: the view reloads, routes
+            return None  # (with a key: stored before, or the task moved on; the view knows)
         status = 200 if view["route"] == "auto" else 202
         self._counted(task, view["route"], view["reason"]).inc()
         self.answered[status].inc()

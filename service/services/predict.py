@@ -332,10 +332,16 @@ def _build_rows(
 
 
 def build_row(
-    rt: TaskRuntime, item: PredictRequest, values: dict[str, Any], *, request_id: str | None
+    rt: TaskRuntime,
+    item: PredictRequest,
+    values: dict[str, Any],
+    *,
+    request_id: str | None,
+    digest: str | None = None,
 ) -> dict[str, Any]:
-    """One case's row, routed, for a single predict without an idempotency key."""
-    return _build_rows(rt, [item], [values], request_id=request_id, hashes=[None])[0]
+    """One case's row, routed, for a single predict (``digest``: the body's
+    :func:`request_hash` when it carries an idempotency key)."""
+    return _build_rows(rt, [item], [values], request_id=request_id, hashes=[digest])[0]
 
 
 def case_view(row: Any) -> dict[str, Any]:

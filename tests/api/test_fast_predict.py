@@ -173,7 +173,8 @@ def count_cases(db: Any) -> int:
         ({"input": good_input(), "external_id": ""}, {}, 422),
         ({"input": good_input(review="\ud800")}, {}, 422),  # a lone surrogate
         ({"input": good_input(amount=float("nan"))}, {}, 422),  # orjson refuses NaN
-        ({"input": good_input()}, {"Idempotency-Key": "k-1"}, 202),  # the view's replay rules
+        ({"input": good_input()}, {"Idempotency-Key": ""}, 422),
+        ({"input": good_input()}, {"Idempotency-Key": "k" * 201}, 422),
         ({"input": good_input()}, {"Cookie": "session=abc"}, 202),  # sessions stay in Flask
     ],
 )
@@ -418,3 +419,31 @@ def test_a_forked_child_never_uses_its_parents_connection(backend, committed_db)
         assert answer.read() == b"1"
     assert thread_autocommit_connection(engine) is parent
     assert parent.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_new_key_is_stored_by_the_fast_path_and_a_used_one_answered_by_the_view(
+    fast, tokens, task, db
+):
+    warm(fast, tokens["app"])
+    body = {"input": good_input(), "external_id": "K-1"}
+    first = send(fast, tokens["app"], body, **{"Idempotency-Key": "key-1"})
+    assert served_fast(first) and first.status_code == 202
+    assert "Idempotent-Replayed" not in first.headers
+    case = db.get(Case, first.get_json()["case_id"])
+    assert (case.idempotency_key, case.request_hash) == (
+        "key-1",
+        predict_service.request_hash(body),
+    )
+    replay = send(fast, tokens["app"], body, **{"Idempotency-Key": "key-1"})
+    assert not served_fast(replay) and replay.status_code == 202
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.get_json() == first.get_json()
+    other = send(
+        fast, tokens["app"], {"input": good_input(state="NY")}, **{"Idempotency-Key": "key-1"}
+    )
+    assert not served_fast(other) and other.status_code == 409
+    assert count_cases(db) == 2  # the warm-up's and key-1's
+    # A new key through the view stores the same row as through the fast path.
+    by_view = send(fast.inner, tokens["app"], body, **{"Idempotency-Key": "key-2"})
+    assert by_view.status_code == 202 and "Idempotent-Replayed" not in by_view.headers
+    assert db.get(Case, by_view.get_json()["case_id"]).request_hash == case.request_hash
