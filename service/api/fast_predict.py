@@ -29,8 +29,7 @@ from typing import Any
 import orjson
 from flask import Flask, Response, has_app_context
 
-from service.api.predict import STORE_FAILED_KEY
-from service.api.predict import _item as parse_item
+from service.api.predict import STORE_FAILED_KEY, parse_item
 from service.db import db_session
 from service.errors import ServiceError
 from service.observability import CASES, REQUEST_LATENCY, REQUESTS, choose_request_id
@@ -44,7 +43,6 @@ log = logging.getLogger(__name__)
 #: The route the fast path serves, for the names a task may have (service/schemas/tasks.py).
 PATH = re.compile(r"/api/v1/tasks/([a-z0-9][a-z0-9_-]{0,99})/predict")
 ENDPOINT = "predict.predict"
-ALLOWED_ROLES = frozenset({"app", "admin"})
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -58,6 +56,8 @@ class FastPredict:
         self.max_text = settings.max_text_length
         self.max_body = int(app.config.get("MAX_CONTENT_LENGTH") or 0)
         rule = next(r.rule for r in app.url_map.iter_rules() if r.endpoint == ENDPOINT)
+        # The roles the view itself allows (service.api.common.require_roles marks it).
+        self.roles = frozenset(app.view_functions[ENDPOINT]._tandem_roles)
         self.latency = REQUEST_LATENCY.labels(rule, "POST")
         self.answered = {s: REQUESTS.labels(rule, "POST", str(s)) for s in (200, 202)}
         self._case_counters: dict[tuple[str, str, str], Any] = {}
@@ -103,7 +103,7 @@ class FastPredict:
         if scheme.lower() != "bearer" or not token.strip():
             return None
         actor = cached_token_actor(token.strip())
-        if actor is None or actor.role not in ALLOWED_ROLES or not actor.may_access(task):
+        if actor is None or actor.role not in self.roles or not actor.may_access(task):
             return None
         rt = predict_service.cached_runtime(task)
         if rt is None:

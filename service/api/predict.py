@@ -51,7 +51,9 @@ def json_response(payload: Any, status: int = 200) -> Response:
     return Response(body, status=status, mimetype="application/json")
 
 
-def _item(body: Any, *, where: str = "") -> predict_service.PredictRequest:
+def parse_item(body: Any, *, where: str = "") -> predict_service.PredictRequest:
+    """The envelope of one case (a single predict's body or a batch item), or
+    ``ValidationFailed``."""
     if not isinstance(body, dict):
         raise ValidationFailed(
             "The body must be a JSON object", {where or "_schema": ["Not an object."]}
@@ -125,7 +127,7 @@ def predict(task: str) -> Response:
     with unit_of_work() as session:
         runtime = predict_service.authorize(session, task, current_actor())
         body = json_body()
-        item = _item(body)
+        item = parse_item(body)
         item.idempotency_key = request.headers.get("Idempotency-Key")
         view, created = predict_service.predict_one(
             session,
@@ -164,7 +166,7 @@ def _batch_items(
         try:
             if check_text:
                 ensure_valid_text(raw, f"items.{i}")
-            items.append(_item(raw, where=f"items.{i}"))
+            items.append(parse_item(raw, where=f"items.{i}"))
         except ValidationFailed as exc:
             items.append(
                 {"error": {"code": exc.code, "message": exc.message, "details": exc.details}}
