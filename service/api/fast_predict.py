@@ -57,7 +57,9 @@ class FastPredict:
         self.max_body = int(app.config.get("MAX_CONTENT_LENGTH") or 0)
         rule = next(r.rule for r in app.url_map.iter_rules() if r.endpoint == ENDPOINT)
         # The roles the view itself allows (service.api.common.require_roles marks it).
-        self.roles = frozenset(app.view_functions[ENDPOINT]._tandem_roles)
+        self.roles: frozenset[str] = frozenset(
+            getattr(app.view_functions[ENDPOINT], "_tandem_roles")  # noqa: B009
+        )
         self.latency = REQUEST_LATENCY.labels(rule, "POST")
         self.answered = {s: REQUESTS.labels(rule, "POST", str(s)) for s in (200, 202)}
         self._case_counters: dict[tuple[str, str, str], Any] = {}
