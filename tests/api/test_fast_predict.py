@@ -282,6 +282,19 @@ def terminate(engine: Any, pids: list[int]) -> None:
     time.sleep(0.1)  # the FATAL message and the end of file reach the client
 
 
+def served_twice(committed_db: Any, flask_app: Any) -> tuple[Any, Any, str, dict[str, Any]]:
+    """A task and two predicts on committed data: the first fills the caches, the second is
+    served in front of Flask. (engine, client, admin token, the predict's request)."""
+    engine = committed_db.get_bind()
+    client = flask_app.test_client()
+    admin, app_token = make_token("admin"), make_token("app")
+    assert client.post("/api/v1/tasks", json=SIMPLE_TASK, headers=auth(admin)).status_code == 201
+    body = {"json": {"input": good_input()}, "headers": auth(app_token)}
+    for _ in range(2):
+        assert client.post(PATH, **body).status_code == 202
+    return engine, client, admin, body
+
+
 def test_connections_the_server_closed_cost_no_request(backend, committed_db, flask_app):
     """A database restart closes the thread's own autocommit connection and the pooled ones:
     both are found closed before use (no round trip), renewed, and no request fails."""
@@ -289,13 +302,7 @@ def test_connections_the_server_closed_cost_no_request(backend, committed_db, fl
         pytest.skip("SQLite has no server connection to lose")
     from service.db import thread_autocommit_connection
 
-    engine = committed_db.get_bind()
-    client = flask_app.test_client()
-    admin, app_token = make_token("admin"), make_token("app")
-    assert client.post("/api/v1/tasks", json=SIMPLE_TASK, headers=auth(admin)).status_code == 201
-    body = {"json": {"input": good_input()}, "headers": auth(app_token)}
-    for _ in range(2):  # the first fills the caches, the second is served in front of Flask
-        assert client.post(PATH, **body).status_code == 202
+    engine, client, admin, body = served_twice(committed_db, flask_app)
     own = thread_autocommit_connection(engine)
     with engine.connect() as conn:
         pooled = [
@@ -324,13 +331,7 @@ def test_an_insert_on_a_connection_lost_meanwhile_is_answered_503_once(
     from service import db as db_module
     from service.db import thread_autocommit_connection
 
-    engine = committed_db.get_bind()
-    client = flask_app.test_client()
-    admin, app_token = make_token("admin"), make_token("app")
-    assert client.post("/api/v1/tasks", json=SIMPLE_TASK, headers=auth(admin)).status_code == 201
-    body = {"json": {"input": good_input()}, "headers": auth(app_token)}
-    for _ in range(2):
-        assert client.post(PATH, **body).status_code == 202
+    engine, client, _, body = served_twice(committed_db, flask_app)
     own = thread_autocommit_connection(engine)
     terminate(engine, [own.info.backend_pid])
     monkeypatch.setattr(db_module, "closed_by_server", lambda _conn: False)  # too late to see
