@@ -179,3 +179,25 @@ def test_a_training_holding_the_task_row_blocks_no_insert_that_references_it(
     finally:
         holder.rollback()
         holder.close()
+
+
+def test_the_look_after_the_commit_reads_the_committed_count_and_leaves_the_pool_clean(
+    committed_db: Any, engine: Any
+) -> None:
+    """The trigger's second look (``labels._read_count``) reads every committed label outside
+    a transaction; on PostgreSQL it borrows a pooled connection in autocommit and must give it
+    back as it found it (a pooled connection left in autocommit would commit the next unit of
+    work statement by statement)."""
+    from service.services.labels import _read_count
+
+    task_id = _committed_task(1_000_000)
+    _label_concurrently(task_id, threads=2, each=3)
+    assert _read_count(task_id) == (6, 6)
+    if engine.dialect.name != "postgresql":
+        return
+    pooled = [engine.raw_connection() for _ in range(max(1, engine.pool.checkedin()))]
+    try:
+        assert [c.driver_connection.autocommit for c in pooled] == [False] * len(pooled)
+    finally:
+        for conn in pooled:
+            conn.close()
