@@ -8,7 +8,6 @@ which the task's ``revision`` column tells us.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.ml.fast import Predictor, compile_predictor, load_predictor_state
-from service.ml.profile import DataProfile, range_checker
+from service.ml.profile import DataProfile, RangeChecker, range_checker
 from service.models import ModelVersion
 
 
@@ -31,7 +30,7 @@ class LoadedModel:
     label_thresholds: dict[str, float]
     labels: list[str]
     # Fields of a row far outside the training data (None when no profile was stored).
-    out_of_range: Callable[[dict[str, Any]], list[str]] | None = None
+    out_of_range: RangeChecker | None = None
 
 
 _lock = threading.Lock()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,7 +182,7 @@ def out_of_range(profile: DataProfile, row: Row) -> list[str]:
     return bad
 
 
-def range_checker(profile: DataProfile) -> Callable[[Row], list[str]]:
+def range_checker(profile: DataProfile) -> RangeChecker:
     """:func:`out_of_range` with every bound computed once: the predict hot path calls it
     per case, and recomputing the bounds per call cost more than the rest of routing."""
     checks: list[tuple[str, str, Any]] = []
@@ -196,10 +196,22 @@ def range_checker(profile: DataProfile) -> Callable[[Row], list[str]]:
             checks.append((name, typ, frozenset(prof["frequencies"])))
         elif typ == "text":
             checks.append((name, typ, TEXT_LENGTH_FACTOR * max(prof.get("len_max", 0.0), 10.0)))
+    return RangeChecker(checks)
 
-    def check(row: Row) -> list[str]:
+
+_FLOAT_OR_NONE = frozenset({float, type(None)})
+
+
+class RangeChecker:
+    """:func:`out_of_range` for one profile: a row at a time, or a batch's rows at once
+    (:meth:`many`, the same answers; its number fields are compared as NumPy columns)."""
+
+    def __init__(self, checks: list[tuple[str, str, Any]]) -> None:
+        self.checks = checks
+
+    def __call__(self, row: Row) -> list[str]:
         bad: list[str] = []
-        for name, typ, rule in checks:
+        for name, typ, rule in self.checks:
             value = row.get(name)
             if value is None:
                 continue
@@ -218,7 +230,46 @@ def range_checker(profile: DataProfile) -> Callable[[Row], list[str]]:
                     bad.append(name)
         return bad
 
-    return check
+    def many(self, rows: Sequence[Row]) -> list[list[str]]:
+        """``[self(row) for row in rows]``, for a batch: per row, a Python loop over the
+        fields cost more than scoring the row (bench/README.md, "Batch predict")."""
+        bad_by_field: list[tuple[str, np.ndarray]] = []
+        for name, typ, rule in self.checks:
+            column = [row.get(name) for row in rows]
+            if typ == "number":
+                if not _FLOAT_OR_NONE.issuperset(map(type, column)):
+                    return [self(row) for row in rows]  # values the converters must read
+                x = np.array(column, dtype=np.float64)  # None -> NaN: never out of range
+                with np.errstate(invalid="ignore"):
+                    bad = (x < rule[0]) | (x > rule[1])
+            elif typ == "category":
+                bad = np.fromiter(
+                    (v is not None and _category_out(v, rule) for v in column),
+                    dtype=bool,
+                    count=len(column),
+                )
+            else:
+                bad = np.fromiter(
+                    (v is not None and _text_out(v, rule) for v in column),
+                    dtype=bool,
+                    count=len(column),
+                )
+            bad_by_field.append((name, bad))
+        flags: list[list[str]] = [[] for _ in rows]
+        for name, bad in bad_by_field:
+            for i in np.flatnonzero(bad).tolist():
+                flags[i].append(name)
+        return flags
+
+
+def _category_out(value: Any, known: frozenset[str]) -> bool:
+    v = value if type(value) is str else to_text(value)
+    return isinstance(v, str) and v not in known
+
+
+def _text_out(value: Any, limit: float) -> bool:
+    v = value if type(value) is str else to_text(value)
+    return isinstance(v, str) and len(v) > limit
 
 
 def drift_report(profile: DataProfile, rows: Sequence[Row]) -> dict[str, dict[str, Any]]:

@@ -245,11 +245,14 @@ def _build_rows(
     tops: list[int] = []
     confidences: list[float] = []
     rounded: list[list[float]] = []
+    flags: list[list[str]] = []
     if probs is not None and len(inputs):
         top_index = probs.argmax(axis=1)
         tops = top_index.tolist()
         confidences = probs[np.arange(len(inputs)), top_index].tolist()
         rounded = np.round(probs, 6).tolist()
+        if check_range is not None:
+            flags = check_range.many(inputs)
     # What is the same for every row of the request, looked up once.
     has_model = model is not None
     label_thresholds = model.label_thresholds if model is not None else {}
@@ -261,13 +264,11 @@ def _build_rows(
     for i, (item, values) in enumerate(zip(items, inputs, strict=True)):
         case_id = ids[i]
         suggestion = confidence = scores = None
-        flagged_fields: list[str] = []
+        flagged_fields: list[str] = flags[i] if flags else []
         if tops:
             suggestion = model_labels[tops[i]]
             confidence = confidences[i]
             scores = dict(zip(model_labels, rounded[i], strict=True))
-            if check_range is not None:
-                flagged_fields = check_range(values)
         threshold = (
             label_thresholds.get(suggestion, rt.threshold)
             if suggestion is not None
@@ -351,28 +352,65 @@ def case_view(row: Any) -> dict[str, Any]:
     that knew which cases a person will check could treat them differently; analysts and
     admins read the flag through :func:`service.services.cases.case_detail_for`.
     """
-    get: Any = row.get if isinstance(row, dict) else lambda k: getattr(row, k)
-    created: datetime = get("created_at")
+    if not isinstance(row, dict):
+        row = {key: getattr(row, key) for key in _VIEW_COLUMNS}
+    created: datetime = row["created_at"]
+    return _view(row, created.isoformat().replace("+00:00", "Z"))
+
+
+def new_case_views(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`case_view` of each row a batch just stored, marked ``replayed: false``. The
+    rows of one batch share their arrival time: it is written once, not once a row."""
+    views: list[dict[str, Any]] = []
+    created: datetime | None = None
+    stamp = ""
+    for row in rows:
+        if row["created_at"] is not created:
+            created = row["created_at"]
+            assert created is not None
+            stamp = created.isoformat().replace("+00:00", "Z")
+        view = _view(row, stamp)
+        view["replayed"] = False
+        views.append(view)
+    return views
+
+
+_VIEW_COLUMNS = (
+    "id",
+    "external_id",
+    "status",
+    "route",
+    "reason",
+    "final_label",
+    "suggestion_label",
+    "confidence",
+    "scores",
+    "model_version",
+    "threshold",
+    "created_at",
+)
+
+
+def _view(row: dict[str, Any], created: str) -> dict[str, Any]:
     suggestion = None
-    if get("suggestion_label") is not None:
+    if row["suggestion_label"] is not None:
         suggestion = {
-            "label": get("suggestion_label"),
-            "confidence": round(float(get("confidence")), 6),
-            "scores": get("scores"),
+            "label": row["suggestion_label"],
+            "confidence": round(float(row["confidence"]), 6),
+            "scores": row["scores"],
         }
-    status = get("status")
-    label = get("final_label") if status in ("auto", "resolved", "corrected") else None
+    status = row["status"]
     return {
-        "case_id": get("id"),
-        "external_id": get("external_id"),
+        "case_id": row["id"],
+        "external_id": row["external_id"],
         "status": status,
-        "route": get("route"),
-        "reason": get("reason"),
-        "label": label,
+        "route": row["route"],
+        "reason": row["reason"],
+        "label": row["final_label"] if status in ("auto", "resolved", "corrected") else None,
         "suggestion": suggestion,
-        "model_version": get("model_version"),
-        "threshold": get("threshold"),
-        "created_at": created.isoformat().replace("+00:00", "Z"),
+        "model_version": row["model_version"],
+        "threshold": row["threshold"],
+        "created_at": created,
     }
 
 
@@ -474,9 +512,7 @@ def _predict_streamed(
                 cursor = stack.enter_context(raw.cursor())
                 copy = stack.enter_context(cursor.copy(_copy_sql(tuple(rows[0]))))
             _write_rows(copy, rows)
-            for slot, row in zip(slots, rows, strict=True):
-                view = case_view(row)
-                view["replayed"] = False
+            for slot, view in zip(slots, new_case_views(rows), strict=True):
                 results[slot] = view
     return results
 

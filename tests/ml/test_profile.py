@@ -82,3 +82,49 @@ def test_field_psi_on_a_small_unchanged_sample_is_not_significant(datasets):
     p_values = [r["Expenses"]["psi_p_value"] for r in reports]
     assert max(psis) > 0.25  # PSI alone would warn
     assert sum(p < 0.001 for p in p_values) <= 1
+
+
+def test_range_checker_answers_a_batch_as_it_answers_each_row():
+    """``RangeChecker.many`` (a batch's rows at once, number fields as NumPy columns) flags
+    exactly what the row-at-a-time check flags: on validated input (floats), at the bounds
+    themselves and just beyond, on missing and non-finite values, and on raw rows whose
+    values need the converters (the whole batch then goes row by row)."""
+    import math
+
+    from service.input_schema import fast_validator
+    from service.ml.datasets import load_dataset
+    from service.ml.profile import build_profile, numeric_bounds, range_checker
+
+    for name in ("credit_data", "fine_foods", "letter"):
+        rows, _labels, fields, _label_set = load_dataset(name)
+        profile = build_profile(rows[:500], fields)
+        check = range_checker(profile)
+        validate = fast_validator(fields, 100_000)
+        validated = [v for v in (validate(row) for row in rows[:2000]) if v is not None]
+        assert len(validated) > 1000, name
+        edges: list[dict] = []
+        for spec in fields:
+            field = spec["name"]
+            if spec["type"] == "number" and numeric_bounds(profile.fields[field]):
+                low, high = numeric_bounds(profile.fields[field])
+                beyond = (math.nextafter(low, -math.inf), math.nextafter(high, math.inf))
+                for x in (low, high, *beyond):
+                    edges.append({**validated[0], field: x})
+                for x in (math.nan, math.inf, -math.inf, None):
+                    edges.append({**validated[0], field: x})
+            elif spec["type"] == "category":
+                edges += [{**validated[0], field: v} for v in ("never-seen", None)]
+            elif spec["type"] == "text":
+                edges += [{**validated[0], field: v} for v in ("x" * 100_000, None)]
+        # Every field out at once: the names come in the profile's order.
+        everything = dict(validated[0])
+        for spec in fields:
+            everything[spec["name"]] = {"number": 1e12, "category": "never-seen"}.get(
+                spec["type"], "x" * 100_000
+            )
+        batch = [*validated, *edges, everything]
+        flagged = check.many(batch)
+        assert flagged == [check(row) for row in batch], name
+        assert any(flagged), name  # the edges beyond the bounds are flagged
+        assert check.many(rows) == [check(row) for row in rows], name  # raw: converters
+        assert check.many([]) == []
