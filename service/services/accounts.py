@@ -183,8 +183,8 @@ def cached_token_actor(token: str) -> Actor | None:
 
 #: The token and the person it acts for, as plain columns in one round trip. Built once:
 #: tokens bound to a person are never cached, so every claim and decision runs this, and
-#: loading the two rows as ORM objects cost ~4x the CPU of reading these columns
-#: (bench/README.md, "Claim and decide on fewer CPU cycles").
+#: building it each time and loading the two rows as ORM objects made the whole check cost
+#: about twice its CPU now (bench/README.md, "Claim and decide on fewer CPU cycles").
 _TOKEN_AND_PERSON = (
     select(
         ApiToken.id,
