@@ -358,8 +358,8 @@ def _build_task_and_leases() -> Select[Any]:
     )
 
 
-# The claim's statements are built once (building them each time was ~a third of their CPU:
-# bench/README.md, "Claim and decide on fewer CPU cycles").
+# The claim's statements are built once (building them on every claim was more than half
+# of their CPU: bench/README.md, "Claim and decide on fewer CPU cycles").
 _TASK_AND_LEASES = _build_task_and_leases()
 
 
