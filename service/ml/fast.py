@@ -22,7 +22,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service.ml.frame import Field, Row, field_types, to_boolean, to_number, to_text
+from service.ml.frame import (
+    MAX_MAGNITUDE,
+    Field,
+    Row,
+    field_types,
+    to_boolean,
+    to_number,
+    to_text,
+)
 from service.ml.lazy import lazy_module
 
 if TYPE_CHECKING:
@@ -160,6 +168,10 @@ class _NumericBlock:
                 ],
                 dtype=np.float64,
             ).reshape(len(rows), len(self.names))
+        # As to_number reads them: numbers beyond MAX_MAGNITUDE are missing (NaN compares
+        # false, so it stays as it is).
+        with np.errstate(invalid="ignore"):
+            x[np.abs(x) > MAX_MAGNITUDE] = np.nan
         missing = np.isnan(x)
         x = np.where(missing, self.medians, x)
         if len(self.indicator):

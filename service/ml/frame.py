@@ -35,15 +35,34 @@ def is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+#: Numbers beyond this magnitude reach the models as missing. The API accepts every finite
+#: JSON number, up to ~1.8e308, but the scaler squares deviations from the mean: one
+#: 1.7e308 overflowed to infinity, and every later training of its task failed
+#: (docs/learning.md, "Numbers too large to learn from"). No quantity a model can learn from
+#: is this large; the stored case keeps the value as sent.
+MAX_MAGNITUDE = 1e100
+
+
 def to_number(value: Any) -> float:
-    """Number field value -> float, NaN when missing or not convertible."""
+    """Number field value -> float, NaN when missing, not convertible or beyond
+    :data:`MAX_MAGNITUDE`: what the models read."""
+    number = number_value(value)
+    return number if -MAX_MAGNITUDE <= number <= MAX_MAGNITUDE else math.nan
+
+
+def number_value(value: Any) -> float:
+    """Number field value -> float as sent (NaN when missing or not convertible): what the
+    out-of-range check compares with the training range, so that a number too large to
+    learn from is flagged rather than passed over as missing."""
     if is_missing(value):
         return math.nan
     if isinstance(value, bool):
         return 1.0 if value else 0.0
     try:
         return float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
+        if isinstance(value, int):  # an integer beyond a double: as far out as one gets
+            return math.inf if value > 0 else -math.inf
         return math.nan
 
 

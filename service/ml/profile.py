@@ -26,7 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from service.ml.frame import Field, Row, field_types, to_boolean, to_number, to_text
+from service.ml.frame import (
+    Field,
+    Row,
+    field_types,
+    number_value,
+    to_boolean,
+    to_number,
+    to_text,
+)
 
 MAX_STORED_CATEGORIES = 1000
 CLOSED_MAX_CATEGORIES = 50
@@ -166,7 +174,7 @@ def out_of_range(profile: DataProfile, row: Row) -> list[str]:
         value = row.get(name)
         typ = prof["type"]
         if typ == "number":
-            x = to_number(value)
+            x = number_value(value)
             bounds = numeric_bounds(prof)
             if bounds is not None and not math.isnan(x) and not bounds[0] <= x <= bounds[1]:
                 bad.append(name)
@@ -217,7 +225,7 @@ class RangeChecker:
                 continue
             # Validated input holds floats and strings: converted only when it does not.
             if typ == "number":
-                x = value if type(value) is float else to_number(value)
+                x = value if type(value) is float else number_value(value)
                 if not math.isnan(x) and not rule[0] <= x <= rule[1]:
                     bad.append(name)
             elif typ == "category":

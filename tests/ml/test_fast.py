@@ -130,3 +130,37 @@ def test_stored_form_only_for_what_it_reproduces(datasets, fitted):
     np.savez(buf, **arrays)
     with pytest.raises(ValueError, match="format"):
         load_predictor_state(buf.getvalue())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_numbers_too_large_to_learn_from_are_missing_to_the_models(datasets, family):
+    """The API accepts any finite JSON number; a few up to ~1.7e308 among the labels made
+    the scaler overflow and every training of the task fail. Beyond ``MAX_MAGNITUDE`` the
+    models read a number as missing, in training and in the compiled predictor alike, and
+    the out-of-range check flags it (its case goes to a person)."""
+    from service.ml.frame import MAX_MAGNITUDE
+    from service.ml.profile import build_profile, range_checker
+
+    d = datasets["credit_data"]
+    number = next(f["name"] for f in d.fields if f["type"] == "number")
+    rows = [dict(r) for r in d.rows[:600]]
+    for i, value in enumerate((1.7e308, -1.7e308, 1e154, 10**400, MAX_MAGNITUDE * 10)):
+        rows[i * 7][number] = value
+    pipe = build_pipeline(d.fields, family, hgb_max_iter=10, n_rows=len(rows))
+    pipe.fit(rows_to_frame(rows, d.fields), d.labels[:600])
+    predictor = compile_predictor(pipe, d.fields, d.label_set)
+    assert predictor.compiled, predictor.reason
+    probe = [dict(rows[i * 7]) for i in range(5)]
+    probe.append({**rows[1], number: MAX_MAGNITUDE})  # the largest a model reads
+    want = pipeline_proba(pipe, probe, d.fields, d.label_set)
+    assert np.all(np.isfinite(want))
+    np.testing.assert_allclose(predictor.predict_proba_rows(probe), want, atol=TOL)
+    for i, row in enumerate(probe):  # one at a time: floats alone take NumPy's own conversion
+        np.testing.assert_allclose(predictor.predict_proba_rows([row]), want[i : i + 1], atol=TOL)
+    as_missing = pipeline_proba(pipe, [{**rows[0], number: None}], d.fields, d.label_set)
+    np.testing.assert_allclose(want[:1], as_missing, atol=TOL)
+    check = range_checker(build_profile(rows, d.fields))
+    assert all(number in check(row) for row in probe[:5])
+    assert all(
+        number in flags for flags in check.many([r for r in probe[:5] if type(r[number]) is float])
+    )
