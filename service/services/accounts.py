@@ -434,6 +434,9 @@ def deactivate_user(session: Session, user: User, actor: Actor) -> User:
         session, user, actor, "user.deactivated",
         before={"active": was_active}, after={"active": False},
     )  # fmt: skip
+    # The person's row is written (and locked) before their leases are read: a claim in
+    # flight holds that row until it commits (review.hold_person), so its lease is seen.
+    session.flush()
     release_held_by(session, user.id, actor, why="user deactivated")
     return user
 

@@ -45,7 +45,7 @@ from sqlalchemy.orm import Session, lazyload
 from sqlalchemy.orm.attributes import set_committed_value
 
 from service.db import is_postgres, utcnow
-from service.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from service.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 from service.models import AuditEvent, Case, Review, Task, User
 from service.policy import Policy
 from service.services import audit
@@ -95,6 +95,29 @@ def require_person(actor: Actor) -> int:
     if actor.role not in ("reviewer", "admin"):
         raise Forbidden(f"role {actor.role!r} may not review", {"required_roles": ["reviewer"]})
     return actor.id
+
+
+def hold_person(session: Session, user_id: int) -> None:
+    """Take the reviewer's own row for the rest of this unit of work, before their leases
+    are read or changed (PostgreSQL; SQLite's writers take turns already).
+
+    Two promises rest on it. A reviewer holds at most one lease per task: without it, claims
+    sent at the same moment by one person each saw no lease held and each took a case.
+    Deactivation gives every held case back: it updates this row first
+    (``accounts.deactivate_user``), so it waits for a claim in flight to commit and then sees
+    its lease, and a claim arriving after it finds the person inactive here.
+    ``FOR NO KEY UPDATE`` leaves the foreign-key checks of other writes alone."""
+    if not is_postgres(session):
+        return
+    if session.execute(_PERSON_FOR_LEASES, {"user_id": user_id}).first() is None:
+        raise Unauthorized("this account was deactivated", {"reason": "deactivated"})
+
+
+_PERSON_FOR_LEASES = (
+    select(User.id)
+    .where(User.id == bindparam("user_id"), User.active.is_(True))
+    .with_for_update(key_share=True)
+)
 
 
 def active_reviews(case: Case) -> list[Review]:
@@ -327,6 +350,36 @@ def _unlease(case: Case) -> None:
         case.status = "pending"
 
 
+def _give_back_others(
+    session: Session,
+    task_id: int,
+    case_id: str,
+    actor: Actor,
+    user_id: int,
+    *,
+    request_id: str | None,
+) -> None:
+    """Before a reviewer takes ``case_id``: every other case of the task they hold goes back
+    to the queue (one lease per task), each with its ``case.released`` event."""
+    held = session.scalars(
+        select(Case).where(
+            Case.task_id == task_id,
+            Case.queue_state == "leased",
+            Case.lease_owner_id == user_id,
+            Case.id != case_id,
+        )
+    ).all()
+    for other in held:
+        _give_back(
+            session,
+            other,
+            actor,
+            "case.released",
+            details={"implicit": True},
+            request_id=request_id,
+        )
+
+
 def _task_and_leases(
     session: Session, task_name: str, actor: Actor, user_id: int, now: datetime
 ) -> tuple[Task, str | None, bool]:
@@ -384,6 +437,7 @@ def claim(
     case they already hold, so a reload or a second tab never strands a case.
     """
     user_id = require_person(actor)
+    hold_person(session, user_id)
     now = utcnow()
     task, held_id, lapsed = _task_and_leases(session, task_name, actor, user_id, now)
     lease_seconds, _, sla_seconds = _review_settings(task)
@@ -450,6 +504,7 @@ def claim_case(
     the reviewer picked it). A case that is resolved, leased by someone else, or already
     reviewed by this person is refused with a conflict and nothing changes."""
     user_id = require_person(actor)
+    hold_person(session, user_id)
     case, task = get_case_and_task(session, case_id, actor, for_update=True)
     lease_seconds, _, sla_seconds = _review_settings(task)
     now = utcnow()
@@ -478,23 +533,7 @@ def claim_case(
             "case.lease_expired",
             details={"reviewer_id": owner},
         )
-    held = session.scalars(
-        select(Case).where(
-            Case.task_id == task.id,
-            Case.queue_state == "leased",
-            Case.lease_owner_id == user_id,
-            Case.id != case.id,
-        )
-    ).all()
-    for other in held:
-        _give_back(
-            session,
-            other,
-            actor,
-            "case.released",
-            details={"implicit": True},
-            request_id=request_id,
-        )
+    _give_back_others(session, task.id, case.id, actor, user_id, request_id=request_id)
     _lease(case, user_id, expires, now)
     audit.record(
         session,
@@ -786,6 +825,7 @@ def undo(session: Session, case_id: str, actor: Actor, *, request_id: str | None
     retracted); the case goes back to the reviewer, leased, as it was before the decision.
     """
     user_id = require_person(actor)
+    hold_person(session, user_id)
     case, task = get_case_and_task(session, case_id, actor, for_update=True)
     lease_seconds, _, _ = _review_settings(task)
     now = utcnow()
@@ -811,6 +851,9 @@ def undo(session: Session, case_id: str, actor: Actor, *, request_id: str | None
             "the application reported this case's outcome since; it cannot be undone",
             {"case_id": case.id, "reason": "resolved_by_application"},
         )
+    # The case comes back leased to them: a case of the task they held meanwhile goes back
+    # to the queue (one lease per task, as when they claim).
+    _give_back_others(session, task.id, case.id, actor, user_id, request_id=request_id)
     was_resolution = case.queue_state is None
     last.retracted_at = now
     details: dict[str, Any] = {"review_id": last.id, "label": last.label}
