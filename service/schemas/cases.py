@@ -102,6 +102,7 @@ class BatchResultSchema(Schema):
 
 
 class ReviewViewSchema(Schema):
+    review_id = fields.String(metadata={"description": "as the decision's answer gave it"})
     reviewer_id = fields.String()
     label = fields.String()
     decided_at = Timestamp()

@@ -156,6 +156,9 @@ def case_detail(session: Session, case: Case, *, everything: bool = False) -> di
             else None,
             "reviews": [
                 {
+                    # The id the decision's answer gave (docs/review.md): a tool matches its
+                    # decisions to the stored reviews by it.
+                    "review_id": str(r.id),
                     "reviewer_id": pseudonyms.get(r.reviewer_id, str(r.reviewer_id)),
                     "label": r.label,
                     "decided_at": _iso(r.decided_at),
