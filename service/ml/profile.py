@@ -208,6 +208,8 @@ def range_checker(profile: DataProfile) -> RangeChecker:
 
 
 _FLOAT_OR_NONE = frozenset({float, type(None)})
+#: Below this many rows :meth:`RangeChecker.many` checks them one at a time.
+MANY_MIN_ROWS = 16
 
 
 class RangeChecker:
@@ -229,18 +231,18 @@ class RangeChecker:
                 if not math.isnan(x) and not rule[0] <= x <= rule[1]:
                     bad.append(name)
             elif typ == "category":
-                v = value if type(value) is str else to_text(value)
-                if isinstance(v, str) and v not in rule:
+                if _category_out(value, rule):
                     bad.append(name)
-            else:
-                v = value if type(value) is str else to_text(value)
-                if isinstance(v, str) and len(v) > rule:
-                    bad.append(name)
+            elif _text_out(value, rule):
+                bad.append(name)
         return bad
 
     def many(self, rows: Sequence[Row]) -> list[list[str]]:
         """``[self(row) for row in rows]``, for a batch: per row, a Python loop over the
-        fields cost more than scoring the row (bench/README.md, "Batch predict")."""
+        fields cost more than scoring the row (bench/README.md, "Batch predict"). A few rows
+        (a single predict) go row by row: a NumPy column per field costs more there."""
+        if len(rows) < MANY_MIN_ROWS:
+            return [self(row) for row in rows]
         bad_by_field: list[tuple[str, np.ndarray]] = []
         for name, typ, rule in self.checks:
             column = [row.get(name) for row in rows]

@@ -145,7 +145,7 @@ def needs_second_review(case: Case, task: Task) -> bool:
 # ---------------------------------------------------------------------------- claim
 
 
-def _candidates(task_id: int, exclude: list[str]) -> Select[Any]:
+def _candidates(task_id: int | BindParameter[Any], exclude: list[str]) -> Select[Any]:
     stmt = select(Case).where(Case.task_id == task_id, Case.queue_state == "waiting")
     if exclude:
         stmt = stmt.where(Case.id.not_in(exclude))
@@ -160,10 +160,14 @@ def _lock_first(session: Session, stmt: Select[Any]) -> Case | None:
     # arrived at the same instant (one batch) are served in no guaranteed order among themselves.
     # Its reviews are not read here: this statement's snapshot predates the lock, so it could
     # miss a review committed while it waited (the lease below reads them under the lock).
-    stmt = stmt.order_by(Case.created_at).limit(1).options(lazyload(Case.reviews))
+    stmt = _first_in_queue(stmt)
     if is_postgres(session):
         stmt = stmt.with_for_update(skip_locked=True)
     return session.scalars(stmt).first()
+
+
+def _first_in_queue(stmt: Select[Any]) -> Select[Any]:
+    return stmt.order_by(Case.created_at).limit(1).options(lazyload(Case.reviews))
 
 
 def _lock_head(session: Session, task_id: int, exclude: list[str]) -> Case | None:
@@ -174,13 +178,7 @@ def _lock_head(session: Session, task_id: int, exclude: list[str]) -> Case | Non
     return session.scalars(stmt, {"task_id": task_id}).first()
 
 
-_HEAD = (
-    select(Case)
-    .where(Case.task_id == bindparam("task_id"), Case.queue_state == "waiting")
-    .order_by(Case.created_at)
-    .limit(1)
-    .options(lazyload(Case.reviews))
-)
+_HEAD = _first_in_queue(_candidates(bindparam("task_id"), []))
 _HEAD_FOR_UPDATE = _HEAD.with_for_update(skip_locked=True)
 
 
