@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
 from werkzeug.test import Client
 
 from service.api.fast_predict import FastPredict, install
@@ -267,8 +268,10 @@ def test_can_be_switched_off(monkeypatch, tmp_path):
 
 
 def terminate(engine: Any, pids: list[int]) -> None:
-    """Close these backends as a server restart does, and wait until they are gone."""
-    with engine.connect() as conn:
+    """Close these backends as a server restart does, and wait until they are gone. From a
+    connection of its own, outside the pool: a pooled one may be among those it closes."""
+    outside = create_engine(engine.url, poolclass=NullPool)
+    with outside.connect() as conn:
         for pid in pids:
             conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
         deadline = time.monotonic() + 10
@@ -279,6 +282,7 @@ def terminate(engine: Any, pids: list[int]) -> None:
             if not alive:
                 break
             time.sleep(0.05)
+    outside.dispose()
     time.sleep(0.1)  # the FATAL message and the end of file reach the client
 
 
