@@ -4,10 +4,11 @@ production runs it, 1,000,000 waiting cases (issue #20).
 In one sitting, on the database ``tandem_bench_claim_http`` (recreated unless
 ``--keep-data``):
 
-* **limit**: ``--reviewers`` processes each issue, over psycopg on a connection of their own,
-  the claim's unavoidable work — the indexed single-row ``SELECT ... ORDER BY created_at
-  LIMIT 1 FOR UPDATE SKIP LOCKED`` on the queue index, the UPDATE that leases the row, the
-  commit — then resolve the case (untimed), back to back;
+* **limit**, before each Tandem phase and at its pace: ``--reviewers`` processes each issue,
+  over psycopg on a connection of their own, the claim's unavoidable work — the indexed
+  single-row ``SELECT ... ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED`` on the queue
+  index, the UPDATE that leases the row, the commit — then wait ``--think-ms``, then the
+  decision's — the case's row locked, the review inserted, the case resolved, the commit;
 * **Tandem**: ``tandem serve`` (granian, production defaults: 2 processes x 4 threads, JSON
   access log) and ``--reviewers`` processes, each a reviewer with a bearer token bound to
   their account, claiming (``POST /api/v1/tasks/bench/queue/claim``) and deciding
@@ -66,6 +67,11 @@ RESOLVE_SQL = (
     "UPDATE cases SET queue_state = NULL, status = 'resolved', final_label = 'good',"
     " lease_owner_id = NULL, lease_expires_at = NULL, claimed_at = NULL WHERE id = %(id)s"
 )
+LOCK_SQL = "SELECT id FROM cases WHERE id = %(id)s FOR UPDATE"
+REVIEW_SQL = (
+    "INSERT INTO reviews (case_id, task_id, reviewer_id, label, decided_at)"
+    " VALUES (%(id)s, %(task)s, %(user)s, 'good', now()) RETURNING id"
+)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -82,10 +88,12 @@ def free_port() -> int:
 # ------------------------------------------------------------------ the reviewer processes
 
 
-def limit_reviewer(args: tuple[str, int, int, float, float]) -> list[float]:
-    """The claim's own SQL, back to back, on one connection: ms per claim transaction."""
-    dsn, task_id, user_id, start_at, seconds = args
-    out: list[float] = []
+def limit_reviewer(args: tuple[str, int, int, float, float, float]) -> dict[str, list[float]]:
+    """The claim's and the decision's own SQL on one connection, ``think`` seconds apart as
+    a Tandem phase's reviewers: ms per claim and per decision transaction."""
+    dsn, task_id, user_id, start_at, seconds, think = args
+    out: dict[str, list[float]] = {"claim": [], "decide": []}
+    ids = {"task": task_id, "user": user_id}
     with psycopg.connect(dsn) as conn:
         conn.execute("SELECT 1")
         conn.commit()
@@ -93,15 +101,21 @@ def limit_reviewer(args: tuple[str, int, int, float, float]) -> list[float]:
         deadline = time.perf_counter() + seconds
         while time.perf_counter() < deadline:
             t0 = time.perf_counter()
-            row = conn.execute(CLAIM_SQL, {"task": task_id}).fetchone()
+            row = conn.execute(CLAIM_SQL, ids).fetchone()
             if row is None:
                 conn.rollback()
                 break
-            conn.execute(LEASE_SQL, {"user": user_id, "id": row[0]})
+            conn.execute(LEASE_SQL, {**ids, "id": row[0]})
             conn.commit()
-            out.append((time.perf_counter() - t0) * 1000)
+            out["claim"].append((time.perf_counter() - t0) * 1000)
+            if think:
+                time.sleep(think)
+            t1 = time.perf_counter()
+            conn.execute(LOCK_SQL, {"id": row[0]})
+            conn.execute(REVIEW_SQL, {**ids, "id": row[0]}).fetchone()
             conn.execute(RESOLVE_SQL, {"id": row[0]})
             conn.commit()
+            out["decide"].append((time.perf_counter() - t1) * 1000)
     return out
 
 
@@ -281,15 +295,7 @@ def main() -> None:
     task_id, creds = setup(db_url, args.cases, args.reviewers, args.keep_data)
     print(f"set-up {time.perf_counter() - started:.0f}s; load average {os.getloadavg()}")
 
-    # 1. The limit: the claim's own SQL from as many processes.
-    start_at = time.time() + 1.5
-    limit = run_processes(
-        limit_reviewer,
-        [(dsn, task_id, uid, start_at, args.seconds) for uid, _ in creds],
-    )
-    limit_ms = [x for part in limit for x in part]
-
-    # 2. Tandem over HTTP.
+    # Tandem over HTTP, each phase after the limit at the same pace.
     workdir = Path(tempfile.mkdtemp(prefix="tandem-claim-http-"))
     log = Path(args.log) if args.log else workdir / "serve.log"
     port = free_port()
@@ -325,6 +331,12 @@ def main() -> None:
         warm_at = time.time() + 1.5
         run_processes(http_reviewer, [(base, t, warm_at, 3.0, 0.0) for _, t in creds])
         for think in [float(x) / 1000 for x in args.think_ms.split(",")]:
+            start_at = time.time() + 1.5
+            limit = run_processes(
+                limit_reviewer,
+                [(dsn, task_id, uid, start_at, args.seconds, think) for uid, _ in creds],
+            )
+            limit_ms = {k: [x for part in limit for x in part[k]] for k in ("claim", "decide")}
             start_at = time.time() + 2.0
             cpu0 = (cpu_of([web.pid]), postgres_cpu())
             results = run_processes(
@@ -349,6 +361,7 @@ def main() -> None:
                     "server": served,
                     "status": dict(statuses),
                     "rounds": rounds,
+                    "limit": limit_ms,
                     "cpu_ms": {
                         "web": 1000 * (cpu1[0] - cpu0[0]) / max(1, rounds),
                         "postgres": 1000 * (cpu1[1] - cpu0[1]) / max(1, rounds),
@@ -365,12 +378,16 @@ def main() -> None:
         f"{args.cases:,} cases waiting at the start; load average {os.getloadavg()}"
     )
     print(f"{'':<34}{'n':>8}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}")
-    print(line("limit: claim SQL over psycopg", limit_ms))
-    print(f"  {len(limit_ms) / args.seconds:,.0f} claims/s")
     ok = double == 0
     for ph in phases:
         think_ms = ph["think"] * 1000
-        print(f"Tandem, think {think_ms:.0f} ms: {ph['rounds'] / args.seconds:,.0f} round trips/s")
+        limit_ms = ph["limit"]
+        print(
+            f"think {think_ms:.0f} ms: limit {len(limit_ms['decide']) / args.seconds:,.0f},"
+            f" Tandem {ph['rounds'] / args.seconds:,.0f} claim + decision pairs/s"
+        )
+        print(line("  limit: claim SQL over psycopg", limit_ms["claim"]))
+        print(line("  limit: decision SQL over psycopg", limit_ms["decide"]))
         print(line("  claim, server-side", ph["server"]["claim"]))
         print(line("  claim, at the reviewer", ph["client"]["claim"]))
         print(line("  decide, server-side", ph["server"]["decide"]))
@@ -379,12 +396,13 @@ def main() -> None:
             f"  CPU per round trip: web {ph['cpu_ms']['web']:.2f} ms,"
             f" PostgreSQL {ph['cpu_ms']['postgres']:.2f} ms; statuses {ph['status']}"
         )
-        s50 = statistics.median(ph["server"]["claim"])
-        s99 = pct(ph["server"]["claim"], 0.99)
-        print(
-            f"  claim server-side / limit: p50 {s50 / statistics.median(limit_ms):.1f}x,"
-            f" p99 {s99 / pct(limit_ms, 0.99):.1f}x"
-        )
+        for name in ("claim", "decide"):
+            ours, bare = ph["server"][name], limit_ms[name]
+            print(
+                f"  {name} server-side / limit: p50"
+                f" {statistics.median(ours) / statistics.median(bare):.1f}x,"
+                f" p99 {pct(ours, 0.99) / pct(bare, 0.99):.1f}x"
+            )
         bad = sum(v for k, v in ph["status"].items() if not k.endswith(("200", "204")))
         ok = ok and bad == 0
     print(f"double claims: {double}; cases resolved through the API: {resolved:,}")

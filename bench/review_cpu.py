@@ -6,13 +6,17 @@ measures that CPU alone, without the noise of a loaded server: one process, one 
 views ``tandem serve`` runs, no socket), by a reviewer whose token is bound to their
 account, on PostgreSQL (the database ``tandem_bench_review_cpu``, recreated, 20,000 waiting
 cases). It prints the CPU of one pair (``time.thread_time``: the median of ``--rounds``
-rounds) and, in a separate round, the CPU spent inside the service functions named below
+rounds) beside its limit — the same statements with the same parameters sent through psycopg
+alone, measured in alternating rounds — and, in a separate round, the CPU spent inside the
+service functions named below
 (a pair calls some of them twice: per pair, nested ones included in their callers).
 
     .venv/bin/python bench/review_cpu.py [--pairs 300] [--rounds 3]
 
 ``--profile`` instead prints cProfile's view of the same pairs grouped by library (CPU
-time, so I/O waits do not count; the profiler itself makes everything ~3x slower).
+time, so I/O waits do not count; the profiler itself makes everything ~3x slower), and the
+Python function calls a pair makes: a count the machine's load does not move, for comparing
+two versions of the code.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ TIMED = (
     ("service.services.review", "_lease_unless_reviewed"),
     ("service.services.review", "case_to_decide"),
     ("service.services.review", "decide"),
+    ("service.services.review", "_write_review"),
+    ("service.services.review", "_write_decision"),
     ("service.services.labels", "label_recorded"),
     ("service.services.labels", "_check_after_commit"),
 )
@@ -66,15 +72,25 @@ def main() -> None:
     if args.profile:
         _profile(pair, args.pairs)
         return
-    per_pair = []
-    for _ in range(args.rounds):
+    replay = _limit(pair)
+    per_pair, per_replay = [], []
+    for _ in range(args.rounds):  # alternated, so both see the same machine
         started = time.thread_time()
         for _ in range(args.pairs):
             pair()
         per_pair.append(1000 * (time.thread_time() - started) / args.pairs)
+        started = time.thread_time()
+        for _ in range(args.pairs):
+            replay()
+        per_replay.append(1000 * (time.thread_time() - started) / args.pairs)
+    tandem, limit = statistics.median(per_pair), statistics.median(per_replay)
     print(
-        f"CPU per claim + decision: {statistics.median(per_pair):.2f} ms (median of "
+        f"CPU per claim + decision: {tandem:.2f} ms (median of "
         f"{args.rounds} rounds of {args.pairs}: {', '.join(f'{x:.2f}' for x in per_pair)})"
+    )
+    print(
+        f"limit, the same statements through psycopg alone: {limit:.2f} ms "
+        f"({', '.join(f'{x:.2f}' for x in per_replay)}); Tandem / limit {tandem / limit:.1f}x"
     )
 
     spent = _timed_round(pair, args.pairs)
@@ -147,6 +163,47 @@ def _setup() -> Callable[[], None]:
     return pair
 
 
+def _limit(pair: Callable[[], None]) -> Callable[[], None]:
+    """The limit: the statements one claim + decision sent (listed by SQLAlchemy's
+    ``before_cursor_execute``), sent again with the same parameters through psycopg alone on
+    a connection of its own, each request's in a transaction rolled back (so the same case
+    can be claimed and decided again), results read. What is left is what any Python
+    client of PostgreSQL pays for these statements: no framework, no ORM, no HTTP."""
+    import psycopg
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    sent: list[tuple[str, Any]] = []
+
+    def listen(*args: Any) -> None:
+        _conn, _cursor, statement, parameters, _context, _many = args
+        sent.append((statement, parameters))
+
+    event.listen(Engine, "before_cursor_execute", listen)
+    try:
+        pair()
+    finally:
+        event.remove(Engine, "before_cursor_execute", listen)
+    # Each request opens with the token's query: a transaction ends before the next one.
+    starts = [i for i, (sql, _) in enumerate(sent) if "FROM api_tokens" in sql]
+    requests = [sent[a:b] for a, b in zip(starts, [*starts[1:], len(sent)], strict=True)]
+    conn = psycopg.connect(DB_URL.replace("+psycopg", ""))
+
+    def replay() -> None:
+        with conn.cursor() as cursor:
+            for statements in requests:
+                for sql, parameters in statements:
+                    if isinstance(parameters, list):
+                        cursor.executemany(sql, parameters)
+                    else:
+                        cursor.execute(sql, parameters)
+                    if cursor.description is not None:
+                        cursor.fetchall()
+                conn.rollback()
+
+    return replay
+
+
 def _timed_round(pair: Callable[[], None], pairs: int) -> dict[tuple[str, str], float]:
     """One round with ``time.thread_time`` around each function of :data:`TIMED`."""
     import importlib
@@ -195,6 +252,9 @@ def _profile(pair: Callable[[], None], pairs: int) -> None:
     for (filename, _line, function), row in stats.stats.items():  # type: ignore[attr-defined]
         by_library[_library(filename, function)] += row[2]
     total = sum(by_library.values())
+    # The call count does not depend on the machine's load: it compares two versions of the
+    # code where the CPU time of one run moves by +-15%.
+    print(f"Python function calls per pair: {stats.total_calls // pairs:,}")  # type: ignore[attr-defined]
     print(f"cProfile (CPU), {pairs} claim + decision pairs, by library:")
     for library, seconds in by_library.most_common(20):
         print(f"  {100 * seconds / total:5.1f}%  {library}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.orm import Session
 
 from service.models import AuditEvent
@@ -53,6 +53,40 @@ def record(
     )
     session.add(event)
     return event
+
+
+def write_now(
+    session: Session,
+    actor: Actor,
+    events: list[tuple[str, dict[str, Any]]],
+    *,
+    task_id: int | None,
+    case_id: str | None,
+    request_id: str | None = None,
+) -> None:
+    """Write ``(action, details)`` events now, in this order, by one table statement: for a
+    hot path whose caller needs no event objects back (:func:`record`'s go through the unit
+    of work's flush, which costs ~2x the CPU). Events recorded earlier in the unit of work
+    are written first, so the trail keeps the order things happened in."""
+    session.flush()
+    session.execute(
+        insert(_AUDIT_EVENTS),
+        [
+            {
+                "action": action,
+                "actor_type": actor.kind,
+                "actor": actor.name,
+                "task_id": task_id,
+                "case_id": case_id,
+                "details": details,
+                "request_id": request_id,
+            }
+            for action, details in events
+        ],
+    )
+
+
+_AUDIT_EVENTS: Table = AuditEvent.__table__  # type: ignore[assignment]
 
 
 def case_events(session: Session, case_id: str) -> list[AuditEvent]:

@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 from service.db import utcnow
 from service.errors import Conflict, Forbidden, ValidationFailed
 from service.models import AuditEvent, Case, Review, Task, WebhookDelivery
-from service.services import review
+from service.services import audit, review
 from service.services.audit import SYSTEM
 from service.services.tasks import update_task
 from service.services.training import labels_since_training
@@ -143,6 +143,66 @@ def test_resolve_records_everything_once(db, task, people, queued):
     assert exc.value.details["reason"] == "already_resolved"
     db.rollback()
     assert db.get(Case, case_id).final_label == "bad"
+
+
+def _stored(db: Any, model: Any, key: Any) -> dict[str, Any]:
+    """The row as the database holds it (the session keeps objects across commits)."""
+    row = db.execute(select(model).where(model.id == key).execution_options(populate_existing=True))
+    obj = row.scalar_one()
+    return {c: getattr(obj, c) for c in model.__table__.columns.keys()}
+
+
+def test_a_decision_stores_what_the_session_holds(db, task, people, queued):
+    """A decision writes its review, the case and the audit events by table statements, not
+    through the unit of work, and tells the session what it wrote: what the session holds
+    afterwards (what webhooks, the live watch and the answer read) must be the rows. A
+    resolution and an audited automatic answer corrected, each with its trail in order."""
+    plain, audited = queued(2)
+    _answer_automatically(db, audited, confidence=0.97, resolved_at=utcnow())
+    actor = people()
+    outcomes = {}
+    for _ in range(2):
+        claimed = review.claim(db(), task["name"], actor)
+        decision = review.submit_review(db(), claimed.case.id, "bad", actor, comment="why")
+        held_case = {c: getattr(decision.case, c) for c in Case.__table__.columns.keys()}
+        held_review = {c: getattr(decision.review, c) for c in Review.__table__.columns.keys()}
+        assert [r.id for r in decision.case.reviews] == [decision.review.id]
+        db.commit()
+        assert _stored(db, Case, claimed.case.id) == held_case
+        assert _stored(db, Review, decision.review.id) == held_review
+        outcomes[claimed.case.id] = decision.event
+        trail = db.execute(
+            select(AuditEvent.action, AuditEvent.details)
+            .where(AuditEvent.case_id == claimed.case.id)
+            .order_by(AuditEvent.id)
+        ).all()
+        assert [a for a, _ in trail][-3:] == ["case.claimed", "case.reviewed", decision.event]
+        assert trail[-2][1]["review_id"] == decision.review.id == trail[-1][1]["review_id"]
+    assert outcomes == {plain: "case.resolved", audited: "case.corrected"}
+    assert _stored(db, Case, plain)["status"] == "resolved"
+    assert _stored(db, Case, audited)["status"] == "corrected"
+
+
+def test_events_written_at_once_follow_those_recorded_before(db, people):
+    """``audit.write_now`` writes after what the unit of work still holds: the trail is in
+    the order things happened, even where the session's autoflush is off."""
+    actor = people()
+    session = db()
+    with session.no_autoflush:
+        audit.record(session, "case.released", actor, details={"step": 1})
+        audit.write_now(
+            session,
+            actor,
+            [("case.claimed", {"step": 2}), ("case.reviewed", {"step": 3})],
+            task_id=None,
+            case_id="ordered",
+        )
+        audit.record(session, "case.released", actor, details={"step": 4})
+    db.commit()
+    steps = db.scalars(
+        select(AuditEvent.details).where(AuditEvent.actor == actor.name).order_by(AuditEvent.id)
+    ).all()
+    assert [d["step"] for d in steps] == [1, 2, 3, 4]
 
 
 def test_unknown_label_is_rejected_and_nothing_stored(db, task, people, queued):
