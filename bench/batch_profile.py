@@ -10,8 +10,9 @@ and how it compares with PostgreSQL's own COPY of the same rows, measured in the
 3. The limit: the last 1,000 cases the app stored, read back with ``COPY ... TO STDOUT``
    and written again (fresh ids) with ``COPY cases FROM STDIN`` + commit: what PostgreSQL
    alone needs to store the same rows, with every index and foreign key.
-Prints the medians over ``--batches`` batches and the ratio end to end / COPY alone
-(issue #20's goal: <= 1.5).
+2 and 3 alternate, batch by batch, so both see the same machine and the same table. Prints
+the medians over ``--batches`` batches and the ratio end to end / COPY alone (issue #20's
+goal: <= 1.5).
 
 Usage:  .venv/bin/python bench/batch_profile.py [--batches 30]
 Needs:  PostgreSQL on 127.0.0.1:5432 (database ``tandem_bench_thru_batch`` is recreated).
@@ -20,6 +21,7 @@ Needs:  PostgreSQL on 127.0.0.1:5432 (database ``tandem_bench_thru_batch`` is re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -28,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +112,17 @@ def main() -> None:
                 for phase in PHASES:
                     per_batch[phase].append(spent[phase])
 
-        end_to_end = _end_to_end(app, ctx["token"], items, args.batches)
-    copy_alone = _copy_alone(db_url, args.batches)
+        send = _end_to_end(app, ctx["token"], items)
+        with _copy_alone(db_url) as copy:
+            # Alternated, batch by batch: both see the same machine and the same table.
+            runs: dict[str, list[float]] = {"tandem": [], "copy": []}
+            for n in range(args.batches + 2):
+                tandem, alone = send(), copy()
+                if n >= 2:  # warm-up
+                    runs["tandem"].append(tandem)
+                    runs["copy"].append(alone)
+        end_to_end = statistics.median(runs["tandem"])
+        copy_alone = statistics.median(runs["copy"])
 
     total = statistics.median(totals)
     print(f"\n1,000-case batches, median of {args.batches} (in-process, PostgreSQL):")
@@ -129,25 +140,26 @@ def main() -> None:
     print(f"{'ratio end to end / COPY alone':<40}{end_to_end / copy_alone:>8.2f}  (goal <= 1.5)")
 
 
-def _end_to_end(app: Any, token: str, items: list[Any], batches: int) -> float:
-    """Median seconds of one 1,000-item batch request through the app, as a client sends it."""
+def _end_to_end(app: Any, token: str, items: list[Any]) -> Callable[[], float]:
+    """One 1,000-item batch request through the app, as a client sends it: its seconds."""
     client = app.test_client()
     body = json.dumps({"items": [{"input": item.input} for item in items]})
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     url = f"/api/v1/tasks/{TASK}/predict/batch"
-    runs = []
-    for n in range(batches + 2):
+
+    def send() -> float:
         t = time.perf_counter()
         resp = client.post(url, data=body, headers=headers)
         elapsed = time.perf_counter() - t
         assert resp.status_code == 200, resp.get_data(as_text=True)[:300]
-        if n >= 2:
-            runs.append(elapsed)
-    return statistics.median(runs)
+        return elapsed
+
+    return send
 
 
-def _copy_alone(db_url: str, batches: int) -> float:
-    """Median seconds to COPY + commit 1,000 case rows the app stored, with fresh ids."""
+@contextlib.contextmanager
+def _copy_alone(db_url: str) -> Iterator[Callable[[], float]]:
+    """COPY + commit of 1,000 case rows the app stored, with fresh ids: its seconds."""
     import psycopg
 
     from service.models import new_ids
@@ -173,8 +185,8 @@ def _copy_alone(db_url: str, batches: int) -> float:
         lines = bytes(data).rstrip(b"\n").split(b"\n")
         assert len(lines) == 1000
         tails = [line[line.index(b"\t") :] for line in lines]
-        runs = []
-        for n in range(batches + 2):
+
+        def copy_once() -> float:
             ids = new_ids(len(tails))
             buf = b"".join(i.encode() + tail + b"\n" for i, tail in zip(ids, tails, strict=True))
             t = time.perf_counter()
@@ -183,10 +195,9 @@ def _copy_alone(db_url: str, batches: int) -> float:
                 conn.cursor().copy(f"COPY cases ({quoted}) FROM STDIN") as copy,
             ):
                 copy.write(buf)
-            elapsed = time.perf_counter() - t
-            if n >= 2:
-                runs.append(elapsed)
-    return statistics.median(runs)
+            return time.perf_counter() - t
+
+        yield copy_once
 
 
 if __name__ == "__main__":
