@@ -130,10 +130,10 @@ def case_detail(session: Session, case: Case, *, everything: bool = False) -> di
     predict result plus the final label and its history.
 
     Nothing in it tells whether the case was drawn for audit: no flag, and the reviews are
-    listed only when reviewers decided the final label (a verdict that confirmed an automatic
-    answer, or one given after the application's own outcome, settles nothing the application
-    sees). ``everything`` adds the audit flag, the inclusion probability and every review:
-    analysts and admins only.
+    listed only when reviewers decided the final label, undone ones left out (a verdict
+    that confirmed an automatic answer, or one given after the application's own outcome,
+    settles nothing the application sees). ``everything`` adds the audit flag, the inclusion
+    probability and every review: analysts and admins only.
     """
     view = case_view(case)
     resolved_by = None
@@ -143,7 +143,12 @@ def case_detail(session: Session, case: Case, *, everything: bool = False) -> di
         resolved_by = "application"
     elif case.label_source == "model":
         resolved_by = "model"
-    shown = list(case.reviews) if everything or case.label_source == "reviewer" else []
+    if everything:
+        shown = list(case.reviews)
+    elif case.label_source == "reviewer":
+        shown = [r for r in case.reviews if r.retracted_at is None]  # the standing verdicts
+    else:
+        shown = []
     pseudonyms = _pseudonyms(session, shown)
     view.update(
         {

@@ -659,6 +659,21 @@ def _resolved_before(session: Session, case: Case) -> bool:
     )
 
 
+def _corrected_before(session: Session, case: Case) -> bool:
+    """Whether a since undone decision corrected this automatic answer (and its webhook
+    told the application so)."""
+    if not any(r.retracted_at is not None for r in case.reviews):
+        return False
+    return (
+        session.scalar(
+            select(AuditEvent.id)
+            .where(AuditEvent.case_id == case.id, AuditEvent.action == "case.corrected")
+            .limit(1)
+        )
+        is not None
+    )
+
+
 def submit_review(
     session: Session,
     case_id: str,
@@ -784,6 +799,11 @@ def decide(
         else:
             details["audit_confirmed"] = True
             event = None
+            if _corrected_before(session, case):
+                # The application was told of a correction since undone: the model's answer
+                # stands again, and the latest event must say so (docs/review.md, "Undo").
+                details["correction_undone"] = True
+                event = "case.resolved"
     else:
         change(status="resolved", **resolution)
         event = "case.resolved"

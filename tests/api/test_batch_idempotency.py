@@ -10,7 +10,7 @@ from typing import Any
 import jsonschema_rs
 from sqlalchemy import func, select, update
 
-from service.models import Case
+from service.models import Case, id_source, seeded_ids
 from tests.helpers import (
     SIMPLE_TASK,
     auth,
@@ -271,7 +271,10 @@ def test_another_tasks_token_finds_nothing(client, tokens, task, db):
 def test_lookup_and_replays_never_reveal_the_audit_flag(client, tokens, task, db):
     install_model(db, "loan-review", threshold=0.5)
     items = [{"input": good_input(), "external_id": "same"} for _ in range(30)]
-    first = _batch(client, tokens["app"], items, key="audit").json["results"]
+    # Ids from a seed: the audit draw hashes the id, and with fresh ones a run of 30 cases
+    # drew none for audit now and then (the assertion below needs both kinds).
+    with id_source(seeded_ids(11)):
+        first = _batch(client, tokens["app"], items, key="audit").json["results"]
     replayed = _batch(client, tokens["app"], items, key="audit").json["results"]
     flags = [db.get(Case, r["case_id"]).audit for r in first]
     assert any(flags) and not all(flags)

@@ -6,13 +6,14 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from service.db import utcnow
 from service.errors import Conflict, Forbidden, ValidationFailed
 from service.models import AuditEvent, Case, Review, Task, WebhookDelivery
 from service.services import audit, review
 from service.services.audit import SYSTEM
+from service.services.cases import case_detail
 from service.services.tasks import update_task
 from service.services.training import labels_since_training
 
@@ -287,6 +288,62 @@ def test_undo_retracts_and_returns_the_case_leased(db, task, people, queued):
     assert len(db.scalars(select(Review).where(Review.case_id == case_id)).all()) == 2
     # The label consequences counted once, not once per decision.
     assert labels_since_training(db(), _task(db, task["name"]).id) == 1
+
+
+def test_an_undone_correction_then_confirmed_is_announced_again(db, task, people, queued):
+    """The application was told ``case.corrected`` (bad); the reviewer undoes it and confirms
+    the model (good): the latest event must carry the model's answer, or the application
+    keeps a label Tandem no longer holds (docs/review.md, "Undo")."""
+    (case_id,) = queued(1)
+    _answer_automatically(db, case_id, confidence=0.97, resolved_at=utcnow())
+    update_task(db(), _task(db, task["name"]), {"webhook": {"url": "http://hook.test/x"}}, SYSTEM)
+    db.commit()
+    actor = people()
+    review.claim(db(), task["name"], actor)
+    review.submit_review(db(), case_id, "bad", actor)
+    db.commit()
+    review.undo(db(), case_id, actor)
+    db.commit()
+    review.submit_review(db(), case_id, "good", actor)
+    db.commit()
+    sent = db.execute(select(WebhookDelivery.event_type, WebhookDelivery.payload)).all()
+    assert [kind for kind, _ in sent] == ["case.corrected", "case.resolved"]
+    latest = sent[-1][1]["data"]
+    assert latest["final_label"] == "good" and latest["resolved_by"] == "model"
+    assert latest["reviews"] == []  # the model's answer stands: no reviewer decided it
+    confirmed = db.scalars(
+        select(AuditEvent.details)
+        .where(AuditEvent.case_id == case_id, AuditEvent.action == "case.resolved")
+        .order_by(AuditEvent.id)
+    ).all()
+    assert confirmed[-1]["audit_confirmed"] and confirmed[-1]["correction_undone"]
+    # A confirmation with no correction before it tells the application nothing, as before.
+    (other,) = queued(1)
+    _answer_automatically(db, other, confidence=0.97, resolved_at=utcnow())
+    review.claim(db(), task["name"], actor)
+    review.submit_review(db(), other, "good", actor)
+    db.commit()
+    assert db.scalar(select(func.count()).select_from(WebhookDelivery)) == 2
+
+
+def test_the_application_sees_only_the_standing_verdicts(db, task, people, queued):
+    """``GET /cases/{id}`` for an application (and a webhook's payload) lists the reviews
+    that decided the final label: an undone one is not among them; admins see it."""
+    (case_id,) = queued(1)
+    actor = people()
+    review.claim(db(), task["name"], actor)
+    review.submit_review(db(), case_id, "bad", actor)
+    db.commit()
+    review.undo(db(), case_id, actor)
+    decision = review.submit_review(db(), case_id, "good", actor)
+    db.commit()
+    app_view = case_detail(db(), decision.case)
+    assert [(r["label"], r["retracted"]) for r in app_view["reviews"]] == [("good", False)]
+    admin_view = case_detail(db(), decision.case, everything=True)
+    assert [(r["label"], r["retracted"]) for r in admin_view["reviews"]] == [
+        ("bad", True),
+        ("good", False),
+    ]
 
 
 def test_undo_refused_for_others_and_after_window(db, task, people, queued):
