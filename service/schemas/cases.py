@@ -141,8 +141,9 @@ class CaseDetailSchema(CaseResultSchema):
     reviews = fields.List(
         fields.Nested(ReviewViewSchema),
         metadata={
-            "description": "analysts and admins: every review; applications: the reviews that "
-            "decided the final label; reviewers: their own"
+            "description": "analysts and admins: every review, undone ones included; "
+            "applications: the reviews that decided the final label (each reviewer's standing "
+            "verdict, a disagreeing one included, never an undone one); reviewers: their own"
         },
     )
     input = input_map("field name -> value, as sent (and repaired)")

@@ -30,7 +30,9 @@ APP_VIEW = "the case as an application reads it with GET /cases/{id} (never the 
 
 
 class CaseResolvedEventSchema(WebhookEventSchema):
-    """A person (or the application's outcome) decided a queued case."""
+    """A person (or the application's outcome) decided a queued case; or a reviewer undid
+    a correction of an automatic answer and then confirmed the model: the latest event then
+    carries the model's answer again (``resolved_by`` ``model``)."""
 
     type = _event_type("case.resolved")
     data = fields.Nested(CaseDetailSchema, required=True, metadata={"description": APP_VIEW})

@@ -799,13 +799,14 @@ def decide(
         else:
             details["audit_confirmed"] = True
             event = None
-            if _corrected_before(session, case):
-                # The application was told of a correction since undone: the model's answer
-                # stands again, and the latest event must say so (docs/review.md, "Undo").
-                details["correction_undone"] = True
-                event = "case.resolved"
     else:
         change(status="resolved", **resolution)
+        event = "case.resolved"
+    if event is None and _corrected_before(session, case):
+        # The application was told of a correction since undone, and this verdict changes
+        # nothing it sees (it confirms the model, or the application's own outcome stands):
+        # the latest event must carry the label the case holds (docs/review.md, "Undo").
+        details["correction_undone"] = True
         event = "case.resolved"
     events.append((event or "case.resolved", details))
     _write_decision(session, case, changes, actor, task.id, events, request_id)

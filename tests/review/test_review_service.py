@@ -13,7 +13,7 @@ from service.errors import Conflict, Forbidden, ValidationFailed
 from service.models import AuditEvent, Case, Review, Task, WebhookDelivery
 from service.services import audit, review
 from service.services.audit import SYSTEM
-from service.services.cases import case_detail
+from service.services.cases import case_detail, record_outcome
 from service.services.tasks import update_task
 from service.services.training import labels_since_training
 
@@ -317,13 +317,31 @@ def test_an_undone_correction_then_confirmed_is_announced_again(db, task, people
         .order_by(AuditEvent.id)
     ).all()
     assert confirmed[-1]["audit_confirmed"] and confirmed[-1]["correction_undone"]
+    # The application's own outcome after the undo, then the verdict: the same.
+    (reported,) = queued(1)
+    _answer_automatically(db, reported, confidence=0.97, resolved_at=utcnow())
+    review.claim(db(), task["name"], actor)
+    review.submit_review(db(), reported, "bad", actor)
+    db.commit()
+    review.undo(db(), reported, actor)
+    record_outcome(db(), reported, "good", SYSTEM)
+    db.commit()
+    review.submit_review(db(), reported, "good", actor)
+    db.commit()
+    last = db.execute(
+        select(WebhookDelivery.event_type, WebhookDelivery.payload).order_by(
+            WebhookDelivery.id.desc()
+        )
+    ).first()
+    assert last is not None and last[0] == "case.resolved"
+    assert last[1]["data"]["case_id"] == reported and last[1]["data"]["final_label"] == "good"
     # A confirmation with no correction before it tells the application nothing, as before.
     (other,) = queued(1)
     _answer_automatically(db, other, confidence=0.97, resolved_at=utcnow())
     review.claim(db(), task["name"], actor)
     review.submit_review(db(), other, "good", actor)
     db.commit()
-    assert db.scalar(select(func.count()).select_from(WebhookDelivery)) == 2
+    assert db.scalar(select(func.count()).select_from(WebhookDelivery)) == 4
 
 
 def test_the_application_sees_only_the_standing_verdicts(db, task, people, queued):
