@@ -822,7 +822,7 @@ def _write_review(session: Session, case: Case, values: dict[str, Any]) -> Revie
 
     The decision's rows are written as table statements, not by the unit of work's flush:
     the flush cost ~2x the CPU for the same statements (bench/README.md, "Decisions
-    written without the unit of work"). The session still holds the rows as stored, so
+    without the unit of work"). The session still holds the rows as stored, so
     everything after (the outcome, webhooks, the answer) reads them as before."""
     review_id = session.execute(_INSERT_REVIEW, values).scalar_one()
     review = Review(id=review_id, retracted_at=None, **values)
