@@ -641,33 +641,20 @@ def _outcome(case: Case, reviews: list[Review]) -> tuple[str | None, dict[str, A
     return None, info
 
 
-def _resolved_before(session: Session, case: Case) -> bool:
-    """Whether a (since undone) decision already resolved this case, so the label
-    consequences (retrain counter, live watch) are not counted twice."""
+_RESOLUTIONS = ("case.resolved", "case.corrected")
+
+
+def _decided_before(session: Session, case: Case, actions: tuple[str, ...]) -> bool:
+    """Whether a since undone decision of this case left one of these audit events:
+    ``case.resolved``/``case.corrected`` (it resolved the case: the label consequences,
+    retrain counter and live watch, are not counted twice), or ``case.corrected`` alone (it
+    corrected an automatic answer, and its webhook told the application so)."""
     if not any(r.retracted_at is not None for r in case.reviews):
         return False
     return (
         session.scalar(
             select(AuditEvent.id)
-            .where(
-                AuditEvent.case_id == case.id,
-                AuditEvent.action.in_(("case.resolved", "case.corrected")),
-            )
-            .limit(1)
-        )
-        is not None
-    )
-
-
-def _corrected_before(session: Session, case: Case) -> bool:
-    """Whether a since undone decision corrected this automatic answer (and its webhook
-    told the application so)."""
-    if not any(r.retracted_at is not None for r in case.reviews):
-        return False
-    return (
-        session.scalar(
-            select(AuditEvent.id)
-            .where(AuditEvent.case_id == case.id, AuditEvent.action == "case.corrected")
+            .where(AuditEvent.case_id == case.id, AuditEvent.action.in_(actions))
             .limit(1)
         )
         is not None
@@ -770,7 +757,7 @@ def decide(
         return Decision(case=case, task=task, review=review, resolved=False, event=None)
 
     first_label = case.human_label is None
-    count_label = first_label and not _resolved_before(session, case)
+    count_label = first_label and not _decided_before(session, case, _RESOLUTIONS)
     if first_label:
         change(human_label=final, human_labelled_at=now)
     change(queue_state=None)
@@ -802,7 +789,7 @@ def decide(
     else:
         change(status="resolved", **resolution)
         event = "case.resolved"
-    if event is None and _corrected_before(session, case):
+    if event is None and _decided_before(session, case, ("case.corrected",)):
         # The application was told of a correction since undone, and this verdict changes
         # nothing it sees (it confirms the model, or the application's own outcome stands):
         # the latest event must carry the label the case holds (docs/review.md, "Undo").
