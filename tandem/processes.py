@@ -143,6 +143,15 @@ def _granian(app: Any, host: str, port: int, options: dict[str, Any]) -> None:
     server.serve(target_loader=lambda _target: served)
 
 
+def preload_for_requests() -> None:
+    """Import, before the workers fork, what a request may need but the app does not import:
+    the live watch's exact bounds (service/policy/bounds.py) use ``scipy.special`` when a
+    reviewer labels an audited automatic answer. Imported there, the first such decision in
+    each worker waited 0.6–2 s for it; imported here it costs ~18 MB, shared by the workers
+    (docs/operations.md, "Memory")."""
+    import scipy.special  # noqa: F401
+
+
 def serve(*, host: str, port: int, web_workers: int | None, demo: bool = False) -> None:
     settings = Settings.from_env()
     # Settle the web server's settings first: a bad value fails before anything starts.
@@ -192,6 +201,7 @@ def serve(*, host: str, port: int, web_workers: int | None, demo: bool = False) 
         atexit.register(print, "Tandem stopped.", file=sys.stderr, flush=True)
         _announce_when_ready(url)
     time.sleep(0.1)
+    preload_for_requests()
     # Everything built so far (the app, its libraries) lives as long as the process: frozen,
     # the workers' garbage collector never walks it again. A 1,000-case batch allocates
     # enough to trigger full collections, which walked ~1M such objects each time

@@ -2,8 +2,15 @@
 
 The unweighted tools are exact (Clopper–Pearson / binomial CDF via scipy). Wilson or normal
 bounds are deliberately absent: at α = 0.02 with a few hundred cases they under-cover
-(docs/stats.md). The weighted interval for people is Clopper–Pearson on an effective sample: exact
-for equal weights, its coverage under skewed weights checked by simulation.
+(docs/stats.md). The weighted interval for people is Clopper–Pearson on an effective sample:
+exact for equal weights, its coverage under skewed weights checked by simulation.
+
+The beta quantiles come from ``scipy.special.betaincinv``: the values ``scipy.stats.beta.ppf``
+gives, bit for bit (both are Boost's inverse incomplete beta; tests/policy/test_policy_stats.py
+holds them equal). The live watch computes them in the web process when a reviewer labels an
+audited automatic answer; ``scipy.stats`` would cost that process ~80 MB and that decision the
+0.6–2 s of its import. ``tandem serve`` loads ``scipy.special`` (~18 MB) before it forks its
+workers (docs/operations.md, "Memory" under "Deploy").
 """
 
 from __future__ import annotations
@@ -31,9 +38,9 @@ def clopper_pearson_upper(k: int, n: int, confidence: float) -> float:
     _check(k, n, confidence)
     if k >= n:
         return 1.0
-    from scipy import stats  # ~80 MB: loaded where a bound is computed, not at import
+    from scipy.special import betaincinv
 
-    return float(stats.beta.ppf(confidence, k + 1, n - k))
+    return float(betaincinv(k + 1, n - k, confidence))
 
 
 def clopper_pearson_lower(k: int, n: int, confidence: float) -> float:
@@ -41,9 +48,9 @@ def clopper_pearson_lower(k: int, n: int, confidence: float) -> float:
     _check(k, n, confidence)
     if k == 0:
         return 0.0
-    from scipy import stats
+    from scipy.special import betaincinv
 
-    return float(stats.beta.ppf(1.0 - confidence, k, n - k + 1))
+    return float(betaincinv(k, n - k + 1, 1.0 - confidence))
 
 
 def binom_p_value(k: int, n: int, alpha: float) -> float:
@@ -134,7 +141,7 @@ def weighted_rate(
         raise ValueError("confidence must be in (0, 1)")
     if v.size == 0:
         return WeightedRate(float("nan"), 0.0, 1.0, 0, 0.0)
-    from scipy import stats
+    from scipy.special import betaincinv
 
     w = 1.0 / p
     kish = float(np.sum(w) ** 2 / np.sum(w**2))
@@ -146,12 +153,12 @@ def weighted_rate(
         up = v.copy()
         up[int(np.argmax(w * (1.0 - v)))] = 1.0
         p_up, n_up = _effective_size(up, w, kish)
-        upper = float(stats.beta.ppf(1.0 - tail, n_up * p_up, n_up * (1.0 - p_up) + 1.0))
+        upper = float(betaincinv(n_up * p_up, n_up * (1.0 - p_up) + 1.0, 1.0 - tail))
     if est <= 0.0:
         lower = 0.0
     else:
         down = v.copy()
         down[int(np.argmax(w * v))] = 0.0
         p_down, n_down = _effective_size(down, w, kish)
-        lower = float(stats.beta.ppf(tail, n_down * p_down + 1.0, n_down * (1.0 - p_down)))
+        lower = float(betaincinv(n_down * p_down + 1.0, n_down * (1.0 - p_down), tail))
     return WeightedRate(est, lower, upper, int(v.size), n_eff)

@@ -68,6 +68,39 @@ def test_web_app_does_not_import_the_training_stack(tmp_path: Path) -> None:
     assert result["loaded"] == []
 
 
+LIVE_WATCH = """
+import json, sys
+import tandem.cli, tandem.processes
+from tandem.app import create_app
+from service.policy.bounds import weighted_rate
+from service.policy.monitor import live_error_alarm
+
+app = create_app()
+before = "scipy.special" in sys.modules
+tandem.processes.preload_for_requests()  # what `tandem serve` does before it forks
+preloaded = "scipy.special" in sys.modules
+status = live_error_alarm([0, 1, 0, 0] * 30, alpha=0.02, delta=0.01)
+rate = weighted_rate([0.0, 1.0, 0.0], [0.1, 1.0, 1.0])
+print(json.dumps({
+    "before": before,
+    "preloaded": preloaded,
+    "alarm": bool(status.alarm),
+    "loaded": [m for m in MODULES if m in sys.modules],
+}))
+"""
+
+
+def test_the_live_watch_computes_its_bounds_without_scipy_stats(tmp_path: Path) -> None:
+    """A reviewer's label on an audited automatic answer runs the live watch in the web
+    process: its bounds come from ``scipy.special``, loaded before the workers fork, so that
+    decision neither imports ``scipy.stats`` (~80 MB) nor waits for an import."""
+    result = _run(LIVE_WATCH, tmp_path)
+    assert result["before"] is False
+    assert result["preloaded"] is True
+    assert result["alarm"] is True
+    assert result["loaded"] == []
+
+
 SERVE_PREDICTS = """
 import json, sys
 from tandem.app import create_app

@@ -46,6 +46,38 @@ def test_clopper_pearson_matches_scipy_binomtest(n: int, frac: float, conf: floa
     assert clopper_pearson_lower(k, n, conf) == pytest.approx(ci.low, abs=1e-9)
 
 
+@pytest.mark.parametrize("conf", [0.5, 0.9, 0.95, 0.99, 0.999, 0.9999])
+def test_bounds_are_scipy_stats_beta_quantiles_bit_for_bit(conf: float) -> None:
+    """The bounds use ``scipy.special`` so the web process never imports ``scipy.stats``
+    (service/policy/bounds.py): the numbers must be the very ones ``beta.ppf`` gives, at
+    every count, so no certification or alarm decided before moves by a rounding step."""
+    for n in (1, 2, 3, 10, 149, 500, 4000):
+        for k in range(0, n + 1, max(1, n // 40)):
+            upper = 1.0 if k == n else float(stats.beta.ppf(conf, k + 1, n - k))
+            lower = 0.0 if k == 0 else float(stats.beta.ppf(1 - conf, k, n - k + 1))
+            assert clopper_pearson_upper(k, n, conf) == upper, (k, n)
+            assert clopper_pearson_lower(k, n, conf) == lower, (k, n)
+    rng = np.random.default_rng(7)
+    values = (rng.random(300) < 0.08).astype(float)
+    probs = np.where(rng.random(300) < 0.5, 0.05, 1.0)
+    rate = weighted_rate(values, probs, conf)
+    tail = (1 - conf) / 2
+    # The weighted interval's ends, from its own effective sizes (docstring of weighted_rate).
+    w = 1 / probs
+
+    def effective(v: np.ndarray) -> tuple[float, float]:
+        p = float(np.sum(w * v) / np.sum(w))
+        var = float(np.sum(w * w * (v - p) ** 2)) / float(np.sum(w)) ** 2
+        return p, min(p * (1 - p) / var, float(v.size))
+
+    up, down = values.copy(), values.copy()
+    up[int(np.argmax(w * (1 - values)))] = 1.0
+    down[int(np.argmax(w * values))] = 0.0
+    (p_up, n_up), (p_down, n_down) = effective(up), effective(down)
+    assert rate.upper == float(stats.beta.ppf(1 - tail, n_up * p_up, n_up * (1 - p_up) + 1))
+    assert rate.lower == float(stats.beta.ppf(tail, n_down * p_down + 1, n_down * (1 - p_down)))
+
+
 @settings(max_examples=150, deadline=None)
 @given(n=st.integers(1, 3000), frac=st.floats(0, 0.1), alpha=st.sampled_from([0.01, 0.02, 0.05]))
 def test_p_value_and_upper_bound_are_the_same_test(n: int, frac: float, alpha: float) -> None:
