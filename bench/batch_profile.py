@@ -13,6 +13,12 @@ and how it compares with PostgreSQL's own COPY of the same rows, measured in the
 2 and 3 alternate, batch by batch, so both see the same machine and the same table. Prints
 the medians over ``--batches`` batches and the ratio end to end / COPY alone (issue #20's
 goal: <= 1.5).
+4. Where the limit's time goes: the same COPY into a copy of ``cases`` with every index but
+   no foreign keys, whole and streamed in ten chunks with Python's own per-chunk work (from
+   1.) between them, and how long each COPY still runs after its last row was sent.
+   PostgreSQL checks foreign keys row by row in triggers it runs only once the statement's
+   last row is in, so that part of the limit can never overlap with the request's Python
+   work (bench/README.md, "Batch predict").
 
 Usage:  .venv/bin/python bench/batch_profile.py [--batches 30]
 Needs:  PostgreSQL on 127.0.0.1:5432 (database ``tandem_bench_thru_batch`` is recreated).
@@ -113,16 +119,37 @@ def main() -> None:
                     per_batch[phase].append(spent[phase])
 
         send = _end_to_end(app, ctx["token"], items)
+        # When the request sent its last row, and when its COPY had ended.
+        marks: dict[str, float] = {}
+        write_rows, streamed = svc._write_rows, svc._predict_streamed
+
+        def marked_write(*a: Any, **kw: Any) -> Any:
+            write_rows(*a, **kw)
+            marks["last row sent"] = time.perf_counter()
+
+        def marked_stream(*a: Any, **kw: Any) -> Any:
+            try:
+                return streamed(*a, **kw)
+            finally:
+                marks["COPY ended"] = time.perf_counter()
+
+        svc._write_rows, svc._predict_streamed = marked_write, marked_stream
         with _copy_alone(db_url) as copy:
             # Alternated, batch by batch: both see the same machine and the same table.
-            runs: dict[str, list[float]] = {"tandem": [], "copy": []}
+            runs: dict[str, list[float]] = {"tandem": [], "copy": [], "tandem tail": []}
             for n in range(args.batches + 2):
                 tandem, alone = send(), copy()
                 if n >= 2:  # warm-up
                     runs["tandem"].append(tandem)
                     runs["copy"].append(alone)
+                    runs["tandem tail"].append(marks["COPY ended"] - marks["last row sent"])
         end_to_end = statistics.median(runs["tandem"])
         copy_alone = statistics.median(runs["copy"])
+        # Python's own work per chunk of the stream: validation, scoring, rows, COPY text.
+        python_per_batch = statistics.median(
+            sum(spent) for spent in zip(*(per_batch[p] for p in PHASES[:4]), strict=True)
+        )
+        parts = _limit_parts(db_url, chunks=10, python_per_chunk=python_per_batch / 10)
 
     total = statistics.median(totals)
     print(f"\n1,000-case batches, median of {args.batches} (in-process, PostgreSQL):")
@@ -138,6 +165,21 @@ def main() -> None:
     print(f"{'end to end (Flask app, no socket)':<40}{1000 * end_to_end:>8.1f} ms")
     print(f"{'limit: PostgreSQL COPY of the same rows':<40}{1000 * copy_alone:>8.1f} ms")
     print(f"{'ratio end to end / COPY alone':<40}{end_to_end / copy_alone:>8.2f}  (goal <= 1.5)")
+    tail = statistics.median(runs["tandem tail"])
+    print(f"{'end to end: its COPY ran on after the last row for':<52}{1000 * tail:>6.1f} ms")
+    print(
+        f"\nwhere the limit's time goes (same rows, {parts['gap'] * 1000:.1f} ms of busy Python"
+        " between the chunks of a streamed COPY):"
+    )
+    print(f"{'':<34}{'whole':>8}{'streamed':>10}{'after last row':>16}")
+    for table in ("cases", "no foreign keys"):
+        whole, total, after = parts[table]
+        print(f"{table:<34}{1000 * whole:>8.1f}{1000 * total:>10.1f}{1000 * after:>16.1f}  ms")
+    fk = parts["cases"][0] - parts["no foreign keys"][0]
+    print(
+        f"foreign-key checks: {1000 * fk:.1f} ms of the limit's {1000 * parts['cases'][0]:.1f},"
+        " run after the last row is in"
+    )
 
 
 def _end_to_end(app: Any, token: str, items: list[Any]) -> Callable[[], float]:
@@ -165,6 +207,83 @@ def _copy_alone(db_url: str) -> Iterator[Callable[[], float]]:
     from service.models import new_ids
 
     dsn = db_url.replace("postgresql+psycopg://", "postgresql://")
+    tails, quoted = _stored_lines(dsn)
+    with psycopg.connect(dsn) as conn:
+
+        def copy_once() -> float:
+            ids = new_ids(len(tails))
+            buf = b"".join(i.encode() + tail + b"\n" for i, tail in zip(ids, tails, strict=True))
+            t = time.perf_counter()
+            with (
+                conn.transaction(),
+                conn.cursor().copy(f"COPY cases ({quoted}) FROM STDIN") as copy,
+            ):
+                copy.write(buf)
+            return time.perf_counter() - t
+
+        yield copy_once
+
+
+def _limit_parts(db_url: str, *, chunks: int, python_per_chunk: float) -> dict[str, Any]:
+    """The limit's COPY, whole and streamed, into ``cases`` and into a copy of it without
+    foreign keys (every index kept): medians of (whole, streamed, streamed after its last
+    chunk) per table, in seconds. The copy is dropped afterwards."""
+    import psycopg
+
+    from service.models import new_ids
+
+    dsn = db_url.replace("postgresql+psycopg://", "postgresql://")
+    lines, quoted = _stored_lines(dsn)
+    step = len(lines) // chunks
+
+    def busy(seconds: float) -> None:  # stands for the request's Python work on a chunk
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+    out: dict[str, Any] = {"gap": python_per_chunk}
+    with psycopg.connect(dsn) as conn:
+        conn.execute("DROP TABLE IF EXISTS cases_without_fks")
+        conn.execute("CREATE TABLE cases_without_fks (LIKE cases INCLUDING ALL)")
+        conn.commit()
+        try:
+            for label, table in (("cases", "cases"), ("no foreign keys", "cases_without_fks")):
+                sql = f"COPY {table} ({quoted}) FROM STDIN"
+                timings: list[tuple[float, float, float]] = []
+                for n in range(12):
+                    ids = new_ids(len(lines))
+                    rows = [i.encode() + tail + b"\n" for i, tail in zip(ids, lines, strict=True)]
+                    parts = [b"".join(rows[i : i + step]) for i in range(0, len(rows), step)]
+                    t = time.perf_counter()
+                    with conn.transaction(), conn.cursor().copy(sql) as copy:
+                        copy.write(b"".join(parts))
+                    whole = time.perf_counter() - t
+                    ids = new_ids(len(lines))
+                    rows = [i.encode() + tail + b"\n" for i, tail in zip(ids, lines, strict=True)]
+                    parts = [b"".join(rows[i : i + step]) for i in range(0, len(rows), step)]
+                    t = time.perf_counter()
+                    with conn.transaction():
+                        with conn.cursor().copy(sql) as copy:
+                            for part in parts:
+                                busy(python_per_chunk)
+                                copy.write(part)
+                            last = time.perf_counter()
+                        ended = time.perf_counter()
+                    if n >= 2:  # warm-up
+                        timings.append((whole, ended - t, ended - last))
+                out[label] = tuple(statistics.median(x) for x in zip(*timings, strict=True))
+        finally:
+            conn.rollback()
+            conn.execute("DROP TABLE IF EXISTS cases_without_fks")
+            conn.commit()
+    return out
+
+
+def _stored_lines(dsn: str) -> tuple[list[bytes], str]:
+    """The last 1,000 stored cases as COPY text lines without their ids, and the quoted
+    column list they follow."""
+    import psycopg
+
     with psycopg.connect(dsn) as conn:
         columns = [
             r[0]
@@ -181,23 +300,9 @@ def _copy_alone(db_url: str) -> Iterator[Callable[[], float]]:
         ) as copy:
             for chunk in copy:
                 data += chunk
-        conn.commit()
         lines = bytes(data).rstrip(b"\n").split(b"\n")
         assert len(lines) == 1000
-        tails = [line[line.index(b"\t") :] for line in lines]
-
-        def copy_once() -> float:
-            ids = new_ids(len(tails))
-            buf = b"".join(i.encode() + tail + b"\n" for i, tail in zip(ids, tails, strict=True))
-            t = time.perf_counter()
-            with (
-                conn.transaction(),
-                conn.cursor().copy(f"COPY cases ({quoted}) FROM STDIN") as copy,
-            ):
-                copy.write(buf)
-            return time.perf_counter() - t
-
-        yield copy_once
+        return [line[line.index(b"\t") :] for line in lines], quoted
 
 
 if __name__ == "__main__":
