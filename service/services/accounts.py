@@ -20,7 +20,7 @@ from service.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from service.models import ROLES, ApiToken, Task, User
 from service.services import audit
 from service.services.audit import Actor
-from service.services.review import release_held_by
+from service.services.review import REVIEWING_ROLES, release_held_by
 
 TOKEN_PREFIX = "tdm_"  # noqa: S105 (a public marker, not a secret)
 #: Password hashing: argon2id with OWASP's first recommended setting (46 MiB, one pass, one
@@ -513,6 +513,14 @@ def change_access(
                     "tokens_revoked": revoked,
                 },
             )
+    # As on deactivation: the person's row is written (and locked) first, so a claim in
+    # flight commits before the leases are read, and a case the person may no longer decide
+    # goes back to the queue now rather than when its lease runs out.
+    session.flush()
+    if new_role not in REVIEWING_ROLES:
+        release_held_by(session, user.id, actor, why="access changed")
+    elif new_scope is not None:
+        release_held_by(session, user.id, actor, why="access changed", keep_tasks=new_scope)
     return AccessChange(user=user, changed=changed, tokens_revoked=revoked)
 
 

@@ -93,32 +93,61 @@ def require_person(actor: Actor) -> int:
             'API"), or sign in to the review UI',
             {"actor": actor.kind},
         )
-    if actor.role not in ("reviewer", "admin"):
+    if actor.role not in REVIEWING_ROLES:
         raise Forbidden(f"role {actor.role!r} may not review", {"required_roles": ["reviewer"]})
     return actor.id
 
 
-def hold_person(session: Session, user_id: int) -> None:
+#: The roles that may hold a lease and decide cases.
+REVIEWING_ROLES = frozenset({"reviewer", "admin"})
+
+
+def hold_person(session: Session, user_id: int) -> PersonAccess:
     """Take the reviewer's own row for the rest of this unit of work, before their leases
-    are read or changed (PostgreSQL; SQLite's writers take turns already).
+    are read or changed (locked on PostgreSQL; SQLite's writers take turns already), and
+    return the access it holds now.
 
     Two promises rest on it. A reviewer holds at most one lease per task: without it, claims
     sent at the same moment by one person each saw no lease held and each took a case.
-    Deactivation gives every held case back: it updates this row first
-    (``accounts.deactivate_user``), so it waits for a claim in flight to commit and then sees
-    its lease, and a claim arriving after it finds the person inactive here.
+    Deactivation and a narrower access give the cases back: they update this row first
+    (``accounts.deactivate_user``, ``accounts.change_access``), so they wait for a claim in
+    flight to commit and then see its lease, and a claim arriving after them finds the
+    person inactive here, or (:func:`check_still_reviews`) without the task or the role.
     ``FOR NO KEY UPDATE`` leaves the foreign-key checks of other writes alone."""
-    if not is_postgres(session):
-        return
-    if session.execute(_PERSON_FOR_LEASES, {"user_id": user_id}).first() is None:
+    stmt = _PERSON_FOR_LEASES if is_postgres(session) else _PERSON_NOW
+    row = session.execute(stmt, {"user_id": user_id}).first()
+    if row is None:
         raise Unauthorized("this account was deactivated", {"reason": "deactivated"})
+    return PersonAccess(role=row.role, task_scope=row.task_scope)
 
 
-_PERSON_FOR_LEASES = (
-    select(User.id)
-    .where(User.id == bindparam("user_id"), User.active.is_(True))
-    .with_for_update(key_share=True)
+@dataclass(frozen=True)
+class PersonAccess:
+    """A reviewer's role and task scope as their account row says now."""
+
+    role: str
+    task_scope: list[str] | None
+
+
+def check_still_reviews(access: PersonAccess, task_name: str) -> None:
+    """Refuse a lease the person's account no longer allows. The request was authenticated
+    a moment before :func:`hold_person` took the row: an admin's change committed in between
+    (the change gave back what the person held) must not be undone by a lease taken on the
+    rights the person had before."""
+    if access.role not in REVIEWING_ROLES or (
+        access.task_scope is not None and task_name not in access.task_scope
+    ):
+        raise Forbidden(
+            "your role or tasks changed while this request was on its way; reload to see "
+            "what you may review now",
+            {"reason": "access_changed"},
+        )
+
+
+_PERSON_NOW = select(User.role, User.task_scope).where(
+    User.id == bindparam("user_id"), User.active.is_(True)
 )
+_PERSON_FOR_LEASES = _PERSON_NOW.with_for_update(key_share=True)
 
 
 def active_reviews(case: Case) -> list[Review]:
@@ -436,9 +465,10 @@ def claim(
     case they already hold, so a reload or a second tab never strands a case.
     """
     user_id = require_person(actor)
-    hold_person(session, user_id)
+    access = hold_person(session, user_id)
     now = utcnow()
     task, held_id, lapsed = _task_and_leases(session, task_name, actor, user_id, now)
+    check_still_reviews(access, task.name)
     lease_seconds, _, sla_seconds = _review_settings(task)
     exclude = list(dict.fromkeys(exclude or []))[:MAX_EXCLUDE]
     expires = now + timedelta(seconds=lease_seconds)
@@ -503,8 +533,9 @@ def claim_case(
     the reviewer picked it). A case that is resolved, leased by someone else, or already
     reviewed by this person is refused with a conflict and nothing changes."""
     user_id = require_person(actor)
-    hold_person(session, user_id)
+    access = hold_person(session, user_id)
     case, task = get_case_and_task(session, case_id, actor, for_update=True)
+    check_still_reviews(access, task.name)
     lease_seconds, _, sla_seconds = _review_settings(task)
     now = utcnow()
     expires = now + timedelta(seconds=lease_seconds)
@@ -862,8 +893,9 @@ def undo(session: Session, case_id: str, actor: Actor, *, request_id: str | None
     retracted); the case goes back to the reviewer, leased, as it was before the decision.
     """
     user_id = require_person(actor)
-    hold_person(session, user_id)
+    access = hold_person(session, user_id)
     case, task = get_case_and_task(session, case_id, actor, for_update=True)
+    check_still_reviews(access, task.name)
     lease_seconds, _, _ = _review_settings(task)
     now = utcnow()
     active = active_reviews(case)
@@ -985,11 +1017,21 @@ def release_cases(
     return ids
 
 
-def release_held_by(session: Session, user_id: int, actor: Actor, *, why: str) -> int:
-    """Every case ``user_id`` holds goes back to the queue now (the person was deactivated:
-    their lease would otherwise keep the case from everyone until it ran out). One
-    ``case.released`` event per case, naming the reviewer and why."""
+def release_held_by(
+    session: Session,
+    user_id: int,
+    actor: Actor,
+    *,
+    why: str,
+    keep_tasks: list[str] | None = None,
+) -> int:
+    """Every case ``user_id`` holds goes back to the queue now, but those of ``keep_tasks``
+    (the person was deactivated, or may no longer decide them: their lease would otherwise
+    keep the case from everyone until it ran out). One ``case.released`` event per case,
+    naming the reviewer and why."""
     stmt = select(Case).where(Case.queue_state == "leased", Case.lease_owner_id == user_id)
+    if keep_tasks:
+        stmt = stmt.where(Case.task_id.not_in(select(Task.id).where(Task.name.in_(keep_tasks))))
     if is_postgres(session):
         stmt = stmt.with_for_update()
     cases = session.scalars(stmt).all()

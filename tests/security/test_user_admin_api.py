@@ -258,3 +258,99 @@ def test_deactivation_gives_the_persons_cases_back_to_the_queue(
     )
     (event,) = db.scalars(released).all()
     assert event.details == {"reviewer_id": ann, "why": "user deactivated"}
+
+
+def test_a_narrower_access_gives_back_the_cases_the_person_may_no_longer_decide(
+    flask_app: Any, people: Any, db: Any, tokens: dict[str, str]
+) -> None:
+    """A lease on a task the person lost (or a role that may not review) would keep the case
+    from everyone until it ran out: it goes back to the queue with the change; the cases the
+    person may still decide stay theirs."""
+    from service.models import Case
+
+    client = flask_app.test_client()
+    app_token = make_token("app")
+    held = {}
+    for task in ("loan-review", "claims"):
+        case_id = client.post(
+            f"/api/v1/tasks/{task}/predict",
+            json={"input": {"review": "late", "state": "CA"}},
+            headers=auth(app_token),
+        ).json["case_id"]
+        claimed = client.post(f"/api/v1/tasks/{task}/queue/claim", headers=auth(people["ann"]))
+        assert claimed.status_code == 200 and claimed.json["case_id"] == case_id
+        held[task] = case_id
+    ann = people["ids"]["ann@example.com"]
+
+    def state(case_id: str) -> tuple[Any, Any]:
+        case = db.get(Case, case_id)
+        db.refresh(case)
+        return case.queue_state, case.lease_owner_id
+
+    def released() -> list[tuple[str | None, dict[str, Any]]]:
+        db.expire_all()
+        rows = db.execute(
+            select(AuditEvent.case_id, AuditEvent.details)
+            .where(AuditEvent.action == "case.released")
+            .order_by(AuditEvent.id)
+        ).all()
+        return [(row.case_id, row.details) for row in rows]
+
+    # Wider or equal access changes nothing held.
+    assert _patch(client, ann, {"role": "reviewer"}, people["boss"]).status_code == 200
+    assert released() == []
+    assert _patch(client, ann, {"task_scope": ["claims"]}, people["boss"]).status_code == 200
+    assert state(held["loan-review"]) == ("waiting", None)
+    assert state(held["claims"]) == ("leased", ann)
+    why = {"reviewer_id": ann, "why": "access changed"}
+    assert released() == [(held["loan-review"], why)]
+    # The scope event comes first, then the release it caused.
+    (scope_event,) = db.scalars(
+        select(AuditEvent.id).where(AuditEvent.action == "user.scope_changed")
+    ).all()
+    (release_event,) = db.scalars(
+        select(AuditEvent.id).where(AuditEvent.action == "case.released")
+    ).all()
+    assert scope_event < release_event
+
+    assert _patch(client, ann, {"role": "analyst"}, people["boss"]).status_code == 200
+    assert state(held["claims"]) == ("waiting", None)
+    assert released() == [(held["loan-review"], why), (held["claims"], why)]
+
+
+def test_a_claim_authenticated_before_an_access_change_takes_no_lease(
+    flask_app: Any, people: Any, db: Any
+) -> None:
+    """A claim authenticated a moment before an admin narrowed the person's access, that
+    reaches the person's row after the change committed, must not take the lease the change
+    just gave back: it is refused on the rights the account holds now."""
+    from service.errors import Forbidden
+    from service.models import Case
+    from service.services import review
+    from service.services.accounts import user_actor
+    from service.uow import unit_of_work
+
+    client = flask_app.test_client()
+    case_id = client.post(
+        "/api/v1/tasks/loan-review/predict",
+        json={"input": {"review": "late", "state": "CA"}},
+        headers=auth(make_token("app")),
+    ).json["case_id"]
+    ann = people["ids"]["ann@example.com"]
+    with unit_of_work() as session:
+        before = user_actor(session.get(User, ann))  # authenticated with the old rights
+    assert _patch(client, ann, {"task_scope": ["claims"]}, people["boss"]).status_code == 200
+    for attempt in (
+        lambda session: review.claim(session, "loan-review", before),
+        lambda session: review.claim_case(session, case_id, before),
+    ):
+        with pytest.raises(Forbidden) as refused, unit_of_work() as session:
+            attempt(session)
+        assert refused.value.details == {"reason": "access_changed"}
+    case = db.get(Case, case_id)
+    db.refresh(case)
+    assert (case.queue_state, case.lease_owner_id) == ("waiting", None)
+    # The rights the account holds now still work.
+    assert _patch(client, ann, {"task_scope": None}, people["boss"]).status_code == 200
+    with unit_of_work() as session:
+        assert review.claim(session, "loan-review", before) is not None
