@@ -236,6 +236,11 @@ def _limit_parts(db_url: str, *, chunks: int, python_per_chunk: float) -> dict[s
     lines, quoted = _stored_lines(dsn)
     step = len(lines) // chunks
 
+    def fresh_parts() -> list[bytes]:  # the same rows with new ids, in chunks
+        ids = new_ids(len(lines))
+        rows = [i.encode() + tail + b"\n" for i, tail in zip(ids, lines, strict=True)]
+        return [b"".join(rows[i : i + step]) for i in range(0, len(rows), step)]
+
     def busy(seconds: float) -> None:  # stands for the request's Python work on a chunk
         end = time.perf_counter() + seconds
         while time.perf_counter() < end:
@@ -251,16 +256,12 @@ def _limit_parts(db_url: str, *, chunks: int, python_per_chunk: float) -> dict[s
                 sql = f"COPY {table} ({quoted}) FROM STDIN"
                 timings: list[tuple[float, float, float]] = []
                 for n in range(12):
-                    ids = new_ids(len(lines))
-                    rows = [i.encode() + tail + b"\n" for i, tail in zip(ids, lines, strict=True)]
-                    parts = [b"".join(rows[i : i + step]) for i in range(0, len(rows), step)]
+                    whole_buffer = b"".join(fresh_parts())
                     t = time.perf_counter()
                     with conn.transaction(), conn.cursor().copy(sql) as copy:
-                        copy.write(b"".join(parts))
+                        copy.write(whole_buffer)
                     whole = time.perf_counter() - t
-                    ids = new_ids(len(lines))
-                    rows = [i.encode() + tail + b"\n" for i, tail in zip(ids, lines, strict=True)]
-                    parts = [b"".join(rows[i : i + step]) for i in range(0, len(rows), step)]
+                    parts = fresh_parts()
                     t = time.perf_counter()
                     with conn.transaction():
                         with conn.cursor().copy(sql) as copy:

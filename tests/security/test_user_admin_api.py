@@ -331,11 +331,26 @@ def test_a_claim_authenticated_before_an_access_change_takes_no_lease(
     from service.uow import unit_of_work
 
     client = flask_app.test_client()
-    case_id = client.post(
-        "/api/v1/tasks/loan-review/predict",
-        json={"input": {"review": "late", "state": "CA"}},
-        headers=auth(make_token("app")),
-    ).json["case_id"]
+    app_token, ann_token = make_token("app"), people["ann"]
+
+    def new_case(review_text: str) -> str:
+        return str(
+            client.post(
+                "/api/v1/tasks/loan-review/predict",
+                json={"input": {"review": review_text, "state": "CA"}},
+                headers=auth(app_token),
+            ).json["case_id"]
+        )
+
+    # A decision of the person's own, to undo later (an undo leases the case again).
+    decided_id = new_case("early")
+    claimed = client.post("/api/v1/tasks/loan-review/queue/claim", headers=auth(ann_token))
+    assert claimed.json["case_id"] == decided_id
+    decided = client.post(
+        f"/api/v1/cases/{decided_id}/review", json={"label": "good"}, headers=auth(ann_token)
+    )
+    assert decided.status_code == 200, decided.json
+    case_id = new_case("late")
     ann = people["ids"]["ann@example.com"]
     with unit_of_work() as session:
         before = user_actor(session.get(User, ann))  # authenticated with the old rights
@@ -343,6 +358,7 @@ def test_a_claim_authenticated_before_an_access_change_takes_no_lease(
     for attempt in (
         lambda session: review.claim(session, "loan-review", before),
         lambda session: review.claim_case(session, case_id, before),
+        lambda session: review.undo(session, decided_id, before),
     ):
         with pytest.raises(Forbidden) as refused, unit_of_work() as session:
             attempt(session)
@@ -350,6 +366,9 @@ def test_a_claim_authenticated_before_an_access_change_takes_no_lease(
     case = db.get(Case, case_id)
     db.refresh(case)
     assert (case.queue_state, case.lease_owner_id) == ("waiting", None)
+    undone = db.get(Case, decided_id)
+    db.refresh(undone)
+    assert (undone.status, undone.queue_state) == ("resolved", None)
     # The rights the account holds now still work.
     assert _patch(client, ann, {"task_scope": None}, people["boss"]).status_code == 200
     with unit_of_work() as session:
