@@ -1,5 +1,6 @@
 """A reviewer holds at most one lease per task, and a deactivated person holds none
-(docs/review.md, "Leases"; docs/api.md, "Users"), under concurrency too.
+(docs/review.md, "Leases"; docs/api.md, "Users"), under concurrency too; nor does a person whose
+access no longer covers the task.
 
 An outside try found both broken on PostgreSQL: four claims sent at once by one reviewer
 took three or four cases, an undo through the API left the case held meanwhile leased too,
@@ -16,10 +17,10 @@ import pytest
 from sqlalchemy import func, select
 
 from service.db import db_session
-from service.errors import Unauthorized
+from service.errors import Forbidden, Unauthorized
 from service.models import AuditEvent, Case, User
 from service.services import review
-from service.services.accounts import deactivate_user, user_actor
+from service.services.accounts import change_access, deactivate_user, user_actor
 from service.services.audit import SYSTEM
 from service.uow import unit_of_work
 from tests.helpers import SIMPLE_TASK
@@ -123,14 +124,11 @@ def test_an_undo_gives_back_the_case_held_meanwhile(committed_db: Any) -> None:
         assert released == [{"implicit": True}]
 
 
-@pytest.mark.postgres_only("SQLite's writers take turns: a claim never overlaps a deactivation")
-def test_a_claim_in_flight_when_its_reviewer_is_deactivated_gives_its_case_back(
-    committed_db: Any,
-) -> None:
-    """A claim has leased a case and not yet committed when an admin deactivates the
-    reviewer: the deactivation waits for it, then gives the case back. A claim that comes
-    while the deactivation is under way is refused."""
-    actor = _task_and_reviewer(3)
+def _race_with_a_claim_in_flight(actor: Any, admin_change: Any) -> tuple[str, list[BaseException]]:
+    """A claim leases a case and waits before committing; meanwhile ``admin_change(session,
+    user)`` runs in a unit of work of its own (it must wait for the claim), and a second claim
+    arrives while the change is under way. Returns the case the first claim took and what
+    the second one raised."""
     leased = threading.Event()
     finish = threading.Event()
     claimed: list[str] = []
@@ -146,22 +144,22 @@ def test_a_claim_in_flight_when_its_reviewer_is_deactivated_gives_its_case_back(
         finally:
             db_session.remove()
 
-    def deactivate() -> None:
+    def change() -> None:
         try:
             with unit_of_work() as session:
                 user = session.get(User, actor.id)
                 assert user is not None
-                deactivate_user(session, user, SYSTEM)
+                admin_change(session, user)
         finally:
             db_session.remove()
 
     claimer = threading.Thread(target=slow_claim)
     claimer.start()
     assert leased.wait(30)
-    admin = threading.Thread(target=deactivate)
+    admin = threading.Thread(target=change)
     admin.start()
     time.sleep(0.5)
-    assert admin.is_alive(), "the deactivation did not wait for the claim in flight"
+    assert admin.is_alive(), "the admin's change did not wait for the claim in flight"
     late: list[BaseException] = []
 
     def late_claim() -> None:
@@ -180,16 +178,59 @@ def test_a_claim_in_flight_when_its_reviewer_is_deactivated_gives_its_case_back(
     for t in (claimer, admin, latecomer):
         t.join(timeout=30)
         assert not t.is_alive()
-    assert len(late) == 1 and isinstance(late[0], Unauthorized), late
-    assert _held_by(actor.id) == []
+    return claimed[0], late
+
+
+def _given_back_once(case_id: str) -> None:
     with unit_of_work() as session:
-        case = session.get(Case, claimed[0])
+        case = session.get(Case, case_id)
         assert case is not None and case.queue_state == "waiting"
         assert (
             session.scalar(
                 select(func.count()).where(
-                    AuditEvent.case_id == claimed[0], AuditEvent.action == "case.released"
+                    AuditEvent.case_id == case_id, AuditEvent.action == "case.released"
                 )
             )
             == 1
         )
+
+
+@pytest.mark.postgres_only("SQLite's writers take turns: a claim never overlaps a deactivation")
+def test_a_claim_in_flight_when_its_reviewer_is_deactivated_gives_its_case_back(
+    committed_db: Any,
+) -> None:
+    """A claim has leased a case and not yet committed when an admin deactivates the
+    reviewer: the deactivation waits for it, then gives the case back. A claim that comes
+    while the deactivation is under way is refused."""
+    actor = _task_and_reviewer(3)
+    claimed, late = _race_with_a_claim_in_flight(
+        actor, lambda session, user: deactivate_user(session, user, SYSTEM)
+    )
+    assert len(late) == 1 and isinstance(late[0], Unauthorized), late
+    assert _held_by(actor.id) == []
+    _given_back_once(claimed)
+
+
+@pytest.mark.postgres_only("SQLite's writers take turns: a claim never overlaps an admin's change")
+@pytest.mark.parametrize(
+    "change", [{"role": "analyst"}, {"task_scope": ["other-task"]}], ids=["role", "scope"]
+)
+def test_a_claim_in_flight_when_its_reviewers_access_narrows_gives_its_case_back(
+    committed_db: Any, change: dict[str, Any]
+) -> None:
+    """The same race with a narrower access instead of a deactivation: the change waits for
+    the claim, then gives its case back; a claim that comes meanwhile (authenticated with
+    the rights the person had) is refused on the rights the account holds now."""
+    from service.schemas.tasks import TaskCreateSchema
+    from service.services.tasks import create_task
+
+    actor = _task_and_reviewer(3)
+    with unit_of_work() as session:
+        create_task(session, TaskCreateSchema().load(dict(SIMPLE_TASK, name="other-task")), SYSTEM)
+    claimed, late = _race_with_a_claim_in_flight(
+        actor, lambda session, user: change_access(session, user, SYSTEM, **change)
+    )
+    assert len(late) == 1 and isinstance(late[0], Forbidden), late
+    assert late[0].details == {"reason": "access_changed"}
+    assert _held_by(actor.id) == []
+    _given_back_once(claimed)
