@@ -35,6 +35,9 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from service.db import Base, UTCDateTime, utcnow
 
 ROLES = ("app", "reviewer", "analyst", "admin")
+#: The roles a person's account may have: ``app`` is for applications' tokens (an account
+#: with it could sign in to no page and review nothing).
+PERSON_ROLES = ("reviewer", "analyst", "admin")
 CASE_STATUSES = ("auto", "pending", "in_review", "resolved", "corrected")
 ROUTES = ("auto", "review")
 REASONS = (

@@ -135,7 +135,12 @@ def user() -> None:
 
 @user.command("create")
 @click.argument("email")
-@click.option("--role", required=True, type=click.Choice(["reviewer", "analyst", "admin", "app"]))
+@click.option(
+    "--role",
+    required=True,
+    type=click.Choice(["reviewer", "analyst", "admin"]),
+    help="An application gets a token instead: tandem token create --role app.",
+)
 @click.option("--task", "tasks", multiple=True, help="Limit the user to this task (repeatable).")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 @friendly_errors

@@ -6,7 +6,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from service.models import ROLES
+from service.models import PERSON_ROLES, ROLES
 
 
 class UserViewSchema(Schema):
@@ -31,7 +31,13 @@ class PasswordResetSchema(Schema):
 class UserPatchSchema(Schema):
     """A new role and/or task scope; ``task_scope`` null means every task. At least one."""
 
-    role = fields.String(validate=validate.OneOf(ROLES))
+    role = fields.String(
+        validate=validate.OneOf(
+            PERSON_ROLES,
+            error="One of reviewer, analyst, admin (app is a role for applications' tokens, "
+            "not for people).",
+        )
+    )
     task_scope = fields.List(
         fields.String(validate=validate.Length(min=1, max=200)),
         allow_none=True,

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from service.db import utcnow
 from service.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from service.models import ROLES, ApiToken, Task, User
+from service.models import PERSON_ROLES, ROLES, ApiToken, Task, User
 from service.services import audit
 from service.services.audit import Actor
 from service.services.review import REVIEWING_ROLES, release_held_by
@@ -48,6 +48,16 @@ def hash_token(token: str) -> str:
 def _check_role(role: str) -> None:
     if role not in ROLES:
         raise ValidationFailed(f"unknown role {role!r}", {"role": [f"one of {', '.join(ROLES)}"]})
+
+
+def _check_person_role(role: str) -> None:
+    _check_role(role)
+    if role not in PERSON_ROLES:
+        raise ValidationFailed(
+            "app is a role for applications' tokens, not for people: create a token instead "
+            "(tandem token create --role app --task NAME, or Admin → Tokens)",
+            {"role": [f"one of {', '.join(PERSON_ROLES)}"]},
+        )
 
 
 def _check_scope(session: Session, scope: list[str] | None) -> None:
@@ -322,7 +332,7 @@ def create_user(
     task_scope: list[str] | None,
     actor: Actor,
 ) -> User:
-    _check_role(role)
+    _check_person_role(role)
     check_grant(actor, role, task_scope)
     email = email.strip().lower()
     if "@" not in email or len(email) > 320:
@@ -480,7 +490,8 @@ def change_access(
     (``user.role_changed``, ``user.scope_changed``), each with before and after."""
     new_role = user.role if role is None else role
     new_scope = user.task_scope if task_scope is UNCHANGED else (list(task_scope or []) or None)
-    _check_role(new_role)
+    if new_role != user.role:
+        _check_person_role(new_role)
     check_grant(actor, user.role, user.task_scope)  # the account as it is now
     check_grant(actor, new_role, new_scope)  # and as it would be
     if new_scope is not None:

@@ -113,6 +113,8 @@ def test_failures_exit_non_zero_with_one_line_on_stderr(tandem, committed_db, tm
             stdin="short\n",
         ),
         tandem("token", "create", "--role", "god"),
+        tandem("user", "create", "app@example.com", "--role", "app", "--password-stdin",
+               stdin="long enough\n"),  # fmt: skip
     ]
     for result in cases:
         assert result.returncode != 0
@@ -122,6 +124,8 @@ def test_failures_exit_non_zero_with_one_line_on_stderr(tandem, committed_db, tm
     for result in cases[:4]:
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert committed_db().scalar(select(Task)) is None
+    assert "'app' is not one of" in cases[-1].stderr
+    assert committed_db().scalar(select(User).where(User.email == "app@example.com")) is None
 
 
 def test_db_upgrade_creates_the_embedded_database(tmp_path: Path):

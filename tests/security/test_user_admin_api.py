@@ -114,6 +114,7 @@ def test_bad_changes_are_refused_by_name_and_change_nothing(
     cases = [
         ({}, 422, "_schema"),
         ({"role": "owner"}, 422, "role"),
+        ({"role": "app"}, 422, "role"),  # applications get tokens, people accounts
         ({"task_scope": "loan-review"}, 422, "task_scope"),
         ({"nickname": "x"}, 422, "nickname"),
         ({"task_scope": ["nope"]}, 404, "task"),
@@ -373,3 +374,26 @@ def test_a_claim_authenticated_before_an_access_change_takes_no_lease(
     assert _patch(client, ann, {"task_scope": None}, people["boss"]).status_code == 200
     with unit_of_work() as session:
         assert review.claim(session, "loan-review", before) is not None
+
+
+def test_no_person_gets_the_applications_role(people: Any, db: Any) -> None:
+    """``app`` is a role for applications' tokens: an account with it could sign in to no
+    page and review nothing, so the service refuses it for people, whoever asks."""
+    from service.errors import ValidationFailed
+    from service.services.accounts import change_access, create_user
+    from service.uow import unit_of_work
+
+    with pytest.raises(ValidationFailed) as refused, unit_of_work() as session:
+        create_user(
+            session, email="billing@example.com", password=PASSWORD, role="app",
+            task_scope=None, actor=SYSTEM,
+        )  # fmt: skip
+    assert "token" in refused.value.message and "role" in refused.value.details
+    ann = people["ids"]["ann@example.com"]
+    with pytest.raises(ValidationFailed), unit_of_work() as session:
+        user = session.get(User, ann)
+        assert user is not None
+        change_access(session, user, SYSTEM, role="app")
+    db.expire_all()
+    assert db.scalar(select(User).where(User.email == "billing@example.com")) is None
+    assert db.get(User, ann).role == "reviewer"
