@@ -113,8 +113,15 @@ def test_failures_exit_non_zero_with_one_line_on_stderr(tandem, committed_db, tm
             stdin="short\n",
         ),
         tandem("token", "create", "--role", "god"),
-        tandem("user", "create", "app@example.com", "--role", "app", "--password-stdin",
-               stdin="long enough\n"),  # fmt: skip
+        tandem(
+            "user",
+            "create",
+            "app@example.com",
+            "--role",
+            "app",
+            "--password-stdin",
+            stdin="long enough\n",
+        ),
     ]
     for result in cases:
         assert result.returncode != 0
