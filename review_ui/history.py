@@ -12,6 +12,13 @@ from service.models import AuditEvent, Case
 SYSTEM_NAMES = {"demo-history": "the application", "demo-seed": "setup", "system": "Tandem"}
 
 
+#: Why a reviewer's case was given back without them (``case.released`` ``why``).
+RELEASE_REASONS = {
+    "user deactivated": "{who} deactivated {other}",
+    "access changed": "{who} changed {other}'s role or tasks",
+}
+
+
 @dataclass(frozen=True)
 class Event:
     at: datetime
@@ -29,7 +36,8 @@ def describe(event: AuditEvent, names: dict[Any, str]) -> str:
     if event.actor_type == "user":
         who = names.get(event.actor, "a person")
     elif event.actor_type == "token":
-        who = f"the application ({event.actor})"
+        # Applications and scripts (an admin's token too): the token's name says which.
+        who = f"the API token “{event.actor}”"
     else:
         who = SYSTEM_NAMES.get(event.actor, "Tandem")
     other = names.get(d.get("reviewer_id"), "a reviewer")
@@ -40,6 +48,10 @@ def describe(event: AuditEvent, names: dict[Any, str]) -> str:
     if action == "case.released":
         if d.get("by_admin"):
             return f"{who} released the case from {other}; it is back in the queue"
+        if d.get("why") in RELEASE_REASONS:
+            # Given back for the reviewer, by whoever changed their account.
+            changed = RELEASE_REASONS[d["why"]].format(who=who, other=other)
+            return f"{changed}; the case is back in the queue"
         return f"{who} put the case back in the queue"
     if action == "case.lease_expired":
         return f"{other}'s review time ran out; the case is back in the queue"

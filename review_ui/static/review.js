@@ -8,7 +8,8 @@
   const T = window.Tandem;
   const cfg = T.config("review-config");
   const $ = (id) => document.getElementById(id);
-  const state = { current: null, lastDecided: null, skipped: [], busy: false };
+  // lost: the reviewer may no longer review this task (lostAccess); the page stays quiet.
+  const state = { current: null, lastDecided: null, skipped: [], busy: false, lost: false };
   // Decisions saved in this sitting (this tab), kept across a reload of the page.
   const doneKey = "tandem-review-done:" + cfg.task;
   // While "All done" shows: check every POLL_FIRST ms, slowing down to POLL_MAX.
@@ -48,6 +49,7 @@
 
   function schedulePoll() {
     stopPolling();
+    if (state.lost) return;
     poll.timer = setTimeout(async () => {
       poll.timer = null;
       if (document.visibilityState === "visible") await checkQuietly();
@@ -68,6 +70,20 @@
     $("check-again").focus();
     poll.delay = POLL_FIRST;
     schedulePoll();
+  }
+
+  /* 403 on this page: the reviewer's role or tasks changed since it loaded (an admin's
+     change gives back the case they held). Say so, hide the case, stop checking. */
+  function lostAccess(resp) {
+    state.lost = true;
+    stopPolling();
+    state.current = null;
+    state.lastDecided = null;
+    $("workspace").dataset.caseId = "";
+    $("workspace").hidden = true;
+    $("done").hidden = true;
+    $("no-access").hidden = false;
+    setStatus("Not saved: you may no longer review this task (" + T.errorText(resp) + ").", "error");
   }
 
   function render(c, keepComment) {
@@ -122,6 +138,7 @@
   async function claim() {
     const resp = await T.api("POST", cfg.api.claim, { exclude: state.skipped.slice(-200) });
     if (resp.status === 204) { showDone(); refreshProgress(); return null; }
+    if (resp.status === 403) { lostAccess(resp); return null; }
     if (!resp.ok) { setStatus("Could not load a case: " + T.errorText(resp), "error"); return null; }
     render(resp.data, true);
     refreshProgress();
@@ -160,6 +177,7 @@
       setStatus("");
       const comment = $("comment").value.trim();
       const resp = await T.api("POST", cfg.api.case + c.case_id + "/review", { label: label, comment: comment || null });
+      if (resp.status === 403) { lostAccess(resp); return; }
       if (!resp.ok) {
         // Refused: nothing was saved. Say so, and keep saying it once the next case shows.
         const reason = errorReason(resp);
@@ -196,8 +214,10 @@
       if (!c) return;
       setStatus("");
       state.skipped.push(c.case_id);
-      await T.api("POST", cfg.api.case + c.case_id + "/release");
+      const released = await T.api("POST", cfg.api.case + c.case_id + "/release");
+      if (released.status === 403) { lostAccess(released); return; }
       await claim();
+      if (state.lost) return;
       setStatus("Skipped case " + short(c.case_id) + ".", "ok");
     });
   }
@@ -215,6 +235,7 @@
       if (current) await T.api("POST", cfg.api.case + current.case_id + "/release");
       const resp = await T.api("POST", cfg.api.case + last.id + "/undo");
       state.lastDecided = null;
+      if (resp.status === 403) { lostAccess(resp); return; }
       if (!resp.ok) {
         await claim();
         setStatus("Could not undo case " + short(last.id) + ": " + T.errorText(resp), "error");
@@ -242,7 +263,7 @@
   }
 
   document.addEventListener("keydown", (ev) => {
-    if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    if (ev.ctrlKey || ev.metaKey || ev.altKey || state.lost) return;
     const help = $("help");
     if (help.open) return;
     if (typing(ev.target)) {

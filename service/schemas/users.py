@@ -48,3 +48,10 @@ class UserPatchSchema(Schema):
     def _something(self, data: dict[str, Any], **_kwargs: Any) -> None:
         if not data:
             raise ValidationError("Name a role, a task_scope or both.", "_schema")
+        if data.get("task_scope") == []:
+            # Stored as "every task" otherwise: the opposite of what an empty list says.
+            raise ValidationError(
+                "An empty list would mean no task: name at least one, or send null for every "
+                "task (to take all access away, deactivate the account).",
+                "task_scope",
+            )

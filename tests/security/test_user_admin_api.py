@@ -115,6 +115,7 @@ def test_bad_changes_are_refused_by_name_and_change_nothing(
         ({}, 422, "_schema"),
         ({"role": "owner"}, 422, "role"),
         ({"role": "app"}, 422, "role"),  # applications get tokens, people accounts
+        ({"task_scope": []}, 422, "task_scope"),  # no task is not "every task"
         ({"task_scope": "loan-review"}, 422, "task_scope"),
         ({"nickname": "x"}, 422, "nickname"),
         ({"task_scope": ["nope"]}, 404, "task"),

@@ -200,6 +200,50 @@ def test_a_hold_an_admin_ended_is_not_called_expired(page_for, live_server):
     assert _row(held).final_label is None and set(ids) >= {held}
 
 
+@pytest.mark.parametrize(
+    ("key", "change"),
+    [("1", {"task_scope": ["other-task"]}), ("s", {"role": "analyst"})],
+    ids=["decide-after-scope", "skip-after-role"],
+)
+def test_a_reviewer_whose_access_narrowed_is_told_and_keeps_no_case(
+    page_for, live_server, key, change
+):
+    """An admin took the task (or the reviewing role) away while the page showed a case:
+    the next key says the reviewer may no longer review it, hides the case and points back
+    to the tasks; nothing is saved, and the case went back to the queue (docs/review.md,
+    "Leases"). A skip used to say "Skipped" while the server refused it."""
+    from service.models import User
+    from service.services.accounts import change_access
+
+    _setup(2)
+    with unit_of_work() as session:
+        create_task(session, TaskCreateSchema().load(dict(SIMPLE_TASK, name="other-task")), SYSTEM)
+    page = page_for(EMAIL, PASSWORD)
+    errors = _errors(page)
+    _open(page, live_server)
+    held = _case_on_screen(page, None)
+    with unit_of_work() as session:
+        person = session.scalar(select(User).where(User.email == EMAIL))
+        change_access(session, person, SYSTEM, **change)
+    page.keyboard.press(key)
+    page.wait_for_selector("#no-access", state="visible")
+    status = page.inner_text("#status")
+    assert "Not saved" in status and "no longer review" in status, status
+    assert "Skipped" not in status
+    assert page.is_hidden("#workspace") and page.is_hidden("#done")
+    assert page.get_attribute("#no-access a", "href") == "/"
+    row = _row(held)
+    assert (row.status, row.final_label) == ("pending", None)
+    session = db_session()
+    try:
+        assert session.get(Case, held).queue_state == "waiting"
+    finally:
+        db_session.remove()
+    page.keyboard.press("2")  # keys do nothing more
+    assert page.inner_text("#status") == status
+    assert errors == []
+
+
 def test_an_expired_hold_is_said_and_the_case_claimed_again(page_for, live_server):
     (case_id,) = _setup(1)
     page = page_for(EMAIL, PASSWORD)
