@@ -32,6 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import click
 from flask import Flask
 from sqlalchemy import func, insert, select, update
 
@@ -136,7 +137,11 @@ def seed_demo(app: Flask) -> dict[str, Any]:
     from service.schemas.common import load
     from service.schemas.tasks import TaskCreateSchema
 
-    home = Path(str(app.config["TANDEM"].home))
+    settings = app.config["TANDEM"]
+    home = Path(str(settings.home))
+    # Before anything is stored: a home folder that did not exist yet failed the first start
+    # after its task and accounts were, and every later start found the demo "seeded".
+    home.mkdir(parents=True, exist_ok=True)
     rows = read_rows("credit_data.csv", "Status", CREDIT_FIELDS)
     # The file is not in arrival order: its later rows differ from its first ones (Expenses
     # is 35 in 37% of rows 3,100-4,100 but 21% of the first 2,800), which made the seeded
@@ -147,7 +152,10 @@ def seed_demo(app: Flask) -> dict[str, Any]:
     live = rows[HISTORY_ROWS : HISTORY_ROWS + LIVE_ROWS]
     end = utcnow()
     with unit_of_work() as session:
-        fresh = session.scalar(select(Task.id).where(Task.name == DEMO_TASK)) is None
+        task_id = session.scalar(select(Task.id).where(Task.name == DEMO_TASK))
+        fresh = task_id is None
+        if not fresh:
+            _check_seeded(session, task_id, home, embedded=settings.embedded)
     # A fresh demo's task and accounts exist an hour before its history starts.
     setup = _Clock(_timeline(end)[0] - timedelta(hours=1)) if fresh else utcnow
     with clock(setup), unit_of_work() as session:
@@ -191,6 +199,26 @@ def seed_demo(app: Flask) -> dict[str, Any]:
         "app_token": token_file.read_text().strip(),
         "example": json.dumps({"input": _example_input(live)}, separators=(",", ":")),
     }
+
+
+def _check_seeded(session: Any, task_id: int, home: Path, *, embedded: bool) -> None:
+    """Refuse a demo whose seeding an earlier start did not finish (stopped with Ctrl-C, or
+    failed): its queue would be empty or its history cut short for good, while the banner
+    announced a full one. The seeding stores the history first and the live cases last."""
+    stored = session.scalar(select(func.count()).select_from(Case).where(Case.task_id == task_id))
+    expected = HISTORY_ROWS + LIVE_ROWS
+    if stored >= expected:
+        return
+    fix = (
+        f"delete {home} (the embedded database and everything else of this demo live there)"
+        if embedded
+        else "point DATABASE_URL at an empty database"
+    )
+    raise click.ClickException(
+        f"the demo's data is incomplete: an earlier start stopped while seeding it "
+        f"({stored:,} of {expected:,} cases). Start again from scratch: {fix}, then run "
+        "`tandem demo` again and let it finish (about half a minute)."
+    )
 
 
 def _example_input(live: list[tuple[dict[str, Any], str]]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ the embedded demo's database."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -81,3 +82,39 @@ def test_demo_seed_certifies_and_automates(tmp_path: Path) -> None:
         assert resp.json["status"] == "auto" and resp.json["reason"] == "confident", resp.json
         db_session.remove()
     app.extensions["tandem_engine"].dispose()
+
+
+def test_a_demo_whose_seeding_was_cut_short_says_so_and_how_to_start_over(
+    flask_app: Any, committed_db: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """An outside try stopped the first `tandem demo` while it seeded: every later start
+    printed a full history over an empty queue. And a home folder that did not exist failed
+    the first start after its task was stored. Now the folder is made first, and a start
+    that finds an unfinished seed stops with what to do, storing nothing more."""
+    import dataclasses
+
+    import click
+    import pytest
+
+    import tandem.demo as demo
+
+    home = tmp_path / "not" / "there" / "yet"
+    flask_app.config["TANDEM"] = dataclasses.replace(flask_app.config["TANDEM"], home=home)
+
+    def interrupted(*_args: Any) -> None:
+        raise KeyboardInterrupt  # Ctrl-C while the history was being stored
+
+    monkeypatch.setattr(demo, "_seed_history", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        seed_demo(flask_app)
+    assert (home / "demo_app_token").exists()
+    monkeypatch.undo()
+    events = committed_db.scalar(select(func.count()).select_from(AuditEvent))
+    with pytest.raises(click.ClickException) as refused:
+        seed_demo(flask_app)
+    message = refused.value.message
+    assert "incomplete" in message and f"0 of {HISTORY_ROWS + LIVE_ROWS:,} cases" in message
+    assert ("delete " + str(home)) in message or "empty database" in message
+    committed_db.expire_all()
+    assert committed_db.scalar(select(func.count()).select_from(Case)) == 0
+    assert committed_db.scalar(select(func.count()).select_from(AuditEvent)) == events
