@@ -27,6 +27,7 @@ import json
 import math
 import random
 import secrets
+import sys
 from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -156,6 +157,13 @@ def seed_demo(app: Flask) -> dict[str, Any]:
         fresh = task_id is None
         if not fresh:
             _check_seeded(session, task_id, home, embedded=settings.embedded)
+    if fresh:
+        print(
+            "Setting up the demo: six days of history, a model trained and certified "
+            "(about half a minute, on the first start only; let it finish)…",
+            file=sys.stderr,
+            flush=True,
+        )
     # A fresh demo's task and accounts exist an hour before its history starts.
     setup = _Clock(_timeline(end)[0] - timedelta(hours=1)) if fresh else utcnow
     with clock(setup), unit_of_work() as session:
