@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432"
 DB_NAME = "tandem_bench_claim_http"
-REDIS_URL = "redis://127.0.0.1:6379/6"
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/6")
 TASK = "bench"
 
 # Ordered as ix_cases_queue is (task, state, created_at): the scan stops at the first row.

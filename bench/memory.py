@@ -36,7 +36,7 @@ from bench.common import bare_granian_argv, reset_database  # noqa: E402
 from bench.predict import TASK, free_port, setup, start_server, stop_server  # noqa: E402
 
 DB_NAME = "tandem_bench_thru_memory"
-REDIS_URL = "redis://127.0.0.1:6379/5"
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/5")
 
 
 def workers_rss(server_pid: int) -> list[dict[str, float]]:

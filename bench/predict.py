@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 DB_NAME = "tandem_bench_predict"
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432"
-REDIS_URL = "redis://127.0.0.1:6379/13"
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 TASK = "credit"
 
 

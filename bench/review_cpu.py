@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DB_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/tandem_bench_review_cpu"
-REDIS_URL = "redis://127.0.0.1:6379/6"
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/6")
 
 #: (module, function): the hot path's parts, outermost first.
 TIMED = (

@@ -44,7 +44,7 @@ from bench.predict import (  # noqa: E402
 )
 
 DB_NAME = "tandem_bench_thru_single"
-REDIS_URL = "redis://127.0.0.1:6379/5"
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/5")
 
 
 def measure(

@@ -59,7 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 DB_NAME = "tandem_bench_webhooks"
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432"
-REDIS_URL = "redis://127.0.0.1:6379/10"
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
 TASK = "hooks"
 SECRET = "bench-webhook-secret"
 FIELDS = [{"name": "review", "type": "text"}, {"name": "state", "type": "category"}]
