@@ -155,7 +155,7 @@ def seed_demo(app: Flask) -> dict[str, Any]:
     with unit_of_work() as session:
         task_id = session.scalar(select(Task.id).where(Task.name == DEMO_TASK))
         fresh = task_id is None
-        if not fresh:
+        if task_id is not None:
             _check_seeded(session, task_id, home, embedded=settings.embedded)
     if fresh:
         print(
