@@ -70,7 +70,8 @@ def fill(rule: str, case_id: str) -> str:
 
 @pytest.fixture
 def setup(client: Any, tokens: dict[str, str], task: Any, flask_app: Any) -> dict[str, Any]:
-    from service.services.accounts import create_user
+    from service.models import User
+    from service.services.accounts import create_user, hash_password
     from service.uow import unit_of_work
 
     other = dict(SIMPLE_TASK, name="other-task")
@@ -79,22 +80,31 @@ def setup(client: Any, tokens: dict[str, str], task: Any, flask_app: Any) -> dic
     )
     with unit_of_work() as session:
         for role in ROLES:
-            create_user(
-                session,
-                email=f"{role}@ui.example",
-                password=PASSWORD,
-                role=role,
-                task_scope=None,
-                actor=SYSTEM,
-            )
-            create_user(
-                session,
-                email=f"{role}-scoped@ui.example",
-                password=PASSWORD,
-                role=role,
-                task_scope=["other-task"],
-                actor=SYSTEM,
-            )
+            for email, scope in (
+                (f"{role}@ui.example", None),
+                (f"{role}-scoped@ui.example", ["other-task"]),
+            ):
+                if role == "app":
+                    # No account gets the app role any more (accounts.create_user refuses it);
+                    # one created before that still exists, and must open no page.
+                    session.add(
+                        User(
+                            email=email,
+                            password_hash=hash_password(PASSWORD),
+                            role=role,
+                            task_scope=scope,
+                            pseudonym="r_" + role + str(len(email)),
+                        )
+                    )
+                    continue
+                create_user(
+                    session,
+                    email=email,
+                    password=PASSWORD,
+                    role=role,
+                    task_scope=scope,
+                    actor=SYSTEM,
+                )
     case = client.post(
         "/api/v1/tasks/loan-review/predict",
         json={"input": {"review": "ok", "state": "CA"}},
