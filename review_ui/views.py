@@ -399,6 +399,21 @@ def _scope(text: str) -> list[str] | None:
     return names or None
 
 
+def _changed_scope(text: str) -> list[str] | None:
+    """A person's new tasks: names, or ``all``. An emptied field used to mean every task:
+    an admin who cleared it to take the last task away widened the access instead."""
+    if text.strip().lower() == "all":
+        return None
+    names = _scope(text)
+    if names is None:
+        raise ValidationFailed(
+            "Name the tasks, or write all for every task (to take all access away, deactivate "
+            "the account)",
+            {"task_scope": ["Empty."]},
+        )
+    return names
+
+
 @bp.route("/admin/users", methods=["GET", "POST"])
 @roles("admin")
 def admin_users() -> Any:
@@ -458,7 +473,7 @@ def admin_user_access(user_id: int) -> Response:
             user,
             me,
             role=request.form.get("role") or None,
-            task_scope=_scope(request.form.get("task_scope", "")),
+            task_scope=_changed_scope(request.form.get("task_scope", "")),
         )
         if not done.changed:
             return f"No changes for {user.email}: nothing was saved."

@@ -198,7 +198,17 @@ def seed_demo(app: Flask) -> dict[str, Any]:
         token_file.write_text(new.token)
         token_file.chmod(0o600)
     if fresh:
-        _seed_history(history, live, end)
+        try:
+            _seed_history(history, live, end)
+        except KeyboardInterrupt:
+            print(
+                "Stopped while setting up: this demo is unfinished and will not start. To "
+                f"start over, {_start_over(home, embedded=settings.embedded)}, then run "
+                "`tandem demo` again.",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise
     return {
         "task": DEMO_TASK,
         "history": len(history),
@@ -217,16 +227,18 @@ def _check_seeded(session: Any, task_id: int, home: Path, *, embedded: bool) -> 
     expected = HISTORY_ROWS + LIVE_ROWS
     if stored >= expected:
         return
-    fix = (
-        f"delete {home} (the embedded database and everything else of this demo live there)"
-        if embedded
-        else "point DATABASE_URL at an empty database"
-    )
     raise click.ClickException(
         f"the demo's data is incomplete: an earlier start stopped while seeding it "
-        f"({stored:,} of {expected:,} cases). Start again from scratch: {fix}, then run "
-        "`tandem demo` again and let it finish (about half a minute)."
+        f"({stored:,} of {expected:,} cases). Start again from scratch: "
+        f"{_start_over(home, embedded=embedded)}, then run `tandem demo` again and let it "
+        "finish (about half a minute)."
     )
+
+
+def _start_over(home: Path, *, embedded: bool) -> str:
+    if embedded:
+        return f"delete {home} (the embedded database and everything else of this demo live there)"
+    return "point DATABASE_URL at an empty database"
 
 
 def _example_input(live: list[tuple[dict[str, Any], str]]) -> dict[str, Any]:

@@ -73,8 +73,11 @@
   }
 
   /* 403 on this page: the reviewer's role or tasks changed since it loaded (an admin's
-     change gives back the case they held). Say so, hide the case, stop checking. */
-  function lostAccess(resp) {
+     change gives back the case they held). Say so in words that fit what was tried, hide
+     the case, stop checking. `what` names the refused action: a decision is not saved, an
+     undo leaves the decision standing, anything else (a skip, a check) only loses access. */
+  function lostAccess(what) {
+    const held = state.current;
     state.lost = true;
     stopPolling();
     state.current = null;
@@ -82,8 +85,17 @@
     $("workspace").dataset.caseId = "";
     $("workspace").hidden = true;
     $("done").hidden = true;
+    $("progress").textContent = "";
+    $("key-hints").hidden = true;
+    $("no-access-held").hidden = !held;
     $("no-access").hidden = false;
-    setStatus("Not saved: you may no longer review this task (" + T.errorText(resp) + ").", "error");
+    let text = "You may no longer review this task.";
+    if (what && what.decided) text = "Not saved: you may no longer review this task.";
+    if (what && what.undo) {
+      text = "Not undone: you may no longer review this task; your decision on case " +
+        short(what.undo.id) + " (" + what.undo.label + ") stands.";
+    }
+    setStatus(text, "error");
   }
 
   function render(c, keepComment) {
@@ -138,7 +150,7 @@
   async function claim() {
     const resp = await T.api("POST", cfg.api.claim, { exclude: state.skipped.slice(-200) });
     if (resp.status === 204) { showDone(); refreshProgress(); return null; }
-    if (resp.status === 403) { lostAccess(resp); return null; }
+    if (resp.status === 403) { lostAccess(null); return null; }
     if (!resp.ok) { setStatus("Could not load a case: " + T.errorText(resp), "error"); return null; }
     render(resp.data, true);
     refreshProgress();
@@ -177,7 +189,7 @@
       setStatus("");
       const comment = $("comment").value.trim();
       const resp = await T.api("POST", cfg.api.case + c.case_id + "/review", { label: label, comment: comment || null });
-      if (resp.status === 403) { lostAccess(resp); return; }
+      if (resp.status === 403) { lostAccess({ decided: true }); return; }
       if (!resp.ok) {
         // Refused: nothing was saved. Say so, and keep saying it once the next case shows.
         const reason = errorReason(resp);
@@ -215,7 +227,7 @@
       setStatus("");
       state.skipped.push(c.case_id);
       const released = await T.api("POST", cfg.api.case + c.case_id + "/release");
-      if (released.status === 403) { lostAccess(released); return; }
+      if (released.status === 403) { lostAccess(null); return; }
       await claim();
       if (state.lost) return;
       setStatus("Skipped case " + short(c.case_id) + ".", "ok");
@@ -235,7 +247,7 @@
       if (current) await T.api("POST", cfg.api.case + current.case_id + "/release");
       const resp = await T.api("POST", cfg.api.case + last.id + "/undo");
       state.lastDecided = null;
-      if (resp.status === 403) { lostAccess(resp); return; }
+      if (resp.status === 403) { lostAccess({ undo: last }); return; }
       if (!resp.ok) {
         await claim();
         setStatus("Could not undo case " + short(last.id) + ": " + T.errorText(resp), "error");

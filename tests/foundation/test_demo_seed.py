@@ -85,7 +85,7 @@ def test_demo_seed_certifies_and_automates(tmp_path: Path) -> None:
 
 
 def test_a_demo_whose_seeding_was_cut_short_says_so_and_how_to_start_over(
-    flask_app: Any, committed_db: Any, tmp_path: Path, monkeypatch: Any
+    flask_app: Any, committed_db: Any, tmp_path: Path, monkeypatch: Any, capsys: Any
 ) -> None:
     """An outside try stopped the first `tandem demo` while it seeded: every later start
     printed a full history over an empty queue. And a home folder that did not exist failed
@@ -107,6 +107,8 @@ def test_a_demo_whose_seeding_was_cut_short_says_so_and_how_to_start_over(
     monkeypatch.setattr(demo, "_seed_history", interrupted)
     with pytest.raises(KeyboardInterrupt):
         seed_demo(flask_app)
+    said = capsys.readouterr().err
+    assert "Setting up the demo" in said and "unfinished" in said and "start over" in said
     assert (home / "demo_app_token").exists()
     monkeypatch.undo()
     events = committed_db.scalar(select(func.count()).select_from(AuditEvent))

@@ -174,6 +174,21 @@ def test_an_admin_runs_a_team_from_the_users_page(page_for, live_server):
         page.click("button:has-text('Save role and tasks')")
     assert "nope" in _flash(page)
     assert _read(select(User.task_scope).where(User.email == ANN)) == [NAME]
+    # An emptied field is refused, not read as every task; "all" says every task.
+    page.fill("#task_scope", "")
+    with page.expect_navigation():
+        page.click("button:has-text('Save role and tasks')")
+    assert "write all for every task" in _flash(page)
+    assert _read(select(User.task_scope).where(User.email == ANN)) == [NAME]
+    page.fill("#task_scope", "all")
+    with page.expect_navigation():
+        page.click("button:has-text('Save role and tasks')")
+    assert "all tasks" in _flash(page)
+    assert _read(select(User.task_scope).where(User.email == ANN)) is None
+    assert page.input_value("#task_scope") == "all"
+    page.fill("#task_scope", NAME)
+    with page.expect_navigation():
+        page.click("button:has-text('Save role and tasks')")
 
     # Deactivate: her open session ends at once; reactivate lets her sign in again.
     with page.expect_navigation():

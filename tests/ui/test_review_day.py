@@ -201,36 +201,50 @@ def test_a_hold_an_admin_ended_is_not_called_expired(page_for, live_server):
 
 
 @pytest.mark.parametrize(
-    ("key", "change"),
-    [("1", {"task_scope": ["other-task"]}), ("s", {"role": "analyst"})],
-    ids=["decide-after-scope", "skip-after-role"],
+    ("key", "change", "says"),
+    [
+        ("1", {"task_scope": ["other-task"]}, "Not saved: you may no longer review this task."),
+        ("s", {"role": "analyst"}, "You may no longer review this task."),
+        ("u", {"task_scope": ["other-task"]}, "Not undone: you may no longer review this task"),
+    ],
+    ids=["decide-after-scope", "skip-after-role", "undo-after-scope"],
 )
 def test_a_reviewer_whose_access_narrowed_is_told_and_keeps_no_case(
-    page_for, live_server, key, change
+    page_for, live_server, key, change, says
 ):
     """An admin took the task (or the reviewing role) away while the page showed a case:
-    the next key says the reviewer may no longer review it, hides the case and points back
-    to the tasks; nothing is saved, and the case went back to the queue (docs/review.md,
-    "Leases"). A skip used to say "Skipped" while the server refused it."""
+    the next key says, in words that fit it, that the reviewer may no longer review the
+    task; the page hides the case and points back to the tasks; nothing is saved (an undo
+    leaves the decision standing), and the case on screen went back to the queue
+    (docs/review.md, "Leases"). A skip used to say "Skipped" while the server refused it."""
     from service.models import User
     from service.services.accounts import change_access
 
-    _setup(2)
+    _setup(3)
     with unit_of_work() as session:
         create_task(session, TaskCreateSchema().load(dict(SIMPLE_TASK, name="other-task")), SYSTEM)
     page = page_for(EMAIL, PASSWORD)
     errors = _errors(page)
     _open(page, live_server)
     held = _case_on_screen(page, None)
+    decided = None
+    if key == "u":  # a decision of the reviewer's own, to undo after the change
+        page.keyboard.press("1")
+        decided, held = held, _case_on_screen(page, held)
     with unit_of_work() as session:
         person = session.scalar(select(User).where(User.email == EMAIL))
         change_access(session, person, SYSTEM, **change)
     page.keyboard.press(key)
     page.wait_for_selector("#no-access", state="visible")
     status = page.inner_text("#status")
-    assert "Not saved" in status and "no longer review" in status, status
+    assert status.startswith(says), status
     assert "Skipped" not in status
+    if decided is not None:
+        assert decided[-8:] in status and "stands" in status, status
+        assert _row(decided).final_label == SIMPLE_TASK["labels"][0]
     assert page.is_hidden("#workspace") and page.is_hidden("#done")
+    assert page.is_hidden("#key-hints") and page.inner_text("#progress") == ""
+    assert page.is_visible("#no-access-held")  # a case was on screen: it went back
     assert page.get_attribute("#no-access a", "href") == "/"
     row = _row(held)
     assert (row.status, row.final_label) == ("pending", None)
