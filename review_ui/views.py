@@ -399,9 +399,10 @@ def _scope(text: str) -> list[str] | None:
     return names or None
 
 
-def _changed_scope(text: str) -> list[str] | None:
-    """A person's new tasks: names, or ``all``. An emptied field used to mean every task:
-    an admin who cleared it to take the last task away widened the access instead."""
+def _person_scope(text: str) -> list[str] | None:
+    """A person's tasks, as the admin forms take them: names, or ``all``. An empty field
+    used to mean every task: an admin who cleared it to take the last task away widened the
+    access instead."""
     if text.strip().lower() == "all":
         return None
     names = _scope(text)
@@ -425,7 +426,7 @@ def admin_users() -> Any:
                     email=request.form.get("email", ""),
                     password=request.form.get("password", ""),
                     role=request.form.get("role", ""),
-                    task_scope=_scope(request.form.get("task_scope", "")),
+                    task_scope=_person_scope(request.form.get("task_scope", "")),
                     actor=actor(),
                 )
                 flash(f"User {user.email} created.", "ok")
@@ -473,7 +474,7 @@ def admin_user_access(user_id: int) -> Response:
             user,
             me,
             role=request.form.get("role") or None,
-            task_scope=_changed_scope(request.form.get("task_scope", "")),
+            task_scope=_person_scope(request.form.get("task_scope", "")),
         )
         if not done.changed:
             return f"No changes for {user.email}: nothing was saved."
