@@ -399,17 +399,22 @@ def _scope(text: str) -> list[str] | None:
     return names or None
 
 
-def _person_scope(text: str) -> list[str] | None:
-    """A person's tasks, as the admin forms take them: names, or ``all``. An empty field
-    used to mean every task: an admin who cleared it to take the last task away widened the
-    access instead."""
-    if text.strip().lower() == "all":
-        return None
-    names = _scope(text)
-    if names is None:
+def _person_scope(form: Any, *, creating: bool) -> list[str] | None:
+    """A person's tasks from an admin form: the task names typed, or "Every task" ticked
+    (``None``). Never inferred from an empty field: it used to mean every task, and an admin
+    who cleared it to take the last task away widened the access instead. A keyword typed
+    in the field would not do either: a task may be named like it."""
+    names = _scope(form.get("task_scope", ""))
+    every = form.get("all_tasks") == "1"
+    if every and names:
         raise ValidationFailed(
-            "Name the tasks, or write all for every task (to take all access away, deactivate "
-            "the account)",
+            "Choose either Every task or task names, not both.", {"task_scope": ["Both."]}
+        )
+    if not every and not names:
+        refused = "Nothing was created" if creating else "Nothing changed"
+        raise ValidationFailed(
+            f"{refused}: name the tasks, or tick Every task"
+            + ("." if creating else " (to take all access away, deactivate the account)."),
             {"task_scope": ["Empty."]},
         )
     return names
@@ -426,7 +431,7 @@ def admin_users() -> Any:
                     email=request.form.get("email", ""),
                     password=request.form.get("password", ""),
                     role=request.form.get("role", ""),
-                    task_scope=_person_scope(request.form.get("task_scope", "")),
+                    task_scope=_person_scope(request.form, creating=True),
                     actor=actor(),
                 )
                 flash(f"User {user.email} created.", "ok")
@@ -435,12 +440,18 @@ def admin_users() -> Any:
             db_session.remove()
             g.pop("_login_user", None)  # the signed-in user was on the removed session
             flash(exc.message, "error")
+            # Refused: the form keeps what was typed (the password aside), to be mended.
+            form = {key: request.form.get(key, "") for key in ("email", "role", "task_scope")}
+            form["all_tasks"] = request.form.get("all_tasks", "")
+            users = accounts.visible_users(db_session(), actor())
+            return render_template("admin_users.html", users=users, roles=ROLES, form=form)
     users = accounts.visible_users(db_session(), actor())
-    return render_template("admin_users.html", users=users, roles=ROLES)
+    form = {"email": "", "role": "reviewer", "task_scope": "", "all_tasks": "1"}
+    return render_template("admin_users.html", users=users, roles=ROLES, form=form)
 
 
 def _scope_text(scope: list[str] | None) -> str:
-    return ", ".join(scope) if scope else "all tasks"
+    return ", ".join(scope) if scope else "every task"
 
 
 @bp.get("/admin/users/<int:user_id>")
@@ -474,7 +485,7 @@ def admin_user_access(user_id: int) -> Response:
             user,
             me,
             role=request.form.get("role") or None,
-            task_scope=_person_scope(request.form.get("task_scope", "")),
+            task_scope=_person_scope(request.form, creating=False),
         )
         if not done.changed:
             return f"No changes for {user.email}: nothing was saved."
@@ -483,7 +494,7 @@ def admin_user_access(user_id: int) -> Response:
             said.append("role {} → {}".format(*done.changed["role"]))
         if "task_scope" in done.changed:
             before, after = done.changed["task_scope"]
-            said.append(f"tasks {_scope_text(before)} → {_scope_text(after)}")
+            said.append(f"tasks: {_scope_text(before)} → {_scope_text(after)}")
         tail = (
             f"; {done.tokens_revoked} of their tokens "
             f"{'exceeds' if done.tokens_revoked == 1 else 'exceed'} the new rights and "

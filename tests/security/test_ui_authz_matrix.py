@@ -192,7 +192,7 @@ def test_a_scoped_admin_grants_nothing_beyond_its_scope(
         ("/admin/tokens", {"name": "x", "role": "app", "task_scope": "other-task,loan-review"}),
         ("/admin/tokens", {"name": "x", "role": "app", "task_scope": "no-such-task"}),
         ("/admin/users", {"email": "a@x.example", "password": PASSWORD, "role": "admin",
-                          "task_scope": "all"}),
+                          "task_scope": "", "all_tasks": "1"}),
         ("/admin/users", {"email": "b@x.example", "password": PASSWORD, "role": "analyst",
                           "task_scope": "loan-review"}),
     ]  # fmt: skip

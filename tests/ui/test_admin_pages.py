@@ -174,21 +174,26 @@ def test_an_admin_runs_a_team_from_the_users_page(page_for, live_server):
         page.click("button:has-text('Save role and tasks')")
     assert "nope" in _flash(page)
     assert _read(select(User.task_scope).where(User.email == ANN)) == [NAME]
-    # An emptied field is refused, not read as every task; "all" says every task.
+    # An emptied field is refused, not read as every task; "Every task" is a box of its own
+    # (a task may be named "all"), and each of the two clears the other.
     page.fill("#task_scope", "")
+    assert not page.is_checked("#all_tasks")
     with page.expect_navigation():
         page.click("button:has-text('Save role and tasks')")
-    assert "write all for every task" in _flash(page)
+    assert "Nothing changed: name the tasks, or tick Every task" in _flash(page)
     assert _read(select(User.task_scope).where(User.email == ANN)) == [NAME]
-    page.fill("#task_scope", "all")
+    page.check("#all_tasks")
+    assert page.input_value("#task_scope") == ""
     with page.expect_navigation():
         page.click("button:has-text('Save role and tasks')")
-    assert "all tasks" in _flash(page)
+    assert f"tasks: {NAME} → every task" in _flash(page)
     assert _read(select(User.task_scope).where(User.email == ANN)) is None
-    assert page.input_value("#task_scope") == "all"
+    assert page.is_checked("#all_tasks") and page.input_value("#task_scope") == ""
     page.fill("#task_scope", NAME)
+    assert not page.is_checked("#all_tasks")
     with page.expect_navigation():
         page.click("button:has-text('Save role and tasks')")
+    assert _read(select(User.task_scope).where(User.email == ANN)) == [NAME]
 
     # Deactivate: her open session ends at once; reactivate lets her sign in again.
     with page.expect_navigation():
@@ -222,6 +227,53 @@ def test_an_admin_runs_a_team_from_the_users_page(page_for, live_server):
         page.click("button:has-text('Save role and tasks')")
     assert "last active admin" in _flash(page)
     assert _read(select(User.role).where(User.email == ADMIN)) == "admin"
+    assert errors == []
+
+
+def test_a_new_accounts_tasks_are_named_or_every_task_and_a_refusal_keeps_the_form(
+    page_for, live_server
+):
+    """Outside tries: an emptied Tasks field gave every task; the word "all" could not be
+    told from a task named "all" (saving a role change widened that person to every task);
+    and a refused new account came back as an empty form whose defaults granted every
+    task."""
+    _setup()
+    with unit_of_work() as session:
+        create_task(session, TaskCreateSchema().load(dict(SIMPLE_TASK, name="all")), SYSTEM)
+        create_user(
+            session, email="only-all@example.com", password=PASSWORD, role="reviewer",
+            task_scope=["all"], actor=SYSTEM,
+        )  # fmt: skip
+    page = page_for(ADMIN, PASSWORD)
+    errors = _errors(page)
+    page.goto(live_server + "/admin/users")
+    assert page.is_checked("#all_tasks") and page.input_value("#task_scope") == ""
+    page.fill("#email", "new@example.com")
+    page.fill("#password", "a-long-password")
+    page.select_option("#role", "analyst")
+    page.uncheck("#all_tasks")
+    with page.expect_navigation():
+        page.click("button:has-text('Create user')")
+    assert "Nothing was created: name the tasks, or tick Every task." in _flash(page)
+    assert _read(select(User.id).where(User.email == "new@example.com")) is None
+    # The form keeps what was typed (the password aside).
+    assert page.input_value("#email") == "new@example.com"
+    assert page.input_value("#role") == "analyst"
+    assert not page.is_checked("#all_tasks")
+    page.fill("#task_scope", NAME)
+    page.fill("#password", "a-long-password")
+    with page.expect_navigation():
+        page.click("button:has-text('Create user')")
+    assert "created" in _flash(page)
+    assert _read(select(User.task_scope).where(User.email == "new@example.com")) == [NAME]
+    # A person limited to the task named "all" stays limited to it through a role change.
+    page.click("[aria-label='Manage only-all@example.com']")
+    assert page.input_value("#task_scope") == "all" and not page.is_checked("#all_tasks")
+    page.select_option("#role", "analyst")
+    with page.expect_navigation():
+        page.click("button:has-text('Save role and tasks')")
+    assert "tasks" not in _flash(page)
+    assert _read(select(User.task_scope).where(User.email == "only-all@example.com")) == ["all"]
     assert errors == []
 
 
