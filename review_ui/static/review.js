@@ -88,7 +88,10 @@
     $("progress").textContent = "";
     $("key-hints").hidden = true;
     $("no-access-held").hidden = !held;
+    const instructions = document.querySelector(".instructions");
+    if (instructions) instructions.hidden = true;
     $("no-access").hidden = false;
+    $("no-access").querySelector("a").focus();  // the way on, for the keyboard too
     let text = "You may no longer review this task.";
     if (what && what.decided) text = "Not saved: you may no longer review this task.";
     if (what && what.undo) {

@@ -246,6 +246,7 @@ def test_a_reviewer_whose_access_narrowed_is_told_and_keeps_no_case(
     assert page.is_hidden("#key-hints") and page.inner_text("#progress") == ""
     assert page.is_visible("#no-access-held")  # a case was on screen: it went back
     assert page.get_attribute("#no-access a", "href") == "/"
+    assert page.evaluate("document.activeElement.textContent") == "Back to tasks"
     row = _row(held)
     assert (row.status, row.final_label) == ("pending", None)
     session = db_session()
