@@ -399,30 +399,25 @@ def _scope(text: str) -> list[str] | None:
     return names or None
 
 
-def _person_scope(form: Any, *, creating: bool) -> list[str] | None:
+def _person_scope(form: Any) -> list[str] | None:
     """A person's tasks from an admin form: the task names typed, or "Every task" ticked
-    (``None``). Never inferred from an empty field: it used to mean every task, and an admin
-    who cleared it to take the last task away widened the access instead. A keyword typed
-    in the field would not do either: a task may be named like it."""
+    (``None``). An empty field is passed on as an empty list, which the service refuses: it
+    used to mean every task. A keyword typed in the field would not do: a task may be named
+    like it."""
     names = _scope(form.get("task_scope", ""))
-    every = form.get("all_tasks") == "1"
-    if every and names:
+    if form.get("all_tasks") != "1":
+        return names or []
+    if names:
         raise ValidationFailed(
             "Choose either Every task or task names, not both.", {"task_scope": ["Both."]}
         )
-    if not every and not names:
-        refused = "Nothing was created" if creating else "Nothing changed"
-        raise ValidationFailed(
-            f"{refused}: name the tasks, or tick Every task"
-            + ("." if creating else " (to take all access away, deactivate the account)."),
-            {"task_scope": ["Empty."]},
-        )
-    return names
+    return None
 
 
 @bp.route("/admin/users", methods=["GET", "POST"])
 @roles("admin")
 def admin_users() -> Any:
+    form = {"email": "", "role": "reviewer", "task_scope": "", "all_tasks": "1"}
     if request.method == "POST":
         try:
             with unit_of_work() as session:
@@ -431,7 +426,7 @@ def admin_users() -> Any:
                     email=request.form.get("email", ""),
                     password=request.form.get("password", ""),
                     role=request.form.get("role", ""),
-                    task_scope=_person_scope(request.form, creating=True),
+                    task_scope=_person_scope(request.form),
                     actor=actor(),
                 )
                 flash(f"User {user.email} created.", "ok")
@@ -439,14 +434,10 @@ def admin_users() -> Any:
         except ServiceError as exc:
             db_session.remove()
             g.pop("_login_user", None)  # the signed-in user was on the removed session
-            flash(exc.message, "error")
+            flash(f"Nothing was created: {exc.message}.", "error")
             # Refused: the form keeps what was typed (the password aside), to be mended.
-            form = {key: request.form.get(key, "") for key in ("email", "role", "task_scope")}
-            form["all_tasks"] = request.form.get("all_tasks", "")
-            users = accounts.visible_users(db_session(), actor())
-            return render_template("admin_users.html", users=users, roles=ROLES, form=form)
+            form = {key: request.form.get(key, "") for key in form}
     users = accounts.visible_users(db_session(), actor())
-    form = {"email": "", "role": "reviewer", "task_scope": "", "all_tasks": "1"}
     return render_template("admin_users.html", users=users, roles=ROLES, form=form)
 
 
@@ -485,7 +476,7 @@ def admin_user_access(user_id: int) -> Response:
             user,
             me,
             role=request.form.get("role") or None,
-            task_scope=_person_scope(request.form, creating=False),
+            task_scope=_person_scope(request.form),
         )
         if not done.changed:
             return f"No changes for {user.email}: nothing was saved."

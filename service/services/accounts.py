@@ -51,12 +51,28 @@ def _check_role(role: str) -> None:
 
 
 def _check_person_role(role: str) -> None:
-    _check_role(role)
-    if role not in PERSON_ROLES:
+    """The roles a person's account may have (every caller: API, admin pages, CLI)."""
+    if role in PERSON_ROLES:
+        return
+    named = {"role": [f"one of {', '.join(PERSON_ROLES)}"]}
+    if role == "app":
         raise ValidationFailed(
             "app is a role for applications' tokens, not for people: create a token instead "
             "(tandem token create --role app --task NAME, or Admin → Tokens)",
-            {"role": [f"one of {', '.join(PERSON_ROLES)}"]},
+            named,
+        )
+    raise ValidationFailed(f"unknown role {role!r}", named)
+
+
+def _check_person_tasks(task_scope: list[str] | None) -> None:
+    """A person's tasks are names or ``None`` (every task), never an empty list: stored as
+    "every task", it gave the opposite of what it says to an admin taking the last task
+    away (API and admin pages alike)."""
+    if task_scope is not None and not task_scope:
+        raise ValidationFailed(
+            "name at least one task, or give every task; an empty list names none (to take "
+            "all access away from an account, deactivate it)",
+            {"task_scope": ["Empty list."]},
         )
 
 
@@ -333,6 +349,7 @@ def create_user(
     actor: Actor,
 ) -> User:
     _check_person_role(role)
+    _check_person_tasks(task_scope)
     check_grant(actor, role, task_scope)
     email = email.strip().lower()
     if "@" not in email or len(email) > 320:
@@ -489,7 +506,11 @@ def change_access(
     have more rights than they hold are revoked. One audit event per attribute that changed
     (``user.role_changed``, ``user.scope_changed``), each with before and after."""
     new_role = user.role if role is None else role
-    new_scope = user.task_scope if task_scope is UNCHANGED else (list(task_scope or []) or None)
+    if task_scope is UNCHANGED:
+        new_scope = user.task_scope
+    else:
+        _check_person_tasks(task_scope)
+        new_scope = None if task_scope is None else list(task_scope)
     if new_role != user.role:
         _check_person_role(new_role)
     check_grant(actor, user.role, user.task_scope)  # the account as it is now

@@ -398,3 +398,34 @@ def test_no_person_gets_the_applications_role(people: Any, db: Any) -> None:
     db.expire_all()
     assert db.scalar(select(User).where(User.email == "billing@example.com")) is None
     assert db.get(User, ann).role == "reviewer"
+
+
+def test_no_caller_gives_a_person_an_empty_task_list_or_an_unknown_role(
+    people: Any, db: Any
+) -> None:
+    """The service refuses them for every caller (API, admin pages, CLI): an empty list was
+    stored as every task, the opposite of what it says; an unknown role is named as such,
+    not as the applications' role."""
+    from service.errors import ValidationFailed
+    from service.services.accounts import change_access, create_user
+    from service.uow import unit_of_work
+
+    with pytest.raises(ValidationFailed) as refused, unit_of_work() as session:
+        create_user(
+            session, email="nobody@example.com", password=PASSWORD, role="reviewer",
+            task_scope=[], actor=SYSTEM,
+        )  # fmt: skip
+    assert "task_scope" in refused.value.details
+    ann = people["ids"]["ann@example.com"]
+    for change, field, says in (
+        ({"task_scope": []}, "task_scope", "name at least one task"),
+        ({"role": "owner"}, "role", "unknown role 'owner'"),
+    ):
+        with pytest.raises(ValidationFailed) as refused, unit_of_work() as session:
+            user = session.get(User, ann)
+            assert user is not None
+            change_access(session, user, SYSTEM, **change)
+        assert field in refused.value.details and refused.value.message.startswith(says)
+    db.expire_all()
+    assert db.scalar(select(User).where(User.email == "nobody@example.com")) is None
+    assert (db.get(User, ann).role, db.get(User, ann).task_scope) == ("reviewer", None)

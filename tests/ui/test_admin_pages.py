@@ -180,7 +180,7 @@ def test_an_admin_runs_a_team_from_the_users_page(page_for, live_server):
     assert not page.is_checked("#all_tasks")
     with page.expect_navigation():
         page.click("button:has-text('Save role and tasks')")
-    assert "Nothing changed: name the tasks, or tick Every task" in _flash(page)
+    assert "Nothing changed: name at least one task, or give every task" in _flash(page)
     assert _read(select(User.task_scope).where(User.email == ANN)) == [NAME]
     page.check("#all_tasks")
     assert page.input_value("#task_scope") == ""
@@ -254,7 +254,7 @@ def test_a_new_accounts_tasks_are_named_or_every_task_and_a_refusal_keeps_the_fo
     page.uncheck("#all_tasks")
     with page.expect_navigation():
         page.click("button:has-text('Create user')")
-    assert "Nothing was created: name the tasks, or tick Every task." in _flash(page)
+    assert "Nothing was created: name at least one task, or give every task" in _flash(page)
     assert _read(select(User.id).where(User.email == "new@example.com")) is None
     # The form keeps what was typed (the password aside).
     assert page.input_value("#email") == "new@example.com"
