@@ -8,14 +8,15 @@ from datetime import datetime
 from typing import Any
 
 from service.models import AuditEvent, Case
+from service.services.review import WHY_ACCESS_CHANGED, WHY_DEACTIVATED
 
 SYSTEM_NAMES = {"demo-history": "the application", "demo-seed": "setup", "system": "Tandem"}
 
 
 #: Why a reviewer's case was given back without them (``case.released`` ``why``).
 RELEASE_REASONS = {
-    "user deactivated": "{who} deactivated {other}",
-    "access changed": "{who} changed {other}'s role or tasks",
+    WHY_DEACTIVATED: "{who} deactivated {other}",
+    WHY_ACCESS_CHANGED: "{who} changed {other}'s role or tasks",
 }
 
 

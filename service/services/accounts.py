@@ -20,7 +20,12 @@ from service.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from service.models import PERSON_ROLES, ROLES, ApiToken, Task, User
 from service.services import audit
 from service.services.audit import Actor
-from service.services.review import REVIEWING_ROLES, release_held_by
+from service.services.review import (
+    REVIEWING_ROLES,
+    WHY_ACCESS_CHANGED,
+    WHY_DEACTIVATED,
+    release_held_by,
+)
 
 TOKEN_PREFIX = "tdm_"  # noqa: S105 (a public marker, not a secret)
 #: Password hashing: argon2id with OWASP's first recommended setting (46 MiB, one pass, one
@@ -464,7 +469,7 @@ def deactivate_user(session: Session, user: User, actor: Actor) -> User:
     # The person's row is written (and locked) before their leases are read: a claim in
     # flight holds that row until it commits (review.hold_person), so its lease is seen.
     session.flush()
-    release_held_by(session, user.id, actor, why="user deactivated")
+    release_held_by(session, user.id, actor, why=WHY_DEACTIVATED)
     return user
 
 
@@ -550,9 +555,9 @@ def change_access(
     # goes back to the queue now rather than when its lease runs out.
     session.flush()
     if new_role not in REVIEWING_ROLES:
-        release_held_by(session, user.id, actor, why="access changed")
+        release_held_by(session, user.id, actor, why=WHY_ACCESS_CHANGED)
     elif new_scope is not None:
-        release_held_by(session, user.id, actor, why="access changed", keep_tasks=new_scope)
+        release_held_by(session, user.id, actor, why=WHY_ACCESS_CHANGED, keep_tasks=new_scope)
     return AccessChange(user=user, changed=changed, tokens_revoked=revoked)
 
 

@@ -1017,6 +1017,11 @@ def release_cases(
     return ids
 
 
+#: Why ``release_held_by`` gave a person's cases back (``case.released`` ``why``).
+WHY_DEACTIVATED = "user deactivated"
+WHY_ACCESS_CHANGED = "access changed"
+
+
 def release_held_by(
     session: Session,
     user_id: int,
