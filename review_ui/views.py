@@ -409,7 +409,7 @@ def _person_scope(form: Any) -> list[str] | None:
         return names or []
     if names:
         raise ValidationFailed(
-            "Choose either Every task or task names, not both.", {"task_scope": ["Both."]}
+            "choose either Every task or task names, not both", {"task_scope": ["Both."]}
         )
     return None
 

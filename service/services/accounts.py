@@ -69,16 +69,19 @@ def _check_person_role(role: str) -> None:
     raise ValidationFailed(f"unknown role {role!r}", named)
 
 
-def _check_person_tasks(task_scope: list[str] | None) -> None:
-    """A person's tasks are names or ``None`` (every task), never an empty list: stored as
-    "every task", it gave the opposite of what it says to an admin taking the last task
-    away (API and admin pages alike)."""
-    if task_scope is not None and not task_scope:
+def _person_tasks(task_scope: Sequence[str] | None) -> list[str] | None:
+    """A person's tasks as stored: names, each once, or ``None`` (every task). Never an
+    empty list: stored as "every task", it gave the opposite of what it says to an admin
+    taking the last task away (API and admin pages alike)."""
+    if task_scope is None:
+        return None
+    if not task_scope:
         raise ValidationFailed(
             "name at least one task, or give every task; an empty list names none (to take "
             "all access away from an account, deactivate it)",
             {"task_scope": ["Empty list."]},
         )
+    return list(dict.fromkeys(task_scope))
 
 
 def _check_scope(session: Session, scope: list[str] | None) -> None:
@@ -354,7 +357,7 @@ def create_user(
     actor: Actor,
 ) -> User:
     _check_person_role(role)
-    _check_person_tasks(task_scope)
+    task_scope = _person_tasks(task_scope)
     check_grant(actor, role, task_scope)
     email = email.strip().lower()
     if "@" not in email or len(email) > 320:
@@ -511,24 +514,20 @@ def change_access(
     have more rights than they hold are revoked. One audit event per attribute that changed
     (``user.role_changed``, ``user.scope_changed``), each with before and after."""
     new_role = user.role if role is None else role
-    if task_scope is UNCHANGED:
-        new_scope = user.task_scope
-    else:
-        _check_person_tasks(task_scope)
-        new_scope = None if task_scope is None else list(task_scope)
+    new_scope = user.task_scope if task_scope is UNCHANGED else _person_tasks(task_scope)
     if new_role != user.role:
         _check_person_role(new_role)
     check_grant(actor, user.role, user.task_scope)  # the account as it is now
     check_grant(actor, new_role, new_scope)  # and as it would be
-    if new_scope is not None:
-        new_scope = list(dict.fromkeys(new_scope))
-        _check_scope(session, new_scope)
+    _check_scope(session, new_scope)
     _keep_an_admin(session, user, role=new_role, scope=new_scope, active=bool(user.active))
     changed: dict[str, tuple[Any, Any]] = {}
     if new_role != user.role:
         changed["role"] = (user.role, new_role)
-    if (sorted(new_scope) if new_scope else None) != (
-        sorted(user.task_scope) if user.task_scope else None
+    # The same tasks in another order, or once where an older account held one twice, are
+    # no change.
+    if (set(new_scope) if new_scope else None) != (
+        set(user.task_scope) if user.task_scope else None
     ):
         changed["task_scope"] = (user.task_scope, new_scope)
     if not changed:

@@ -429,3 +429,27 @@ def test_no_caller_gives_a_person_an_empty_task_list_or_an_unknown_role(
     db.expire_all()
     assert db.scalar(select(User).where(User.email == "nobody@example.com")) is None
     assert (db.get(User, ann).role, db.get(User, ann).task_scope) == ("reviewer", None)
+
+
+def test_a_task_named_twice_is_stored_once_and_a_role_change_leaves_the_tasks_alone(
+    people: Any, db: Any
+) -> None:
+    """An outside try created an account with a task named twice: it was stored twice, and
+    the next role change also "changed" its tasks (an audit event nobody asked for)."""
+    from service.services.accounts import change_access, create_user
+    from service.uow import unit_of_work
+
+    with unit_of_work() as session:
+        made = create_user(
+            session, email="twice@example.com", password=PASSWORD, role="reviewer",
+            task_scope=["claims", "loan-review", "claims"], actor=SYSTEM,
+        )  # fmt: skip
+        assert made.task_scope == ["claims", "loan-review"]
+    with unit_of_work() as session:
+        user = session.scalar(select(User).where(User.email == "twice@example.com"))
+        assert user is not None
+        done = change_access(
+            session, user, SYSTEM, role="analyst", task_scope=["loan-review", "claims", "claims"]
+        )
+        assert set(done.changed) == {"role"}
+    assert _events(db, "user.scope_changed") == []

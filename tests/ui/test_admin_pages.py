@@ -244,6 +244,10 @@ def test_a_new_accounts_tasks_are_named_or_every_task_and_a_refusal_keeps_the_fo
             session, email="only-all@example.com", password=PASSWORD, role="reviewer",
             task_scope=["all"], actor=SYSTEM,
         )  # fmt: skip
+    phone = page_for(ADMIN, PASSWORD, width=390, height=844)
+    phone.goto(live_server + "/admin/users")
+    # The table scrolls in its own box; the page itself does not scroll sideways.
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 390
     page = page_for(ADMIN, PASSWORD)
     errors = _errors(page)
     page.goto(live_server + "/admin/users")
